@@ -1,0 +1,164 @@
+//! Messages between a proxy and the control plane.
+//!
+//! They travel over QUIC streams (the same PQ mutual-TLS stack as the tunnel)
+//! as frames: a 4-byte big-endian length, then that many bytes of JSON. JSON
+//! keeps the contract readable with standard tools (`/config` shows the same
+//! shapes); the framing keeps a reader from buffering without bound.
+//!
+//! A proxy first asks for a certificate ([`Request::IssueCertificate`]) on a
+//! server-authenticated connection, proving who it is with a bootstrap token;
+//! with that certificate it opens a mutually authenticated connection and
+//! subscribes ([`Request::Subscribe`]) to a stream of [`Response::Snapshot`]
+//! and [`Response::Delta`] messages.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::snapshot::{Delta, Snapshot};
+
+/// The wire version this build speaks: full snapshots, then deltas.
+pub const WIRE_VERSION: u32 = 2;
+/// The oldest wire version a control plane still serves: version 1 receives
+/// a full snapshot on every change instead of deltas.
+pub const MIN_WIRE_VERSION: u32 = 1;
+/// ALPN protocol of control-plane connections.
+pub const ALPN_CONTROL: &[u8] = b"phoenix-control/1";
+/// ALPN protocol of tunnel connections between proxies.
+pub const ALPN_TUNNEL: &[u8] = b"phoenix-tunnel/1";
+/// Largest frame either side accepts (a snapshot of a large mesh fits).
+pub const MAX_FRAME_LEN: usize = 64 * 1024 * 1024;
+
+/// What a proxy asks of the control plane.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum Request {
+    /// Sign a certificate for the identity the token proves.
+    #[serde(rename_all = "camelCase")]
+    IssueCertificate {
+        /// Bootstrap token: names the workload, and so its identity.
+        token: String,
+        /// PKCS#10 request; only its public key is used.
+        csr_pem: String,
+    },
+    /// Stream config for the identity in the client certificate.
+    #[serde(rename_all = "camelCase")]
+    Subscribe {
+        /// The wire version the proxy speaks.
+        wire_version: u32,
+        /// The proxy's QUIC address, published as its services' endpoint.
+        inbound: SocketAddr,
+    },
+}
+
+/// What the control plane answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum Response {
+    /// A signed certificate.
+    #[serde(rename_all = "camelCase")]
+    Certificate {
+        /// PEM chain, leaf first.
+        chain_pem: String,
+        /// The identity the certificate carries.
+        identity: String,
+    },
+    /// The whole config.
+    Snapshot(Snapshot),
+    /// A change to the config last sent.
+    Delta(Delta),
+    /// The request was refused.
+    #[serde(rename_all = "camelCase")]
+    Error {
+        /// Machine-readable reason.
+        code: ErrorCode,
+        /// What went wrong and how to fix it.
+        message: String,
+    },
+}
+
+/// Why the control plane refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The token is unknown or expired.
+    InvalidToken,
+    /// The CSR cannot be parsed or its signature is wrong.
+    InvalidCsr,
+    /// The proxy speaks a wire version the control plane does not serve.
+    UnsupportedVersion,
+    /// Subscribing needs a client certificate.
+    Unauthenticated,
+    /// The identity names no workload the control plane knows.
+    UnknownWorkload,
+    /// The request could not be decoded.
+    BadRequest,
+    /// The control plane failed on its side.
+    Internal,
+}
+
+/// Why bytes are not a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The frame is longer than [`MAX_FRAME_LEN`].
+    #[error("control frame of {0} bytes exceeds the {MAX_FRAME_LEN}-byte limit")]
+    TooLong(usize),
+    /// The JSON does not match the message shape.
+    #[error("control frame is not a valid message")]
+    Json(#[source] serde_json::Error),
+}
+
+/// Encodes `msg` as one frame.
+pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    let mut out = vec![0u8; 4];
+    serde_json::to_writer(&mut out, msg).map_err(FrameError::Json)?;
+    let len = out.len() - 4;
+    if len > MAX_FRAME_LEN {
+        return Err(FrameError::TooLong(len));
+    }
+    out[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(out)
+}
+
+/// Reads the body length from a frame's 4-byte prefix.
+pub fn frame_len(prefix: [u8; 4]) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > MAX_FRAME_LEN {
+        return Err(FrameError::TooLong(len));
+    }
+    Ok(len)
+}
+
+/// Decodes a frame body.
+pub fn decode_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, FrameError> {
+    serde_json::from_slice(body).map_err(FrameError::Json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let req = Request::Subscribe {
+            wire_version: WIRE_VERSION,
+            inbound: "127.0.0.1:4143".parse().unwrap(),
+        };
+        let frame = encode_frame(&req).unwrap();
+        let len = frame_len(frame[..4].try_into().unwrap()).unwrap();
+        assert_eq!(len, frame.len() - 4);
+        assert_eq!(decode_body::<Request>(&frame[4..]).unwrap(), req);
+    }
+
+    #[test]
+    fn oversized_and_garbage_frames_are_refused() {
+        assert!(matches!(
+            frame_len([0xff, 0xff, 0xff, 0xff]),
+            Err(FrameError::TooLong(_))
+        ));
+        assert!(matches!(
+            decode_body::<Request>(b"{\"type\":\"launchMissiles\"}"),
+            Err(FrameError::Json(_))
+        ));
+    }
+}

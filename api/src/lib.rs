@@ -1,0 +1,17 @@
+//! The wire contract between Phoenix proxies and the Phoenix control plane.
+//!
+//! Everything that crosses a process boundary and must stay compatible across
+//! versions lives here, and nothing else: the tunnel header that starts every
+//! proxied stream ([`header`]), the control-plane messages ([`control`]), the
+//! config snapshots they carry ([`snapshot`]) and workload identities
+//! ([`identity`]). The crate does no I/O: the codecs are pure functions over
+//! bytes, so they are fuzzed and tested without sockets.
+
+pub mod control;
+pub mod duration;
+pub mod header;
+pub mod identity;
+pub mod snapshot;
+pub mod tls_policy;
+
+pub use identity::SpiffeId;

@@ -1,0 +1,256 @@
+//! Config snapshots: what the control plane tells one proxy.
+//!
+//! A snapshot is a versioned map of resources keyed by name (`mesh`,
+//! `upstream/<service>`, `inbound/<service>`). The control plane sends the
+//! whole map when a proxy subscribes and afterwards only [`Delta`]s (the
+//! resources that changed, and the keys that went away), so a one-endpoint
+//! change costs bytes in proportion to the change, not to the mesh.
+//!
+//! These are wire types: the proxy validates them into its own typed config
+//! (`TryFrom`) before anything uses them.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::tls_policy::{CipherSuite, KeyExchange};
+
+/// Key of the mesh-wide settings resource.
+pub const MESH_KEY: &str = "mesh";
+
+/// One named piece of a proxy's config.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Resource {
+    /// Mesh-wide settings (one per snapshot, key [`MESH_KEY`]).
+    Mesh(MeshSettings),
+    /// A service this proxy's app calls, and where its endpoints are.
+    Upstream(Upstream),
+    /// A service this proxy's app serves, and who may call it.
+    Inbound(Inbound),
+}
+
+impl Resource {
+    /// The key this resource is stored under.
+    pub fn key(&self) -> String {
+        match self {
+            Resource::Mesh(_) => MESH_KEY.to_owned(),
+            Resource::Upstream(u) => format!("upstream/{}", u.service),
+            Resource::Inbound(i) => format!("inbound/{}", i.service),
+        }
+    }
+}
+
+/// Settings that apply to every proxy in the mesh.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshSettings {
+    /// The SPIFFE trust domain, e.g. `phoenix.local`.
+    pub trust_domain: String,
+    /// Key-exchange policy for tunnels.
+    pub key_exchange: KeyExchange,
+    /// Cipher suites in preference order.
+    pub cipher_suites: Vec<CipherSuite>,
+    /// A peer connection with no open stream for this long is closed.
+    pub peer_idle_timeout_ms: u64,
+    /// How long a TCP connect to the local upstream may take.
+    pub connect_timeout_ms: u64,
+}
+
+/// A service the app calls through an explicit outbound listener.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Upstream {
+    /// Service name.
+    pub service: String,
+    /// Where the proxy listens for the app's connections to this service.
+    pub listen: SocketAddr,
+    /// The proxies that serve it.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One proxy that serves a service.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Endpoint {
+    /// The peer proxy's QUIC (UDP) address.
+    pub address: SocketAddr,
+    /// The SPIFFE ID the peer must present.
+    pub identity: String,
+}
+
+/// A service this proxy's app serves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Inbound {
+    /// Service name.
+    pub service: String,
+    /// Where the app listens.
+    pub target: SocketAddr,
+    /// SPIFFE IDs allowed to connect; `None` admits every identity of the trust domain.
+    pub allow: Option<Vec<String>>,
+}
+
+/// A proxy's whole config at one version.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Snapshot {
+    /// Monotonic version; a proxy reports the version it runs.
+    pub version: u64,
+    /// Resources by key.
+    pub resources: BTreeMap<String, Resource>,
+}
+
+/// The change from one snapshot version to the next.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Delta {
+    /// The version this delta applies to.
+    pub from_version: u64,
+    /// The version after applying it.
+    pub version: u64,
+    /// Resources added or changed.
+    pub upserts: BTreeMap<String, Resource>,
+    /// Keys removed.
+    pub removals: Vec<String>,
+}
+
+/// Why a delta cannot be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeltaError {
+    /// The delta starts from another version than the one held: resubscribe.
+    #[error("delta from version {from} does not apply to version {held}")]
+    VersionGap {
+        /// Version the delta applies to.
+        from: u64,
+        /// Version held.
+        held: u64,
+    },
+    /// An upsert is stored under another key than its own.
+    #[error("resource stored under a key that does not match its kind and name")]
+    KeyMismatch,
+}
+
+impl Snapshot {
+    /// The delta that turns `self` into `next`; `None` when nothing changed.
+    pub fn diff(&self, next: &Snapshot) -> Option<Delta> {
+        let upserts: BTreeMap<_, _> = next
+            .resources
+            .iter()
+            .filter(|(k, v)| self.resources.get(*k) != Some(*v))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let removals: Vec<_> = self
+            .resources
+            .keys()
+            .filter(|k| !next.resources.contains_key(*k))
+            .cloned()
+            .collect();
+        if upserts.is_empty() && removals.is_empty() {
+            return None;
+        }
+        Some(Delta {
+            from_version: self.version,
+            version: next.version,
+            upserts,
+            removals,
+        })
+    }
+
+    /// Applies `delta`, returning the next snapshot; `self` is unchanged on error.
+    pub fn apply(&self, delta: &Delta) -> Result<Snapshot, DeltaError> {
+        if delta.from_version != self.version {
+            return Err(DeltaError::VersionGap {
+                from: delta.from_version,
+                held: self.version,
+            });
+        }
+        let mut resources = self.resources.clone();
+        for key in &delta.removals {
+            resources.remove(key);
+        }
+        for (key, resource) in &delta.upserts {
+            if *key != resource.key() {
+                return Err(DeltaError::KeyMismatch);
+            }
+            resources.insert(key.clone(), resource.clone());
+        }
+        Ok(Snapshot {
+            version: delta.version,
+            resources,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(service: &str, port: u16) -> Resource {
+        Resource::Upstream(Upstream {
+            service: service.into(),
+            listen: "127.0.0.1:1000".parse().unwrap(),
+            endpoints: vec![Endpoint {
+                address: SocketAddr::from(([127, 0, 0, 1], port)),
+                identity: "spiffe://td/ns/default/sa/db".into(),
+            }],
+        })
+    }
+
+    fn snapshot(version: u64, resources: Vec<Resource>) -> Snapshot {
+        Snapshot {
+            version,
+            resources: resources.into_iter().map(|r| (r.key(), r)).collect(),
+        }
+    }
+
+    #[test]
+    fn diff_then_apply_reaches_the_next_snapshot() {
+        let a = snapshot(1, vec![upstream("db", 1), upstream("cache", 2)]);
+        let b = snapshot(2, vec![upstream("db", 3), upstream("web", 4)]);
+        let delta = a.diff(&b).unwrap();
+        assert_eq!(delta.upserts.len(), 2);
+        assert_eq!(delta.removals, vec!["upstream/cache".to_owned()]);
+        assert_eq!(a.apply(&delta).unwrap(), b);
+    }
+
+    #[test]
+    fn one_endpoint_change_sends_one_resource() {
+        let many: Vec<_> = (0..100).map(|i| upstream(&format!("s{i}"), i)).collect();
+        let a = snapshot(1, many.clone());
+        let mut changed = many;
+        changed[7] = upstream("s7", 9999);
+        let b = snapshot(2, changed);
+        let delta = a.diff(&b).unwrap();
+        assert_eq!(
+            delta.upserts.keys().collect::<Vec<_>>(),
+            vec!["upstream/s7"]
+        );
+        assert!(delta.removals.is_empty());
+    }
+
+    #[test]
+    fn refuses_gaps_and_mismatched_keys() {
+        let a = snapshot(5, vec![upstream("db", 1)]);
+        let gap = Delta {
+            from_version: 4,
+            version: 6,
+            upserts: BTreeMap::new(),
+            removals: vec![],
+        };
+        assert_eq!(
+            a.apply(&gap),
+            Err(DeltaError::VersionGap { from: 4, held: 5 })
+        );
+        let mut upserts = BTreeMap::new();
+        upserts.insert("upstream/other".to_owned(), upstream("db", 2));
+        let bad = Delta {
+            from_version: 5,
+            version: 6,
+            upserts,
+            removals: vec![],
+        };
+        assert_eq!(a.apply(&bad), Err(DeltaError::KeyMismatch));
+    }
+}

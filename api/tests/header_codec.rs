@@ -1,0 +1,128 @@
+//! Golden bytes and property tests for the tunnel header codec.
+//!
+//! The golden files pin the wire format: a change that alters the bytes of an
+//! existing frame breaks proxies of the previous release, so it must be a
+//! deliberate, versioned change. Refresh with `UPDATE_GOLDEN=1 cargo test`.
+
+use std::path::PathBuf;
+
+use phoenix_api::header::{
+    ConnectRequest, ConnectResponse, Status, decode_request, decode_response,
+};
+use proptest::prelude::*;
+
+fn golden(name: &str, bytes: &[u8]) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    let hex: String = bytes
+        .chunks(16)
+        .map(|line| {
+            line.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+                + "\n"
+        })
+        .collect();
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &hex).unwrap();
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", path.display()));
+    assert_eq!(hex, want, "{name} drifted from its golden bytes");
+}
+
+#[test]
+fn golden_request_service() {
+    let mut out = Vec::new();
+    ConnectRequest {
+        service: Some("db".into()),
+        original_dst: None,
+        connection_id: 0x0102_0304_0506_0708,
+    }
+    .encode(&mut out)
+    .unwrap();
+    golden("request_service.hex", &out);
+    assert!(decode_request(&out).unwrap().is_some());
+}
+
+#[test]
+fn golden_request_original_dst() {
+    let mut out = Vec::new();
+    ConnectRequest {
+        service: Some("web.default".into()),
+        original_dst: Some("10.96.0.10:8080".parse().unwrap()),
+        connection_id: 7,
+    }
+    .encode(&mut out)
+    .unwrap();
+    golden("request_original_dst.hex", &out);
+    assert!(decode_request(&out).unwrap().is_some());
+}
+
+#[test]
+fn golden_responses() {
+    let mut out = Vec::new();
+    for status in [
+        Status::Connected,
+        Status::UpstreamRefused,
+        Status::NoRoute,
+        Status::Denied,
+    ] {
+        ConnectResponse { status }.encode(&mut out);
+    }
+    golden("responses.hex", &out);
+}
+
+fn service_name() -> impl Strategy<Value = String> {
+    "[a-z0-9][a-z0-9.-]{0,60}"
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// No byte string makes the decoders panic, and a decoded frame never
+    /// claims more bytes than it was given.
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        if let Ok(Some((_, used))) = decode_request(&bytes) {
+            prop_assert!(used <= bytes.len());
+        }
+        if let Ok(Some((_, used))) = decode_response(&bytes) {
+            prop_assert!(used <= bytes.len());
+        }
+    }
+
+    /// Frames with a valid prefix and random fields never panic either.
+    #[test]
+    fn random_field_blocks_never_panic(body in proptest::collection::vec(any::<u8>(), 0..200), kind in 1u8..=2) {
+        let mut bytes = vec![b'P', b'X', 1, kind];
+        bytes.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        bytes.extend_from_slice(&body);
+        let _ = decode_request(&bytes);
+        let _ = decode_response(&bytes);
+    }
+
+    /// Every valid request survives encode then decode, split anywhere.
+    #[test]
+    fn valid_requests_round_trip(
+        service in proptest::option::of(service_name()),
+        v4 in any::<[u8; 4]>(),
+        port in any::<u16>(),
+        with_dst in any::<bool>(),
+        connection_id in any::<u64>(),
+        split in any::<prop::sample::Index>(),
+    ) {
+        let original_dst = (with_dst || service.is_none())
+            .then(|| std::net::SocketAddr::from((v4, port)));
+        let req = ConnectRequest { service, original_dst, connection_id };
+        let mut out = Vec::new();
+        req.encode(&mut out).unwrap();
+        let cut = split.index(out.len());
+        prop_assert_eq!(decode_request(&out[..cut]).unwrap(), None);
+        let (decoded, used) = decode_request(&out).unwrap().unwrap();
+        prop_assert_eq!(decoded, req);
+        prop_assert_eq!(used, out.len());
+    }
+}

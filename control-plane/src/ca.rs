@@ -1,0 +1,287 @@
+//! The mesh certificate authority.
+//!
+//! The root lives in the state directory (`ca.crt`, and `ca.key` readable by
+//! the owner only); it is generated there on first start, so a restart keeps
+//! the same root and every proxy keeps trusting the control plane. Workload
+//! certificates are issued from a CSR, but only the CSR's public key is used:
+//! the identity comes from whoever proved it (a bootstrap token), never from
+//! what the CSR asks for.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use phoenix_api::SpiffeId;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+
+/// File name of the root certificate in the state directory.
+pub const ROOT_CERT_FILE: &str = "ca.crt";
+/// File name of the root key in the state directory.
+pub const ROOT_KEY_FILE: &str = "ca.key";
+/// Lifetime of a generated root.
+const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Why the CA cannot load or issue.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// The state directory or a root file cannot be read or written.
+    #[error("CA state in {path}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Only one of `ca.crt` and `ca.key` exists.
+    #[error(
+        "{dir} holds only one of ca.crt and ca.key; restore the other or remove both to generate a new root"
+    )]
+    HalfRoot {
+        /// The state directory.
+        dir: PathBuf,
+    },
+    /// The stored root cannot be parsed.
+    #[error("stored root in {dir} is unusable")]
+    BadRoot {
+        /// The state directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: rcgen::Error,
+    },
+    /// The CSR cannot be parsed or its signature is wrong.
+    #[error("certificate signing request is invalid")]
+    Csr(#[source] rcgen::Error),
+    /// Signing failed.
+    #[error("cannot sign certificate")]
+    Sign(#[source] rcgen::Error),
+}
+
+/// A loaded CA.
+pub struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    root_pem: String,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("Ca").finish_non_exhaustive()
+    }
+}
+
+/// Whether the root was found or made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootOrigin {
+    /// Loaded from the state directory.
+    Loaded,
+    /// Generated now and saved there.
+    Generated,
+}
+
+impl Ca {
+    /// Loads the root from `dir`, or generates one there for `trust_domain`.
+    pub fn load_or_create(dir: &Path, trust_domain: &str) -> Result<(Self, RootOrigin), CaError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| CaError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let cert_path = dir.join(ROOT_CERT_FILE);
+        let key_path = dir.join(ROOT_KEY_FILE);
+        match (cert_path.exists(), key_path.exists()) {
+            (true, true) => {
+                let root_pem = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
+                let key_pem = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
+                let bad = |source| CaError::BadRoot {
+                    dir: dir.to_owned(),
+                    source,
+                };
+                let key = KeyPair::from_pem(&key_pem).map_err(bad)?;
+                let issuer = Issuer::from_ca_cert_pem(&root_pem, key).map_err(bad)?;
+                Ok((Self { issuer, root_pem }, RootOrigin::Loaded))
+            }
+            (false, false) => {
+                let ca = Self::generate(trust_domain)?;
+                let key_pem = ca.issuer.key().serialize_pem();
+                write_private(&key_path, &key_pem).map_err(io(&key_path))?;
+                std::fs::write(&cert_path, &ca.root_pem).map_err(io(&cert_path))?;
+                Ok((ca, RootOrigin::Generated))
+            }
+            _ => Err(CaError::HalfRoot {
+                dir: dir.to_owned(),
+            }),
+        }
+    }
+
+    /// A new in-memory root (tests, and the first start).
+    pub fn generate(trust_domain: &str) -> Result<Self, CaError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CaError::Sign)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Phoenix");
+        dn.push(
+            DnType::CommonName,
+            format!("Phoenix mesh root {trust_domain}"),
+        );
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = SystemTime::now();
+        params.not_before = (now - Duration::from_secs(60)).into();
+        params.not_after = (now + ROOT_LIFETIME).into();
+        params.serial_number = Some(random_serial());
+        let cert = params.self_signed(&key).map_err(CaError::Sign)?;
+        let root_pem = cert.pem();
+        Ok(Self {
+            issuer: Issuer::new(params, key),
+            root_pem,
+        })
+    }
+
+    /// The root certificate in PEM (the mesh trust anchor).
+    pub fn root_pem(&self) -> &str {
+        &self.root_pem
+    }
+
+    /// Signs a certificate for `identity` with the public key of `csr_pem`.
+    /// Everything else the CSR asks for (names, CA flag, usages) is ignored.
+    pub fn issue(
+        &self,
+        csr_pem: &str,
+        identity: &SpiffeId,
+        lifetime: Duration,
+    ) -> Result<String, CaError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(CaError::Csr)?;
+        self.issue_for_key(&csr.public_key, identity, lifetime)
+    }
+
+    /// Signs a certificate for `identity` and `public_key`.
+    pub fn issue_for_key(
+        &self,
+        public_key: &impl rcgen::PublicKeyData,
+        identity: &SpiffeId,
+        lifetime: Duration,
+    ) -> Result<String, CaError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        let uri =
+            rcgen::string::Ia5String::try_from(identity.to_string()).map_err(CaError::Sign)?;
+        params.subject_alt_names = vec![SanType::URI(uri)];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        // One second of back-dating absorbs sub-second clock differences
+        // without distorting short test lifetimes.
+        let now = SystemTime::now();
+        params.not_before = (now - Duration::from_secs(1)).into();
+        params.not_after = (now + lifetime).into();
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(public_key, &self.issuer)
+            .map_err(CaError::Sign)?;
+        Ok(cert.pem())
+    }
+}
+
+fn random_serial() -> SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[0] &= 0x7f; // positive
+    SerialNumber::from_slice(&bytes)
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csr_asking_for(san: &str, is_ca: bool) -> (KeyPair, String) {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::new(vec![san.to_owned()]).unwrap();
+        if is_ca {
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        }
+        let pem = params.serialize_request(&key).unwrap().pem().unwrap();
+        (key, pem)
+    }
+
+    #[test]
+    fn identity_comes_from_the_caller_not_the_csr() {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let ca = Ca::generate("phoenix.local").unwrap();
+        let (_, csr) = csr_asking_for("admin.example.com", true);
+        let id: SpiffeId = "spiffe://phoenix.local/ns/default/sa/web".parse().unwrap();
+        let pem = ca.issue(&csr, &id, Duration::from_secs(60)).unwrap();
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        assert_eq!(phoenix_tls::spiffe::spiffe_id(&der).unwrap(), id);
+        let params = CertificateParams::from_ca_cert_der(&der).unwrap();
+        assert!(
+            !params
+                .subject_alt_names
+                .iter()
+                .any(|s| matches!(s, SanType::DnsName(_))),
+            "the CSR's DNS name must not be copied"
+        );
+        assert!(
+            !matches!(params.is_ca, IsCa::Ca(_)),
+            "a CSR asking to be a CA must not get a CA certificate"
+        );
+    }
+
+    #[test]
+    fn root_survives_restart_and_half_roots_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, origin) = Ca::load_or_create(dir.path(), "td").unwrap();
+        assert_eq!(origin, RootOrigin::Generated);
+        let (b, origin) = Ca::load_or_create(dir.path(), "td").unwrap();
+        assert_eq!(origin, RootOrigin::Loaded);
+        assert_eq!(a.root_pem(), b.root_pem());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(ROOT_KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::remove_file(dir.path().join(ROOT_KEY_FILE)).unwrap();
+        assert!(matches!(
+            Ca::load_or_create(dir.path(), "td"),
+            Err(CaError::HalfRoot { .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_csr_is_refused() {
+        let ca = Ca::generate("td").unwrap();
+        let id: SpiffeId = "spiffe://td/ns/a/sa/b".parse().unwrap();
+        assert!(matches!(
+            ca.issue(
+                "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+                &id,
+                Duration::from_secs(5)
+            ),
+            Err(CaError::Csr(_))
+        ));
+    }
+}

@@ -1,0 +1,135 @@
+//! The pure index: mesh model + where proxies are → what each proxy gets.
+//!
+//! No I/O and no clock: given the same inputs it builds the same snapshot,
+//! so it is tested by building snapshots and looking at them.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use phoenix_api::snapshot::{Endpoint, Inbound, MeshSettings, Resource, Snapshot, Upstream};
+
+use crate::mesh::Mesh;
+
+/// Where each subscribed proxy accepts QUIC, by workload name. A workload's
+/// services have endpoints only while its proxy is subscribed (the file-mode
+/// equivalent of a ready pod in an EndpointSlice).
+pub type Registrations = BTreeMap<String, SocketAddr>;
+
+/// The snapshot for `workload` at `version`; `None` for an unknown workload.
+pub fn snapshot_for(
+    mesh: &Mesh,
+    registrations: &Registrations,
+    workload: &str,
+    version: u64,
+) -> Option<Snapshot> {
+    let w = mesh.workloads.get(workload)?;
+    let mut resources = BTreeMap::new();
+    let mut put = |r: Resource| {
+        resources.insert(r.key(), r);
+    };
+    put(Resource::Mesh(MeshSettings {
+        trust_domain: mesh.trust_domain.clone(),
+        key_exchange: mesh.key_exchange,
+        cipher_suites: mesh.cipher_suites.clone(),
+        peer_idle_timeout_ms: mesh.peer_idle_timeout.as_millis() as u64,
+        connect_timeout_ms: mesh.connect_timeout.as_millis() as u64,
+    }));
+    for (service, listen) in &w.upstreams {
+        let mut endpoints: Vec<Endpoint> = mesh
+            .workloads
+            .values()
+            .filter(|peer| peer.serve.contains_key(service))
+            .filter_map(|peer| {
+                registrations.get(&peer.name).map(|address| Endpoint {
+                    address: *address,
+                    identity: peer.identity.to_string(),
+                })
+            })
+            .collect();
+        endpoints.sort();
+        put(Resource::Upstream(Upstream {
+            service: service.clone(),
+            listen: *listen,
+            endpoints,
+        }));
+    }
+    for (service, serve) in &w.serve {
+        put(Resource::Inbound(Inbound {
+            service: service.clone(),
+            target: serve.target,
+            allow: serve
+                .allow
+                .as_ref()
+                .map(|ids| ids.iter().map(ToString::to_string).collect()),
+        }));
+    }
+    Some(Snapshot { version, resources })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn mesh(text: &str) -> Mesh {
+        Mesh::parse(text, Path::new("mesh.yaml")).unwrap()
+    }
+
+    const MESH: &str = "\
+trustDomain: td
+workloads:
+  - name: web
+    upstreams: [{service: db, listen: 127.0.0.1:0}]
+  - name: db-a
+    serve: [{service: db, target: 127.0.0.1:5432, allow: [web]}]
+  - name: db-b
+    serve: [{service: db, target: 127.0.0.1:5433}]
+";
+
+    fn upstream<'a>(s: &'a Snapshot, service: &str) -> &'a Upstream {
+        match &s.resources[&format!("upstream/{service}")] {
+            Resource::Upstream(u) => u,
+            other => panic!("not an upstream: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn endpoints_follow_registrations() {
+        let m = mesh(MESH);
+        let mut regs = Registrations::new();
+        let s = snapshot_for(&m, &regs, "web", 1).unwrap();
+        assert!(
+            upstream(&s, "db").endpoints.is_empty(),
+            "no proxy subscribed yet"
+        );
+
+        regs.insert("db-a".into(), "127.0.0.1:4001".parse().unwrap());
+        regs.insert("db-b".into(), "127.0.0.1:4002".parse().unwrap());
+        let s = snapshot_for(&m, &regs, "web", 2).unwrap();
+        let eps = &upstream(&s, "db").endpoints;
+        assert_eq!(eps.len(), 2);
+        assert_eq!(eps[0].identity, "spiffe://td/ns/default/sa/db-a");
+
+        regs.remove("db-a");
+        let s3 = snapshot_for(&m, &regs, "web", 3).unwrap();
+        let delta = s.diff(&s3).unwrap();
+        assert_eq!(delta.upserts.len(), 1, "only the db upstream changed");
+        assert_eq!(upstream(&s3, "db").endpoints.len(), 1);
+    }
+
+    #[test]
+    fn proxies_get_only_their_own_resources() {
+        let m = mesh(MESH);
+        let s = snapshot_for(&m, &Registrations::new(), "db-a", 1).unwrap();
+        let keys: Vec<_> = s.resources.keys().cloned().collect();
+        assert_eq!(keys, vec!["inbound/db", "mesh"]);
+        match &s.resources["inbound/db"] {
+            Resource::Inbound(i) => assert_eq!(
+                i.allow.as_deref(),
+                Some(&["spiffe://td/ns/default/sa/web".to_owned()][..])
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(snapshot_for(&m, &Registrations::new(), "nobody", 1).is_none());
+    }
+}

@@ -1,0 +1,343 @@
+//! Phoenix control plane: turns a mesh description into per-proxy config
+//! snapshots, issues workload certificates, and pushes config to proxies.
+//!
+//! Sources: the mesh file ([`mesh`], file mode). The pure [`index`] builds
+//! snapshots; [`hub`] holds the live state; [`server`] speaks to proxies;
+//! [`ca`] signs certificates.
+
+pub mod ca;
+pub mod hub;
+pub mod index;
+pub mod mesh;
+pub mod metrics;
+pub mod server;
+pub mod tokens;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use phoenix_api::control::ALPN_CONTROL;
+use phoenix_proxy::admin::{self, AdminState};
+use phoenix_tls::endpoint::TransportSettings;
+use phoenix_tls::handshake::{ClientAuth, TlsPolicy};
+use phoenix_tls::{Credentials, TlsContext};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::ca::{Ca, RootOrigin};
+use crate::hub::Hub;
+use crate::mesh::Mesh;
+use crate::metrics::Metrics;
+use crate::server::Server;
+use crate::tokens::Tokens;
+
+/// Lifetime of the control plane's own serving certificate.
+const SERVING_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// Settings of one control-plane run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The mesh file (re-read when it changes).
+    pub mesh_path: PathBuf,
+    /// The tokens file (re-read when it changes).
+    pub tokens_path: PathBuf,
+    /// QUIC listen address.
+    pub listen: SocketAddr,
+    /// Admin listen address.
+    pub admin: SocketAddr,
+    /// State directory (CA root).
+    pub state_dir: PathBuf,
+}
+
+/// Addresses and facts printed on stdout as one JSON line at start.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bound {
+    /// QUIC address for proxies.
+    pub control: SocketAddr,
+    /// Admin HTTP address.
+    pub admin: SocketAddr,
+    /// The control plane's SPIFFE ID.
+    pub identity: String,
+    /// Path of the root certificate proxies must trust.
+    pub trust_anchor: PathBuf,
+}
+
+/// Why the control plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The CA could not be loaded or created.
+    #[error("certificate authority")]
+    Ca(#[from] ca::CaError),
+    /// TLS setup failed.
+    #[error("TLS")]
+    Tls(#[from] phoenix_tls::handshake::TlsConfigError),
+    /// Our own certificate is unusable.
+    #[error("serving certificate")]
+    Credentials(#[from] phoenix_tls::credentials::CredentialsError),
+    /// Key generation failed.
+    #[error("key generation")]
+    Key(#[from] rcgen::Error),
+    /// The tokens file is unusable.
+    #[error("tokens")]
+    Tokens(#[from] tokens::TokensError),
+    /// A listener could not be bound.
+    #[error("cannot bind {what} on {addr}")]
+    Bind {
+        /// Which.
+        what: &'static str,
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the control plane with an already validated `mesh` until `shutdown`.
+pub async fn run(
+    settings: Settings,
+    mesh: Mesh,
+    on_bound: impl FnOnce(&Bound),
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), StartError> {
+    let metrics = Arc::new(Metrics::default());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+
+    let (ca, origin) = Ca::load_or_create(&settings.state_dir, &mesh.trust_domain)?;
+    let trust_anchor = settings.state_dir.join(ca::ROOT_CERT_FILE);
+    match origin {
+        RootOrigin::Generated => {
+            tracing::info!(path = %trust_anchor.display(), "generated a new mesh root CA")
+        }
+        RootOrigin::Loaded => {
+            tracing::info!(path = %trust_anchor.display(), "loaded the mesh root CA")
+        }
+    }
+    let ca = Arc::new(ca);
+    let tokens = Tokens::load(&settings.tokens_path)?;
+    if tokens.is_empty() {
+        tracing::warn!(path = %settings.tokens_path.display(), "no bootstrap tokens: no proxy can obtain a certificate yet");
+    }
+    let credentials = Arc::new(Credentials::default());
+    let identity = mesh.control_plane_identity.clone();
+    let not_after = renew_serving_cert(&ca, &credentials, &identity, &mesh)?;
+    metrics.certificate_expiry_timestamp_seconds.set(not_after);
+    let tls = TlsContext::new(ca.root_pem(), credentials.clone())?;
+    let transport = TransportSettings::default();
+    let policy = TlsPolicy {
+        key_exchange: mesh.key_exchange,
+        cipher_suites: mesh.cipher_suites.clone(),
+    };
+    let (default_server, _lease) = tls.server(
+        &policy,
+        ClientAuth::Optional,
+        &[ALPN_CONTROL],
+        transport.server_transport(),
+    )?;
+    let endpoint = phoenix_tls::endpoint::bind(settings.listen, &transport, Some(default_server))
+        .map_err(|source| StartError::Bind {
+        what: "control QUIC endpoint",
+        addr: settings.listen,
+        source,
+    })?;
+    let admin_listener =
+        TcpListener::bind(settings.admin)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "admin listener",
+                addr: settings.admin,
+                source,
+            })?;
+    let local = |r: std::io::Result<SocketAddr>, what, addr| {
+        r.map_err(|source| StartError::Bind { what, addr, source })
+    };
+    let bound = Bound {
+        control: local(
+            endpoint.local_addr(),
+            "control QUIC endpoint",
+            settings.listen,
+        )?,
+        admin: local(
+            admin_listener.local_addr(),
+            "admin listener",
+            settings.admin,
+        )?,
+        identity: identity.to_string(),
+        trust_anchor,
+    };
+
+    let hub = Arc::new(Hub::new(mesh, tokens));
+    metrics.config_version.set(hub.version() as i64);
+    let server = Arc::new(Server {
+        hub: hub.clone(),
+        ca: ca.clone(),
+        tls,
+        transport,
+        metrics: metrics.clone(),
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(server.serve(endpoint.clone()));
+    tasks.spawn(admin::serve(
+        admin_listener,
+        Arc::new(registry),
+        Arc::new(ControlAdmin {
+            hub: hub.clone(),
+            credentials: credentials.clone(),
+            bound: bound.clone(),
+        }),
+    ));
+    tasks.spawn(watch_files(settings.clone(), hub.clone(), metrics.clone()));
+    {
+        let (ca, credentials, hub, metrics) = (
+            ca.clone(),
+            credentials.clone(),
+            hub.clone(),
+            metrics.clone(),
+        );
+        tasks.spawn(async move {
+            loop {
+                tokio::time::sleep(SERVING_CERT_LIFETIME * 2 / 3).await;
+                match renew_serving_cert(&ca, &credentials, &identity, &hub.mesh()) {
+                    Ok(na) => {
+                        metrics.certificate_expiry_timestamp_seconds.set(na);
+                    }
+                    Err(error) => tracing::error!(%error, "cannot renew the serving certificate"),
+                }
+            }
+        });
+    }
+    on_bound(&bound);
+    tracing::info!(control = %bound.control, admin = %bound.admin, "control plane ready");
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
+    tasks.abort_all();
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    Ok(())
+}
+
+fn renew_serving_cert(
+    ca: &Ca,
+    credentials: &Credentials,
+    identity: &phoenix_api::SpiffeId,
+    mesh: &Mesh,
+) -> Result<i64, StartError> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let pem = ca.issue_for_key(&key, identity, SERVING_CERT_LIFETIME)?;
+    let provider = phoenix_tls::provider::provider(mesh.key_exchange, &mesh.cipher_suites);
+    let loaded = Credentials::parse(&pem, &key.serialize_pem(), &provider)?;
+    let not_after = loaded.not_after;
+    credentials.store(loaded);
+    Ok(not_after)
+}
+
+/// Re-reads the mesh and tokens files when they change. An invalid mesh is
+/// refused (log line and `config_refused_total`); the last good one stays.
+async fn watch_files(settings: Settings, hub: Arc<Hub>, metrics: Arc<Metrics>) {
+    let mut mesh_stamp = stamp(&settings.mesh_path);
+    let mut tokens_stamp = stamp(&settings.tokens_path);
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = stamp(&settings.tokens_path);
+        if now != tokens_stamp {
+            tokens_stamp = now;
+            match Tokens::load(&settings.tokens_path) {
+                Ok(t) => {
+                    tracing::info!(tokens = t.len(), "bootstrap tokens reloaded");
+                    hub.set_tokens(t);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "tokens file refused; keeping the previous tokens")
+                }
+            }
+        }
+        let now = stamp(&settings.mesh_path);
+        if now == mesh_stamp {
+            continue;
+        }
+        mesh_stamp = now;
+        match Mesh::load(&settings.mesh_path) {
+            Ok(mesh) => {
+                let current = hub.mesh();
+                if mesh.trust_domain != current.trust_domain {
+                    metrics.config_refused.inc();
+                    tracing::error!(
+                        from = %current.trust_domain,
+                        to = %mesh.trust_domain,
+                        "mesh file refused: the trust domain cannot change while running; restart with a new stateDir"
+                    );
+                    continue;
+                }
+                if *current == mesh {
+                    continue;
+                }
+                hub.set_mesh(mesh);
+                metrics.config_version.set(hub.version() as i64);
+                tracing::info!(version = hub.version(), "mesh file reloaded");
+            }
+            Err(error) => {
+                metrics.config_refused.inc();
+                tracing::error!(%error, "mesh file refused; keeping the last good mesh");
+            }
+        }
+    }
+}
+
+/// Modification time and length: enough to notice an edit.
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+struct ControlAdmin {
+    hub: Arc<Hub>,
+    credentials: Arc<Credentials>,
+    bound: Bound,
+}
+
+impl AdminState for ControlAdmin {
+    fn ready(&self) -> Result<(), Vec<String>> {
+        match self.credentials.current() {
+            Some(_) => Ok(()),
+            None => Err(vec!["no serving certificate".into()]),
+        }
+    }
+
+    fn config_dump(&self) -> serde_json::Value {
+        let mesh = self.hub.mesh();
+        let cert = self.credentials.current();
+        serde_json::json!({
+            "version": self.hub.version(),
+            "control": self.bound.control,
+            "admin": self.bound.admin,
+            "identity": self.bound.identity,
+            "trustAnchor": self.bound.trust_anchor,
+            "certificate": cert.as_ref().map(|c| serde_json::json!({
+                "identity": c.identity.to_string(),
+                "notAfter": c.not_after,
+            })),
+            "mesh": {
+                "trustDomain": mesh.trust_domain,
+                "keyExchange": mesh.key_exchange.as_str(),
+                "cipherSuites": mesh.cipher_suites,
+                "certificateLifetimeSeconds": mesh.certificate_lifetime.as_secs(),
+                "workloads": mesh.workloads.values().map(|w| serde_json::json!({
+                    "name": w.name,
+                    "identity": w.identity.to_string(),
+                    "upstreams": w.upstreams,
+                    "serve": w.serve.iter().map(|(s, v)| serde_json::json!({
+                        "service": s,
+                        "target": v.target,
+                        "allow": v.allow.as_ref().map(|a| a.iter().map(ToString::to_string).collect::<Vec<_>>()),
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            },
+            "registrations": self.hub.registrations(),
+        })
+    }
+}

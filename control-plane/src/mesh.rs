@@ -1,0 +1,640 @@
+//! The mesh file: the whole mesh on one machine, without Kubernetes.
+//!
+//! Parsing is strict (unknown fields are errors, so a typo never silently
+//! drops a setting) and every error names the field and the line. The
+//! parsed [`MeshFile`] is then checked as a whole into a [`Mesh`], the model
+//! the index turns into per-proxy snapshots.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use phoenix_api::SpiffeId;
+use phoenix_api::identity::is_dns_label;
+use phoenix_api::tls_policy::{CipherSuite, KeyExchange};
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// Namespace given to workloads that name none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+/// Default certificate lifetime.
+pub const DEFAULT_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Shortest certificate lifetime accepted (tests use a few seconds).
+pub const MIN_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(3);
+
+/// The mesh file as written.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshFile {
+    /// SPIFFE trust domain of every identity.
+    pub trust_domain: Spanned<String>,
+    /// `pq-only` (default) or `pq-preferred`.
+    #[serde(default)]
+    pub key_exchange: KeyExchange,
+    /// TLS 1.3 cipher suites in preference order.
+    #[serde(default)]
+    pub cipher_suites: Option<Spanned<Vec<CipherSuite>>>,
+    /// Workload certificate lifetime, e.g. `24h`.
+    #[serde(default)]
+    pub certificate_lifetime: Option<Spanned<String>>,
+    /// Close a peer connection after this long with no open stream.
+    #[serde(default)]
+    pub peer_idle_timeout: Option<Spanned<String>>,
+    /// Timeout for a proxy's TCP connect to its local app.
+    #[serde(default)]
+    pub connect_timeout: Option<Spanned<String>>,
+    /// Where the CA root and bootstrap tokens live (relative to the file).
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// Control-plane listeners.
+    #[serde(default)]
+    pub control_plane: ControlPlaneFile,
+    /// The workloads.
+    pub workloads: Vec<WorkloadFile>,
+}
+
+/// `controlPlane:` in the mesh file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ControlPlaneFile {
+    /// QUIC address proxies connect to.
+    pub listen: Option<SocketAddr>,
+    /// Admin HTTP address.
+    pub admin: Option<SocketAddr>,
+}
+
+/// One workload (an app and its proxy).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadFile {
+    /// Unique name; also the default service account.
+    pub name: Spanned<String>,
+    /// Namespace part of the identity.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Service-account part of the identity (default: the name).
+    #[serde(default)]
+    pub service_account: Option<String>,
+    /// The proxy's QUIC address.
+    #[serde(default)]
+    pub inbound: Option<SocketAddr>,
+    /// The proxy's admin address.
+    #[serde(default)]
+    pub admin: Option<SocketAddr>,
+    /// Services this workload's app calls.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamFile>,
+    /// Services this workload's app serves.
+    #[serde(default)]
+    pub serve: Vec<ServeFile>,
+}
+
+/// An explicit outbound listener.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpstreamFile {
+    /// The service called.
+    pub service: Spanned<String>,
+    /// Where the proxy listens for the app.
+    pub listen: SocketAddr,
+}
+
+/// A served service.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServeFile {
+    /// The service name.
+    pub service: Spanned<String>,
+    /// Where the app listens.
+    pub target: SocketAddr,
+    /// Identities allowed to call it (bare name: that service account in the
+    /// workload's namespace); absent: every identity of the trust domain.
+    #[serde(default)]
+    pub allow: Option<Vec<Spanned<String>>>,
+}
+
+/// The validated mesh.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mesh {
+    /// Trust domain.
+    pub trust_domain: String,
+    /// The control plane's own identity in that trust domain.
+    pub control_plane_identity: SpiffeId,
+    /// Key-exchange policy.
+    pub key_exchange: KeyExchange,
+    /// Cipher suites in preference order.
+    pub cipher_suites: Vec<CipherSuite>,
+    /// Certificate lifetime.
+    pub certificate_lifetime: Duration,
+    /// Peer idle timeout.
+    pub peer_idle_timeout: Duration,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// State directory (absolute, or relative to the working directory).
+    pub state_dir: PathBuf,
+    /// Control-plane QUIC address.
+    pub control_listen: SocketAddr,
+    /// Control-plane admin address.
+    pub control_admin: SocketAddr,
+    /// Workloads by name.
+    pub workloads: BTreeMap<String, Workload>,
+}
+
+/// A validated workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// Name.
+    pub name: String,
+    /// Its identity.
+    pub identity: SpiffeId,
+    /// Proxy QUIC address.
+    pub inbound: SocketAddr,
+    /// Proxy admin address.
+    pub admin: SocketAddr,
+    /// Upstreams: service → listen address.
+    pub upstreams: BTreeMap<String, SocketAddr>,
+    /// Served services.
+    pub serve: BTreeMap<String, Serve>,
+}
+
+/// A validated served service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Serve {
+    /// Where the app listens.
+    pub target: SocketAddr,
+    /// Allowed identities; `None`: the whole trust domain.
+    pub allow: Option<BTreeSet<SpiffeId>>,
+}
+
+/// Why a mesh file is refused. Each variant names the field, the line and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    /// The file cannot be read.
+    #[error("cannot read mesh file {path}")]
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// YAML syntax or shape error (the message shows the line).
+    #[error("mesh file {path}: {source}")]
+    Yaml {
+        /// The path.
+        path: PathBuf,
+        /// The parser's error, with line and column.
+        #[source]
+        source: serde_saphyr::Error,
+    },
+    /// A semantic error at a known place.
+    #[error("mesh file {path}, line {line}: `{field}`: {problem}")]
+    Invalid {
+        /// The path.
+        path: PathBuf,
+        /// 1-based line.
+        line: u64,
+        /// Field path, e.g. `workloads[1].serve[0].allow[0]`.
+        field: String,
+        /// What is wrong and how to fix it.
+        problem: Problem,
+    },
+}
+
+/// What is wrong with a field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    /// Bad trust domain.
+    #[error(
+        "not a trust domain; use lowercase letters, digits, `.`, `-`, `_` (e.g. phoenix.local)"
+    )]
+    TrustDomain,
+    /// A name that must be a DNS label.
+    #[error("must be a DNS label: lowercase letters, digits and `-`, at most 63 characters")]
+    DnsLabel,
+    /// Two workloads with one name.
+    #[error("workload name is used twice; names must be unique")]
+    DuplicateWorkload,
+    /// Two workloads with one identity.
+    #[error(
+        "identity {0} is already used by workload `{1}`; give each workload its own serviceAccount"
+    )]
+    DuplicateIdentity(String, String),
+    /// A service name that is not a DNS name.
+    #[error("service names are lowercase DNS names (letters, digits, `-`, `.`)")]
+    ServiceName,
+    /// An upstream nobody serves.
+    #[error("no workload serves service `{0}`; add it to some workload's `serve` list")]
+    UnservedService(String),
+    /// Two listeners on one fixed address.
+    #[error("address {0} is already used by `{1}`; use another port or 0 for any free port")]
+    AddressInUse(SocketAddr, String),
+    /// The same service twice in one list.
+    #[error("service `{0}` is listed twice for this workload")]
+    DuplicateService(String),
+    /// An allow entry that is neither a name nor a SPIFFE ID.
+    #[error("allow entries are service-account names or spiffe:// IDs in trust domain {0}")]
+    AllowEntry(String),
+    /// A duration that cannot be parsed or is out of range.
+    #[error("{0}; e.g. 30s, 5m or 24h")]
+    Duration(String),
+    /// An empty cipher suite list.
+    #[error(
+        "list at least one cipher suite (TLS13_AES_256_GCM_SHA384, TLS13_AES_128_GCM_SHA256, TLS13_CHACHA20_POLY1305_SHA256)"
+    )]
+    NoCipherSuites,
+}
+
+impl Mesh {
+    /// Reads and validates a mesh file.
+    pub fn load(path: &Path) -> Result<Self, MeshError> {
+        let text = std::fs::read_to_string(path).map_err(|source| MeshError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates mesh-file text; `path` is for messages and for
+    /// resolving a relative `stateDir`.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, MeshError> {
+        let file: MeshFile = serde_saphyr::from_str(text).map_err(|source| MeshError::Yaml {
+            path: path.to_owned(),
+            source,
+        })?;
+        validate(file, path)
+    }
+
+    /// The workload whose identity is `id`.
+    pub fn workload_by_identity(&self, id: &SpiffeId) -> Option<&Workload> {
+        self.workloads.values().find(|w| &w.identity == id)
+    }
+}
+
+/// The control plane's identity: ServiceAccount `control-plane` in namespace `phoenix`.
+pub fn control_plane_identity(
+    trust_domain: &str,
+) -> Result<SpiffeId, phoenix_api::identity::IdentityError> {
+    SpiffeId::workload(trust_domain, "phoenix", "control-plane")
+}
+
+fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
+    let invalid = |line: u64, field: String, problem: Problem| MeshError::Invalid {
+        path: path.to_owned(),
+        line,
+        field,
+        problem,
+    };
+    let MeshFile {
+        trust_domain,
+        key_exchange,
+        cipher_suites,
+        certificate_lifetime,
+        peer_idle_timeout,
+        connect_timeout,
+        state_dir,
+        control_plane,
+        workloads: workload_files,
+    } = file;
+    let td = trust_domain.value.clone();
+    let control_plane_identity = control_plane_identity(&td).map_err(|_| {
+        invalid(
+            trust_domain.referenced.line(),
+            "trustDomain".into(),
+            Problem::TrustDomain,
+        )
+    })?;
+    let cipher_suites = match cipher_suites {
+        None => CipherSuite::DEFAULT.to_vec(),
+        Some(s) if s.value.is_empty() => {
+            return Err(invalid(
+                s.referenced.line(),
+                "cipherSuites".into(),
+                Problem::NoCipherSuites,
+            ));
+        }
+        Some(s) => s.value,
+    };
+    let duration = |field: &str, v: Option<Spanned<String>>, default: Duration, min: Duration| {
+        let Some(v) = v else { return Ok(default) };
+        let d = phoenix_api::duration::parse(&v.value).map_err(|e| {
+            invalid(
+                v.referenced.line(),
+                field.into(),
+                Problem::Duration(e.to_string()),
+            )
+        })?;
+        if d < min {
+            return Err(invalid(
+                v.referenced.line(),
+                field.into(),
+                Problem::Duration(format!(
+                    "must be at least {}",
+                    phoenix_api::duration::format(min)
+                )),
+            ));
+        }
+        Ok(d)
+    };
+    let certificate_lifetime = duration(
+        "certificateLifetime",
+        certificate_lifetime,
+        DEFAULT_CERTIFICATE_LIFETIME,
+        MIN_CERTIFICATE_LIFETIME,
+    )?;
+    let peer_idle_timeout = duration(
+        "peerIdleTimeout",
+        peer_idle_timeout,
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+    )?;
+    let connect_timeout = duration(
+        "connectTimeout",
+        connect_timeout,
+        Duration::from_secs(5),
+        Duration::from_millis(10),
+    )?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let state_dir = base.join(state_dir.unwrap_or_else(|| PathBuf::from(".phoenix")));
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+
+    // Fixed addresses already claimed, for conflict messages.
+    let mut claimed: BTreeMap<SocketAddr, String> = BTreeMap::new();
+    let mut claim = |addr: SocketAddr, owner: String, line: u64, field: String| {
+        if addr.port() == 0 {
+            return Ok(());
+        }
+        if let Some(prev) = claimed.get(&addr) {
+            return Err(invalid(
+                line,
+                field,
+                Problem::AddressInUse(addr, prev.clone()),
+            ));
+        }
+        claimed.insert(addr, owner);
+        Ok(())
+    };
+    let control_listen = control_plane.listen.unwrap_or(any);
+    let control_admin = control_plane.admin.unwrap_or(any);
+
+    let mut workloads = BTreeMap::new();
+    let mut identities: BTreeMap<SpiffeId, String> = BTreeMap::new();
+    let mut served: BTreeSet<String> = BTreeSet::new();
+    for (i, w) in workload_files.iter().enumerate() {
+        let line = w.name.referenced.line();
+        let at = |f: &str| format!("workloads[{i}].{f}");
+        let name = w.name.value.clone();
+        if !is_dns_label(&name) {
+            return Err(invalid(line, at("name"), Problem::DnsLabel));
+        }
+        if workloads.contains_key(&name) {
+            return Err(invalid(line, at("name"), Problem::DuplicateWorkload));
+        }
+        let namespace = w
+            .namespace
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.into());
+        let service_account = w.service_account.clone().unwrap_or_else(|| name.clone());
+        if !is_dns_label(&namespace) {
+            return Err(invalid(line, at("namespace"), Problem::DnsLabel));
+        }
+        let identity = SpiffeId::workload(&td, &namespace, &service_account)
+            .map_err(|_| invalid(line, at("serviceAccount"), Problem::DnsLabel))?;
+        if let Some(other) = identities.insert(identity.clone(), name.clone()) {
+            return Err(invalid(
+                line,
+                at("serviceAccount"),
+                Problem::DuplicateIdentity(identity.to_string(), other),
+            ));
+        }
+        let inbound = w.inbound.unwrap_or(any);
+        let admin = w.admin.unwrap_or(any);
+        claim(
+            inbound,
+            format!("workloads[{i}].inbound"),
+            line,
+            at("inbound"),
+        )?;
+        claim(admin, format!("workloads[{i}].admin"), line, at("admin"))?;
+
+        let mut upstreams = BTreeMap::new();
+        for (j, u) in w.upstreams.iter().enumerate() {
+            let uline = u.service.referenced.line();
+            let field = at(&format!("upstreams[{j}].service"));
+            if !is_service_name(&u.service.value) {
+                return Err(invalid(uline, field, Problem::ServiceName));
+            }
+            if upstreams
+                .insert(u.service.value.clone(), u.listen)
+                .is_some()
+            {
+                return Err(invalid(
+                    uline,
+                    field,
+                    Problem::DuplicateService(u.service.value.clone()),
+                ));
+            }
+            claim(
+                u.listen,
+                at(&format!("upstreams[{j}].listen")),
+                uline,
+                at(&format!("upstreams[{j}].listen")),
+            )?;
+        }
+        let mut serve = BTreeMap::new();
+        for (j, s) in w.serve.iter().enumerate() {
+            let sline = s.service.referenced.line();
+            let field = at(&format!("serve[{j}].service"));
+            if !is_service_name(&s.service.value) {
+                return Err(invalid(sline, field, Problem::ServiceName));
+            }
+            let allow = match &s.allow {
+                None => None,
+                Some(entries) => {
+                    let mut ids = BTreeSet::new();
+                    for (k, e) in entries.iter().enumerate() {
+                        let id = resolve_allow(&e.value, &td, &namespace).ok_or_else(|| {
+                            invalid(
+                                e.referenced.line(),
+                                at(&format!("serve[{j}].allow[{k}]")),
+                                Problem::AllowEntry(td.clone()),
+                            )
+                        })?;
+                        ids.insert(id);
+                    }
+                    Some(ids)
+                }
+            };
+            if serve
+                .insert(
+                    s.service.value.clone(),
+                    Serve {
+                        target: s.target,
+                        allow,
+                    },
+                )
+                .is_some()
+            {
+                return Err(invalid(
+                    sline,
+                    field,
+                    Problem::DuplicateService(s.service.value.clone()),
+                ));
+            }
+            served.insert(s.service.value.clone());
+        }
+        workloads.insert(
+            name.clone(),
+            Workload {
+                name,
+                identity,
+                inbound,
+                admin,
+                upstreams,
+                serve,
+            },
+        );
+    }
+    for (i, w) in workload_files.iter().enumerate() {
+        for (j, u) in w.upstreams.iter().enumerate() {
+            if !served.contains(&u.service.value) {
+                return Err(invalid(
+                    u.service.referenced.line(),
+                    format!("workloads[{i}].upstreams[{j}].service"),
+                    Problem::UnservedService(u.service.value.clone()),
+                ));
+            }
+        }
+    }
+    Ok(Mesh {
+        trust_domain: td,
+        control_plane_identity,
+        key_exchange,
+        cipher_suites,
+        certificate_lifetime,
+        peer_idle_timeout,
+        connect_timeout,
+        state_dir,
+        control_listen,
+        control_admin,
+        workloads,
+    })
+}
+
+fn is_service_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= phoenix_api::header::MAX_SERVICE_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
+fn resolve_allow(entry: &str, td: &str, namespace: &str) -> Option<SpiffeId> {
+    if entry.starts_with("spiffe://") {
+        let id: SpiffeId = entry.parse().ok()?;
+        (id.trust_domain() == td).then_some(id)
+    } else {
+        SpiffeId::workload(td, namespace, entry).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = "\
+trustDomain: phoenix.local
+workloads:
+  - name: web
+    upstreams:
+      - service: db
+        listen: 127.0.0.1:25432
+  - name: db
+    serve:
+      - service: db
+        target: 127.0.0.1:15432
+        allow: [web]
+";
+
+    fn parse(text: &str) -> Result<Mesh, MeshError> {
+        Mesh::parse(text, Path::new("/etc/phoenix/mesh.yaml"))
+    }
+
+    fn problem(text: &str) -> (u64, String, Problem) {
+        match parse(text) {
+            Err(MeshError::Invalid {
+                line,
+                field,
+                problem,
+                ..
+            }) => (line, field, problem),
+            other => panic!("expected a semantic error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_readme_example_parses_with_defaults() {
+        let mesh = parse(EXAMPLE).unwrap();
+        assert_eq!(mesh.key_exchange, KeyExchange::PqOnly);
+        assert_eq!(mesh.certificate_lifetime, DEFAULT_CERTIFICATE_LIFETIME);
+        assert_eq!(mesh.state_dir, PathBuf::from("/etc/phoenix/.phoenix"));
+        let db = &mesh.workloads["db"];
+        assert_eq!(
+            db.identity.to_string(),
+            "spiffe://phoenix.local/ns/default/sa/db"
+        );
+        let allow = db.serve["db"].allow.as_ref().unwrap();
+        assert!(allow.contains(&"spiffe://phoenix.local/ns/default/sa/web".parse().unwrap()));
+    }
+
+    #[test]
+    fn syntax_errors_show_the_line() {
+        let err =
+            parse("trustDomain: phoenix.local\nworkloads:\n  - name: web\n    upstream: []\n")
+                .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("line 4") && msg.contains("unknown field `upstream`"),
+            "{msg}"
+        );
+        let err = parse("trustDomain: x\nkeyExchange: classic\nworkloads: []\n").unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_name_field_and_line() {
+        let (line, field, p) =
+            problem(&EXAMPLE.replace("allow: [web]", "allow: [\"spiffe://other.td/ns/a/sa/b\"]"));
+        assert_eq!(
+            (line, field.as_str()),
+            (11, "workloads[1].serve[0].allow[0]")
+        );
+        assert_eq!(p, Problem::AllowEntry("phoenix.local".into()));
+
+        let (line, field, p) = problem(&EXAMPLE.replace(
+            "service: db\n        listen",
+            "service: cache\n        listen",
+        ));
+        assert_eq!(
+            (line, field.as_str()),
+            (5, "workloads[0].upstreams[0].service")
+        );
+        assert_eq!(p, Problem::UnservedService("cache".into()));
+
+        let (_, field, p) = problem(&EXAMPLE.replace("name: db", "name: web"));
+        assert_eq!(field, "workloads[1].name");
+        assert_eq!(p, Problem::DuplicateWorkload);
+
+        let (_, field, _) = problem(&format!("{EXAMPLE}certificateLifetime: 1s\n"));
+        assert_eq!(field, "certificateLifetime");
+
+        let (_, field, p) =
+            problem(&EXAMPLE.replace("name: db", "name: db\n    inbound: 127.0.0.1:25432"));
+        assert_eq!(field, "workloads[1].inbound");
+        assert!(matches!(p, Problem::AddressInUse(..)));
+
+        let (line, _, p) =
+            problem(&EXAMPLE.replace("trustDomain: phoenix.local", "trustDomain: Phoenix"));
+        assert_eq!((line, p), (1, Problem::TrustDomain));
+    }
+}

@@ -1,0 +1,110 @@
+//! Control-plane metrics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels of certificate issuance.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IssueLabels {
+    /// `issued`, or the refusal code (`invalid_token`, `invalid_csr`, ...).
+    pub result: String,
+}
+
+/// Labels of config pushes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushLabels {
+    /// `snapshot` or `delta`.
+    pub kind: String,
+}
+
+/// Labels of handshakes (same vocabulary as the proxy).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    /// Always `server` here.
+    pub side: String,
+    /// IANA group name.
+    pub kx_group: String,
+    /// `success` or `failure`.
+    pub result: String,
+}
+
+/// Every control-plane metric.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Certificate requests by result.
+    pub certificates: Family<IssueLabels, Counter>,
+    /// Config messages sent by kind.
+    pub config_pushes: Family<PushLabels, Counter>,
+    /// Bytes of config sent.
+    pub config_push_bytes: Counter,
+    /// Proxies subscribed now.
+    pub subscribers: Gauge,
+    /// Current mesh version.
+    pub config_version: Gauge,
+    /// Mesh file reloads refused (the last good mesh stays).
+    pub config_refused: Counter,
+    /// Handshakes.
+    pub tls_handshakes: Family<HandshakeLabels, Counter>,
+    /// Expiry of the control plane's own serving certificate.
+    pub certificate_expiry_timestamp_seconds: Gauge,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "control_certificates",
+            "Certificate requests by result",
+            self.certificates.clone(),
+        );
+        r.register(
+            "control_config_pushes",
+            "Config messages sent to proxies",
+            self.config_pushes.clone(),
+        );
+        r.register(
+            "control_config_push_bytes",
+            "Bytes of config sent to proxies",
+            self.config_push_bytes.clone(),
+        );
+        r.register(
+            "control_subscribers",
+            "Proxies subscribed to config",
+            self.subscribers.clone(),
+        );
+        r.register(
+            "config_version",
+            "Version of the mesh config in force",
+            self.config_version.clone(),
+        );
+        r.register(
+            "config_refused",
+            "Mesh file reloads refused as invalid",
+            self.config_refused.clone(),
+        );
+        r.register(
+            "tls_handshakes",
+            "TLS handshakes by side, key-exchange group and result",
+            self.tls_handshakes.clone(),
+        );
+        r.register(
+            "certificate_expiry_timestamp_seconds",
+            "Expiry of the control plane's serving certificate, Unix seconds",
+            self.certificate_expiry_timestamp_seconds.clone(),
+        );
+    }
+
+    /// Counts a handshake.
+    pub fn handshake(&self, kx_group: &str, result: &str) {
+        self.tls_handshakes
+            .get_or_create(&HandshakeLabels {
+                side: "server".into(),
+                kx_group: kx_group.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+}

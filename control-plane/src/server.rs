@@ -1,0 +1,296 @@
+//! The control server: certificates and config over PQ TLS on QUIC.
+//!
+//! QUIC rather than gRPC over HTTP/2: proxies already carry a tuned quinn
+//! stack with the PQ provider and SPIFFE verification, so the control
+//! channel reuses it whole (no second TLS stack, no HTTP/2 or protobuf
+//! dependencies in the proxy), and one QUIC stream per request gives the
+//! same multiplexing.
+//!
+//! Client certificates are optional at the TLS layer because a proxy asks
+//! for its first certificate before it has one; subscribing requires one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use phoenix_api::SpiffeId;
+use phoenix_api::control::{
+    self, ALPN_CONTROL, ErrorCode, MIN_WIRE_VERSION, Request, Response, WIRE_VERSION,
+};
+use phoenix_api::snapshot::Snapshot;
+use phoenix_proxy::control::read_frame;
+use phoenix_tls::TlsContext;
+use phoenix_tls::endpoint::TransportSettings;
+use phoenix_tls::handshake::{ClientAuth, HandshakeFailure, TlsPolicy, peer_identity};
+use phoenix_tls::kx::group_name;
+
+use crate::ca::Ca;
+use crate::hub::Hub;
+use crate::metrics::{IssueLabels, Metrics, PushLabels};
+
+/// How long a client has to send its request on a new stream.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the server needs.
+#[derive(Debug)]
+pub struct Server {
+    /// Live state.
+    pub hub: Arc<Hub>,
+    /// The CA.
+    pub ca: Arc<Ca>,
+    /// Our TLS context (root + our serving certificate).
+    pub tls: TlsContext,
+    /// Transport settings.
+    pub transport: TransportSettings,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Server {
+    /// Accepts connections on `endpoint` until it closes.
+    pub async fn serve(self: Arc<Self>, endpoint: quinn::Endpoint) {
+        while let Some(incoming) = endpoint.accept().await {
+            let server = self.clone();
+            tokio::spawn(async move { server.connection(incoming).await });
+        }
+    }
+
+    async fn connection(self: Arc<Self>, incoming: quinn::Incoming) {
+        let policy = {
+            let mesh = self.hub.mesh();
+            TlsPolicy {
+                key_exchange: mesh.key_exchange,
+                cipher_suites: mesh.cipher_suites.clone(),
+            }
+        };
+        let Ok((config, lease)) = self.tls.server(
+            &policy,
+            ClientAuth::Optional,
+            &[ALPN_CONTROL],
+            self.transport.server_transport(),
+        ) else {
+            incoming.refuse();
+            return;
+        };
+        let Ok(connecting) = incoming.accept_with(Arc::new(config)) else {
+            return;
+        };
+        let conn = match connecting.await {
+            Ok(c) => c,
+            Err(e) => {
+                let reason = HandshakeFailure::classify(&e);
+                self.metrics.handshake("none", "failure");
+                tracing::warn!(reason = reason.as_str(), error = %e, "control handshake failed");
+                return;
+            }
+        };
+        let kx = lease.negotiated().map(group_name).unwrap_or("unknown");
+        drop(lease);
+        self.metrics.handshake(kx, "success");
+        let client = peer_identity(&conn);
+        while let Ok((send, recv)) = conn.accept_bi().await {
+            let server = self.clone();
+            let client = client.clone();
+            let conn = conn.clone();
+            tokio::spawn(async move { server.stream(conn, client, send, recv).await });
+        }
+    }
+
+    async fn stream(
+        &self,
+        conn: quinn::Connection,
+        client: Option<SpiffeId>,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        let request =
+            match tokio::time::timeout(REQUEST_TIMEOUT, read_frame::<Request>(&mut recv)).await {
+                Ok(Ok(Some(r))) => r,
+                Ok(Err(error)) => {
+                    let _ = reply(
+                        &mut send,
+                        &error_response(
+                            ErrorCode::BadRequest,
+                            format!("cannot read request: {error}"),
+                        ),
+                    )
+                    .await;
+                    return;
+                }
+                _ => return,
+            };
+        match request {
+            Request::IssueCertificate { token, csr_pem } => {
+                let answer = self.issue(&token, &csr_pem);
+                let _ = reply(&mut send, &answer).await;
+                let _ = send.finish();
+                let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+            }
+            Request::Subscribe {
+                wire_version,
+                inbound,
+            } => {
+                let Some(client) = client else {
+                    let _ = reply(
+                        &mut send,
+                        &error_response(
+                            ErrorCode::Unauthenticated,
+                            "subscribing needs a client certificate; obtain one with issueCertificate first".into(),
+                        ),
+                    )
+                    .await;
+                    return;
+                };
+                if !(MIN_WIRE_VERSION..=WIRE_VERSION).contains(&wire_version) {
+                    let _ = reply(
+                        &mut send,
+                        &error_response(
+                            ErrorCode::UnsupportedVersion,
+                            format!(
+                                "wire version {wire_version} is not served; this control plane serves {MIN_WIRE_VERSION} to {WIRE_VERSION}: upgrade the proxy"
+                            ),
+                        ),
+                    )
+                    .await;
+                    return;
+                }
+                self.subscription(conn, client, wire_version, inbound, send)
+                    .await;
+            }
+        }
+    }
+
+    fn issue(&self, token: &str, csr_pem: &str) -> Response {
+        let tokens = self.hub.tokens();
+        let mesh = self.hub.mesh();
+        let count = |result: &str| {
+            self.metrics
+                .certificates
+                .get_or_create(&IssueLabels {
+                    result: result.into(),
+                })
+                .inc();
+        };
+        let Some(workload) = tokens.workload(token).and_then(|w| mesh.workloads.get(w)) else {
+            count("invalid_token");
+            tracing::warn!("certificate refused: unknown bootstrap token");
+            return error_response(
+                ErrorCode::InvalidToken,
+                "the bootstrap token is unknown; start the proxy through `phoenix up` or pass the token written for its workload".into(),
+            );
+        };
+        match self
+            .ca
+            .issue(csr_pem, &workload.identity, mesh.certificate_lifetime)
+        {
+            Ok(chain_pem) => {
+                count("issued");
+                tracing::info!(workload = %workload.name, identity = %workload.identity, "certificate issued");
+                Response::Certificate {
+                    chain_pem,
+                    identity: workload.identity.to_string(),
+                }
+            }
+            Err(error) => {
+                count("invalid_csr");
+                tracing::warn!(workload = %workload.name, %error, "certificate refused");
+                error_response(ErrorCode::InvalidCsr, format!("{error}"))
+            }
+        }
+    }
+
+    async fn subscription(
+        &self,
+        conn: quinn::Connection,
+        client: SpiffeId,
+        wire_version: u32,
+        inbound: std::net::SocketAddr,
+        mut send: quinn::SendStream,
+    ) {
+        let Some(workload) = self
+            .hub
+            .mesh()
+            .workload_by_identity(&client)
+            .map(|w| w.name.clone())
+        else {
+            let _ = reply(
+                &mut send,
+                &error_response(
+                    ErrorCode::UnknownWorkload,
+                    format!("no workload has identity {client}"),
+                ),
+            )
+            .await;
+            return;
+        };
+        // A proxy behind NAT or on 0.0.0.0 reports an unspecified address;
+        // use the address its connection comes from instead.
+        let inbound = if inbound.ip().is_unspecified() {
+            std::net::SocketAddr::new(conn.remote_address().ip(), inbound.port())
+        } else {
+            inbound
+        };
+        let registration = self.hub.register(&workload, inbound);
+        self.metrics.subscribers.inc();
+        tracing::info!(%workload, %inbound, wire_version, "proxy subscribed");
+        let mut changes = self.hub.subscribe();
+        let mut last: Option<Snapshot> = None;
+        loop {
+            changes.borrow_and_update();
+            let Some(next) = self.hub.snapshot_for(&workload) else {
+                let _ = reply(
+                    &mut send,
+                    &error_response(
+                        ErrorCode::UnknownWorkload,
+                        format!("workload {workload} was removed"),
+                    ),
+                )
+                .await;
+                break;
+            };
+            let message = match &last {
+                None => Some(Response::Snapshot(next.clone())),
+                Some(prev) if wire_version >= 2 => prev.diff(&next).map(Response::Delta),
+                Some(prev) => {
+                    (prev.resources != next.resources).then(|| Response::Snapshot(next.clone()))
+                }
+            };
+            if let Some(message) = message {
+                let kind = if matches!(message, Response::Delta(_)) {
+                    "delta"
+                } else {
+                    "snapshot"
+                };
+                match reply(&mut send, &message).await {
+                    Ok(bytes) => {
+                        self.metrics
+                            .config_pushes
+                            .get_or_create(&PushLabels { kind: kind.into() })
+                            .inc();
+                        self.metrics.config_push_bytes.inc_by(bytes as u64);
+                    }
+                    Err(()) => break,
+                }
+                last = Some(next);
+            }
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { break },
+                _ = conn.closed() => break,
+                _ = send.stopped() => break,
+            }
+        }
+        self.metrics.subscribers.dec();
+        self.hub.unregister(registration);
+        tracing::info!(%workload, "proxy unsubscribed");
+    }
+}
+
+fn error_response(code: ErrorCode, message: String) -> Response {
+    Response::Error { code, message }
+}
+
+/// Writes one frame; returns its size.
+async fn reply(send: &mut quinn::SendStream, msg: &Response) -> Result<usize, ()> {
+    let frame = control::encode_frame(msg).map_err(|_| ())?;
+    send.write_all(&frame).await.map_err(|_| ())?;
+    Ok(frame.len())
+}

@@ -1,0 +1,299 @@
+//! The proxy's side of the control plane: certificates and config.
+//!
+//! The proxy trusts the control plane through the mesh root it was given,
+//! proves who it is with its bootstrap token, and gets a certificate for the
+//! identity the token names (the CSR contributes only its public key). It
+//! renews at two thirds of the lifetime; established connections keep their
+//! certificate, new handshakes use the new one.
+//!
+//! With a certificate it subscribes to config: one full snapshot, then
+//! deltas. When the control plane goes away the proxy keeps the last good
+//! config and resubscribes with backoff.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use phoenix_api::SpiffeId;
+use phoenix_api::control::{self, ALPN_CONTROL, ErrorCode, Request, Response, WIRE_VERSION};
+use phoenix_api::snapshot::Snapshot;
+use phoenix_tls::credentials::{Credentials, Loaded};
+use phoenix_tls::handshake::TlsPolicy;
+use serde::de::DeserializeOwned;
+
+use crate::config::ProxyConfig;
+use crate::state::Shared;
+
+/// Where the control plane is and how to prove who we are to it.
+#[derive(Clone, Debug)]
+pub struct ControlPlane {
+    /// Its QUIC address.
+    pub address: SocketAddr,
+    /// The identity its certificate must carry.
+    pub identity: SpiffeId,
+    /// Our bootstrap token.
+    pub token: String,
+    /// Key exchange for talking to it (the mesh setting is not known yet).
+    pub policy: TlsPolicy,
+}
+
+/// Why talking to the control plane failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// TLS config could not be built.
+    #[error("TLS config")]
+    Tls(#[from] phoenix_tls::handshake::TlsConfigError),
+    /// quinn refused to connect.
+    #[error("cannot start connection")]
+    Connect(#[from] quinn::ConnectError),
+    /// The connection failed.
+    #[error("connection to the control plane failed")]
+    Connection(#[from] quinn::ConnectionError),
+    /// A stream failed.
+    #[error("control stream failed")]
+    Stream,
+    /// A frame could not be encoded or decoded.
+    #[error("bad control frame")]
+    Frame(#[from] control::FrameError),
+    /// The CSR could not be built.
+    #[error("cannot build key or CSR")]
+    Csr(#[from] rcgen::Error),
+    /// The returned certificate is unusable.
+    #[error("certificate from the control plane is unusable")]
+    Credentials(#[from] phoenix_tls::credentials::CredentialsError),
+    /// The control plane refused the request.
+    #[error("control plane refused: {code:?}: {message}")]
+    Refused {
+        /// Its reason code.
+        code: ErrorCode,
+        /// Its explanation.
+        message: String,
+    },
+    /// The control plane answered with an unexpected message.
+    #[error("unexpected answer from the control plane")]
+    Unexpected,
+}
+
+/// Asks the control plane for a certificate (server-authenticated only).
+pub async fn obtain_certificate(
+    shared: &Shared,
+    cp: &ControlPlane,
+) -> Result<Loaded, ControlError> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let csr_pem = rcgen::CertificateParams::default()
+        .serialize_request(&key)?
+        .pem()?;
+    let (config, _lease) = shared.tls.client(
+        &cp.policy,
+        cp.identity.clone(),
+        ALPN_CONTROL,
+        false,
+        shared.transport.client_transport(),
+    )?;
+    let conn = shared
+        .endpoint
+        .connect_with(config, cp.address, "control-plane.phoenix")?
+        .await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    write_frame(
+        &mut send,
+        &Request::IssueCertificate {
+            token: cp.token.clone(),
+            csr_pem,
+        },
+    )
+    .await?;
+    let answer: Response = read_frame(&mut recv).await?.ok_or(ControlError::Stream)?;
+    conn.close(quinn::VarInt::from_u32(0), b"done");
+    match answer {
+        Response::Certificate { chain_pem, .. } => {
+            let provider =
+                phoenix_tls::provider::provider(cp.policy.key_exchange, &cp.policy.cipher_suites);
+            Ok(Credentials::parse(
+                &chain_pem,
+                &key.serialize_pem(),
+                &provider,
+            )?)
+        }
+        Response::Error { code, message } => Err(ControlError::Refused { code, message }),
+        _ => Err(ControlError::Unexpected),
+    }
+}
+
+/// Keeps a valid certificate in `shared.tls` for ever: renews at two thirds
+/// of each certificate's lifetime, retrying with backoff.
+pub async fn certificates(shared: Arc<Shared>, cp: ControlPlane) {
+    let mut backoff = Backoff::default();
+    loop {
+        match obtain_certificate(&shared, &cp).await {
+            Ok(loaded) => {
+                backoff.reset();
+                let (nb, na) = (loaded.not_before, loaded.not_after);
+                tracing::info!(identity = %loaded.identity, not_after = na, "certificate obtained");
+                shared.metrics.certificate_expiry_timestamp_seconds.set(na);
+                shared.metrics.certificate_renewals.inc();
+                shared.tls.credentials().store(loaded);
+                let renew_at = nb + (na - nb) * 2 / 3;
+                tokio::time::sleep(until_unix(renew_at)).await;
+            }
+            Err(error) => {
+                let wait = backoff.next();
+                tracing::warn!(%error, retry_in = ?wait, "cannot obtain a certificate");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// Subscribes to config for ever, applying snapshots and deltas.
+pub async fn subscribe(shared: Arc<Shared>, cp: ControlPlane, inbound: SocketAddr) {
+    let mut backoff = Backoff::default();
+    loop {
+        if shared.tls.credentials().current().is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        match subscription(&shared, &cp, inbound, &mut backoff).await {
+            Ok(()) => tracing::info!("control plane closed the subscription; resubscribing"),
+            Err(error) => {
+                tracing::warn!(%error, "config subscription failed; keeping the last good config")
+            }
+        }
+        tokio::time::sleep(backoff.next()).await;
+    }
+}
+
+async fn subscription(
+    shared: &Shared,
+    cp: &ControlPlane,
+    inbound: SocketAddr,
+    backoff: &mut Backoff,
+) -> Result<(), ControlError> {
+    let (config, _lease) = shared.tls.client(
+        &cp.policy,
+        cp.identity.clone(),
+        ALPN_CONTROL,
+        true,
+        shared.transport.client_transport(),
+    )?;
+    let conn = shared
+        .endpoint
+        .connect_with(config, cp.address, "control-plane.phoenix")?
+        .await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    write_frame(
+        &mut send,
+        &Request::Subscribe {
+            wire_version: WIRE_VERSION,
+            inbound,
+        },
+    )
+    .await?;
+    // The last snapshot received, valid or not: deltas apply to it, and a
+    // later delta may turn a refused snapshot valid again.
+    let mut wire: Option<Snapshot> = None;
+    while let Some(msg) = read_frame::<Response>(&mut recv).await? {
+        backoff.reset();
+        let next = match msg {
+            Response::Snapshot(s) => s,
+            Response::Delta(d) => {
+                let Some(base) = &wire else {
+                    return Err(ControlError::Unexpected);
+                };
+                match base.apply(&d) {
+                    Ok(s) => s,
+                    Err(error) => {
+                        tracing::warn!(%error, "delta does not apply; resubscribing");
+                        shared.metrics.config_refused.inc();
+                        return Ok(());
+                    }
+                }
+            }
+            Response::Error { code, message } => {
+                return Err(ControlError::Refused { code, message });
+            }
+            Response::Certificate { .. } => return Err(ControlError::Unexpected),
+        };
+        apply(shared, &next);
+        wire = Some(next);
+    }
+    Ok(())
+}
+
+/// Validates and installs a snapshot; an invalid one is refused, counted and
+/// logged, and the last good config stays.
+pub fn apply(shared: &Shared, snapshot: &Snapshot) -> bool {
+    match ProxyConfig::try_from(snapshot) {
+        Ok(config) => {
+            tracing::info!(version = config.version, "config applied");
+            shared.install(config);
+            true
+        }
+        Err(error) => {
+            shared.metrics.config_refused.inc();
+            tracing::error!(version = snapshot.version, %error, "config refused; keeping the last good config");
+            false
+        }
+    }
+}
+
+async fn write_frame<T: serde::Serialize>(
+    send: &mut quinn::SendStream,
+    msg: &T,
+) -> Result<(), ControlError> {
+    let frame = control::encode_frame(msg)?;
+    send.write_all(&frame)
+        .await
+        .map_err(|_| ControlError::Stream)
+}
+
+/// Reads one frame; `None` when the stream ended cleanly between frames.
+pub async fn read_frame<T: DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+) -> Result<Option<T>, ControlError> {
+    let mut prefix = [0u8; 4];
+    match recv.read_exact(&mut prefix).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(_) => return Err(ControlError::Stream),
+    }
+    let len = control::frame_len(prefix)?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|_| ControlError::Stream)?;
+    Ok(Some(control::decode_body(&body)?))
+}
+
+/// Exponential backoff from 100 ms to 5 s.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            next: Duration::from_millis(100),
+        }
+    }
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let now = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(5));
+        now
+    }
+
+    fn reset(&mut self) {
+        *self = Self::default();
+    }
+}
+
+fn until_unix(at: i64) -> Duration {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Duration::from_secs(at.max(0) as u64).saturating_sub(now)
+}

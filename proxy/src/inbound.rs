@@ -1,0 +1,243 @@
+//! Inbound: peers' QUIC connections arrive on the proxy's UDP endpoint; each
+//! stream names a service, is checked against that service's allow-list
+//! (per stream, so a policy change applies to the next stream), and is
+//! connected to the local app.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use phoenix_api::SpiffeId;
+use phoenix_api::control::ALPN_TUNNEL;
+use phoenix_api::header::{self, ConnectResponse, Status};
+use phoenix_tls::handshake::{ClientAuth, HandshakeFailure, peer_identity};
+use phoenix_tls::kx::group_name;
+use tokio::net::TcpStream;
+
+use crate::metrics::{DenyLabels, Direction, GaugeGuard, Outcome, QuicLabels, Side};
+use crate::relay::{self, Start};
+use crate::state::Shared;
+
+/// How long a peer has to send a complete header on a new stream.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts peer connections until the endpoint closes.
+pub async fn serve(shared: Arc<Shared>) {
+    while let Some(incoming) = shared.endpoint.accept().await {
+        let shared = shared.clone();
+        tokio::spawn(async move { accept(shared, incoming).await });
+    }
+}
+
+async fn accept(shared: Arc<Shared>, incoming: quinn::Incoming) {
+    let remote = incoming.remote_address();
+    let policy = shared
+        .config
+        .load()
+        .as_ref()
+        .map(|c| c.mesh.tls.clone())
+        .unwrap_or_default();
+    let (config, lease) = match shared.tls.server(
+        &policy,
+        ClientAuth::Required,
+        &[ALPN_TUNNEL],
+        shared.transport.server_transport(),
+    ) {
+        Ok(c) => c,
+        Err(error) => {
+            tracing::error!(%error, "cannot build tunnel TLS config");
+            incoming.refuse();
+            return;
+        }
+    };
+    let connecting = match incoming.accept_with(Arc::new(config)) {
+        Ok(c) => c,
+        Err(error) => {
+            tracing::debug!(%remote, %error, "incoming connection dropped");
+            return;
+        }
+    };
+    let conn = match connecting.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            let reason = HandshakeFailure::classify(&e);
+            shared
+                .metrics
+                .handshake_failure(Side::server, reason.as_str());
+            tracing::warn!(%remote, reason = reason.as_str(), error = %e, "inbound handshake failed");
+            return;
+        }
+    };
+    let kx_group = lease.negotiated().map(group_name).unwrap_or("unknown");
+    drop(lease);
+    let Some(client) = peer_identity(&conn) else {
+        // The verifier required a chain to our root; a leaf without a SPIFFE
+        // ID is still not a mesh workload.
+        shared
+            .metrics
+            .handshake_failure(Side::server, HandshakeFailure::BadIdentity.as_str());
+        conn.close(quinn::VarInt::from_u32(2), b"no SPIFFE identity");
+        return;
+    };
+    shared
+        .metrics
+        .handshake(Side::server, kx_group, Outcome::success);
+    tracing::debug!(%remote, client = %client, kx_group, "peer connected");
+    let _open = GaugeGuard::new(
+        shared
+            .metrics
+            .quic_connections_open
+            .get_or_create(&QuicLabels {
+                direction: Direction::inbound,
+            })
+            .clone(),
+    );
+    let client = Arc::new(client);
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                let shared = shared.clone();
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let _active = shared.track();
+                    stream(&shared, &client, send, recv).await;
+                });
+            }
+            Err(error) => {
+                tracing::debug!(%remote, %error, "peer connection ended");
+                return;
+            }
+        }
+    }
+}
+
+async fn stream(
+    shared: &Arc<Shared>,
+    client: &SpiffeId,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let _streams = GaugeGuard::new(
+        shared
+            .metrics
+            .quic_streams_open
+            .get_or_create(&QuicLabels {
+                direction: Direction::inbound,
+            })
+            .clone(),
+    );
+    let (request, initial) = match read_request(&mut recv).await {
+        Ok(r) => r,
+        Err(error) => {
+            tracing::warn!(%client, %error, "bad tunnel header; resetting stream");
+            let _ = send.reset(relay::RESET_CODE);
+            let _ = recv.stop(relay::RESET_CODE);
+            return;
+        }
+    };
+    let id = request.connection_id;
+    let Some(config) = shared.config.load_full() else {
+        return respond_and_close(shared, send, recv, Status::NoRoute).await;
+    };
+    let Some(service) = request.service.as_deref() else {
+        // Original-destination routing arrives with transparent interception.
+        return respond_and_close(shared, send, recv, Status::NoRoute).await;
+    };
+    let Some(inbound) = config.inbound.get(service) else {
+        tracing::info!(%client, service, connection = id, "no such service here");
+        return respond_and_close(shared, send, recv, Status::NoRoute).await;
+    };
+    let allowed = match &inbound.allow {
+        Some(allow) => allow.contains(client),
+        None => client.trust_domain() == config.mesh.trust_domain,
+    };
+    if !allowed {
+        tracing::info!(%client, service, connection = id, "denied by the service's allow-list");
+        shared
+            .metrics
+            .authz_deny
+            .get_or_create(&DenyLabels {
+                service: service.to_owned(),
+                client_id: client.to_string(),
+            })
+            .inc();
+        return respond_and_close(shared, send, recv, Status::Denied).await;
+    }
+    let tcp = match tokio::time::timeout(
+        config.mesh.connect_timeout,
+        TcpStream::connect(inbound.target),
+    )
+    .await
+    {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(error)) => {
+            tracing::info!(service, target = %inbound.target, connection = id, %error, "upstream refused");
+            return respond_and_close(shared, send, recv, Status::UpstreamRefused).await;
+        }
+        Err(_) => {
+            tracing::info!(service, target = %inbound.target, connection = id, "upstream connect timed out");
+            return respond_and_close(shared, send, recv, Status::UpstreamRefused).await;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let mut response = Vec::with_capacity(16);
+    ConnectResponse {
+        status: Status::Connected,
+    }
+    .encode(&mut response);
+    if send.write_all(&response).await.is_err() {
+        relay::abort(&tcp, &mut send, &mut recv);
+        return;
+    }
+    shared.metrics.stream(Direction::inbound, Status::Connected);
+    let counters = shared.metrics.tcp(Direction::inbound, &client.to_string());
+    tracing::debug!(%client, service, connection = id, "stream connected");
+    if let Err(error) = relay::relay(tcp, send, recv, Start::Payload(initial), &counters).await {
+        tracing::debug!(connection = id, %error, "connection ended abnormally");
+    }
+}
+
+/// Why a stream's header could not be read.
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    #[error("malformed header")]
+    Header(#[from] header::HeaderError),
+    #[error("stream ended or failed before a complete header")]
+    Stream,
+    #[error("no complete header within {HEADER_TIMEOUT:?}")]
+    Timeout,
+}
+
+async fn read_request(
+    recv: &mut quinn::RecvStream,
+) -> Result<(header::ConnectRequest, Bytes), RequestError> {
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + HEADER_TIMEOUT;
+    loop {
+        if let Some((req, used)) = header::decode_request(&buf)? {
+            return Ok((req, Bytes::copy_from_slice(&buf[used..])));
+        }
+        let chunk = tokio::time::timeout_at(deadline, recv.read_chunk(header::MAX_BODY_LEN, true))
+            .await
+            .map_err(|_| RequestError::Timeout)?
+            .map_err(|_| RequestError::Stream)?
+            .ok_or(RequestError::Stream)?;
+        buf.extend_from_slice(&chunk.bytes);
+    }
+}
+
+async fn respond_and_close(
+    shared: &Shared,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    status: Status,
+) {
+    shared.metrics.stream(Direction::inbound, status);
+    let mut response = Vec::with_capacity(16);
+    ConnectResponse { status }.encode(&mut response);
+    let _ = send.write_all(&response).await;
+    let _ = send.finish();
+    let _ = recv.stop(relay::RESET_CODE);
+    // Let the response reach the peer before the stream state goes away.
+    let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+}

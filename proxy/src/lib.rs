@@ -1,0 +1,241 @@
+//! Phoenix proxy: carries a workload's TCP connections to peer proxies over
+//! one post-quantum, mutually authenticated QUIC connection per peer.
+//!
+//! [`run`] is the whole proxy; `main.rs` only parses settings. Parts:
+//! [`outbound`] (local listeners → streams), [`inbound`] (streams → local
+//! app), [`pool`] (one connection per peer), [`relay`] (bytes both ways),
+//! [`control`] (certificates and config from the control plane),
+//! [`config`] (validation), [`admin`] and [`metrics`].
+
+pub mod admin;
+pub mod config;
+pub mod control;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+pub mod pool;
+pub mod relay;
+pub mod settings;
+pub mod state;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use phoenix_api::control::ALPN_TUNNEL;
+use phoenix_tls::handshake::{ClientAuth, TlsPolicy};
+use phoenix_tls::{Credentials, TlsContext};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::admin::AdminState;
+use crate::metrics::Metrics;
+use crate::outbound::Listeners;
+use crate::settings::Settings;
+use crate::state::Shared;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The trust anchor is unusable.
+    #[error("trust anchor")]
+    Tls(#[from] phoenix_tls::handshake::TlsConfigError),
+    /// A listener could not be bound.
+    #[error("cannot bind {what} on {addr}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Where.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Addresses the proxy bound, printed on stdout as one JSON line at start.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Bound {
+    /// QUIC (UDP) address peers connect to.
+    pub inbound: std::net::SocketAddr,
+    /// Admin HTTP address.
+    pub admin: std::net::SocketAddr,
+}
+
+/// Runs the proxy until `shutdown` resolves, then drains open connections
+/// for up to the configured grace period.
+pub async fn run(
+    settings: Settings,
+    on_bound: impl FnOnce(&Bound),
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), StartError> {
+    let metrics = Arc::new(Metrics::default());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let credentials = Arc::new(Credentials::default());
+    let tls = TlsContext::new(&settings.trust_anchor_pem, credentials)?;
+    // The endpoint needs a server config to accept at all; every connection
+    // is then accepted with its own (see `inbound`).
+    let (default_server, _lease) = tls.server(
+        &TlsPolicy::default(),
+        ClientAuth::Required,
+        &[ALPN_TUNNEL],
+        settings.transport.server_transport(),
+    )?;
+    let endpoint =
+        phoenix_tls::endpoint::bind(settings.inbound, &settings.transport, Some(default_server))
+            .map_err(|source| StartError::Bind {
+                what: "inbound QUIC endpoint",
+                addr: settings.inbound,
+                source,
+            })?;
+    let admin = TcpListener::bind(settings.admin)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: "admin listener",
+            addr: settings.admin,
+            source,
+        })?;
+    let bound = Bound {
+        inbound: endpoint.local_addr().map_err(|source| StartError::Bind {
+            what: "inbound QUIC endpoint",
+            addr: settings.inbound,
+            source,
+        })?,
+        admin: admin.local_addr().map_err(|source| StartError::Bind {
+            what: "admin listener",
+            addr: settings.admin,
+            source,
+        })?,
+    };
+    on_bound(&bound);
+
+    let shared = Arc::new(Shared::new(
+        tls,
+        settings.transport.clone(),
+        endpoint,
+        metrics,
+    ));
+    let listeners = Arc::new(Listeners::default());
+    let admin_state = Arc::new(ProxyAdmin {
+        shared: shared.clone(),
+        listeners: listeners.clone(),
+        bound: bound.clone(),
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(admin::serve(admin, Arc::new(registry), admin_state));
+    tasks.spawn(inbound::serve(shared.clone()));
+    tasks.spawn(control::certificates(
+        shared.clone(),
+        settings.control_plane.clone(),
+    ));
+    tasks.spawn(control::subscribe(
+        shared.clone(),
+        settings.control_plane.clone(),
+        bound.inbound,
+    ));
+    {
+        let shared = shared.clone();
+        let listeners = listeners.clone();
+        tasks.spawn(async move {
+            let mut changed = shared.config_changed.subscribe();
+            loop {
+                if let Some(config) = shared.config.load_full() {
+                    listeners.reconcile(&shared, &config).await;
+                }
+                if changed.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    shutdown.await;
+    tracing::info!(grace = ?settings.drain_grace, "shutting down: draining open connections");
+    listeners.close_all();
+    shared.endpoint.set_server_config(None);
+    let mut active = shared.active.subscribe();
+    let drained = tokio::time::timeout(settings.drain_grace, active.wait_for(|n| *n == 0))
+        .await
+        .is_ok();
+    if !drained {
+        tracing::warn!(
+            open = *active.borrow(),
+            "grace period over; closing remaining connections"
+        );
+    }
+    shared
+        .endpoint
+        .close(quinn::VarInt::from_u32(0), b"shutdown");
+    tasks.abort_all();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        shared.endpoint.wait_idle(),
+    )
+    .await;
+    Ok(())
+}
+
+struct ProxyAdmin {
+    shared: Arc<Shared>,
+    listeners: Arc<Listeners>,
+    bound: Bound,
+}
+
+impl AdminState for ProxyAdmin {
+    fn ready(&self) -> Result<(), Vec<String>> {
+        let mut reasons = Vec::new();
+        match self.shared.tls.credentials().current() {
+            None => reasons.push("no workload certificate yet".to_owned()),
+            Some(c) if c.not_after <= now_unix() => {
+                reasons.push("workload certificate expired".to_owned())
+            }
+            Some(_) => {}
+        }
+        let config = self.shared.config.load();
+        match config.as_ref() {
+            None => reasons.push("no config from the control plane yet".to_owned()),
+            Some(c) => {
+                let bound = self.listeners.addresses();
+                for service in c.upstreams.keys() {
+                    if !bound.iter().any(|(s, _)| s == service) {
+                        reasons.push(format!("outbound listener for `{service}` not bound"));
+                    }
+                }
+            }
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
+    }
+
+    fn config_dump(&self) -> serde_json::Value {
+        let config = self.shared.config.load();
+        let cert = self.shared.tls.credentials().current();
+        serde_json::json!({
+            "version": config.as_ref().map(|c| c.version),
+            "inbound": self.bound.inbound,
+            "admin": self.bound.admin,
+            "certificate": cert.as_ref().map(|c| serde_json::json!({
+                "identity": c.identity.to_string(),
+                "notBefore": c.not_before,
+                "notAfter": c.not_after,
+            })),
+            "listeners": self.listeners.addresses().into_iter().map(|(service, listen)| {
+                serde_json::json!({"service": service, "listen": listen})
+            }).collect::<Vec<_>>(),
+            "peers": self.shared.pool.peers().into_iter().map(|(address, identity)| {
+                serde_json::json!({"address": address, "identity": identity})
+            }).collect::<Vec<_>>(),
+            "config": config.as_ref().map(|c| &c.snapshot),
+        })
+    }
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

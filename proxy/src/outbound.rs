@@ -1,0 +1,216 @@
+//! Outbound: the app connects to a local listener per upstream service; each
+//! TCP connection becomes one stream on the QUIC connection to a peer proxy.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use phoenix_api::header::{ConnectRequest, Status};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::config::{EndpointConfig, ProxyConfig};
+use crate::metrics::{Direction, GaugeGuard, QuicLabels};
+use crate::relay::{self, Start};
+use crate::state::Shared;
+
+/// The outbound listeners currently bound, by service.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    bound: Mutex<BTreeMap<String, Bound>>,
+}
+
+#[derive(Debug)]
+struct Bound {
+    configured: SocketAddr,
+    local: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Listeners {
+    /// Binds listeners for new upstreams and closes those of removed ones.
+    /// Connections already accepted are not touched.
+    pub async fn reconcile(&self, shared: &Arc<Shared>, config: &ProxyConfig) {
+        let wanted: BTreeMap<&String, SocketAddr> = config
+            .upstreams
+            .iter()
+            .map(|(s, u)| (s, u.listen))
+            .collect();
+        let to_bind: Vec<(String, SocketAddr)> = {
+            let mut bound = self.bound.lock().unwrap_or_else(PoisonError::into_inner);
+            bound.retain(|service, b| wanted.get(service) == Some(&b.configured));
+            wanted
+                .iter()
+                .filter(|(s, _)| !bound.contains_key(s.as_str()))
+                .map(|(s, a)| ((*s).clone(), *a))
+                .collect()
+        };
+        for (service, addr) in to_bind {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    let local = listener.local_addr().unwrap_or(addr);
+                    tracing::info!(%service, listen = %local, "outbound listener bound");
+                    let task = tokio::spawn(accept_loop(shared.clone(), service.clone(), listener));
+                    self.bound
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(
+                            service,
+                            Bound {
+                                configured: addr,
+                                local,
+                                task,
+                            },
+                        );
+                }
+                Err(error) => {
+                    tracing::error!(%service, listen = %addr, %error, "cannot bind outbound listener");
+                }
+            }
+        }
+    }
+
+    /// `(service, bound address)` of every listener.
+    pub fn addresses(&self) -> Vec<(String, SocketAddr)> {
+        self.bound
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(s, b)| (s.clone(), b.local))
+            .collect()
+    }
+
+    /// Stops accepting (shutdown); open connections go on.
+    pub fn close_all(&self) {
+        self.bound
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, service: String, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, client)) => {
+                let _ = tcp.set_nodelay(true);
+                let shared = shared.clone();
+                let service = service.clone();
+                tokio::spawn(async move {
+                    let _active = shared.track();
+                    handle(&shared, &service, tcp, client).await;
+                });
+            }
+            Err(error) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(%service, %error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle(shared: &Arc<Shared>, service: &str, tcp: TcpStream, client: SocketAddr) {
+    let id = shared.connection_id();
+    let Some(config) = shared.config.load_full() else {
+        return reset(tcp);
+    };
+    let Some(upstream) = config.upstreams.get(service) else {
+        return reset(tcp);
+    };
+    if upstream.endpoints.is_empty() {
+        tracing::info!(%service, connection = id, "no endpoint for service; resetting");
+        shared.metrics.stream(Direction::outbound, Status::NoRoute);
+        return reset(tcp);
+    }
+    // Try endpoints in a rotating order, so one dead peer does not fail the
+    // connection (balancing proper comes with the Kubernetes index).
+    let start = (id as usize) % upstream.endpoints.len();
+    let mut order = upstream.endpoints[start..]
+        .iter()
+        .chain(&upstream.endpoints[..start]);
+    let (peer, endpoint) = loop {
+        let Some(endpoint) = order.next() else {
+            shared
+                .metrics
+                .stream(Direction::outbound, Status::UpstreamRefused);
+            return reset(tcp);
+        };
+        match connect_peer(shared, &config, endpoint).await {
+            Ok(peer) => break (peer, endpoint),
+            Err(error) => {
+                tracing::warn!(%service, peer = %endpoint.address, connection = id, %error, "peer unavailable");
+            }
+        }
+    };
+    let _stream = peer.stream_guard();
+    let (mut send, recv) = match peer.conn.open_bi().await {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::warn!(%service, connection = id, %error, "cannot open stream");
+            return reset(tcp);
+        }
+    };
+    let _streams = GaugeGuard::new(
+        shared
+            .metrics
+            .quic_streams_open
+            .get_or_create(&QuicLabels {
+                direction: Direction::outbound,
+            })
+            .clone(),
+    );
+    let mut request = Vec::with_capacity(64);
+    let encoded = ConnectRequest {
+        service: Some(service.to_owned()),
+        original_dst: None,
+        connection_id: id,
+    }
+    .encode(&mut request);
+    if encoded.is_err() || send.write_all(&request).await.is_err() {
+        return reset(tcp);
+    }
+    let identity = endpoint.identity.to_string();
+    let counters = shared.metrics.tcp(Direction::outbound, &identity);
+    let report = |status: Status| {
+        shared.metrics.stream(Direction::outbound, status);
+        if status != Status::Connected {
+            tracing::info!(%service, connection = id, status = status.as_str(), "peer refused the connection");
+        }
+    };
+    tracing::debug!(%service, %client, connection = id, peer = %endpoint.address, kx_group = peer.kx_group, "stream opened");
+    match relay::relay(tcp, send, recv, Start::Response(&report), &counters).await {
+        Ok(()) => {}
+        Err(error) => tracing::debug!(connection = id, %error, "connection ended abnormally"),
+    }
+}
+
+async fn connect_peer(
+    shared: &Arc<Shared>,
+    config: &ProxyConfig,
+    endpoint: &EndpointConfig,
+) -> Result<crate::pool::PeerConn, crate::pool::ConnectError> {
+    shared
+        .pool
+        .get(
+            shared,
+            endpoint.address,
+            &endpoint.identity,
+            &config.mesh.tls,
+            config.mesh.peer_idle_timeout,
+        )
+        .await
+}
+
+/// Closes `tcp` with a reset, so the app sees the failure at once.
+fn reset(tcp: TcpStream) {
+    let _ = tcp.set_zero_linger();
+    drop(tcp);
+}

@@ -1,0 +1,261 @@
+//! One QUIC connection per peer proxy, shared by every tunnelled TCP connection.
+//!
+//! A connection is made on first use (concurrent first uses wait for the same
+//! handshake), kept alive by QUIC keep-alives while it exists, closed after
+//! the mesh's peer idle timeout with no open stream, and replaced before the
+//! peer's certificate expires: a connection past 90% of its peer
+//! certificate's lifetime takes no new streams and closes once its last
+//! stream ends, so no stream is cut by a renewal.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use phoenix_api::SpiffeId;
+use phoenix_api::control::ALPN_TUNNEL;
+use phoenix_tls::handshake::{HandshakeFailure, TlsPolicy};
+use phoenix_tls::kx::group_name;
+use tokio::sync::Notify;
+
+use crate::metrics::{Direction, GaugeGuard, Outcome, QuicLabels, Side};
+use crate::state::Shared;
+
+/// A delay that never comes in practice (ten years), safe to add to `Instant`.
+const NEVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// QUIC application close code: the connection was idle.
+const CLOSE_IDLE: quinn::VarInt = quinn::VarInt::from_u32(0);
+
+/// Why no connection to a peer could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The TLS config could not be built.
+    #[error("TLS config")]
+    Tls(#[from] phoenix_tls::handshake::TlsConfigError),
+    /// quinn refused to start the connection.
+    #[error("connect")]
+    Connect(#[from] quinn::ConnectError),
+    /// The handshake failed.
+    #[error("handshake failed: {}", .0.as_str())]
+    Handshake(HandshakeFailure),
+}
+
+/// The peer connections of one proxy.
+#[derive(Debug, Default)]
+pub struct Pool {
+    peers: Mutex<HashMap<(SocketAddr, SpiffeId), Arc<Slot>>>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    /// Held while connecting, so concurrent callers share one handshake.
+    conn: tokio::sync::Mutex<Option<PeerConn>>,
+}
+
+/// A live connection to a peer and its stream accounting.
+#[derive(Clone, Debug)]
+pub struct PeerConn {
+    /// The QUIC connection.
+    pub conn: quinn::Connection,
+    /// The key-exchange group it negotiated.
+    pub kx_group: &'static str,
+    state: Arc<ConnState>,
+}
+
+#[derive(Debug, Default)]
+struct ConnState {
+    open_streams: AtomicUsize,
+    opened_total: AtomicU64,
+    draining: AtomicBool,
+    idle: Notify,
+}
+
+/// Counts one open stream on a peer connection.
+#[derive(Debug)]
+pub struct StreamGuard {
+    state: Arc<ConnState>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.state.open_streams.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.state.idle.notify_one();
+        }
+    }
+}
+
+impl PeerConn {
+    /// Registers a new stream on this connection.
+    pub fn stream_guard(&self) -> StreamGuard {
+        self.state.open_streams.fetch_add(1, Ordering::AcqRel);
+        self.state.opened_total.fetch_add(1, Ordering::Relaxed);
+        StreamGuard {
+            state: self.state.clone(),
+        }
+    }
+
+    fn usable(&self) -> bool {
+        self.conn.close_reason().is_none() && !self.state.draining.load(Ordering::Acquire)
+    }
+}
+
+impl Pool {
+    /// The connection to `addr`, which must present `identity`; made if needed.
+    pub async fn get(
+        &self,
+        shared: &Arc<Shared>,
+        addr: SocketAddr,
+        identity: &SpiffeId,
+        policy: &TlsPolicy,
+        idle_timeout: Duration,
+    ) -> Result<PeerConn, ConnectError> {
+        let slot = {
+            let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+            peers.entry((addr, identity.clone())).or_default().clone()
+        };
+        let mut guard = slot.conn.lock().await;
+        if let Some(conn) = guard.as_ref().filter(|c| c.usable()) {
+            return Ok(conn.clone());
+        }
+        let conn = connect(shared, addr, identity, policy).await?;
+        *guard = Some(conn.clone());
+        drop(guard);
+        tokio::spawn(watch(shared.clone(), conn.clone(), idle_timeout));
+        Ok(conn)
+    }
+
+    /// Number of peers with a usable connection (for `/config`).
+    pub fn peers(&self) -> Vec<(SocketAddr, String)> {
+        let peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        peers
+            .iter()
+            .filter(|(_, slot)| {
+                slot.conn
+                    .try_lock()
+                    .map(|c| c.as_ref().is_some_and(|c| c.usable()))
+                    .unwrap_or(true)
+            })
+            .map(|((addr, id), _)| (*addr, id.to_string()))
+            .collect()
+    }
+}
+
+async fn connect(
+    shared: &Arc<Shared>,
+    addr: SocketAddr,
+    identity: &SpiffeId,
+    policy: &TlsPolicy,
+) -> Result<PeerConn, ConnectError> {
+    let (config, lease) = shared.tls.client(
+        policy,
+        identity.clone(),
+        ALPN_TUNNEL,
+        true,
+        shared.transport.client_transport(),
+    )?;
+    let connecting = shared.endpoint.connect_with(config, addr, "peer.phoenix")?;
+    let conn = match connecting.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            let reason = HandshakeFailure::classify(&e);
+            shared
+                .metrics
+                .handshake_failure(Side::client, reason.as_str());
+            tracing::warn!(peer = %addr, %identity, reason = reason.as_str(), error = %e, "tunnel handshake failed");
+            return Err(ConnectError::Handshake(reason));
+        }
+    };
+    let kx_group = lease.negotiated().map(group_name).unwrap_or("unknown");
+    drop(lease);
+    shared
+        .metrics
+        .handshake(Side::client, kx_group, Outcome::success);
+    tracing::debug!(peer = %addr, %identity, kx_group, "tunnel connected");
+    let state = Arc::new(ConnState::default());
+    Ok(PeerConn {
+        conn,
+        kx_group,
+        state,
+    })
+}
+
+/// Closes `peer` when idle, drains it before its peer certificate expires.
+async fn watch(shared: Arc<Shared>, peer: PeerConn, idle_timeout: Duration) {
+    let _open = GaugeGuard::new(
+        shared
+            .metrics
+            .quic_connections_open
+            .get_or_create(&QuicLabels {
+                direction: Direction::outbound,
+            })
+            .clone(),
+    );
+    let drain_in = drain_delay(&peer.conn);
+    let drain = tokio::time::sleep(drain_in);
+    tokio::pin!(drain);
+    loop {
+        // Wait until no stream is open (or the connection dies).
+        while peer.state.open_streams.load(Ordering::Acquire) > 0 {
+            tokio::select! {
+                _ = peer.state.idle.notified() => {}
+                _ = peer.conn.closed() => return,
+                _ = &mut drain, if !peer.state.draining.load(Ordering::Acquire) => {
+                    peer.state.draining.store(true, Ordering::Release);
+                }
+            }
+        }
+        if peer.state.draining.load(Ordering::Acquire) {
+            peer.conn.close(CLOSE_IDLE, b"certificate renewal");
+            return;
+        }
+        let opened = peer.state.opened_total.load(Ordering::Relaxed);
+        tokio::select! {
+            _ = tokio::time::sleep(idle_timeout) => {
+                if peer.state.open_streams.load(Ordering::Acquire) == 0
+                    && peer.state.opened_total.load(Ordering::Relaxed) == opened
+                {
+                    peer.state.draining.store(true, Ordering::Release);
+                    // A stream may have been registered between the check
+                    // and the flag; it keeps the connection until it ends.
+                    if peer.state.open_streams.load(Ordering::Acquire) == 0 {
+                        peer.conn.close(CLOSE_IDLE, b"idle");
+                        return;
+                    }
+                }
+            }
+            _ = peer.conn.closed() => return,
+            _ = &mut drain, if !peer.state.draining.load(Ordering::Acquire) => {
+                peer.state.draining.store(true, Ordering::Release);
+            }
+            _ = peer.state.idle.notified() => {}
+        }
+    }
+}
+
+/// Time until 90% of the peer certificate's lifetime has passed.
+fn drain_delay(conn: &quinn::Connection) -> Duration {
+    let Some(leaf) = conn
+        .peer_identity()
+        .and_then(|c| {
+            c.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .and_then(|c| c.first().cloned())
+    else {
+        return NEVER;
+    };
+    let (Ok(nb), Ok(na)) = (
+        phoenix_tls::spiffe::not_before_unix(&leaf),
+        phoenix_tls::spiffe::not_after_unix(&leaf),
+    ) else {
+        return NEVER;
+    };
+    let drain_at = nb + (na - nb) * 9 / 10;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    Duration::from_secs(drain_at.saturating_sub(now).max(0) as u64)
+}

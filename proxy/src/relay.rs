@@ -1,0 +1,196 @@
+//! Relaying bytes between a TCP socket and a QUIC stream.
+//!
+//! Both directions run together and each carries end-of-stream faithfully:
+//! a TCP FIN becomes a QUIC FIN and back (half-close works), a TCP reset
+//! becomes a QUIC stream reset and back. Nothing is buffered beyond one read:
+//! when the far side is slow, QUIC flow control stops our writes, so we stop
+//! reading, and TCP flow control slows the sender.
+//!
+//! Buffers exist only while data moves: an idle connection holds none. A read
+//! starts with a small buffer and grows to [`MAX_CHUNK`] when reads fill it;
+//! the filled part is handed to quinn without a copy.
+
+use std::io;
+use std::net::Shutdown;
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use phoenix_api::header::{self, Status};
+use quinn::{RecvStream, SendStream, VarInt};
+use socket2::SockRef;
+use tokio::net::TcpStream;
+
+use crate::metrics::TcpHandles;
+
+/// Largest chunk read or written at once.
+pub const MAX_CHUNK: usize = 64 * 1024;
+const MIN_CHUNK: usize = 4 * 1024;
+
+/// QUIC application error code of a stream reset mirroring a TCP reset.
+pub const RESET_CODE: VarInt = VarInt::from_u32(1);
+
+/// How long the peer has to answer a connect request.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What comes first from the QUIC side.
+pub enum Start<'a> {
+    /// Payload that arrived with the request header (inbound side).
+    Payload(Bytes),
+    /// The peer's connect response (outbound side); its status is reported
+    /// to the callback. App bytes flow to the peer meanwhile, so a
+    /// client-first protocol spends no extra round trip.
+    Response(&'a (dyn Fn(Status) + Sync)),
+}
+
+/// How a relay ended when it did not end cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The peer answered the connect request with a refusal.
+    #[error("peer refused the connection: {}", .0.as_str())]
+    Refused(Status),
+    /// The peer's answer was missing, late or malformed.
+    #[error("peer sent no valid connect response")]
+    BadResponse,
+    /// The local socket failed (often: reset by the app).
+    #[error("local socket failed")]
+    Local(#[source] io::Error),
+    /// The peer reset or stopped the stream, or the connection died.
+    #[error("peer stream failed")]
+    Peer,
+}
+
+/// Relays until both directions have finished or one has failed.
+///
+/// On failure the TCP socket is reset (linger 0) and
+/// the stream reset, so both apps see an abort rather than a clean close.
+pub async fn relay(
+    tcp: TcpStream,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    start: Start<'_>,
+    counters: &TcpHandles,
+) -> Result<(), RelayError> {
+    let result = tokio::try_join!(
+        tcp_to_quic(&tcp, &mut send, counters),
+        quic_to_tcp(&mut recv, &tcp, start, counters)
+    );
+    if result.is_err() {
+        abort(&tcp, &mut send, &mut recv);
+    }
+    result.map(|_| ())
+}
+
+/// Resets both sides: the app sees a TCP RST, the peer a stream reset.
+pub fn abort(tcp: &TcpStream, send: &mut SendStream, recv: &mut RecvStream) {
+    let _ = tcp.set_zero_linger();
+    let _ = send.reset(RESET_CODE);
+    let _ = recv.stop(RESET_CODE);
+}
+
+async fn tcp_to_quic(
+    tcp: &TcpStream,
+    send: &mut SendStream,
+    counters: &TcpHandles,
+) -> Result<(), RelayError> {
+    let mut chunk = MIN_CHUNK;
+    loop {
+        tcp.readable().await.map_err(RelayError::Local)?;
+        let mut buf = BytesMut::with_capacity(chunk);
+        // Drain what is readable into this buffer, then hand it over.
+        match tcp.try_read_buf(&mut buf) {
+            Ok(0) => {
+                // The app half-closed: pass the FIN on. A stream the peer
+                // already stopped is not an error for us here.
+                let _ = send.finish();
+                return Ok(());
+            }
+            Ok(n) => {
+                counters.read.inc_by(n as u64);
+                chunk = if n == chunk {
+                    (chunk * 2).min(MAX_CHUNK)
+                } else {
+                    chunk.max(MIN_CHUNK)
+                };
+                send.write_chunk(buf.freeze())
+                    .await
+                    .map_err(|_| RelayError::Peer)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(RelayError::Local(e)),
+        }
+    }
+}
+
+async fn quic_to_tcp(
+    recv: &mut RecvStream,
+    tcp: &TcpStream,
+    start: Start<'_>,
+    counters: &TcpHandles,
+) -> Result<(), RelayError> {
+    let initial = match start {
+        Start::Payload(bytes) => bytes,
+        Start::Response(report) => {
+            let (status, rest) = read_response(recv).await?;
+            report(status);
+            if status != Status::Connected {
+                return Err(RelayError::Refused(status));
+            }
+            rest
+        }
+    };
+    if !initial.is_empty() {
+        write_all(tcp, &initial, counters).await?;
+    }
+    loop {
+        match recv.read_chunk(MAX_CHUNK, true).await {
+            Ok(Some(chunk)) => write_all(tcp, &chunk.bytes, counters).await?,
+            Ok(None) => {
+                // The peer half-closed: FIN our write side, keep reading.
+                let _ = SockRef::from(tcp).shutdown(Shutdown::Write);
+                return Ok(());
+            }
+            Err(_) => return Err(RelayError::Peer),
+        }
+    }
+}
+
+async fn write_all(
+    tcp: &TcpStream,
+    mut data: &[u8],
+    counters: &TcpHandles,
+) -> Result<(), RelayError> {
+    while !data.is_empty() {
+        tcp.writable().await.map_err(RelayError::Local)?;
+        match tcp.try_write(data) {
+            Ok(n) => {
+                counters.write.inc_by(n as u64);
+                data = &data[n..];
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(RelayError::Local(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Reads the peer's connect response, returning any payload that followed it.
+async fn read_response(recv: &mut RecvStream) -> Result<(Status, Bytes), RelayError> {
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + RESPONSE_TIMEOUT;
+    loop {
+        match header::decode_response(&buf) {
+            Ok(Some((resp, used))) => {
+                return Ok((resp.status, Bytes::copy_from_slice(&buf[used..])));
+            }
+            Ok(None) => {}
+            Err(_) => return Err(RelayError::BadResponse),
+        }
+        let chunk = tokio::time::timeout_at(deadline, recv.read_chunk(header::MAX_BODY_LEN, true))
+            .await
+            .map_err(|_| RelayError::BadResponse)?
+            .map_err(|_| RelayError::Peer)?
+            .ok_or(RelayError::BadResponse)?;
+        buf.extend_from_slice(&chunk.bytes);
+    }
+}

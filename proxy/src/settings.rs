@@ -1,0 +1,171 @@
+//! Proxy settings: command-line flags and environment, validated into
+//! [`Settings`] before anything starts.
+//!
+//! Every environment variable is named here, with its default and why.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use phoenix_api::SpiffeId;
+use phoenix_api::tls_policy::{CipherSuite, KeyExchange};
+use phoenix_tls::endpoint::TransportSettings;
+use phoenix_tls::handshake::TlsPolicy;
+
+use crate::control::ControlPlane;
+
+/// Environment variable holding the bootstrap token. An environment variable
+/// rather than a flag, because flags are visible to every user in `ps`.
+pub const ENV_TOKEN: &str = "PHOENIX_TOKEN";
+
+/// Command-line flags of `phoenix-proxy`.
+#[derive(Debug, clap::Parser)]
+#[command(name = "phoenix-proxy", version, about = "Phoenix data-plane proxy")]
+pub struct Args {
+    /// Control plane QUIC address.
+    #[arg(long, env = "PHOENIX_CONTROL_PLANE")]
+    pub control_plane: SocketAddr,
+    /// SPIFFE ID the control plane's certificate must carry.
+    #[arg(long, env = "PHOENIX_CONTROL_PLANE_IDENTITY")]
+    pub control_plane_identity: String,
+    /// PEM file with the mesh root certificate(s).
+    #[arg(long, env = "PHOENIX_TRUST_ANCHOR")]
+    pub trust_anchor: PathBuf,
+    /// File holding the bootstrap token (instead of $PHOENIX_TOKEN).
+    #[arg(long, env = "PHOENIX_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// UDP address for peers' QUIC connections.
+    #[arg(long, env = "PHOENIX_INBOUND", default_value = "127.0.0.1:0")]
+    pub inbound: SocketAddr,
+    /// Admin HTTP address (loopback by default: it shows config).
+    #[arg(long, env = "PHOENIX_ADMIN", default_value = "127.0.0.1:0")]
+    pub admin: SocketAddr,
+    /// Key exchange towards the control plane: pq-only or pq-preferred.
+    #[arg(long, env = "PHOENIX_KEY_EXCHANGE", default_value = "pq-only", value_parser = parse_kx)]
+    pub key_exchange: KeyExchange,
+    /// Grace period for open connections on SIGTERM, e.g. `20s`.
+    #[arg(long, env = "PHOENIX_DRAIN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub drain_grace: Duration,
+    /// Largest UDP payload (MTU minus IP and UDP headers).
+    #[arg(long, env = "PHOENIX_MAX_UDP_PAYLOAD", default_value_t = 1452, value_parser = clap::value_parser!(u16).range(1200..=65527))]
+    pub max_udp_payload: u16,
+    /// Log as JSON lines.
+    #[arg(long, env = "PHOENIX_LOG_JSON")]
+    pub log_json: bool,
+    /// Exit when the parent process dies (set by `phoenix up`).
+    #[arg(long, env = "PHOENIX_DIE_WITH_PARENT", hide = true)]
+    pub die_with_parent: bool,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Control plane and bootstrap credentials.
+    pub control_plane: ControlPlane,
+    /// PEM of the mesh root(s).
+    pub trust_anchor_pem: String,
+    /// Inbound QUIC bind address.
+    pub inbound: SocketAddr,
+    /// Admin bind address.
+    pub admin: SocketAddr,
+    /// Drain grace period.
+    pub drain_grace: Duration,
+    /// QUIC transport settings.
+    pub transport: TransportSettings,
+}
+
+/// A setting that cannot be used, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The trust anchor file cannot be read.
+    #[error(
+        "cannot read --trust-anchor {path}: {source}; pass the mesh root PEM (phoenix up writes it to <stateDir>/ca.crt)"
+    )]
+    TrustAnchor {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No token.
+    #[error("no bootstrap token: set ${ENV_TOKEN} or --token-file")]
+    NoToken,
+    /// The token file cannot be read.
+    #[error("cannot read --token-file {path}: {source}")]
+    TokenFile {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The control-plane identity is not a SPIFFE ID.
+    #[error(
+        "--control-plane-identity is not a SPIFFE ID ({0}); e.g. spiffe://phoenix.local/ns/phoenix/sa/control-plane"
+    )]
+    Identity(phoenix_api::identity::IdentityError),
+}
+
+impl Args {
+    /// Reads files and environment and validates everything.
+    pub fn into_settings(self, token_env: Option<String>) -> Result<Settings, SettingsError> {
+        let trust_anchor_pem = std::fs::read_to_string(&self.trust_anchor).map_err(|source| {
+            SettingsError::TrustAnchor {
+                path: self.trust_anchor.clone(),
+                source,
+            }
+        })?;
+        let token = match (&self.token_file, token_env) {
+            (Some(path), _) => std::fs::read_to_string(path)
+                .map_err(|source| SettingsError::TokenFile {
+                    path: path.clone(),
+                    source,
+                })?
+                .trim()
+                .to_owned(),
+            (None, Some(t)) => t,
+            (None, None) => return Err(SettingsError::NoToken),
+        };
+        if token.is_empty() {
+            return Err(SettingsError::NoToken);
+        }
+        let identity: SpiffeId = self
+            .control_plane_identity
+            .parse()
+            .map_err(SettingsError::Identity)?;
+        Ok(Settings {
+            control_plane: ControlPlane {
+                address: self.control_plane,
+                identity,
+                token,
+                policy: TlsPolicy {
+                    key_exchange: self.key_exchange,
+                    cipher_suites: CipherSuite::DEFAULT.to_vec(),
+                },
+            },
+            trust_anchor_pem,
+            inbound: self.inbound,
+            admin: self.admin,
+            drain_grace: self.drain_grace,
+            transport: TransportSettings {
+                max_udp_payload: self.max_udp_payload,
+                ..TransportSettings::default()
+            },
+        })
+    }
+}
+
+/// Parses `pq-only` / `pq-preferred`.
+pub fn parse_kx(s: &str) -> Result<KeyExchange, String> {
+    match s {
+        "pq-only" => Ok(KeyExchange::PqOnly),
+        "pq-preferred" => Ok(KeyExchange::PqPreferred),
+        other => Err(format!(
+            "`{other}` is not a key-exchange policy; use pq-only or pq-preferred"
+        )),
+    }
+}
+
+/// Parses durations like `500ms`, `20s`, `5m`, `24h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    phoenix_api::duration::parse(s).map_err(|e| e.to_string())
+}

@@ -1,0 +1,101 @@
+//! What every part of a running proxy shares.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwapOption;
+use phoenix_tls::TlsContext;
+use phoenix_tls::endpoint::TransportSettings;
+use tokio::sync::watch;
+
+use crate::config::ProxyConfig;
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+
+/// Shared state of one proxy.
+#[derive(Debug)]
+pub struct Shared {
+    /// Config in force; `None` until the first snapshot. Loaded once per
+    /// connection or stream, never per packet.
+    pub config: ArcSwapOption<ProxyConfig>,
+    /// Tells listeners and readiness that the config changed.
+    pub config_changed: watch::Sender<u64>,
+    /// Mesh root and our credentials.
+    pub tls: TlsContext,
+    /// QUIC transport settings.
+    pub transport: TransportSettings,
+    /// The one UDP endpoint: accepts peers and connects to them.
+    pub endpoint: quinn::Endpoint,
+    /// Peer connections.
+    pub pool: Pool,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Source of connection ids for logs and headers.
+    next_connection_id: AtomicU64,
+    /// Tunnelled connections in progress, for draining on shutdown.
+    pub active: watch::Sender<usize>,
+}
+
+impl Shared {
+    /// Builds the shared state around a bound endpoint.
+    pub fn new(
+        tls: TlsContext,
+        transport: TransportSettings,
+        endpoint: quinn::Endpoint,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            config: ArcSwapOption::empty(),
+            config_changed: watch::channel(0).0,
+            tls,
+            transport,
+            endpoint,
+            pool: Pool::default(),
+            metrics,
+            next_connection_id: AtomicU64::new(rand_seed()),
+            active: watch::channel(0).0,
+        }
+    }
+
+    /// A fresh connection id.
+    pub fn connection_id(&self) -> u64 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Installs a validated config for every later connection.
+    pub fn install(&self, config: ProxyConfig) {
+        let version = config.version;
+        self.metrics.config_version.set(version as i64);
+        self.config.store(Some(Arc::new(config)));
+        self.config_changed.send_replace(version);
+    }
+
+    /// Counts a tunnelled connection in progress until the guard drops.
+    pub fn track(self: &Arc<Self>) -> ActiveGuard {
+        self.active.send_modify(|n| *n += 1);
+        ActiveGuard {
+            shared: self.clone(),
+        }
+    }
+}
+
+/// Marks one tunnelled connection in progress.
+#[derive(Debug)]
+pub struct ActiveGuard {
+    shared: Arc<Shared>,
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.shared.active.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Connection ids start at a random point so two proxies' logs do not share ids.
+fn rand_seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    (t ^ u64::from(std::process::id()).rotate_left(32)) & 0x0000_ffff_ffff_0000
+}

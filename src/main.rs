@@ -1,0 +1,143 @@
+//! `phoenix`: the Phoenix service mesh CLI.
+
+mod demo;
+mod http;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use phoenix_control_plane::mesh::Mesh;
+
+/// Exit code for bad configuration (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+/// Phoenix: a post-quantum service mesh.
+#[derive(Debug, Parser)]
+#[command(name = "phoenix", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a mesh from a mesh file: control plane and one proxy per workload.
+    Up {
+        /// The mesh file.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Output: `text`, or `json` (one line on stdout once ready; status on stderr).
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Text)]
+        output: Output,
+        /// Grace period for open connections on shutdown.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        drain_grace: Duration,
+    },
+    /// Run a built-in mesh with sample services and live traffic.
+    Demo {
+        /// Stop after this long (counted from ready), e.g. `20s`.
+        #[arg(long = "for", value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Output: `text`, or `json` (the summary as one JSON object).
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    phoenix_api::duration::parse(s).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PHOENIX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("phoenix: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Up {
+                file,
+                output,
+                drain_grace,
+            } => up_command(file, output, drain_grace).await,
+            Command::Demo { duration, output } => {
+                match demo::run(duration, output == Output::Json).await {
+                    Ok(true) => ExitCode::SUCCESS,
+                    Ok(false) => ExitCode::FAILURE,
+                    Err(error) => {
+                        eprintln!("phoenix demo: {error:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+        }
+    })
+}
+
+async fn up_command(file: PathBuf, output: Output, drain_grace: Duration) -> ExitCode {
+    let mesh = match Mesh::load(&file) {
+        Ok(m) => m,
+        Err(error) => {
+            eprintln!("phoenix up: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let options = up::UpOptions {
+        mesh_path: file,
+        drain_grace,
+        forward_logs: true,
+    };
+    let mut running = match up::start(&options, &mesh).await {
+        Ok(r) => r,
+        Err(error) => {
+            eprintln!("phoenix up: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let json = output == Output::Json;
+    if json {
+        match serde_json::to_string(&running.report) {
+            Ok(line) => println!("{line}"),
+            Err(error) => {
+                eprintln!("phoenix up: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        up::print_human(&running.report, &mesh);
+    }
+    let report = running.report.clone();
+    let code = tokio::select! {
+        _ = demo::shutdown_signal() => ExitCode::SUCCESS,
+        (name, status) = running.any_exit() => {
+            eprintln!("phoenix up: {name} exited ({status}); stopping the mesh");
+            ExitCode::FAILURE
+        }
+        _ = up::status_loop(report, json) => ExitCode::SUCCESS,
+    };
+    eprintln!("phoenix up: draining and stopping ...");
+    running.shutdown(drain_grace).await;
+    code
+}

@@ -1,0 +1,134 @@
+//! UDP sockets and QUIC transport settings.
+//!
+//! Defaults are chosen for several Gbit/s per peer with bounded memory:
+//! quinn's own defaults leave the connection receive window unbounded, cap a
+//! connection at 100 concurrent streams (one per tunnelled TCP connection)
+//! and use the kernel's 208 KiB socket buffers, which drop packets at speed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use quinn::congestion::CubicConfig;
+use quinn::{EndpointConfig, MtuDiscoveryConfig, TransportConfig, VarInt};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Transport knobs, with defaults for a 1500-byte-MTU network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransportSettings {
+    /// Largest UDP payload: 1452 fits a 1500-byte MTU over IPv6 as well as IPv4.
+    pub max_udp_payload: u16,
+    /// Bytes one stream may have in flight: bounds one TCP connection's buffer.
+    pub stream_window: u32,
+    /// Bytes one peer connection may have in flight in each direction: the
+    /// per-peer memory budget.
+    pub connection_window: u32,
+    /// Concurrent streams a peer may open towards us (tunnelled connections).
+    pub max_streams: u32,
+    /// Keep-alive period while a connection exists.
+    pub keep_alive: Duration,
+    /// A connection silent for this long (no keep-alive either) is dead.
+    pub idle_timeout: Duration,
+    /// UDP socket buffer size asked of the kernel.
+    pub socket_buffer: usize,
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        Self {
+            max_udp_payload: 1452,
+            stream_window: 8 * 1024 * 1024,
+            connection_window: 32 * 1024 * 1024,
+            // quinn pre-allocates bookkeeping for every allowed stream
+            // (~50 bytes each), so this is a budget, not a formality.
+            max_streams: 16 * 1024,
+            keep_alive: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            socket_buffer: 8 * 1024 * 1024,
+        }
+    }
+}
+
+impl TransportSettings {
+    /// Transport config for connections we accept (the peer opens streams).
+    pub fn server_transport(&self) -> Arc<TransportConfig> {
+        Arc::new(self.transport(self.max_streams))
+    }
+
+    /// Transport config for connections we open (the peer never opens streams).
+    pub fn client_transport(&self) -> Arc<TransportConfig> {
+        Arc::new(self.transport(0))
+    }
+
+    fn transport(&self, remote_bidi: u32) -> TransportConfig {
+        let mut t = TransportConfig::default();
+        let mtu = self.max_udp_payload.max(1200);
+        t.max_concurrent_bidi_streams(VarInt::from_u32(remote_bidi))
+            .max_concurrent_uni_streams(VarInt::from_u32(0))
+            .stream_receive_window(VarInt::from_u32(self.stream_window))
+            .receive_window(VarInt::from_u32(self.connection_window))
+            .send_window(u64::from(self.connection_window))
+            .keep_alive_interval(Some(self.keep_alive))
+            .initial_mtu(mtu)
+            .min_mtu(1200);
+        // Idle timeouts above 2^62 ms are impossible; ours are seconds.
+        if let Ok(idle) = quinn::IdleTimeout::try_from(self.idle_timeout) {
+            t.max_idle_timeout(Some(idle));
+        }
+        let mut discovery = MtuDiscoveryConfig::default();
+        discovery.upper_bound(mtu);
+        t.mtu_discovery_config(Some(discovery));
+        // The initial window must cover at least ten full packets, or a
+        // connection with a large MTU stalls without an error.
+        let mut cubic = CubicConfig::default();
+        cubic.initial_window(u64::from(mtu) * 10);
+        t.congestion_controller_factory(Arc::new(cubic));
+        t
+    }
+
+    /// Endpoint config: the largest UDP payload we accept.
+    pub fn endpoint_config(&self) -> EndpointConfig {
+        let mut c = EndpointConfig::default();
+        // Values below 1200 are refused by quinn; ours is clamped above.
+        let _ = c.max_udp_payload_size(self.max_udp_payload.max(1200));
+        c
+    }
+}
+
+/// Binds a UDP socket with large buffers and wraps it in a quinn endpoint.
+pub fn bind(
+    addr: SocketAddr,
+    settings: &TransportSettings,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    set_buffers(&socket, settings.socket_buffer);
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    quinn::Endpoint::new(
+        settings.endpoint_config(),
+        server,
+        socket.into(),
+        Arc::new(quinn::TokioRuntime),
+    )
+}
+
+/// Asks for `size`-byte buffers; warns once per process when the kernel caps
+/// them (`net.core.rmem_max` / `wmem_max`), since throughput suffers then.
+fn set_buffers(socket: &Socket, size: usize) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let _ = socket.set_recv_buffer_size(size);
+    let _ = socket.set_send_buffer_size(size);
+    // Linux reports twice the usable size it granted.
+    let got_recv = socket.recv_buffer_size().unwrap_or(0) / 2;
+    let got_send = socket.send_buffer_size().unwrap_or(0) / 2;
+    if (got_recv < size || got_send < size) && !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            wanted = size,
+            recv = got_recv,
+            send = got_send,
+            "the kernel capped UDP socket buffers; raise net.core.rmem_max and net.core.wmem_max for full throughput"
+        );
+    }
+}

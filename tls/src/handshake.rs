@@ -1,0 +1,255 @@
+//! Per-connection quinn configs for PQ mutual TLS.
+//!
+//! A config is built for each connection because two things are per
+//! connection: the identity the server must present (it depends on the
+//! destination) and the [`KxLease`] that records the negotiated group.
+//! Building one costs a few microseconds against ~1 ms for the handshake.
+
+use std::sync::Arc;
+
+use phoenix_api::SpiffeId;
+use phoenix_api::tls_policy::{CipherSuite, KeyExchange};
+use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig, QuicServerConfig};
+use rustls::RootCertStore;
+use rustls::client::Resumption;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use rustls::server::WebPkiClientVerifier;
+
+use crate::verify::SpiffeServerVerifier;
+use crate::{Credentials, KxLease, provider};
+
+/// Why a TLS configuration cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConfigError {
+    /// The trust-anchor PEM cannot be parsed.
+    #[error("trust anchor PEM cannot be parsed")]
+    TrustAnchorPem(#[source] rustls::pki_types::pem::Error),
+    /// The trust-anchor PEM holds no usable certificate.
+    #[error("trust anchor PEM holds no usable CA certificate")]
+    NoTrustAnchor,
+    /// rustls refused the configuration.
+    #[error("TLS configuration refused")]
+    Rustls(#[from] rustls::Error),
+    /// The client-certificate verifier cannot be built.
+    #[error("client certificate verifier cannot be built")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// QUIC needs TLS_AES_128_GCM_SHA256 for Initial packets.
+    #[error("QUIC initial cipher suite refused")]
+    NoInitialSuite(#[from] NoInitialCipherSuite),
+    /// The provider lacks TLS_AES_128_GCM_SHA256 for QUIC Initial packets.
+    #[error("TLS_AES_128_GCM_SHA256 is unavailable for QUIC Initial packets")]
+    MissingInitialSuite,
+}
+
+/// Whether a server asks clients for a certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Tunnels: every client must present a mesh certificate.
+    Required,
+    /// The control plane: bootstrapping proxies have no certificate yet.
+    Optional,
+}
+
+/// What each side's handshake needs: the mesh root and our credentials.
+#[derive(Debug, Clone)]
+pub struct TlsContext {
+    roots: Arc<RootCertStore>,
+    credentials: Arc<Credentials>,
+}
+
+/// The TLS settings that come from mesh config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPolicy {
+    /// Key-exchange groups allowed.
+    pub key_exchange: KeyExchange,
+    /// Cipher suites in preference order.
+    pub cipher_suites: Vec<CipherSuite>,
+}
+
+impl Default for TlsPolicy {
+    fn default() -> Self {
+        Self {
+            key_exchange: KeyExchange::PqOnly,
+            cipher_suites: CipherSuite::DEFAULT.to_vec(),
+        }
+    }
+}
+
+impl TlsContext {
+    /// A context trusting the CA certificates in `roots_pem`.
+    pub fn new(roots_pem: &str, credentials: Arc<Credentials>) -> Result<Self, TlsConfigError> {
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(roots_pem.as_bytes()) {
+            let cert = cert.map_err(TlsConfigError::TrustAnchorPem)?;
+            roots.add(cert).map_err(TlsConfigError::Rustls)?;
+        }
+        if roots.is_empty() {
+            return Err(TlsConfigError::NoTrustAnchor);
+        }
+        Ok(Self {
+            roots: Arc::new(roots),
+            credentials,
+        })
+    }
+
+    /// Our credentials.
+    pub fn credentials(&self) -> &Arc<Credentials> {
+        &self.credentials
+    }
+
+    /// A client config for one connection to a server that must be `expected`.
+    ///
+    /// With `present_certificate` false the client authenticates the server
+    /// only (a proxy bootstrapping its first certificate).
+    pub fn client(
+        &self,
+        policy: &TlsPolicy,
+        expected: SpiffeId,
+        alpn: &[u8],
+        present_certificate: bool,
+        transport: Arc<quinn::TransportConfig>,
+    ) -> Result<(quinn::ClientConfig, KxLease), TlsConfigError> {
+        let (provider, lease) = leased_provider(policy);
+        let verifier = SpiffeServerVerifier::new(
+            self.roots.clone(),
+            expected,
+            provider.signature_verification_algorithms,
+        );
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier));
+        let mut tls = if present_certificate {
+            builder.with_client_cert_resolver(self.credentials.clone())
+        } else {
+            builder.with_no_client_auth()
+        };
+        tls.alpn_protocols = vec![alpn.to_vec()];
+        // Every handshake is a full PQ key exchange: peers keep long-lived
+        // connections, so resumption would save little and hide the group.
+        tls.resumption = Resumption::disabled();
+        let quic = QuicClientConfig::with_initial(Arc::new(tls), initial_suite()?)?;
+        let mut config = quinn::ClientConfig::new(Arc::new(quic));
+        config.transport_config(transport);
+        Ok((config, lease))
+    }
+
+    /// A server config for one incoming connection.
+    pub fn server(
+        &self,
+        policy: &TlsPolicy,
+        client_auth: ClientAuth,
+        alpn: &[&[u8]],
+        transport: Arc<quinn::TransportConfig>,
+    ) -> Result<(quinn::ServerConfig, KxLease), TlsConfigError> {
+        let (provider, lease) = leased_provider(policy);
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider.clone());
+        let verifier = match client_auth {
+            ClientAuth::Required => verifier.build()?,
+            ClientAuth::Optional => verifier.allow_unauthenticated().build()?,
+        };
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(self.credentials.clone());
+        tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        tls.send_tls13_tickets = 0;
+        let quic = QuicServerConfig::with_initial(Arc::new(tls), initial_suite()?)?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        config.transport_config(transport);
+        Ok((config, lease))
+    }
+}
+
+/// The peer's SPIFFE ID on an established connection.
+pub fn peer_identity(conn: &quinn::Connection) -> Option<SpiffeId> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    crate::spiffe::spiffe_id(certs.first()?).ok()
+}
+
+/// Why a handshake failed, as a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HandshakeFailure {
+    /// No key-exchange group in common (e.g. a classical-only peer of a pq-only proxy).
+    NoSharedGroup,
+    /// The peer's chain does not lead to the mesh root.
+    UnknownCa,
+    /// The peer's identity is not the one expected for the destination.
+    BadIdentity,
+    /// The peer's certificate has expired or is not yet valid.
+    CertificateExpired,
+    /// A client presented no certificate where one is required.
+    NoClientCertificate,
+    /// The peer speaks another protocol (ALPN mismatch).
+    NoApplicationProtocol,
+    /// The peer did not answer in time.
+    Timeout,
+    /// The connection was refused or reset before the handshake finished.
+    Refused,
+    /// Anything else.
+    Other,
+}
+
+impl HandshakeFailure {
+    /// Classifies a failed connect or accept.
+    pub fn classify(err: &quinn::ConnectionError) -> Self {
+        use quinn::ConnectionError as E;
+        match err {
+            E::TimedOut => Self::Timeout,
+            E::ConnectionClosed(c) => Self::from_code(c.error_code),
+            E::TransportError(t) => Self::from_code(t.code),
+            E::Reset | E::ApplicationClosed(_) | E::LocallyClosed => Self::Refused,
+            _ => Self::Other,
+        }
+    }
+
+    fn from_code(code: quinn::TransportErrorCode) -> Self {
+        // QUIC carries TLS alerts as CRYPTO_ERROR 0x100 + alert (RFC 9001 §4.8).
+        match u64::from(code).checked_sub(0x100) {
+            Some(40) | Some(71) => Self::NoSharedGroup,
+            Some(48) => Self::UnknownCa,
+            Some(42) | Some(43) | Some(46) => Self::BadIdentity,
+            Some(45) => Self::CertificateExpired,
+            Some(116) => Self::NoClientCertificate,
+            Some(120) => Self::NoApplicationProtocol,
+            _ => Self::Other,
+        }
+    }
+
+    /// Lowercase label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoSharedGroup => "no_shared_group",
+            Self::UnknownCa => "unknown_ca",
+            Self::BadIdentity => "bad_identity",
+            Self::CertificateExpired => "certificate_expired",
+            Self::NoClientCertificate => "no_client_certificate",
+            Self::NoApplicationProtocol => "no_application_protocol",
+            Self::Timeout => "timeout",
+            Self::Refused => "refused",
+            Self::Other => "other",
+        }
+    }
+}
+
+fn leased_provider(policy: &TlsPolicy) -> (Arc<CryptoProvider>, KxLease) {
+    let lease = KxLease::acquire();
+    let mut p = provider::provider(policy.key_exchange, &policy.cipher_suites);
+    p.kx_groups = lease.wrap(&p.kx_groups);
+    (Arc::new(p), lease)
+}
+
+/// QUIC Initial packets always use AES-128-GCM (RFC 9001 §5.2), whatever
+/// suites the connection itself may use.
+fn initial_suite() -> Result<rustls::quic::Suite, TlsConfigError> {
+    rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256
+        .tls13()
+        .and_then(|s| s.quic_suite())
+        .ok_or(TlsConfigError::MissingInitialSuite)
+}

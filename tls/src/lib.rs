@@ -1,0 +1,28 @@
+//! TLS for Phoenix: one post-quantum rustls setup shared by proxy and control plane.
+//!
+//! - [`provider`]: the aws-lc-rs provider restricted to TLS 1.3, with the
+//!   key-exchange groups and cipher suites in an explicit order. It is never
+//!   installed as the process default (the Kubernetes client must still reach
+//!   API servers that lack ML-KEM).
+//! - [`kx`]: records which group each handshake negotiated, since quinn does
+//!   not expose it.
+//! - [`verify`] and [`spiffe`]: certificates name workloads by SPIFFE URI SAN,
+//!   not DNS, so server names are checked against the identity the control
+//!   plane expects, and client identities are read from the chain.
+//! - [`credentials`]: the proxy's own certificate, swapped on renewal without
+//!   touching established connections.
+//! - [`handshake`]: per-connection quinn client and server configs.
+//! - [`endpoint`]: UDP sockets and QUIC transport settings tuned for throughput
+//!   with bounded memory.
+
+pub mod credentials;
+pub mod endpoint;
+pub mod handshake;
+pub mod kx;
+pub mod provider;
+pub mod spiffe;
+pub mod verify;
+
+pub use credentials::Credentials;
+pub use handshake::{HandshakeFailure, TlsContext};
+pub use kx::KxLease;

@@ -1,0 +1,49 @@
+//! Reading identities and lifetimes out of certificates.
+
+use phoenix_api::SpiffeId;
+use rustls::pki_types::CertificateDer;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// Why a certificate names no usable identity.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertIdentityError {
+    /// The certificate is not valid DER X.509.
+    #[error("certificate cannot be parsed")]
+    Unparsable,
+    /// No URI SAN, or more than one.
+    #[error("certificate must carry exactly one spiffe:// URI SAN")]
+    NoSingleSpiffeId,
+    /// The URI SAN is not a valid SPIFFE ID.
+    #[error("certificate URI SAN is not a valid SPIFFE ID")]
+    InvalidSpiffeId(#[source] phoenix_api::identity::IdentityError),
+}
+
+/// The single SPIFFE ID in `cert`'s URI SANs.
+pub fn spiffe_id(cert: &CertificateDer<'_>) -> Result<SpiffeId, CertIdentityError> {
+    let (_, parsed) = X509Certificate::from_der(cert).map_err(|_| CertIdentityError::Unparsable)?;
+    let san = parsed
+        .subject_alternative_name()
+        .map_err(|_| CertIdentityError::Unparsable)?
+        .ok_or(CertIdentityError::NoSingleSpiffeId)?;
+    let mut uris = san.value.general_names.iter().filter_map(|n| match n {
+        GeneralName::URI(u) => Some(*u),
+        _ => None,
+    });
+    let (Some(uri), None) = (uris.next(), uris.next()) else {
+        return Err(CertIdentityError::NoSingleSpiffeId);
+    };
+    uri.parse().map_err(CertIdentityError::InvalidSpiffeId)
+}
+
+/// The certificate's `notAfter`, in seconds since the Unix epoch.
+pub fn not_after_unix(cert: &CertificateDer<'_>) -> Result<i64, CertIdentityError> {
+    let (_, parsed) = X509Certificate::from_der(cert).map_err(|_| CertIdentityError::Unparsable)?;
+    Ok(parsed.validity().not_after.timestamp())
+}
+
+/// The certificate's `notBefore`, in seconds since the Unix epoch.
+pub fn not_before_unix(cert: &CertificateDer<'_>) -> Result<i64, CertIdentityError> {
+    let (_, parsed) = X509Certificate::from_der(cert).map_err(|_| CertIdentityError::Unparsable)?;
+    Ok(parsed.validity().not_before.timestamp())
+}
