@@ -125,7 +125,12 @@ impl Ca {
         dn.push(DnType::OrganizationName, "Phoenix");
         dn.push(
             DnType::CommonName,
-            format!("Phoenix mesh root {trust_domain}"),
+            // A unique name per root: a certificate from another Phoenix root
+            // is then an unknown issuer, not a bad signature from "our" root.
+            format!(
+                "Phoenix mesh root {trust_domain} {:08x}",
+                rand::random::<u32>()
+            ),
         );
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));

@@ -71,8 +71,14 @@ impl Server {
             incoming.refuse();
             return;
         };
-        let Ok(connecting) = incoming.accept_with(Arc::new(config)) else {
-            return;
+        let connecting = match incoming.accept_with(Arc::new(config)) {
+            Ok(c) => c,
+            Err(e) => {
+                let reason = HandshakeFailure::classify(&e);
+                self.metrics.handshake("none", "failure");
+                tracing::warn!(reason = reason.as_str(), error = %e, "control handshake failed");
+                return;
+            }
         };
         let conn = match connecting.await {
             Ok(c) => c,

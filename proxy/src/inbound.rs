@@ -50,10 +50,16 @@ async fn accept(shared: Arc<Shared>, incoming: quinn::Incoming) {
             return;
         }
     };
+    // quinn processes the ClientHello inside `accept_with`, so a peer with
+    // no group in common fails here rather than in the handshake future.
     let connecting = match incoming.accept_with(Arc::new(config)) {
         Ok(c) => c,
-        Err(error) => {
-            tracing::debug!(%remote, %error, "incoming connection dropped");
+        Err(e) => {
+            let reason = HandshakeFailure::classify(&e);
+            shared
+                .metrics
+                .handshake_failure(Side::server, reason.as_str());
+            tracing::warn!(%remote, reason = reason.as_str(), error = %e, "inbound handshake failed");
             return;
         }
     };

@@ -233,6 +233,17 @@ impl AdminState for ProxyAdmin {
     }
 }
 
+/// Every tunnelled connection holds a socket on each side: raises the soft
+/// file-descriptor limit to the hard one, as Envoy and Linkerd do.
+pub fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
+}
+
 fn now_unix() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -14,6 +14,7 @@ fn main() -> ExitCode {
     if args.die_with_parent {
         die_with_parent();
     }
+    phoenix_proxy::raise_fd_limit();
     let settings = match args.into_settings(std::env::var(ENV_TOKEN).ok()) {
         Ok(s) => s,
         Err(error) => {

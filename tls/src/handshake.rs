@@ -182,6 +182,8 @@ pub enum HandshakeFailure {
     UnknownCa,
     /// The peer's identity is not the one expected for the destination.
     BadIdentity,
+    /// A signature did not verify (a certificate or the handshake itself).
+    BadSignature,
     /// The peer's certificate has expired or is not yet valid.
     CertificateExpired,
     /// A client presented no certificate where one is required.
@@ -216,6 +218,7 @@ impl HandshakeFailure {
             Some(48) => Self::UnknownCa,
             Some(42) | Some(43) | Some(46) => Self::BadIdentity,
             Some(45) => Self::CertificateExpired,
+            Some(51) => Self::BadSignature,
             Some(116) => Self::NoClientCertificate,
             Some(120) => Self::NoApplicationProtocol,
             _ => Self::Other,
@@ -229,6 +232,7 @@ impl HandshakeFailure {
             Self::UnknownCa => "unknown_ca",
             Self::BadIdentity => "bad_identity",
             Self::CertificateExpired => "certificate_expired",
+            Self::BadSignature => "bad_signature",
             Self::NoClientCertificate => "no_client_certificate",
             Self::NoApplicationProtocol => "no_application_protocol",
             Self::Timeout => "timeout",

@@ -1,0 +1,284 @@
+//! Test harness: real `phoenix`, `phoenix-control-plane` and `phoenix-proxy`
+//! processes on loopback with OS-assigned ports, so tests run in parallel.
+//!
+//! Children are killed when their handle drops, also when a test panics;
+//! the proxies and the control plane additionally die with their parent.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary (built by `cargo build --workspace`).
+pub fn bin(name: &str) -> PathBuf {
+    let phoenix = PathBuf::from(env!("CARGO_BIN_EXE_phoenix"));
+    let p = phoenix.with_file_name(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` before the tests (scripts/test does)",
+        p.display()
+    );
+    p
+}
+
+/// A child process with its stdout lines on a channel and stderr kept for failures.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    /// Spawns `cmd` with piped stdio.
+    pub fn spawn(name: &str, mut cmd: Command) -> Self {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let mut err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Self {
+            name: name.to_owned(),
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// The next stdout line, within `timeout`.
+    pub fn line(&self, timeout: Duration) -> String {
+        self.lines.recv_timeout(timeout).unwrap_or_else(|_| {
+            panic!(
+                "{} printed no line within {timeout:?}; stderr:\n{}",
+                self.name,
+                self.stderr.lock().unwrap()
+            )
+        })
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+
+    /// Waits for exit within `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {timeout:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A mesh run by `phoenix up -o json`.
+pub struct Up {
+    pub proc: Proc,
+    pub report: serde_json::Value,
+    pub dir: tempfile::TempDir,
+}
+
+impl Up {
+    /// Writes `yaml` as the mesh file and runs `phoenix up` on it.
+    pub fn start(yaml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mesh.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        Self::start_file(dir, &path)
+    }
+
+    fn start_file(dir: tempfile::TempDir, path: &Path) -> Self {
+        let mut cmd = Command::new(bin("phoenix"));
+        cmd.args(["up", "-o", "json", "--drain-grace", "2s", "-f"])
+            .arg(path);
+        let proc = Proc::spawn("phoenix up", cmd);
+        let line = proc.line(Duration::from_secs(90));
+        let report: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("up printed `{line}`: {e}"));
+        Self { proc, report, dir }
+    }
+
+    pub fn proxy(&self, workload: &str) -> &serde_json::Value {
+        self.report["proxies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["workload"] == workload)
+            .unwrap_or_else(|| panic!("no proxy for {workload}"))
+    }
+
+    /// The app-facing listener of `workload` for `service`.
+    pub fn outbound(&self, workload: &str, service: &str) -> SocketAddr {
+        let p = self.proxy(workload);
+        p["outbound"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["service"] == service)
+            .unwrap_or_else(|| panic!("{workload} has no listener for {service}"))["listen"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    pub fn admin(&self, workload: &str) -> SocketAddr {
+        self.proxy(workload)["admin"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    pub fn inbound(&self, workload: &str) -> SocketAddr {
+        self.proxy(workload)["inbound"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    pub fn metrics(&self, workload: &str) -> String {
+        get(self.admin(workload), "/metrics").1
+    }
+
+    /// The state directory (`stateDir: state` in test meshes).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+}
+
+/// HTTP GET on loopback: (status, body).
+pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+/// Sum of the samples of `metric` whose labels include all of `want`.
+pub fn metric(text: &str, metric: &str, want: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (nl, v) = l.rsplit_once(' ')?;
+            let (name, labels) = nl.split_once('{').unwrap_or((nl, ""));
+            (name == metric
+                && want.iter().all(|(k, val)| {
+                    labels
+                        .trim_end_matches('}')
+                        .split(',')
+                        .any(|kv| kv == format!("{k}=\"{val}\""))
+                }))
+            .then(|| v.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout` with `what`.
+pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A TCP echo server on 127.0.0.1:0, served by threads.
+pub fn echo_server() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let _ = std::io::copy(&mut r, &mut s);
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+/// A port that refuses connections (bound then closed).
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// The two-workload mesh most tests use: `client` calls `echo`.
+pub fn client_echo_mesh(target: SocketAddr, extra: &str) -> String {
+    format!(
+        "trustDomain: phoenix.local\n\
+         stateDir: state\n\
+         {extra}\
+         workloads:\n\
+         \x20 - name: client\n\
+         \x20   upstreams: [{{service: echo, listen: \"127.0.0.1:0\"}}]\n\
+         \x20 - name: echo\n\
+         \x20   serve: [{{service: echo, target: \"{target}\", allow: [client]}}]\n"
+    )
+}
