@@ -282,3 +282,121 @@ pub fn client_echo_mesh(target: SocketAddr, extra: &str) -> String {
          \x20   serve: [{{service: echo, target: \"{target}\", allow: [client]}}]\n"
     )
 }
+
+/// A mesh whose control plane and proxies the test starts and stops itself.
+pub struct Manual {
+    pub dir: tempfile::TempDir,
+    pub mesh_path: PathBuf,
+    pub tokens: std::collections::BTreeMap<String, String>,
+    pub cp: Option<Proc>,
+    pub cp_bound: serde_json::Value,
+    pub proxies: std::collections::BTreeMap<String, (Proc, serde_json::Value)>,
+}
+
+impl Manual {
+    /// Writes `yaml` and a token per workload; starts nothing.
+    pub fn new(yaml: &str, workloads: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mesh_path = dir.path().join("mesh.yaml");
+        std::fs::write(&mesh_path, yaml).unwrap();
+        std::fs::create_dir_all(dir.path().join("state")).unwrap();
+        let tokens: std::collections::BTreeMap<String, String> = workloads
+            .iter()
+            .map(|w| {
+                (
+                    w.to_string(),
+                    format!("token-{w}-{}", rand::random::<u64>()),
+                )
+            })
+            .collect();
+        phoenix_control_plane::tokens::Tokens::from_pairs(
+            tokens.iter().map(|(w, t)| (t.clone(), w.clone())),
+        )
+        .write(&dir.path().join("state/tokens.json"))
+        .unwrap();
+        Self {
+            dir,
+            mesh_path,
+            tokens,
+            cp: None,
+            cp_bound: serde_json::Value::Null,
+            proxies: Default::default(),
+        }
+    }
+
+    /// Starts the control plane on `listen` and waits until it is ready.
+    pub fn start_control_plane(&mut self, listen: &str) {
+        let mut cmd = Command::new(bin("phoenix-control-plane"));
+        cmd.arg("--mesh")
+            .arg(&self.mesh_path)
+            .args(["--listen", listen]);
+        let p = Proc::spawn("control-plane", cmd);
+        let line = p.line(Duration::from_secs(30));
+        self.cp_bound = serde_json::from_str(&line).unwrap();
+        let admin = self.cp_bound["admin"].as_str().unwrap().parse().unwrap();
+        eventually(Duration::from_secs(20), "control plane ready", || {
+            (get(admin, "/ready").0 == 200).then_some(())
+        });
+        self.cp = Some(p);
+    }
+
+    pub fn control_addr(&self) -> SocketAddr {
+        self.cp_bound["control"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Starts `workload`'s proxy and waits until it is ready.
+    pub fn start_proxy(&mut self, workload: &str, extra: &[&str]) {
+        let mut cmd = Command::new(bin("phoenix-proxy"));
+        cmd.arg("--control-plane")
+            .arg(self.control_addr().to_string())
+            .arg("--control-plane-identity")
+            .arg(self.cp_bound["identity"].as_str().unwrap())
+            .arg("--trust-anchor")
+            .arg(self.cp_bound["trustAnchor"].as_str().unwrap())
+            .args(extra)
+            .env("PHOENIX_TOKEN", &self.tokens[workload]);
+        let p = Proc::spawn(workload, cmd);
+        let bound: serde_json::Value =
+            serde_json::from_str(&p.line(Duration::from_secs(30))).unwrap();
+        let admin = bound["admin"].as_str().unwrap().parse().unwrap();
+        eventually(Duration::from_secs(20), "proxy ready", || {
+            (get(admin, "/ready").0 == 200).then_some(())
+        });
+        self.proxies.insert(workload.to_owned(), (p, bound));
+    }
+
+    pub fn admin(&self, workload: &str) -> SocketAddr {
+        self.proxies[workload].1["admin"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    pub fn config(&self, workload: &str) -> serde_json::Value {
+        serde_json::from_str(&get(self.admin(workload), "/config").1).unwrap()
+    }
+
+    /// The bound outbound listener of `workload` for `service`, once it exists.
+    pub fn outbound(&self, workload: &str, service: &str) -> SocketAddr {
+        eventually(Duration::from_secs(20), "outbound listener", || {
+            self.config(workload)["listeners"]
+                .as_array()?
+                .iter()
+                .find(|l| l["service"] == service)
+                .and_then(|l| l["listen"].as_str()?.parse().ok())
+        })
+    }
+
+    pub fn metrics(&self, workload: &str) -> String {
+        get(self.admin(workload), "/metrics").1
+    }
+}
+
+/// Sends `msg` on `c` and checks the echo.
+pub fn ping(c: &mut TcpStream, msg: &[u8]) {
+    c.write_all(msg).unwrap();
+    let mut buf = vec![0u8; msg.len()];
+    c.read_exact(&mut buf).unwrap();
+    assert_eq!(buf, msg);
+}

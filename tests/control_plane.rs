@@ -1,0 +1,195 @@
+//! The control plane's contract with proxies, with real processes: traffic
+//! survives its absence, changes reach proxies without dropping
+//! connections, certificates renew under traffic, and SIGTERM drains.
+
+#[path = "support/harness.rs"]
+mod harness;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use harness::{Manual, Up, client_echo_mesh, echo_server, eventually, get, metric, ping};
+
+fn connect(addr: std::net::SocketAddr) -> TcpStream {
+    let c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c
+}
+
+#[test]
+fn traffic_flows_without_the_control_plane_and_changes_land_after_restart() {
+    let echo = echo_server();
+    let mut m = Manual::new(&client_echo_mesh(echo, ""), &["client", "echo"]);
+    m.start_control_plane("127.0.0.1:0");
+    let cp_port = m.control_addr().port();
+    let root_before = std::fs::read_to_string(m.dir.path().join("state/ca.crt")).unwrap();
+    m.start_proxy("client", &[]);
+    m.start_proxy("echo", &[]);
+    let addr = m.outbound("client", "echo");
+    let mut long = connect(addr);
+    ping(&mut long, b"before");
+
+    // Control plane gone: existing and new connections keep working.
+    let cp = m.cp.as_mut().unwrap();
+    cp.terminate();
+    cp.wait(Duration::from_secs(10));
+    ping(&mut long, b"during");
+    ping(&mut connect(addr), b"fresh-during");
+    let version = m.config("client")["version"].as_u64().unwrap();
+
+    // A changed mesh file is picked up after the restart (same root, same port).
+    let changed = client_echo_mesh(echo, "")
+        .replace(
+            "upstreams: [{service: echo, listen: \"127.0.0.1:0\"}]",
+            "upstreams: [{service: echo, listen: \"127.0.0.1:0\"}, {service: echo2, listen: \"127.0.0.1:0\"}]",
+        )
+        .replace(
+            "serve: [{service: echo, ",
+            &format!("serve: [{{service: echo2, target: \"{echo}\"}}, {{service: echo, "),
+        );
+    std::fs::write(&m.mesh_path, changed).unwrap();
+    m.start_control_plane(&format!("127.0.0.1:{cp_port}"));
+    assert_eq!(
+        std::fs::read_to_string(m.dir.path().join("state/ca.crt")).unwrap(),
+        root_before,
+        "the restarted control plane keeps its root"
+    );
+    let addr2 = m.outbound("client", "echo2");
+    ping(&mut connect(addr2), b"new-service");
+    assert!(m.config("client")["version"].as_u64().unwrap() > version);
+    ping(&mut long, b"after");
+}
+
+#[test]
+fn a_policy_change_applies_to_the_next_stream_not_open_ones() {
+    let up = Up::start(&client_echo_mesh(echo_server(), ""));
+    let mesh_path = up.dir.path().join("mesh.yaml");
+    let addr = up.outbound("client", "echo");
+    let mut open = connect(addr);
+    ping(&mut open, b"allowed");
+
+    let yaml = std::fs::read_to_string(&mesh_path)
+        .unwrap()
+        .replace("allow: [client]", "allow: [someone-else]");
+    std::fs::write(&mesh_path, yaml).unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "new allow-list on the echo proxy",
+        || {
+            get(up.admin("echo"), "/config")
+                .1
+                .contains("sa/someone-else")
+                .then_some(())
+        },
+    );
+    ping(&mut open, b"still-open");
+    let mut next = connect(addr);
+    let _ = next.write_all(b"denied?");
+    let mut buf = [0u8; 8];
+    let err = next
+        .read(&mut buf)
+        .expect_err("the next stream must be denied");
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset);
+    assert_eq!(metric(&up.metrics("echo"), "authz_deny_total", &[]), 1.0);
+}
+
+#[test]
+fn an_invalid_mesh_file_is_refused_and_the_last_good_one_stays() {
+    let up = Up::start(&client_echo_mesh(echo_server(), ""));
+    let mesh_path = up.dir.path().join("mesh.yaml");
+    let cp_admin = up.report["controlPlane"]["admin"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let before = get(cp_admin, "/config").1;
+    std::fs::write(
+        &mesh_path,
+        "trustDomain: phoenix.local\nworkloads:\n  - name: [oops\n",
+    )
+    .unwrap();
+    eventually(Duration::from_secs(10), "the refusal counted", || {
+        (metric(&get(cp_admin, "/metrics").1, "config_refused_total", &[]) == 1.0).then_some(())
+    });
+    let after = get(cp_admin, "/config").1;
+    let version =
+        |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap()["version"].clone();
+    assert_eq!(version(&before), version(&after));
+    ping(
+        &mut connect(up.outbound("client", "echo")),
+        b"still-working",
+    );
+}
+
+#[test]
+fn certificates_renew_under_traffic_without_losing_a_stream() {
+    let up = Up::start(&client_echo_mesh(
+        echo_server(),
+        "certificateLifetime: 3s\n",
+    ));
+    let addr = up.outbound("client", "echo");
+    let mut long = connect(addr);
+    let started = Instant::now();
+    let mut i = 0u32;
+    // Ping through three lifetimes: every certificate in use at the start
+    // has expired by the end, yet the stream carries on.
+    while started.elapsed() < Duration::from_secs(10) {
+        ping(&mut long, format!("ping-{i:06}").as_bytes());
+        i += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for w in ["client", "echo"] {
+        let renewals = metric(&up.metrics(w), "certificate_renewals_total", &[]);
+        assert!(
+            renewals >= 4.0,
+            "{w} obtained {renewals} certificates in 10s with a 3s lifetime"
+        );
+    }
+    // New connections still work: the peer connection made with the first
+    // certificates was replaced before they expired.
+    ping(&mut connect(addr), b"fresh");
+    let hs = metric(
+        &up.metrics("client"),
+        "tls_handshakes_total",
+        &[("side", "client"), ("result", "success")],
+    );
+    assert!(
+        hs >= 2.0,
+        "the peer connection was re-established ({hs} handshakes)"
+    );
+    ping(&mut long, b"still-the-same-stream");
+}
+
+#[test]
+fn sigterm_drains_open_connections_then_exits() {
+    let echo = echo_server();
+    let mut m = Manual::new(&client_echo_mesh(echo, ""), &["client", "echo"]);
+    m.start_control_plane("127.0.0.1:0");
+    m.start_proxy("echo", &[]);
+    m.start_proxy("client", &["--drain-grace", "30s"]);
+    let addr = m.outbound("client", "echo");
+    let mut open = connect(addr);
+    ping(&mut open, b"before");
+
+    let (proxy, _) = m.proxies.get_mut("client").unwrap();
+    proxy.terminate();
+    // New connections are refused once the listener closes ...
+    eventually(Duration::from_secs(5), "the listener closed", || {
+        TcpStream::connect(addr)
+            .err()
+            .map(|e| assert_eq!(e.kind(), ErrorKind::ConnectionRefused))
+    });
+    // ... while the open one keeps working through the grace period.
+    ping(&mut open, b"draining");
+    assert!(
+        proxy.child.try_wait().unwrap().is_none(),
+        "exited with a connection still open"
+    );
+    // Closing the last connection lets the proxy exit well before the grace period.
+    let closed_at = Instant::now();
+    drop(open);
+    let status = proxy.wait(Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    assert!(closed_at.elapsed() < Duration::from_secs(10));
+}
