@@ -109,7 +109,14 @@ async fn up_command(file: PathBuf, output: Output, drain_grace: Duration) -> Exi
         drain_grace,
         forward_logs: true,
     };
-    let mut running = match up::start(&options, &mesh).await {
+    let shutdown = demo::shutdown_signal();
+    tokio::pin!(shutdown);
+    let started = tokio::select! {
+        r = up::start(&options, &mesh) => r,
+        // Children are killed as their handles drop.
+        _ = &mut shutdown => return ExitCode::SUCCESS,
+    };
+    let mut running = match started {
         Ok(r) => r,
         Err(error) => {
             eprintln!("phoenix up: {error:#}");
@@ -130,7 +137,7 @@ async fn up_command(file: PathBuf, output: Output, drain_grace: Duration) -> Exi
     }
     let report = running.report.clone();
     let code = tokio::select! {
-        _ = demo::shutdown_signal() => ExitCode::SUCCESS,
+        _ = &mut shutdown => ExitCode::SUCCESS,
         (name, status) = running.any_exit() => {
             eprintln!("phoenix up: {name} exited ({status}); stopping the mesh");
             ExitCode::FAILURE

@@ -32,16 +32,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(phoenix_proxy::run(
-        settings,
-        |bound| {
-            // One JSON line on stdout: how `phoenix up` and tests learn our ports.
-            if let Ok(line) = serde_json::to_string(bound) {
-                println!("{line}");
-            }
-        },
-        shutdown_signal(),
-    ));
+    let result = runtime.block_on(async {
+        phoenix_proxy::run(
+            settings,
+            |bound| {
+                // One JSON line on stdout: how `phoenix up` and tests learn our ports.
+                if let Ok(line) = serde_json::to_string(bound) {
+                    println!("{line}");
+                }
+            },
+            shutdown_signal(),
+        )
+        .await
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -61,17 +64,22 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     parts.join(": ")
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. Handlers are installed at the call, so a
+/// signal during startup is not fatal: it starts a clean shutdown instead.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }
 

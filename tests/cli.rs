@@ -1,0 +1,221 @@
+//! The `phoenix` CLI as a user runs it: the demo, `up`'s JSON contract,
+//! bad mesh files, and no process left behind.
+
+#[path = "support/harness.rs"]
+mod harness;
+
+use std::process::Command;
+use std::time::Duration;
+
+use harness::{Proc, bin, client_echo_mesh, echo_server, eventually};
+
+#[test]
+fn demo_runs_real_traffic_and_reports_json() {
+    let out = Command::new(bin("phoenix"))
+        .args(["demo", "--for", "10s", "-o", "json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "demo failed: {}\n{stderr}",
+        out.status
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "stdout holds exactly the summary: {stdout}");
+    let s: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(s["version"], 1);
+    let secs = s["durationSeconds"].as_f64().unwrap();
+    assert!((9.5..12.0).contains(&secs), "ran {secs}s");
+    let groups = s["kxGroups"].as_object().unwrap();
+    assert_eq!(
+        groups.keys().collect::<Vec<_>>(),
+        vec!["X25519MLKEM768"],
+        "only PQ handshakes"
+    );
+    let ok_hs = s["handshakes"]["ok"].as_u64().unwrap();
+    assert!(ok_hs >= 1);
+    assert_eq!(groups["X25519MLKEM768"].as_u64().unwrap(), ok_hs);
+    assert_eq!(s["handshakes"]["failed"], 0);
+    let ok = s["requests"]["ok"].as_u64().unwrap();
+    assert!(ok > 100, "only {ok} requests in 10s");
+    assert_eq!(s["requests"]["failed"], 0);
+    assert_eq!(s["bytes"]["sent"].as_u64().unwrap(), ok * 1024);
+    assert_eq!(s["bytes"]["received"], s["bytes"]["sent"]);
+    let (p50, p99) = (
+        s["latencyMicros"]["p50"].as_u64().unwrap(),
+        s["latencyMicros"]["p99"].as_u64().unwrap(),
+    );
+    assert!(p50 > 0 && p50 <= p99, "p50 {p50} p99 {p99}");
+}
+
+#[test]
+fn a_malformed_mesh_file_exits_64_naming_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mesh.yaml");
+    std::fs::write(
+        &path,
+        "trustDomain: phoenix.local\nworkloads:\n  - name: web\n    upstream: []\n",
+    )
+    .unwrap();
+    let out = Command::new(bin("phoenix"))
+        .args(["up", "-f"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 4") && err.contains("unknown field `upstream`"),
+        "{err}"
+    );
+
+    std::fs::write(
+        &path,
+        "trustDomain: phoenix.local\nworkloads:\n  - name: web\n    upstreams: [{service: db, listen: \"127.0.0.1:0\"}]\n",
+    )
+    .unwrap();
+    let out = Command::new(bin("phoenix"))
+        .args(["up", "-f"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 4")
+            && err.contains("workloads[0].upstreams[0].service")
+            && err.contains("no workload serves service `db`"),
+        "{err}"
+    );
+    // The same validation guards the binaries themselves.
+    let out = Command::new(bin("phoenix-control-plane"))
+        .arg("--mesh")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn proxy_flags_are_checked_before_anything_starts() {
+    let out = Command::new(bin("phoenix-proxy"))
+        .args([
+            "--control-plane",
+            "127.0.0.1:1",
+            "--control-plane-identity",
+            "not-an-id",
+        ])
+        .args(["--trust-anchor", "/nonexistent/ca.crt"])
+        .env("PHOENIX_TOKEN", "t")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--trust-anchor"));
+    let out = Command::new(bin("phoenix-proxy"))
+        .args([
+            "--control-plane",
+            "127.0.0.1:1",
+            "--control-plane-identity",
+            "x",
+            "--trust-anchor",
+            "x",
+            "--key-exchange",
+            "classic",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "clap rejects the flag");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use pq-only or pq-preferred"));
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie has exited; only its parent's bookkeeping remains.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+fn up(yaml: &str) -> (tempfile::TempDir, Proc, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mesh.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut cmd = Command::new(bin("phoenix"));
+    cmd.args(["up", "-o", "json", "--drain-grace", "1s", "-f"])
+        .arg(&path);
+    let p = Proc::spawn("phoenix up", cmd);
+    let report: serde_json::Value = serde_json::from_str(&p.line(Duration::from_secs(60))).unwrap();
+    (dir, p, report)
+}
+
+#[test]
+fn up_json_is_one_stable_line() {
+    let (_dir, p, r) = up(&client_echo_mesh(echo_server(), ""));
+    assert_eq!(r["version"], 1);
+    assert!(
+        r["controlPlane"]["control"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    assert!(r["controlPlane"]["admin"].as_str().is_some());
+    let proxies = r["proxies"].as_array().unwrap();
+    assert_eq!(proxies.len(), 2);
+    let client = proxies.iter().find(|p| p["workload"] == "client").unwrap();
+    assert_eq!(
+        client["identity"],
+        "spiffe://phoenix.local/ns/default/sa/client"
+    );
+    assert!(client["pid"].as_u64().unwrap() > 0);
+    assert_eq!(client["outbound"][0]["service"], "echo");
+    assert_ne!(
+        client["outbound"][0]["listen"], "127.0.0.1:0",
+        "the bound port is reported"
+    );
+    // Nothing else on stdout afterwards: status goes to stderr.
+    assert!(p.try_line(Duration::from_millis(300)).is_none());
+}
+
+#[test]
+fn killing_up_leaves_no_process_behind() {
+    let (_dir, mut p, r) = up(&client_echo_mesh(echo_server(), ""));
+    let pids: Vec<u32> = r["proxies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pid"].as_u64().unwrap() as u32)
+        .collect();
+    assert!(pids.iter().all(|pid| alive(*pid)));
+    p.child.kill().unwrap(); // SIGKILL: no chance to clean up
+    p.child.wait().unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "children gone after SIGKILL of phoenix up",
+        || pids.iter().all(|pid| !alive(*pid)).then_some(()),
+    );
+}
+
+#[test]
+fn sigterm_stops_up_cleanly() {
+    let (_dir, mut p, r) = up(&client_echo_mesh(echo_server(), ""));
+    let pids: Vec<u32> = r["proxies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pid"].as_u64().unwrap() as u32)
+        .collect();
+    p.terminate();
+    let status = p.wait(Duration::from_secs(20));
+    assert!(status.success(), "{status}");
+    assert!(
+        pids.iter().all(|pid| !alive(*pid)),
+        "children stopped before up exited"
+    );
+}
