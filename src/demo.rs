@@ -296,10 +296,10 @@ async fn client(
                     stats
                         .received
                         .fetch_add(REQUEST_BYTES as u64, Ordering::Relaxed);
-                    if let Ok(mut l) = stats.latencies.lock() {
-                        if l.len() < 2_000_000 {
-                            l.push(us);
-                        }
+                    if let Ok(mut l) = stats.latencies.lock()
+                        && l.len() < 2_000_000
+                    {
+                        l.push(us);
                     }
                 }
                 _ => {

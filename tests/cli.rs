@@ -1,6 +1,8 @@
 //! The `phoenix` CLI as a user runs it: the demo, `up`'s JSON contract,
 //! bad mesh files, and no process left behind.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on failure by design
+
 #[path = "support/harness.rs"]
 mod harness;
 

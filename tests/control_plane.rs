@@ -2,6 +2,8 @@
 //! survives its absence, changes reach proxies without dropping
 //! connections, certificates renew under traffic, and SIGTERM drains.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on failure by design
+
 #[path = "support/harness.rs"]
 mod harness;
 
@@ -55,7 +57,34 @@ fn traffic_flows_without_the_control_plane_and_changes_land_after_restart() {
         root_before,
         "the restarted control plane keeps its root"
     );
+    // Registrations were restored: the restarted control plane knows where
+    // the proxies are before they resubscribe.
+    let cp_admin = m.cp_bound["admin"].as_str().unwrap().parse().unwrap();
+    let registrations = serde_json::from_str::<serde_json::Value>(&get(cp_admin, "/config").1)
+        .unwrap()["registrations"]
+        .clone();
+    assert!(registrations.get("echo").is_some(), "{registrations}");
+    // Both proxies resubscribe and receive the new service.
+    eventually(
+        Duration::from_secs(20),
+        "the echo proxy serves echo2",
+        || {
+            m.config("echo")["config"]["resources"]
+                .get("inbound/echo2")
+                .map(|_| ())
+        },
+    );
     let addr2 = m.outbound("client", "echo2");
+    eventually(
+        Duration::from_secs(20),
+        "the client knows echo2's endpoint",
+        || {
+            let eps = m.config("client")["config"]["resources"]["upstream/echo2"]["endpoints"]
+                .as_array()?
+                .len();
+            (eps == 1).then_some(())
+        },
+    );
     ping(&mut connect(addr2), b"new-service");
     assert!(m.config("client")["version"].as_u64().unwrap() > version);
     ping(&mut long, b"after");

@@ -2,6 +2,8 @@
 //! reference Python client accepts the output, and a real Prometheus server
 //! scrapes every proxy and the control plane and can query the series.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on failure by design
+
 #[path = "support/harness.rs"]
 mod harness;
 

@@ -1,6 +1,8 @@
 //! Data-path integrity through real proxies: bytes, half-close, resets,
 //! concurrency, and backpressure.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on failure by design
+
 #[path = "support/harness.rs"]
 mod harness;
 

@@ -4,6 +4,8 @@
 //! existing frame breaks proxies of the previous release, so it must be a
 //! deliberate, versioned change. Refresh with `UPDATE_GOLDEN=1 cargo test`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on failure by design
+
 use std::path::PathBuf;
 
 use phoenix_api::header::{

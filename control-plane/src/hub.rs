@@ -2,7 +2,15 @@
 //! and where subscribed proxies are. Every change bumps one version and
 //! wakes the subscribers, who each compute their own snapshot and send what
 //! changed.
+//!
+//! Registrations are saved to the state directory, so a restarted control
+//! plane serves the endpoints it knew at once: otherwise the first proxy to
+//! resubscribe would get a snapshot without the peers that have not yet
+//! resubscribed, and new connections would fail until they had. Restored
+//! entries that no proxy confirms within a grace period are dropped.
 
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use phoenix_api::snapshot::Snapshot;
@@ -17,7 +25,14 @@ use crate::tokens::Tokens;
 pub struct Hub {
     inner: Mutex<Inner>,
     changed: watch::Sender<u64>,
+    /// Where registrations are saved (file mode: `<stateDir>/registrations.json`).
+    persist: Option<PathBuf>,
+    /// Set at shutdown: subscriptions ending then must not erase what is saved.
+    closing: AtomicBool,
 }
+
+/// Generation of registrations restored from disk and not yet confirmed.
+const RESTORED: u64 = 0;
 
 #[derive(Debug)]
 struct Inner {
@@ -52,17 +67,83 @@ impl Hub {
                 tokens: Arc::new(tokens),
                 registrations: Registrations::new(),
                 generations: Default::default(),
-                next_generation: 0,
+                next_generation: RESTORED,
                 version,
             }),
             changed: watch::channel(version).0,
+            persist: None,
+            closing: AtomicBool::new(false),
+        }
+    }
+
+    /// Saves registrations to `path` from now on, and restores those saved
+    /// there for workloads the mesh still has. Returns how many were restored.
+    pub fn persist_to(mut self, path: PathBuf) -> (Self, usize) {
+        let saved: Registrations = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let mut restored = 0;
+        {
+            let inner = self.inner.get_mut().unwrap_or_else(PoisonError::into_inner);
+            for (workload, address) in saved {
+                if inner.mesh.workloads.contains_key(&workload) {
+                    inner.registrations.insert(workload.clone(), address);
+                    inner.generations.insert(workload, RESTORED);
+                    restored += 1;
+                }
+            }
+        }
+        self.persist = Some(path);
+        (self, restored)
+    }
+
+    /// Drops restored registrations that no proxy has confirmed.
+    pub fn expire_restored(&self) {
+        self.update(|i| {
+            let stale: Vec<String> = i
+                .generations
+                .iter()
+                .filter(|(_, g)| **g == RESTORED)
+                .map(|(w, _)| w.clone())
+                .collect();
+            for w in stale {
+                i.registrations.remove(&w);
+                i.generations.remove(&w);
+            }
+        });
+    }
+
+    /// Stops saving changes (shutdown in progress).
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+    }
+
+    fn save(&self, registrations: &Registrations) {
+        let Some(path) = &self.persist else { return };
+        if self.closing.load(Ordering::Acquire) {
+            return;
+        }
+        let write = serde_json::to_vec_pretty(registrations)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                let tmp = path.with_extension("json.tmp");
+                std::fs::write(&tmp, bytes)?;
+                std::fs::rename(tmp, path)
+            });
+        if let Err(error) = write {
+            tracing::warn!(path = %path.display(), %error, "cannot save registrations");
         }
     }
 
     fn update(&self, f: impl FnOnce(&mut Inner)) {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = inner.registrations.clone();
         f(&mut inner);
         inner.version += 1;
+        if inner.registrations != before {
+            self.save(&inner.registrations);
+        }
         self.changed.send_replace(inner.version);
     }
 
@@ -122,6 +203,9 @@ impl Hub {
 
     /// Forgets a registration unless a newer one replaced it.
     pub fn unregister(&self, registration: Registration) {
+        if self.closing.load(Ordering::Acquire) {
+            return;
+        }
         let current = self
             .inner
             .lock()
@@ -155,5 +239,43 @@ impl Hub {
     /// Wakes on every change.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn mesh() -> Mesh {
+        Mesh::parse(
+            "trustDomain: td\nworkloads:\n  - name: a\n  - name: b\n",
+            Path::new("mesh.yaml"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn registrations_survive_a_restart_until_the_grace_period_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registrations.json");
+        let (hub, restored) = Hub::new(mesh(), Tokens::default()).persist_to(path.clone());
+        assert_eq!(restored, 0);
+        let a = hub.register("a", "127.0.0.1:1001".parse().unwrap());
+        let _b = hub.register("b", "127.0.0.1:1002".parse().unwrap());
+        hub.unregister(a);
+        // Shutdown: ending subscriptions must not erase what is saved.
+        hub.close();
+        drop(hub);
+
+        let (hub, restored) = Hub::new(mesh(), Tokens::default()).persist_to(path);
+        assert_eq!(restored, 1, "b was registered at shutdown, a had left");
+        assert!(hub.registrations().contains_key("b"));
+        // b confirms, a never comes back: nothing restored stays unconfirmed.
+        let b = hub.register("b", "127.0.0.1:1003".parse().unwrap());
+        hub.expire_restored();
+        assert_eq!(hub.registrations()["b"], "127.0.0.1:1003".parse().unwrap());
+        hub.unregister(b);
+        assert!(hub.registrations().is_empty());
     }
 }

@@ -33,6 +33,12 @@ use crate::metrics::Metrics;
 use crate::server::Server;
 use crate::tokens::Tokens;
 
+/// File of saved proxy registrations in the state directory.
+pub const REGISTRATIONS_FILE: &str = "registrations.json";
+/// How long restored registrations wait for their proxy to resubscribe
+/// (longer than a proxy's 5 s maximum resubscription backoff).
+const RESTORE_GRACE: Duration = Duration::from_secs(30);
+
 /// Lifetime of the control plane's own serving certificate.
 const SERVING_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
@@ -170,7 +176,15 @@ pub async fn run(
         trust_anchor,
     };
 
-    let hub = Arc::new(Hub::new(mesh, tokens));
+    let (hub, restored) =
+        Hub::new(mesh, tokens).persist_to(settings.state_dir.join(REGISTRATIONS_FILE));
+    if restored > 0 {
+        tracing::info!(
+            restored,
+            "restored proxy registrations; unconfirmed ones expire in {RESTORE_GRACE:?}"
+        );
+    }
+    let hub = Arc::new(hub);
     metrics.config_version.set(hub.version() as i64);
     let server = Arc::new(Server {
         hub: hub.clone(),
@@ -191,6 +205,13 @@ pub async fn run(
         }),
     ));
     tasks.spawn(watch_files(settings.clone(), hub.clone(), metrics.clone()));
+    {
+        let hub = hub.clone();
+        tasks.spawn(async move {
+            tokio::time::sleep(RESTORE_GRACE).await;
+            hub.expire_restored();
+        });
+    }
     {
         let (ca, credentials, hub, metrics) = (
             ca.clone(),
@@ -215,6 +236,7 @@ pub async fn run(
 
     shutdown.await;
     tracing::info!("shutting down");
+    hub.close();
     endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
     tasks.abort_all();
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;

@@ -186,7 +186,7 @@ pub enum MeshError {
         path: PathBuf,
         /// The parser's error, with line and column.
         #[source]
-        source: serde_saphyr::Error,
+        source: Box<serde_saphyr::Error>,
     },
     /// A semantic error at a known place.
     #[error("mesh file {path}, line {line}: `{field}`: {problem}")]
@@ -261,7 +261,7 @@ impl Mesh {
     pub fn parse(text: &str, path: &Path) -> Result<Self, MeshError> {
         let file: MeshFile = serde_saphyr::from_str(text).map_err(|source| MeshError::Yaml {
             path: path.to_owned(),
-            source,
+            source: Box::new(source),
         })?;
         validate(file, path)
     }

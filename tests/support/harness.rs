@@ -4,7 +4,7 @@
 //! Children are killed when their handle drops, also when a test panics;
 //! the proxies and the control plane additionally die with their parent.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -1,0 +1,629 @@
+//! `cargo bench --bench mesh`: the Phoenix proxy pair against direct TCP and
+//! a plain two-hop TCP forwarder pair, on loopback and over a veth pair
+//! between two network namespaces. What is measured and why is in
+//! `benches/README.md`; `benches/run` builds the binaries and runs this.
+//!
+//! One binary plays every part. Run normally, it orchestrates; with
+//! `PHOENIX_BENCH_ROLE` set it is one of the helpers it starts (the test
+//! server, a forwarder, or an agent that generates load from the client
+//! side), so that each can be placed in a namespace with `ip netns exec`.
+//!
+//! Flags: `--quick` (small sizes, a smoke run), `--no-netns` (loopback only),
+//! `--max-udp-payload N` (passed to both proxies; the veth MTU follows).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+#[path = "mesh/agent.rs"]
+mod agent;
+#[path = "mesh/apps.rs"]
+mod apps;
+#[path = "mesh/child.rs"]
+mod child;
+#[path = "mesh/netns.rs"]
+mod netns;
+#[path = "mesh/phoenix.rs"]
+mod phoenix;
+#[path = "mesh/procfs.rs"]
+mod procfs;
+#[path = "mesh/report.rs"]
+mod report;
+
+use agent::{
+    AgentHandle, HandshakeRequest, HandshakeResult, LatencyResult, Request, ThroughputResult,
+};
+use apps::Announce;
+use child::Child;
+use netns::NetnsPair;
+use phoenix::Phoenix;
+
+/// Environment variable naming the helper role of this process.
+pub const ROLE_ENV: &str = "PHOENIX_BENCH_ROLE";
+/// Environment variable with a helper's listen address.
+const LISTEN_ENV: &str = "PHOENIX_BENCH_LISTEN";
+/// Environment variable with a forwarder's target.
+const TARGET_ENV: &str = "PHOENIX_BENCH_TARGET";
+
+/// Interval of every readiness poll.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// Size of a ping-pong message.
+const MESSAGE_SIZE: usize = 100;
+/// Default largest UDP payload of the proxy (`--max-udp-payload`).
+const DEFAULT_UDP_PAYLOAD: u16 = 1452;
+
+/// Command-line options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Small sizes: a smoke run.
+    pub quick: bool,
+    /// Also run over veth between namespaces (when possible).
+    pub netns: bool,
+    /// `--max-udp-payload` for both proxies.
+    pub max_udp_payload: Option<u16>,
+}
+
+/// How much of each measurement to do.
+#[derive(Debug, Clone)]
+pub struct Sizes {
+    pub throughput_bytes: u64,
+    pub throughput_secs: f64,
+    pub pingpong_warmup: u32,
+    pub pingpong_rounds: u32,
+    pub idle_connections: u32,
+    pub handshakes: u32,
+    pub handshake_concurrency: u32,
+}
+
+impl Sizes {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                throughput_bytes: 256 << 20,
+                throughput_secs: 1.0,
+                pingpong_warmup: 200,
+                pingpong_rounds: 2_000,
+                idle_connections: 200,
+                handshakes: 200,
+                handshake_concurrency: 4,
+            }
+        } else {
+            Self {
+                throughput_bytes: 4 << 30,
+                throughput_secs: 5.0,
+                pingpong_warmup: 1_000,
+                pingpong_rounds: 20_000,
+                idle_connections: 1_000,
+                handshakes: 2_000,
+                handshake_concurrency: 4,
+            }
+        }
+    }
+}
+
+/// Where one side of a run lives.
+#[derive(Debug, Clone)]
+pub struct Side {
+    /// Its network namespace; `None` is the bench's own (loopback runs).
+    pub netns: Option<String>,
+    /// The address its servers bind and the other side reaches.
+    pub ip: IpAddr,
+}
+
+/// Which link a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    Loopback,
+    Veth,
+}
+
+impl Link {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Loopback => "loopback",
+            Self::Veth => "veth",
+        }
+    }
+}
+
+/// One path's figures.
+#[derive(Debug)]
+pub struct PathResult {
+    pub throughput: ThroughputResult,
+    pub latency: LatencyResult,
+}
+
+impl PathResult {
+    pub fn gbps(&self) -> f64 {
+        self.throughput.bytes as f64 * 8.0 / self.throughput.secs / 1e9
+    }
+}
+
+/// CPU the two proxies spent, per process.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProxyPair<T> {
+    pub client: T,
+    pub echo: T,
+}
+
+/// Memory of the proxies (KiB of VmRSS).
+#[derive(Debug, Default)]
+pub struct Memory {
+    pub idle: ProxyPair<u64>,
+    pub loaded: ProxyPair<u64>,
+    pub after: ProxyPair<u64>,
+    pub connections: u32,
+}
+
+/// The handshake measurement.
+#[derive(Debug, Default)]
+pub struct Handshakes {
+    pub result: HandshakeResult,
+    /// utime + stime the echo proxy spent.
+    pub server_cpu_secs: f64,
+    /// Increase of the echo proxy's PQ server handshake counter.
+    pub metric_delta: f64,
+}
+
+/// Everything measured over one link.
+#[derive(Debug)]
+pub struct LinkResult {
+    pub link: Link,
+    pub direct: PathResult,
+    pub forwarder: PathResult,
+    pub phoenix: PathResult,
+    /// Proxy CPU during the throughput run, as a share of one core.
+    pub throughput_cpu: ProxyPair<f64>,
+    /// Proxy CPU per ping-pong round trip, µs.
+    pub round_trip_cpu_us: ProxyPair<f64>,
+    pub memory: Memory,
+    pub handshakes: Handshakes,
+}
+
+fn main() -> ExitCode {
+    let result = match std::env::var(ROLE_ENV) {
+        Ok(role) => run_role(&role),
+        Err(_) => parse_args().and_then(|opts| orchestrate(&opts)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mesh bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_role(role: &str) -> anyhow::Result<()> {
+    let addr = |var: &str| -> anyhow::Result<SocketAddr> {
+        std::env::var(var)
+            .with_context(|| format!("{var} is not set"))?
+            .parse()
+            .with_context(|| format!("{var} is not an address"))
+    };
+    match role {
+        "agent" => agent::run(),
+        "server" => apps::server(addr(LISTEN_ENV)?),
+        "forward" => apps::forwarder(addr(LISTEN_ENV)?, addr(TARGET_ENV)?),
+        other => bail!("unknown {ROLE_ENV} `{other}`"),
+    }
+}
+
+fn parse_args() -> anyhow::Result<Options> {
+    let mut opts = Options {
+        quick: false,
+        netns: true,
+        max_udp_payload: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => opts.quick = true,
+            "--no-netns" => opts.netns = false,
+            "--max-udp-payload" => {
+                let v = args.next().context("--max-udp-payload needs a value")?;
+                let n: u16 = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1200..=65_527).contains(n))
+                    .with_context(|| format!("--max-udp-payload {v}: use 1200..=65527"))?;
+                opts.max_udp_payload = Some(n);
+            }
+            // `cargo bench` passes `--bench` to harness-less benches.
+            "--bench" => {}
+            "-h" | "--help" => {
+                println!(
+                    "usage: benches/run [--quick] [--no-netns] [--max-udp-payload N]\n\
+                     Measures direct TCP, a TCP forwarder pair and the Phoenix proxy pair on\n\
+                     loopback and (as root, with `ip`) over veth between two network namespaces."
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument `{other}` (try --help)"),
+        }
+    }
+    Ok(opts)
+}
+
+fn orchestrate(opts: &Options) -> anyhow::Result<()> {
+    let sizes = Sizes::new(opts.quick);
+    let machine = report::Machine::detect();
+    cleanup_on_signal();
+    netns::remove_stale();
+    report::header(&machine, opts, &sizes);
+
+    let mut results = Vec::new();
+    let mut notes = Vec::new();
+    results.push(run_link(Link::Loopback, opts, &sizes).context("loopback run")?);
+    let mut veth_error = None;
+    if !opts.netns {
+        notes.push("veth run skipped: --no-netns".to_owned());
+    } else if let Some(why) = netns::unavailable() {
+        notes.push(format!("veth run skipped: {why}"));
+    } else {
+        match run_link(Link::Veth, opts, &sizes) {
+            Ok(r) => results.push(r),
+            Err(e) => {
+                notes.push(format!("veth run failed: {e:#}"));
+                veth_error = Some(e);
+            }
+        }
+    }
+    report::print(&results, &notes, &sizes);
+    match veth_error {
+        Some(e) => Err(e.context("veth run")),
+        None => Ok(()),
+    }
+}
+
+/// A helper process and the address it announced.
+struct Helper {
+    _child: Child,
+    addr: SocketAddr,
+}
+
+fn helper(
+    name: &str,
+    side: &Side,
+    role: &str,
+    listen: SocketAddr,
+    target: Option<SocketAddr>,
+) -> anyhow::Result<Helper> {
+    let mut envs = vec![
+        (ROLE_ENV, role.to_owned()),
+        (LISTEN_ENV, listen.to_string()),
+    ];
+    if let Some(t) = target {
+        envs.push((TARGET_ENV, t.to_string()));
+    }
+    let mut child = Child::spawn(
+        name,
+        side.netns.as_deref(),
+        &std::env::current_exe()?,
+        &[],
+        &envs,
+    )?;
+    let line = child.line(Duration::from_secs(30))?;
+    let announce: Announce =
+        serde_json::from_str(&line).with_context(|| format!("{name} announced `{line}`"))?;
+    Ok(Helper {
+        _child: child,
+        addr: announce.listen,
+    })
+}
+
+fn run_link(link: Link, opts: &Options, sizes: &Sizes) -> anyhow::Result<LinkResult> {
+    eprintln!("== {}: starting", link.name());
+    let payload = opts.max_udp_payload.unwrap_or(DEFAULT_UDP_PAYLOAD);
+    // Declared first so it is dropped last: every process is gone by then.
+    let pair = match link {
+        Link::Veth => Some(NetnsPair::create((u32::from(payload) + 28).max(1500))?),
+        Link::Loopback => None,
+    };
+    let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let (a, b) = match &pair {
+        Some(p) => (
+            Side {
+                netns: Some(p.a.clone()),
+                ip: p.ip_a.into(),
+            },
+            Side {
+                netns: Some(p.b.clone()),
+                ip: p.ip_b.into(),
+            },
+        ),
+        None => (
+            Side {
+                netns: None,
+                ip: localhost,
+            },
+            Side {
+                netns: None,
+                ip: localhost,
+            },
+        ),
+    };
+    let mut agent_a = AgentHandle::start("client-side agent", a.netns.as_deref())?;
+    let mut agent_b = AgentHandle::start("server-side agent", b.netns.as_deref())?;
+    let server = helper("server", &b, "server", SocketAddr::new(b.ip, 0), None)?;
+    let fwd_b = helper(
+        "fwdB",
+        &b,
+        "forward",
+        SocketAddr::new(b.ip, 0),
+        Some(server.addr),
+    )?;
+    let fwd_a = helper(
+        "fwdA",
+        &a,
+        "forward",
+        SocketAddr::new(localhost, 0),
+        Some(fwd_b.addr),
+    )?;
+    let mesh = Phoenix::start(
+        &a,
+        &b,
+        &mut agent_a,
+        &mut agent_b,
+        server.addr,
+        opts.max_udp_payload,
+    )?;
+    let pids = ProxyPair {
+        client: mesh.client.pid(),
+        echo: mesh.echo.pid(),
+    };
+    for (name, addr) in [("direct", server.addr), ("forwarder pair", fwd_a.addr)] {
+        poll(Duration::from_secs(10), &format!("a {name} echo"), || {
+            agent_a.call::<serde_json::Value>(&Request::Echo { addr })?;
+            Ok(Some(()))
+        })?;
+    }
+
+    // (c) memory first, before bulk transfers leave buffers in the allocator.
+    eprintln!("== {}: proxy memory", link.name());
+    let streams_open = |agent_b: &mut AgentHandle| -> anyhow::Result<f64> {
+        let text = agent_b.get(mesh.echo_admin, "/metrics")?.body;
+        Ok(metric(
+            &text,
+            "quic_streams_open",
+            &[("direction", "inbound")],
+        ))
+    };
+    poll(
+        Duration::from_secs(15),
+        "the warm-up stream to close",
+        || Ok((streams_open(&mut agent_b)? == 0.0).then_some(())),
+    )?;
+    let mut memory = Memory {
+        idle: ProxyPair {
+            client: procfs::settled_rss_kib(pids.client)?,
+            echo: procfs::settled_rss_kib(pids.echo)?,
+        },
+        connections: sizes.idle_connections,
+        ..Memory::default()
+    };
+    let opened: u32 = agent_a.call(&Request::OpenIdle {
+        addr: mesh.outbound,
+        count: sizes.idle_connections,
+    })?;
+    anyhow::ensure!(
+        opened == sizes.idle_connections,
+        "opened {opened} idle connections"
+    );
+    poll(
+        Duration::from_secs(15),
+        "every idle connection at the echo proxy",
+        || Ok((streams_open(&mut agent_b)? >= f64::from(opened)).then_some(())),
+    )?;
+    memory.loaded = ProxyPair {
+        client: procfs::settled_rss_kib(pids.client)?,
+        echo: procfs::settled_rss_kib(pids.echo)?,
+    };
+    agent_a.call::<serde_json::Value>(&Request::CloseIdle)?;
+    poll(
+        Duration::from_secs(30),
+        "the idle connections to close",
+        || Ok((streams_open(&mut agent_b)? == 0.0).then_some(())),
+    )?;
+
+    // (a) throughput.
+    let paths = [
+        ("direct", server.addr),
+        ("forwarder", fwd_a.addr),
+        ("phoenix", mesh.outbound),
+    ];
+    let mut throughput = Vec::new();
+    let mut throughput_cpu = ProxyPair::default();
+    for (name, addr) in paths {
+        eprintln!("== {}: throughput, {name}", link.name());
+        let before = procfs::cpu_pair(pids)?;
+        let t: ThroughputResult = agent_a.call(&Request::Throughput {
+            addr,
+            max_bytes: sizes.throughput_bytes,
+            max_secs: sizes.throughput_secs,
+        })?;
+        if name == "phoenix" {
+            let after = procfs::cpu_pair(pids)?;
+            throughput_cpu = ProxyPair {
+                client: (after.client - before.client) / t.secs,
+                echo: (after.echo - before.echo) / t.secs,
+            };
+        }
+        throughput.push(t);
+    }
+
+    // (b) ping-pong.
+    let mut latency = Vec::new();
+    let mut round_trip_cpu_us = ProxyPair::default();
+    for (name, addr) in paths {
+        eprintln!("== {}: ping-pong, {name}", link.name());
+        let before = procfs::cpu_pair(pids)?;
+        let l: LatencyResult = agent_a.call(&Request::PingPong {
+            addr,
+            warmup: sizes.pingpong_warmup,
+            rounds: sizes.pingpong_rounds,
+            size: MESSAGE_SIZE,
+        })?;
+        if name == "phoenix" {
+            let after = procfs::cpu_pair(pids)?;
+            let rounds = f64::from(sizes.pingpong_warmup + sizes.pingpong_rounds);
+            round_trip_cpu_us = ProxyPair {
+                client: (after.client - before.client) * 1e6 / rounds,
+                echo: (after.echo - before.echo) * 1e6 / rounds,
+            };
+        }
+        latency.push(l);
+    }
+
+    // (d) handshakes against the echo proxy.
+    eprintln!("== {}: handshakes", link.name());
+    let handshakes_total = |agent_b: &mut AgentHandle| -> anyhow::Result<f64> {
+        let text = agent_b.get(mesh.echo_admin, "/metrics")?.body;
+        Ok(metric(
+            &text,
+            "tls_handshakes_total",
+            &[
+                ("side", "server"),
+                ("kx_group", "X25519MLKEM768"),
+                ("result", "success"),
+            ],
+        ))
+    };
+    let metric_before = handshakes_total(&mut agent_b)?;
+    let cpu_before = procfs::cpu_secs(pids.echo)?;
+    let result: HandshakeResult = agent_a.call(&Request::Handshakes(HandshakeRequest {
+        addr: mesh.echo_inbound,
+        count: sizes.handshakes,
+        concurrency: sizes.handshake_concurrency,
+        bind: a.ip,
+        state_dir: mesh.state_dir.clone(),
+        trust_domain: phoenix::TRUST_DOMAIN.to_owned(),
+        client_identity: phoenix::CLIENT_ID.to_owned(),
+        server_identity: phoenix::ECHO_ID.to_owned(),
+    }))?;
+    // Every handshake the client finished must be counted by the server
+    // before its CPU is read (the last ones are still open, so none is cut).
+    let want = metric_before + f64::from(result.ok);
+    let counted = poll(
+        Duration::from_secs(30),
+        "the server to count the handshakes",
+        || {
+            let now = handshakes_total(&mut agent_b)?;
+            Ok((now >= want).then_some(now))
+        },
+    );
+    let cpu_after = procfs::cpu_secs(pids.echo)?;
+    agent_a.call::<serde_json::Value>(&Request::CloseHandshakes)?;
+    let metric_delta = match counted {
+        Ok(now) => now - metric_before,
+        Err(_) => handshakes_total(&mut agent_b)? - metric_before,
+    };
+    let handshakes = Handshakes {
+        result,
+        server_cpu_secs: cpu_after - cpu_before,
+        metric_delta,
+    };
+    memory.after = ProxyPair {
+        client: procfs::settled_rss_kib(pids.client)?,
+        echo: procfs::settled_rss_kib(pids.echo)?,
+    };
+
+    let mut t = throughput.into_iter();
+    let mut l = latency.into_iter();
+    let mut next = || -> anyhow::Result<PathResult> {
+        Ok(PathResult {
+            throughput: t.next().context("missing throughput")?,
+            latency: l.next().context("missing latency")?,
+        })
+    };
+    let result = LinkResult {
+        link,
+        direct: next()?,
+        forwarder: next()?,
+        phoenix: next()?,
+        throughput_cpu,
+        round_trip_cpu_us,
+        memory,
+        handshakes,
+    };
+    eprintln!("== {}: done", link.name());
+    Ok(result)
+}
+
+/// Polls `f` every [`POLL_INTERVAL`] until it returns `Some`; errors count
+/// as "not yet" and the last one is reported at the deadline.
+pub fn poll<T>(
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match f() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => None,
+            Err(e) => Some(e),
+        };
+        if Instant::now() >= deadline {
+            match last {
+                Some(e) => bail!("timed out after {timeout:?} waiting for {what}: {e:#}"),
+                None => bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// Sum of the samples of `name` whose labels include all of `want`.
+pub fn metric(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, labels) = series.split_once('{').unwrap_or((series, ""));
+            let labels = labels.trim_end_matches('}');
+            let matches = n == name
+                && want
+                    .iter()
+                    .all(|(k, v)| labels.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+            if matches {
+                value.parse::<f64>().ok()
+            } else {
+                None
+            }
+        })
+        .sum()
+}
+
+/// On Ctrl-C or SIGTERM, removes this run's namespaces and exits; the
+/// children die with us (they asked for a parent-death signal).
+fn cleanup_on_signal() {
+    std::thread::spawn(|| {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            let (a, b) = netns::names(std::process::id());
+            netns::delete(&a);
+            netns::delete(&b);
+            eprintln!("mesh bench: interrupted");
+            std::process::exit(130);
+        });
+    });
+}
