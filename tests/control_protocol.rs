@@ -1,0 +1,288 @@
+//! The control plane's wire protocol, spoken directly: certificate issuance
+//! binds identity to the token (never the CSR), subscriptions need a client
+//! certificate, and both the current wire version (deltas) and the previous
+//! one (full snapshots) are served.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on failure by design
+
+#[path = "support/harness.rs"]
+mod harness;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use harness::{Manual, client_echo_mesh, echo_server};
+use phoenix_api::SpiffeId;
+use phoenix_api::control::{ALPN_CONTROL, ErrorCode, Request, Response, encode_frame};
+use phoenix_control_plane::ca::Ca;
+use phoenix_proxy::control::read_frame;
+use phoenix_tls::credentials::Credentials;
+use phoenix_tls::endpoint::TransportSettings;
+use phoenix_tls::handshake::TlsPolicy;
+
+struct Client {
+    endpoint: quinn::Endpoint,
+    tls: phoenix_tls::TlsContext,
+    cp: std::net::SocketAddr,
+    cp_id: SpiffeId,
+}
+
+impl Client {
+    /// A client holding a certificate for `identity` (when given) from the mesh CA.
+    fn new(m: &Manual, identity: Option<&str>) -> Self {
+        let state = m.dir.path().join("state");
+        let root = std::fs::read_to_string(state.join("ca.crt")).unwrap();
+        let credentials = Arc::new(Credentials::default());
+        if let Some(identity) = identity {
+            let (ca, _) = Ca::load_or_create(&state, "phoenix.local").unwrap();
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let pem = ca
+                .issue_for_key(&key, &identity.parse().unwrap(), Duration::from_secs(600))
+                .unwrap();
+            let provider = phoenix_tls::provider::provider(Default::default(), &[]);
+            credentials.store(Credentials::parse(&pem, &key.serialize_pem(), &provider).unwrap());
+        }
+        Self {
+            endpoint: phoenix_tls::endpoint::bind(
+                "127.0.0.1:0".parse().unwrap(),
+                &TransportSettings::default(),
+                None,
+            )
+            .unwrap(),
+            tls: phoenix_tls::TlsContext::new(&root, credentials).unwrap(),
+            cp: m.control_addr(),
+            cp_id: m.cp_bound["identity"].as_str().unwrap().parse().unwrap(),
+        }
+    }
+
+    async fn stream(
+        &self,
+        with_cert: bool,
+        request: &Request,
+    ) -> (quinn::Connection, quinn::RecvStream) {
+        let (config, _lease) = self
+            .tls
+            .client(
+                &TlsPolicy::default(),
+                self.cp_id.clone(),
+                ALPN_CONTROL,
+                with_cert,
+                TransportSettings::default().client_transport(),
+            )
+            .unwrap();
+        let conn = self
+            .endpoint
+            .connect_with(config, self.cp, "cp")
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        send.write_all(&encode_frame(request).unwrap())
+            .await
+            .unwrap();
+        (conn, recv)
+    }
+
+    async fn one(&self, with_cert: bool, request: &Request) -> Response {
+        let (_conn, mut recv) = self.stream(with_cert, request).await;
+        tokio::time::timeout(Duration::from_secs(10), read_frame::<Response>(&mut recv))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    }
+}
+
+fn start() -> Manual {
+    let mut m = Manual::new(&client_echo_mesh(echo_server(), ""), &["client", "echo"]);
+    m.start_control_plane("127.0.0.1:0");
+    m
+}
+
+async fn next(r: &mut quinn::RecvStream) -> Response {
+    tokio::time::timeout(Duration::from_secs(10), read_frame::<Response>(r))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+}
+
+fn csr_asking_for(san: &str) -> String {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    rcgen::CertificateParams::new(vec![san.to_owned()])
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_token_decides_the_identity_not_the_csr() {
+    let m = start();
+    let c = Client::new(&m, None);
+    let csr = csr_asking_for("echo.default.svc");
+    match c
+        .one(
+            false,
+            &Request::IssueCertificate {
+                token: m.tokens["client"].clone(),
+                csr_pem: csr.clone(),
+            },
+        )
+        .await
+    {
+        Response::Certificate {
+            chain_pem,
+            identity,
+        } => {
+            assert_eq!(identity, "spiffe://phoenix.local/ns/default/sa/client");
+            use rustls::pki_types::pem::PemObject;
+            let der =
+                rustls::pki_types::CertificateDer::from_pem_slice(chain_pem.as_bytes()).unwrap();
+            assert_eq!(
+                phoenix_tls::spiffe::spiffe_id(&der).unwrap().to_string(),
+                identity
+            );
+        }
+        other => panic!("expected a certificate, got {other:?}"),
+    }
+    match c
+        .one(
+            false,
+            &Request::IssueCertificate {
+                token: "forged".into(),
+                csr_pem: csr,
+            },
+        )
+        .await
+    {
+        Response::Error { code, message } => {
+            assert_eq!(code, ErrorCode::InvalidToken);
+            assert!(message.contains("token"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    match c
+        .one(
+            false,
+            &Request::IssueCertificate {
+                token: m.tokens["echo"].clone(),
+                csr_pem: "not a csr".into(),
+            },
+        )
+        .await
+    {
+        Response::Error { code, .. } => assert_eq!(code, ErrorCode::InvalidCsr),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn subscribing_needs_a_certificate_and_a_served_wire_version() {
+    let m = start();
+    let inbound = "127.0.0.1:9".parse().unwrap();
+    let anonymous = Client::new(&m, None);
+    match anonymous
+        .one(
+            false,
+            &Request::Subscribe {
+                wire_version: 2,
+                inbound,
+            },
+        )
+        .await
+    {
+        Response::Error { code, .. } => assert_eq!(code, ErrorCode::Unauthenticated),
+        other => panic!("{other:?}"),
+    }
+    let client = Client::new(&m, Some("spiffe://phoenix.local/ns/default/sa/client"));
+    match client
+        .one(
+            true,
+            &Request::Subscribe {
+                wire_version: 99,
+                inbound,
+            },
+        )
+        .await
+    {
+        Response::Error { code, message } => {
+            assert_eq!(code, ErrorCode::UnsupportedVersion);
+            assert!(message.contains("upgrade"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let stranger = Client::new(&m, Some("spiffe://phoenix.local/ns/default/sa/stranger"));
+    match stranger
+        .one(
+            true,
+            &Request::Subscribe {
+                wire_version: 2,
+                inbound,
+            },
+        )
+        .await
+    {
+        Response::Error { code, .. } => assert_eq!(code, ErrorCode::UnknownWorkload),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Version 2 gets a snapshot then deltas; version 1 (the previous one) gets
+/// a full snapshot on every change.
+#[tokio::test]
+async fn current_and_previous_wire_versions_are_served() {
+    let m = start();
+    let client = Client::new(&m, Some("spiffe://phoenix.local/ns/default/sa/client"));
+    let inbound = "127.0.0.1:9".parse().unwrap();
+    let (_c2, mut v2) = client
+        .stream(
+            true,
+            &Request::Subscribe {
+                wire_version: 2,
+                inbound,
+            },
+        )
+        .await;
+    let (_c1, mut v1) = client
+        .stream(
+            true,
+            &Request::Subscribe {
+                wire_version: 1,
+                inbound,
+            },
+        )
+        .await;
+    let Response::Snapshot(first) = next(&mut v2).await else {
+        panic!("v2 starts with a snapshot")
+    };
+    assert!(matches!(next(&mut v1).await, Response::Snapshot(_)));
+    // Both subscriptions came from the `client` workload; the second replaced
+    // the first registration, which is itself a change both may see. Drain
+    // until quiet, then make one change of our own.
+    let change = client_echo_mesh(echo_server(), "peerIdleTimeout: 90s\n");
+    std::fs::write(&m.mesh_path, change).unwrap();
+    let mut saw_delta = false;
+    let mut v2_version = first.version;
+    while !saw_delta {
+        match next(&mut v2).await {
+            Response::Delta(d) => {
+                assert_eq!(d.from_version, v2_version, "deltas chain without gaps");
+                v2_version = d.version;
+                saw_delta = d.upserts.values().any(|r| matches!(r, phoenix_api::snapshot::Resource::Mesh(m) if m.peer_idle_timeout_ms == 90_000));
+            }
+            other => panic!("v2 gets deltas after its snapshot, got {other:?}"),
+        }
+    }
+    loop {
+        match next(&mut v1).await {
+            Response::Snapshot(s) => {
+                if s.resources.values().any(|r| matches!(r, phoenix_api::snapshot::Resource::Mesh(m) if m.peer_idle_timeout_ms == 90_000)) {
+                    break;
+                }
+            }
+            other => panic!("v1 gets only full snapshots, got {other:?}"),
+        }
+    }
+}
