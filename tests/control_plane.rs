@@ -222,3 +222,45 @@ fn sigterm_drains_open_connections_then_exits() {
     assert!(status.success(), "{status}");
     assert!(closed_at.elapsed() < Duration::from_secs(10));
 }
+
+#[test]
+fn a_lost_peer_resets_its_flows_and_new_flows_reach_its_replacement() {
+    let echo = echo_server();
+    let mut m = Manual::new(&client_echo_mesh(echo, ""), &["client", "echo"]);
+    m.start_control_plane("127.0.0.1:0");
+    m.start_proxy("echo", &[]);
+    m.start_proxy("client", &["--quic-idle-timeout", "2s"]);
+    let addr = m.outbound("client", "echo");
+    let mut open = connect(addr);
+    ping(&mut open, b"before");
+
+    // The peer dies without a word (no QUIC close).
+    let (mut dead, _) = m.proxies.remove("echo").unwrap();
+    dead.child.kill().unwrap();
+    dead.child.wait().unwrap();
+    let lost_at = Instant::now();
+    let mut buf = [0u8; 1];
+    let err = open
+        .read(&mut buf)
+        .expect_err("the open flow must be reset, not left hanging");
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err:?}");
+    assert!(
+        lost_at.elapsed() < Duration::from_secs(6),
+        "noticed after {:?}",
+        lost_at.elapsed()
+    );
+
+    // A replacement proxy registers (on a new port); new flows reach it.
+    m.start_proxy("echo", &[]);
+    eventually(
+        Duration::from_secs(20),
+        "a new flow through the replacement",
+        || {
+            let mut c = connect(addr);
+            c.write_all(b"again").ok()?;
+            let mut buf = [0u8; 5];
+            c.read_exact(&mut buf).ok()?;
+            (&buf == b"again").then_some(())
+        },
+    );
+}

@@ -49,6 +49,10 @@ pub struct Args {
     /// Largest UDP payload (MTU minus IP and UDP headers).
     #[arg(long, env = "PHOENIX_MAX_UDP_PAYLOAD", default_value_t = 1452, value_parser = clap::value_parser!(u16).range(1200..=65527))]
     pub max_udp_payload: u16,
+    /// A peer that sends nothing (not even keep-alives, sent every third of
+    /// this) for this long is dead: its streams are reset. E.g. `10s`.
+    #[arg(long, env = "PHOENIX_QUIC_IDLE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub quic_idle_timeout: Duration,
     /// Log as JSON lines.
     #[arg(long, env = "PHOENIX_LOG_JSON")]
     pub log_json: bool,
@@ -148,6 +152,8 @@ impl Args {
             drain_grace: self.drain_grace,
             transport: TransportSettings {
                 max_udp_payload: self.max_udp_payload,
+                idle_timeout: self.quic_idle_timeout,
+                keep_alive: self.quic_idle_timeout / 3,
                 ..TransportSettings::default()
             },
         })

@@ -43,8 +43,10 @@ impl Default for TransportSettings {
             // quinn pre-allocates bookkeeping for every allowed stream
             // (~50 bytes each), so this is a budget, not a formality.
             max_streams: 16 * 1024,
-            keep_alive: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(30),
+            // A dead peer is noticed within ten seconds; three keep-alives
+            // fit in that window, so one lost packet does not kill a peer.
+            keep_alive: Duration::from_millis(3333),
+            idle_timeout: Duration::from_secs(10),
             socket_buffer: 8 * 1024 * 1024,
         }
     }
