@@ -153,7 +153,7 @@ pub async fn run(duration: Option<Duration>, json: bool) -> anyhow::Result<bool>
     }
     let started = Instant::now();
     let deadline = duration.map(|d| started + d);
-    let ctrl_c = shutdown_signal();
+    let ctrl_c = phoenix_proxy::process::shutdown_signal();
     tokio::pin!(ctrl_c);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
@@ -343,21 +343,6 @@ fn tokio_util_stop() -> (
     tokio::sync::watch::Receiver<bool>,
 ) {
     tokio::sync::watch::channel(false)
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }
 
 struct RemoveDir(PathBuf);

@@ -11,8 +11,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use phoenix_control_plane::mesh::Mesh;
 
-/// Exit code for bad configuration (EX_USAGE).
-const EXIT_CONFIG: u8 = 64;
+use phoenix_proxy::process::EXIT_CONFIG;
 
 /// Phoenix: a post-quantum service mesh.
 #[derive(Debug, Parser)]
@@ -59,12 +58,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PHOENIX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    phoenix_proxy::process::init_tracing(false, "warn");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -109,7 +103,7 @@ async fn up_command(file: PathBuf, output: Output, drain_grace: Duration) -> Exi
         drain_grace,
         forward_logs: true,
     };
-    let shutdown = demo::shutdown_signal();
+    let shutdown = phoenix_proxy::process::shutdown_signal();
     tokio::pin!(shutdown);
     let started = tokio::select! {
         r = up::start(&options, &mesh) => r,

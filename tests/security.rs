@@ -13,7 +13,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use harness::{Up, client_echo_mesh, echo_server, eventually, metric};
+use harness::{Up, client_echo_mesh, echo_server, eventually, metric, wait_metric};
 use phoenix_api::SpiffeId;
 use phoenix_api::control::ALPN_TUNNEL;
 use phoenix_api::tls_policy::KeyExchange;
@@ -181,18 +181,12 @@ async fn a_classical_only_client_is_refused_by_pq_only() {
         "{err}"
     );
     // The server counts as it sends the alert; the client may see it first.
-    eventually(
-        Duration::from_secs(5),
-        "the server counted the failure",
-        || {
-            let text = up.metrics("echo");
-            (metric(
-                &text,
-                "tls_handshake_failures_total",
-                &[("side", "server"), ("reason", "no_shared_group")],
-            ) == 1.0)
-                .then_some(())
-        },
+    wait_metric(
+        &up,
+        "echo",
+        "tls_handshake_failures_total",
+        &[("side", "server"), ("reason", "no_shared_group")],
+        1.0,
     );
 }
 
@@ -217,22 +211,16 @@ async fn pq_preferred_accepts_a_classical_client_and_counts_it() {
         .unwrap();
     assert_eq!(group, Some(NamedGroup::X25519));
     // The server counts when its side of the handshake completes.
-    eventually(
-        Duration::from_secs(5),
-        "the classical handshake counted",
-        || {
-            let text = up.metrics("echo");
-            (metric(
-                &text,
-                "tls_handshakes_total",
-                &[
-                    ("side", "server"),
-                    ("kx_group", "X25519"),
-                    ("result", "success"),
-                ],
-            ) == 1.0)
-                .then_some(())
-        },
+    wait_metric(
+        &up,
+        "echo",
+        "tls_handshakes_total",
+        &[
+            ("side", "server"),
+            ("kx_group", "X25519"),
+            ("result", "success"),
+        ],
+        1.0,
     );
 }
 
@@ -263,18 +251,12 @@ async fn a_certificate_from_another_ca_is_refused() {
         "{err}"
     );
     // The server counts as it sends the alert; the client may see it first.
-    eventually(
-        Duration::from_secs(5),
-        "the server counted the failure",
-        || {
-            let text = up.metrics("echo");
-            (metric(
-                &text,
-                "tls_handshake_failures_total",
-                &[("side", "server"), ("reason", "unknown_ca")],
-            ) == 1.0)
-                .then_some(())
-        },
+    wait_metric(
+        &up,
+        "echo",
+        "tls_handshake_failures_total",
+        &[("side", "server"), ("reason", "unknown_ca")],
+        1.0,
     );
 }
 

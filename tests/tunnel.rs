@@ -13,76 +13,62 @@ use std::time::{Duration, Instant};
 use harness::{Up, client_echo_mesh, closed_port, echo_server, eventually, metric};
 use sha2::{Digest, Sha256};
 
-/// 64 MiB of random bytes each way, checksummed on both ends.
-#[test]
-fn sixty_four_mib_each_way_arrive_intact() {
-    const SIZE: usize = 64 * 1024 * 1024;
-    // A sink server that hashes what it receives and sends its own random stream back.
-    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let target = server.local_addr().unwrap();
-    let server_thread = std::thread::spawn(move || {
-        let (mut s, _) = server.accept().unwrap();
-        let mut w = s.try_clone().unwrap();
-        let sender = std::thread::spawn(move || {
-            let mut h = Sha256::new();
-            let mut sent = 0;
-            let mut buf = vec![0u8; 256 * 1024];
-            while sent < SIZE {
-                rand::fill(&mut buf[..]);
-                w.write_all(&buf).unwrap();
-                h.update(&buf);
-                sent += buf.len();
-            }
-            w.shutdown(Shutdown::Write).unwrap();
-            h.finalize()
-        });
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut got = 0;
-        loop {
-            let n = s.read(&mut buf).unwrap();
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            got += n;
-        }
-        (got, h.finalize(), sender.join().unwrap())
-    });
+/// Writes `size` random bytes, then FIN; returns their SHA-256.
+fn send_random(mut w: TcpStream, size: usize) -> Vec<u8> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut sent = 0;
+    while sent < size {
+        rand::fill(&mut buf[..]);
+        w.write_all(&buf).unwrap();
+        h.update(&buf);
+        sent += buf.len();
+    }
+    w.shutdown(Shutdown::Write).unwrap();
+    h.finalize().to_vec()
+}
 
-    let up = Up::start(&client_echo_mesh(target, ""));
-    let mut c = TcpStream::connect(up.outbound("client", "echo")).unwrap();
-    let mut w = c.try_clone().unwrap();
-    let sender = std::thread::spawn(move || {
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut sent = 0;
-        while sent < SIZE {
-            rand::fill(&mut buf[..]);
-            w.write_all(&buf).unwrap();
-            h.update(&buf);
-            sent += buf.len();
-        }
-        w.shutdown(Shutdown::Write).unwrap();
-        h.finalize()
-    });
+/// Reads to EOF; returns the byte count and SHA-256.
+fn read_hashed(mut r: TcpStream) -> (usize, Vec<u8>) {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut got = 0;
     loop {
-        let n = c.read(&mut buf).unwrap();
+        let n = r.read(&mut buf).unwrap();
         if n == 0 {
-            break;
+            return (got, h.finalize().to_vec());
         }
         h.update(&buf[..n]);
         got += n;
     }
+}
+
+/// 64 MiB of random bytes each way, checksummed on both ends.
+#[test]
+fn sixty_four_mib_each_way_arrive_intact() {
+    const SIZE: usize = 64 * 1024 * 1024;
+    // The server hashes what it receives and sends its own random stream back.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = server.local_addr().unwrap();
+    let server_thread = std::thread::spawn(move || {
+        let (s, _) = server.accept().unwrap();
+        let w = s.try_clone().unwrap();
+        let sender = std::thread::spawn(move || send_random(w, SIZE));
+        let (got, hash) = read_hashed(s);
+        (got, hash, sender.join().unwrap())
+    });
+
+    let up = Up::start(&client_echo_mesh(target, ""));
+    let c = TcpStream::connect(up.outbound("client", "echo")).unwrap();
+    let w = c.try_clone().unwrap();
+    let sender = std::thread::spawn(move || send_random(w, SIZE));
+    let (got, hash) = read_hashed(c);
     let client_sent = sender.join().unwrap();
     let (server_got, server_hash, server_sent) = server_thread.join().unwrap();
     assert_eq!(server_got, SIZE, "server received every byte");
     assert_eq!(server_hash, client_sent, "client → server bytes intact");
     assert_eq!(got, SIZE, "client received every byte");
-    assert_eq!(h.finalize(), server_sent, "server → client bytes intact");
+    assert_eq!(hash, server_sent, "server → client bytes intact");
 
     let text = up.metrics("client");
     assert_eq!(

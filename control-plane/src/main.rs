@@ -6,10 +6,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use phoenix_control_plane::mesh::Mesh;
+use phoenix_proxy::process::{self, EXIT_CONFIG};
 use phoenix_control_plane::{Settings, tokens};
-
-/// Exit code for bad configuration (EX_USAGE).
-const EXIT_CONFIG: u8 = 64;
 
 /// Phoenix control plane (file mode).
 #[derive(Debug, Parser)]
@@ -40,14 +38,9 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_tracing(args.log_json);
-    if args.die_with_parent {
-        let parent = rustix::process::getppid();
-        let _ =
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM));
-        if rustix::process::getppid() != parent {
-            return ExitCode::FAILURE;
-        }
+    process::init_tracing(args.log_json, "info");
+    if args.die_with_parent && !process::die_with_parent() {
+        return ExitCode::FAILURE;
     }
     let mesh = match Mesh::load(&args.mesh) {
         Ok(m) => m,
@@ -77,61 +70,18 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        phoenix_control_plane::run(
-            settings,
-            mesh,
-            |bound| {
-                if let Ok(line) = serde_json::to_string(bound) {
-                    println!("{line}");
-                }
-            },
-            shutdown_signal(),
-        )
-        .await
+        let on_bound = |bound: &phoenix_control_plane::Bound| {
+            if let Ok(line) = serde_json::to_string(bound) {
+                println!("{line}");
+            }
+        };
+        phoenix_control_plane::run(settings, mesh, on_bound, process::shutdown_signal()).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            let mut msg = error.to_string();
-            let mut source = std::error::Error::source(&error);
-            while let Some(e) = source {
-                msg.push_str(&format!(": {e}"));
-                source = e.source();
-            }
-            eprintln!("phoenix-control-plane: {msg}");
+            eprintln!("phoenix-control-plane: {}", process::error_chain(&error));
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT. Handlers are installed at the call, so a
-/// signal during startup is not fatal: it starts a clean shutdown instead.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let handlers = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    );
-    async move {
-        let (Ok(mut term), Ok(mut int)) = handlers else {
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    }
-}
-
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PHOENIX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }

@@ -14,6 +14,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod outbound;
 pub mod pool;
+pub mod process;
 pub mod relay;
 pub mod settings;
 pub mod state;
@@ -230,17 +231,6 @@ impl AdminState for ProxyAdmin {
             }).collect::<Vec<_>>(),
             "config": config.as_ref().map(|c| &c.snapshot),
         })
-    }
-}
-
-/// Every tunnelled connection holds a socket on each side: raises the soft
-/// file-descriptor limit to the hard one, as Envoy and Linkerd do.
-pub fn raise_fd_limit() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut limit = getrlimit(Resource::Nofile);
-    if limit.current != limit.maximum {
-        limit.current = limit.maximum;
-        let _ = setrlimit(Resource::Nofile, limit);
     }
 }
 

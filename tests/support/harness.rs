@@ -260,6 +260,14 @@ pub fn metric(text: &str, metric: &str, want: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// Waits until `workload`'s `metric` (samples with `labels`) sums to `want`.
+pub fn wait_metric(up: &Up, workload: &str, metric_name: &str, labels: &[(&str, &str)], want: f64) {
+    let what = format!("{workload}: {metric_name}{labels:?} == {want}");
+    eventually(Duration::from_secs(10), &what, || {
+        (metric(&up.metrics(workload), metric_name, labels) == want).then_some(())
+    });
+}
+
 /// Polls `f` until it returns `Some`, or panics after `timeout` with `what`.
 pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
