@@ -264,3 +264,30 @@ fn a_lost_peer_resets_its_flows_and_new_flows_reach_its_replacement() {
         },
     );
 }
+
+#[test]
+fn the_drain_grace_period_bounds_shutdown() {
+    let echo = echo_server();
+    let mut m = Manual::new(&client_echo_mesh(echo, ""), &["client", "echo"]);
+    m.start_control_plane("127.0.0.1:0");
+    m.start_proxy("echo", &[]);
+    m.start_proxy("client", &["--drain-grace", "1s"]);
+    let mut open = connect(m.outbound("client", "echo"));
+    ping(&mut open, b"before");
+    let (proxy, _) = m.proxies.get_mut("client").unwrap();
+    let asked = Instant::now();
+    proxy.terminate();
+    // The app never closes; the proxy leaves anyway once the grace is over.
+    let status = proxy.wait(Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    let took = asked.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "exited after {took:?}"
+    );
+    let mut buf = [0u8; 1];
+    assert!(
+        matches!(open.read(&mut buf), Ok(0) | Err(_)),
+        "the app's connection ends with its proxy"
+    );
+}

@@ -250,3 +250,82 @@ fn a_stalled_reader_does_not_block_other_connections() {
     }
     drop(stalled);
 }
+
+/// An app's reset reaches the other app as a reset, in both directions.
+#[test]
+fn resets_are_carried_both_ways() {
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = server.local_addr().unwrap();
+    let up = Up::start(&client_echo_mesh(target, ""));
+    let addr = up.outbound("client", "echo");
+
+    // Client resets: the server sees ECONNRESET.
+    let c = TcpStream::connect(addr).unwrap();
+    (&c).write_all(b"x").unwrap();
+    let (mut s, _) = server.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut one = [0u8; 1];
+    s.read_exact(&mut one).unwrap();
+    socket2::SockRef::from(&c)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(c);
+    let err = s
+        .read(&mut one)
+        .expect_err("the server must see the client's reset");
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err:?}");
+
+    // Server resets: the client sees ECONNRESET.
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"y").unwrap();
+    let (mut s, _) = server.accept().unwrap();
+    s.read_exact(&mut one).unwrap();
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s);
+    let err = c
+        .read(&mut one)
+        .expect_err("the client must see the server's reset");
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err:?}");
+}
+
+/// A peer connection with no stream closes after `peerIdleTimeout`; one
+/// carrying an idle TCP connection is kept alive far beyond QUIC's own idle
+/// timeout.
+#[test]
+fn peer_connections_close_when_unused_but_never_under_an_idle_stream() {
+    let mut m = harness::Manual::new(
+        &client_echo_mesh(echo_server(), "peerIdleTimeout: 300ms\n"),
+        &["client", "echo"],
+    );
+    m.start_control_plane("127.0.0.1:0");
+    // A 1 s QUIC idle timeout on both ends, so the test need not wait 10 s.
+    m.start_proxy("echo", &["--quic-idle-timeout", "1s"]);
+    m.start_proxy("client", &["--quic-idle-timeout", "1s"]);
+    let addr = m.outbound("client", "echo");
+    let quic_open = || metric(&m.metrics("client"), "quic_connections_open", &[]);
+
+    let mut idle = TcpStream::connect(addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    harness::ping(&mut idle, b"hello");
+    // Deliberately silent for three QUIC idle timeouts: keep-alives hold it.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(quic_open(), 1.0);
+    harness::ping(&mut idle, b"still-here");
+
+    drop(idle);
+    eventually(
+        Duration::from_secs(10),
+        "the unused peer connection closed",
+        || (quic_open() == 0.0).then_some(()),
+    );
+    harness::ping(&mut TcpStream::connect(addr).unwrap(), b"reconnects");
+    let handshakes = metric(
+        &m.metrics("client"),
+        "tls_handshakes_total",
+        &[("side", "client"), ("result", "success")],
+    );
+    assert_eq!(handshakes, 2.0, "a new peer connection was made on demand");
+}
