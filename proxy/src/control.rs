@@ -297,3 +297,63 @@ fn until_unix(at: i64) -> Duration {
         .unwrap_or_default();
     Duration::from_secs(at.max(0) as u64).saturating_sub(now)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use phoenix_api::snapshot::{Endpoint, MeshSettings, Resource, Upstream};
+    use phoenix_api::tls_policy::{CipherSuite, KeyExchange};
+    use phoenix_tls::endpoint::TransportSettings;
+
+    fn shared() -> Shared {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let root = params.self_signed(&key).unwrap().pem();
+        let tls = phoenix_tls::TlsContext::new(&root, Arc::new(Credentials::default())).unwrap();
+        let transport = TransportSettings::default();
+        let endpoint =
+            phoenix_tls::endpoint::bind("127.0.0.1:0".parse().unwrap(), &transport, None).unwrap();
+        Shared::new(tls, transport, endpoint, Default::default())
+    }
+
+    fn snapshot(version: u64, identity: &str) -> Snapshot {
+        let resources = [
+            Resource::Mesh(MeshSettings {
+                trust_domain: "td".into(),
+                key_exchange: KeyExchange::PqOnly,
+                cipher_suites: CipherSuite::DEFAULT.to_vec(),
+                peer_idle_timeout_ms: 1000,
+                connect_timeout_ms: 1000,
+            }),
+            Resource::Upstream(Upstream {
+                service: "db".into(),
+                listen: "127.0.0.1:0".parse().unwrap(),
+                endpoints: vec![Endpoint {
+                    address: "127.0.0.1:9".parse().unwrap(),
+                    identity: identity.into(),
+                }],
+            }),
+        ];
+        Snapshot {
+            version,
+            resources: resources.into_iter().map(|r| (r.key(), r)).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_invalid_snapshot_is_refused_and_the_last_good_one_stays() {
+        let shared = shared();
+        assert!(apply(&shared, &snapshot(1, "spiffe://td/ns/default/sa/db")));
+        assert_eq!(shared.metrics.config_version.get(), 1);
+
+        assert!(!apply(
+            &shared,
+            &snapshot(2, "spiffe://other-domain/ns/default/sa/db")
+        ));
+        assert_eq!(shared.metrics.config_refused.get(), 1);
+        assert_eq!(shared.metrics.config_version.get(), 1);
+        let kept = shared.config.load_full().unwrap();
+        assert_eq!(kept.version, 1, "the last good config stays in force");
+    }
+}
