@@ -34,6 +34,7 @@ mod report;
 
 use agent::{
     AgentHandle, HandshakeRequest, HandshakeResult, LatencyResult, Request, ThroughputResult,
+    UdpStats,
 };
 use apps::Announce;
 use child::Child;
@@ -70,7 +71,12 @@ pub struct Options {
 pub struct Sizes {
     pub throughput_bytes: u64,
     pub throughput_secs: f64,
+    /// Throughput runs per path, taking turns; the median is reported.
+    pub throughput_runs: u32,
     pub pingpong_warmup: u32,
+    /// Ping-pong blocks per path, taking turns.
+    pub pingpong_blocks: u32,
+    /// Round trips per block.
     pub pingpong_rounds: u32,
     pub idle_connections: u32,
     pub handshakes: u32,
@@ -83,8 +89,10 @@ impl Sizes {
             Self {
                 throughput_bytes: 256 << 20,
                 throughput_secs: 1.0,
+                throughput_runs: 1,
                 pingpong_warmup: 200,
-                pingpong_rounds: 2_000,
+                pingpong_blocks: 2,
+                pingpong_rounds: 1_000,
                 idle_connections: 200,
                 handshakes: 200,
                 handshake_concurrency: 4,
@@ -93,8 +101,10 @@ impl Sizes {
             Self {
                 throughput_bytes: 4 << 30,
                 throughput_secs: 5.0,
+                throughput_runs: 3,
                 pingpong_warmup: 1_000,
-                pingpong_rounds: 20_000,
+                pingpong_blocks: 5,
+                pingpong_rounds: 4_000,
                 idle_connections: 1_000,
                 handshakes: 2_000,
                 handshake_concurrency: 4,
@@ -131,13 +141,29 @@ impl Link {
 /// One path's figures.
 #[derive(Debug)]
 pub struct PathResult {
-    pub throughput: ThroughputResult,
+    /// Every throughput run.
+    pub throughput: Vec<ThroughputResult>,
+    /// Cores the whole machine kept busy during those runs (of all cores).
+    pub machine_busy: f64,
     pub latency: LatencyResult,
 }
 
 impl PathResult {
+    /// Gbit/s of every run, sorted.
+    pub fn runs_gbps(&self) -> Vec<f64> {
+        let mut v: Vec<f64> = self
+            .throughput
+            .iter()
+            .map(|t| t.bytes as f64 * 8.0 / t.secs / 1e9)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v
+    }
+
+    /// Median Gbit/s.
     pub fn gbps(&self) -> f64 {
-        self.throughput.bytes as f64 * 8.0 / self.throughput.secs / 1e9
+        let v = self.runs_gbps();
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
     }
 }
 
@@ -174,12 +200,17 @@ pub struct LinkResult {
     pub direct: PathResult,
     pub forwarder: PathResult,
     pub phoenix: PathResult,
-    /// Proxy CPU during the throughput run, as a share of one core.
+    /// Proxy CPU during the throughput runs, as a share of one core.
     pub throughput_cpu: ProxyPair<f64>,
+    /// UDP datagrams dropped by the kernel during the Phoenix throughput
+    /// runs (receive-buffer and other input errors), and datagrams received.
+    pub udp_drops: (u64, u64),
     /// Proxy CPU per ping-pong round trip, µs.
     pub round_trip_cpu_us: ProxyPair<f64>,
     pub memory: Memory,
     pub handshakes: Handshakes,
+    /// Where the machine's CPU went during this link's run besides the bench.
+    pub cpu_shares: procfs::CpuShares,
 }
 
 fn main() -> ExitCode {
@@ -316,6 +347,7 @@ fn helper(
 
 fn run_link(link: Link, opts: &Options, sizes: &Sizes) -> anyhow::Result<LinkResult> {
     eprintln!("== {}: starting", link.name());
+    let foreign = procfs::ForeignCpu::start()?;
     let payload = opts.max_udp_payload.unwrap_or(DEFAULT_UDP_PAYLOAD);
     // Declared first so it is dropped last: every process is gone by then.
     let pair = match link {
@@ -428,54 +460,69 @@ fn run_link(link: Link, opts: &Options, sizes: &Sizes) -> anyhow::Result<LinkRes
         || Ok((streams_open(&mut agent_b)? == 0.0).then_some(())),
     )?;
 
-    // (a) throughput.
+    // (a) throughput: the paths take turns, the median run is reported.
     let paths = [
         ("direct", server.addr),
         ("forwarder", fwd_a.addr),
         ("phoenix", mesh.outbound),
     ];
-    let mut throughput = Vec::new();
-    let mut throughput_cpu = ProxyPair::default();
-    for (name, addr) in paths {
-        eprintln!("== {}: throughput, {name}", link.name());
-        let before = procfs::cpu_pair(pids)?;
-        let t: ThroughputResult = agent_a.call(&Request::Throughput {
-            addr,
-            max_bytes: sizes.throughput_bytes,
-            max_secs: sizes.throughput_secs,
-        })?;
-        if name == "phoenix" {
-            let after = procfs::cpu_pair(pids)?;
-            throughput_cpu = ProxyPair {
-                client: (after.client - before.client) / t.secs,
-                echo: (after.echo - before.echo) / t.secs,
-            };
+    let mut throughput: Vec<Vec<ThroughputResult>> = paths.iter().map(|_| Vec::new()).collect();
+    let mut busy = vec![0.0f64; paths.len()];
+    let mut proxy_cpu = ProxyPair {
+        client: 0.0,
+        echo: 0.0,
+    };
+    let mut phoenix_secs = 0.0;
+    let mut udp_drops = (0u64, 0u64);
+    for run in 0..sizes.throughput_runs {
+        for (i, (name, addr)) in paths.iter().enumerate() {
+            eprintln!("== {}: throughput, {name}, run {}", link.name(), run + 1);
+            let machine_before = procfs::machine_busy_secs()?;
+            let cpu_before = procfs::cpu_pair(pids)?;
+            let udp_before = udp_stats(&mut agent_a, &mut agent_b, link)?;
+            let t: ThroughputResult = agent_a.call(&Request::Throughput {
+                addr: *addr,
+                max_bytes: sizes.throughput_bytes,
+                max_secs: sizes.throughput_secs,
+            })?;
+            busy[i] += (procfs::machine_busy_secs()? - machine_before) / t.secs;
+            if *name == "phoenix" {
+                let cpu_after = procfs::cpu_pair(pids)?;
+                let udp_after = udp_stats(&mut agent_a, &mut agent_b, link)?;
+                proxy_cpu.client += cpu_after.client - cpu_before.client;
+                proxy_cpu.echo += cpu_after.echo - cpu_before.echo;
+                phoenix_secs += t.secs;
+                udp_drops.0 += (udp_after.rcvbuf_errors + udp_after.in_errors)
+                    - (udp_before.rcvbuf_errors + udp_before.in_errors);
+                udp_drops.1 += udp_after.in_datagrams - udp_before.in_datagrams;
+            }
+            throughput[i].push(t);
         }
-        throughput.push(t);
     }
+    let throughput_cpu = ProxyPair {
+        client: proxy_cpu.client / phoenix_secs,
+        echo: proxy_cpu.echo / phoenix_secs,
+    };
+    let runs = f64::from(sizes.throughput_runs);
 
-    // (b) ping-pong.
-    let mut latency = Vec::new();
-    let mut round_trip_cpu_us = ProxyPair::default();
-    for (name, addr) in paths {
-        eprintln!("== {}: ping-pong, {name}", link.name());
-        let before = procfs::cpu_pair(pids)?;
-        let l: LatencyResult = agent_a.call(&Request::PingPong {
-            addr,
-            warmup: sizes.pingpong_warmup,
-            rounds: sizes.pingpong_rounds,
-            size: MESSAGE_SIZE,
-        })?;
-        if name == "phoenix" {
-            let after = procfs::cpu_pair(pids)?;
-            let rounds = f64::from(sizes.pingpong_warmup + sizes.pingpong_rounds);
-            round_trip_cpu_us = ProxyPair {
-                client: (after.client - before.client) * 1e6 / rounds,
-                echo: (after.echo - before.echo) * 1e6 / rounds,
-            };
-        }
-        latency.push(l);
-    }
+    // (b) ping-pong, one persistent connection per path, taking turns.
+    eprintln!("== {}: ping-pong", link.name());
+    let before = procfs::cpu_pair(pids)?;
+    let latency: Vec<LatencyResult> = agent_a.call(&Request::PingPong {
+        addrs: paths.iter().map(|(_, a)| *a).collect(),
+        warmup: sizes.pingpong_warmup,
+        blocks: sizes.pingpong_blocks,
+        rounds: sizes.pingpong_rounds,
+        size: MESSAGE_SIZE,
+    })?;
+    let after = procfs::cpu_pair(pids)?;
+    // Only the Phoenix path goes through the proxies.
+    let phoenix_rounds =
+        f64::from(sizes.pingpong_warmup + sizes.pingpong_blocks * sizes.pingpong_rounds);
+    let round_trip_cpu_us = ProxyPair {
+        client: (after.client - before.client) * 1e6 / phoenix_rounds,
+        echo: (after.echo - before.echo) * 1e6 / phoenix_rounds,
+    };
 
     // (d) handshakes against the echo proxy.
     eprintln!("== {}: handshakes", link.name());
@@ -530,26 +577,44 @@ fn run_link(link: Link, opts: &Options, sizes: &Sizes) -> anyhow::Result<LinkRes
         echo: procfs::settled_rss_kib(pids.echo)?,
     };
 
-    let mut t = throughput.into_iter();
-    let mut l = latency.into_iter();
-    let mut next = || -> anyhow::Result<PathResult> {
-        Ok(PathResult {
-            throughput: t.next().context("missing throughput")?,
-            latency: l.next().context("missing latency")?,
-        })
-    };
+    let mut paths_out =
+        throughput
+            .into_iter()
+            .zip(busy)
+            .zip(latency)
+            .map(|((throughput, busy), latency)| PathResult {
+                throughput,
+                machine_busy: busy / runs,
+                latency,
+            });
+    let mut next = || paths_out.next().context("a path has no result");
     let result = LinkResult {
         link,
         direct: next()?,
         forwarder: next()?,
         phoenix: next()?,
         throughput_cpu,
+        udp_drops,
         round_trip_cpu_us,
         memory,
         handshakes,
+        cpu_shares: foreign.read()?,
     };
     eprintln!("== {}: done", link.name());
     Ok(result)
+}
+
+/// UDP counters where the proxies are: one namespace on loopback, both on veth.
+fn udp_stats(a: &mut AgentHandle, b: &mut AgentHandle, link: Link) -> anyhow::Result<UdpStats> {
+    let mut s: UdpStats = a.call(&Request::UdpStats)?;
+    if link == Link::Veth {
+        let t: UdpStats = b.call(&Request::UdpStats)?;
+        s.in_datagrams += t.in_datagrams;
+        s.in_errors += t.in_errors;
+        s.rcvbuf_errors += t.rcvbuf_errors;
+        s.sndbuf_errors += t.sndbuf_errors;
+    }
+    Ok(s)
 }
 
 /// Polls `f` every [`POLL_INTERVAL`] until it returns `Some`; errors count
@@ -597,8 +662,9 @@ pub fn metric(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-/// On Ctrl-C or SIGTERM, removes this run's namespaces and exits; the
-/// children die with us (they asked for a parent-death signal).
+/// On Ctrl-C or SIGTERM, kills the children, removes this run's namespaces
+/// and exits. (Children also ask for a parent-death signal: a SIGKILLed
+/// bench leaves no process behind, and the next run removes its namespaces.)
 fn cleanup_on_signal() {
     std::thread::spawn(|| {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -619,6 +685,7 @@ fn cleanup_on_signal() {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
             }
+            child::kill_all();
             let (a, b) = netns::names(std::process::id());
             netns::delete(&a);
             netns::delete(&b);

@@ -48,13 +48,18 @@ pub enum Request {
         max_bytes: u64,
         max_secs: f64,
     },
-    /// `size`-byte request/response on one connection.
+    /// `size`-byte request/response, one persistent connection per address;
+    /// the addresses take turns in `blocks` blocks of `rounds`, so a change
+    /// in the machine's load during the run affects them alike.
     PingPong {
-        addr: SocketAddr,
+        addrs: Vec<SocketAddr>,
         warmup: u32,
+        blocks: u32,
         rounds: u32,
         size: usize,
     },
+    /// The UDP counters of the agent's network namespace.
+    UdpStats,
     /// Opens `count` connections, one round trip each, and keeps them.
     OpenIdle { addr: SocketAddr, count: u32 },
     /// Closes the connections of `OpenIdle`.
@@ -113,14 +118,14 @@ pub struct ThroughputResult {
     pub secs: f64,
 }
 
-/// Result of [`Request::PingPong`].
+/// Result of [`Request::PingPong`], per address.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct LatencyResult {
     pub rounds: u32,
     pub p50_us: f64,
     pub p99_us: f64,
     pub mean_us: f64,
-    /// Wall time of the measured rounds.
+    /// Sum of the measured round trips.
     pub secs: f64,
 }
 
@@ -188,11 +193,13 @@ fn handle(
             max_secs,
         } => serde_json::to_value(throughput(addr, max_bytes, max_secs)?)?,
         Request::PingPong {
-            addr,
+            addrs,
             warmup,
+            blocks,
             rounds,
             size,
-        } => serde_json::to_value(ping_pong(addr, warmup, rounds, size)?)?,
+        } => serde_json::to_value(ping_pong(&addrs, warmup, blocks, rounds, size)?)?,
+        Request::UdpStats => serde_json::to_value(udp_stats()?)?,
         Request::OpenIdle { addr, count } => {
             for i in 0..count {
                 let mut tcp = connect(addr).with_context(|| format!("connection {i}"))?;
@@ -272,40 +279,85 @@ fn throughput(addr: SocketAddr, max_bytes: u64, max_secs: f64) -> anyhow::Result
 }
 
 fn ping_pong(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     warmup: u32,
+    blocks: u32,
     rounds: u32,
     size: usize,
-) -> anyhow::Result<LatencyResult> {
-    ensure!(rounds > 0, "no rounds");
-    let mut tcp = connect(addr)?;
-    tcp.write_all(&[MODE_ECHO])?;
+) -> anyhow::Result<Vec<LatencyResult>> {
+    ensure!(blocks > 0 && rounds > 0, "no rounds");
     let msg = vec![0x42u8; size];
     let mut back = vec![0u8; size];
-    let mut samples = Vec::with_capacity(rounds as usize);
-    let mut measured = Duration::ZERO;
-    for i in 0..warmup + rounds {
-        let t = Instant::now();
-        tcp.write_all(&msg)?;
-        tcp.read_exact(&mut back)?;
-        let took = t.elapsed();
-        if i >= warmup {
-            samples.push(took);
-            measured += took;
+    let mut conns = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        let mut tcp = connect(*addr)?;
+        tcp.write_all(&[MODE_ECHO])?;
+        for _ in 0..warmup {
+            tcp.write_all(&msg)?;
+            tcp.read_exact(&mut back)?;
+        }
+        conns.push(tcp);
+    }
+    let total = (blocks * rounds) as usize;
+    let mut samples: Vec<Vec<Duration>> = addrs.iter().map(|_| Vec::with_capacity(total)).collect();
+    for _ in 0..blocks {
+        for (tcp, samples) in conns.iter_mut().zip(&mut samples) {
+            for _ in 0..rounds {
+                let t = Instant::now();
+                tcp.write_all(&msg)?;
+                tcp.read_exact(&mut back)?;
+                samples.push(t.elapsed());
+            }
+            ensure!(back == msg, "the echo came back different");
         }
     }
-    ensure!(back == msg, "the echo came back different");
+    Ok(samples.into_iter().map(summarize).collect())
+}
+
+fn summarize(mut samples: Vec<Duration>) -> LatencyResult {
     samples.sort_unstable();
+    let n = samples.len().max(1);
     let pct = |p: f64| {
-        let i = ((samples.len() as f64 * p).ceil() as usize).clamp(1, samples.len()) - 1;
-        samples[i].as_secs_f64() * 1e6
+        let i = ((n as f64 * p).ceil() as usize).clamp(1, n) - 1;
+        samples.get(i).map_or(0.0, |d| d.as_secs_f64() * 1e6)
     };
-    Ok(LatencyResult {
-        rounds,
+    let sum: Duration = samples.iter().sum();
+    LatencyResult {
+        rounds: u32::try_from(samples.len()).unwrap_or(u32::MAX),
         p50_us: pct(0.50),
         p99_us: pct(0.99),
-        mean_us: measured.as_secs_f64() * 1e6 / f64::from(rounds),
-        secs: measured.as_secs_f64(),
+        mean_us: sum.as_secs_f64() * 1e6 / n as f64,
+        secs: sum.as_secs_f64(),
+    }
+}
+
+/// UDP counters of this network namespace (`/proc/net/snmp`).
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
+pub struct UdpStats {
+    pub in_datagrams: u64,
+    pub in_errors: u64,
+    pub rcvbuf_errors: u64,
+    pub sndbuf_errors: u64,
+}
+
+fn udp_stats() -> anyhow::Result<UdpStats> {
+    let text = std::fs::read_to_string("/proc/net/snmp")?;
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        bail!("no Udp lines in /proc/net/snmp");
+    };
+    let field = |name: &str| -> u64 {
+        names
+            .split_whitespace()
+            .position(|n| n == name)
+            .and_then(|i| values.split_whitespace().nth(i)?.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok(UdpStats {
+        in_datagrams: field("InDatagrams"),
+        in_errors: field("InErrors"),
+        rcvbuf_errors: field("RcvbufErrors"),
+        sndbuf_errors: field("SndbufErrors"),
     })
 }
 

@@ -15,6 +15,23 @@ use anyhow::{Context, bail};
 /// Keep this much of a child's stderr for error messages.
 const STDERR_KEEP: usize = 16 * 1024;
 
+/// Pids of the children alive now, for the signal handler.
+static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Kills and reaps every child still alive (on Ctrl-C, where no destructor
+/// runs; children would die with us anyway, but be left unreaped).
+pub fn kill_all() {
+    use rustix::process::{Pid, Signal, WaitOptions, kill_process, waitpid};
+    let pids = std::mem::take(&mut *LIVE.lock().unwrap_or_else(PoisonError::into_inner));
+    for pid in pids {
+        let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+            continue;
+        };
+        let _ = kill_process(pid, Signal::KILL);
+        let _ = waitpid(Some(pid), WaitOptions::empty());
+    }
+}
+
 /// A running child process; dropping it kills it.
 pub struct Child {
     /// Name for messages.
@@ -53,6 +70,9 @@ impl Child {
         let mut child = cmd
             .spawn()
             .with_context(|| format!("cannot start {name} ({})", program.display()))?;
+        LIVE.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(child.id());
         let stdin = child.stdin.take();
         let (tx, lines) = mpsc::channel();
         if let Some(stdout) = child.stdout.take() {
@@ -106,10 +126,10 @@ impl Child {
             match self.lines.recv_timeout(Duration::from_millis(50)) {
                 Ok(line) => return Ok(line),
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.exit_status();
                     bail!(
-                        "{} closed its stdout ({}); stderr:\n{}",
+                        "{} closed its stdout ({status}); stderr:\n{}",
                         self.name,
-                        self.exit_status(),
                         self.stderr_tail()
                     )
                 }
@@ -163,6 +183,10 @@ impl Child {
 
 impl Drop for Child {
     fn drop(&mut self) {
+        let pid = self.child.id();
+        LIVE.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|p| *p != pid);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

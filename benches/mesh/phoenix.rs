@@ -32,16 +32,14 @@ pub struct Phoenix {
     pub client: Child,
     /// The echo workload's proxy (server side).
     pub echo: Child,
-    /// The control plane (server side).
-    pub control_plane: Child,
+    /// The control plane (server side); held so it runs.
+    _control_plane: Child,
     /// Where the app connects: the client proxy's listener for `echo`.
     pub outbound: SocketAddr,
     /// The echo proxy's QUIC address.
     pub echo_inbound: SocketAddr,
     /// The echo proxy's admin address (server side).
     pub echo_admin: SocketAddr,
-    /// The client proxy's admin address (client side).
-    pub client_admin: SocketAddr,
     /// The mesh state directory (CA, tokens).
     pub state_dir: PathBuf,
     /// Holds the mesh file and the state directory.
@@ -161,11 +159,10 @@ impl Phoenix {
         Ok(Self {
             client,
             echo,
-            control_plane,
+            _control_plane: control_plane,
             outbound,
             echo_inbound: echo_bound.inbound,
             echo_admin: echo_bound.admin,
-            client_admin: client_bound.admin,
             state_dir,
             _dir: dir,
         })

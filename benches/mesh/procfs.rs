@@ -1,6 +1,7 @@
 //! Memory and CPU time of a process, from `/proc`. Pids are global: the
 //! namespaces of a veth run are network namespaces only.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -83,4 +84,134 @@ fn clock_ticks() -> u64 {
             .filter(|t| *t > 0)
             .unwrap_or(100)
     })
+}
+
+/// CPU that processes outside this bench used over an interval: the whole
+/// machine's process time minus that of the bench's process group (the bench
+/// and every process it started) and of kernel threads. On a shared machine
+/// this says whether the figures of the interval can be trusted.
+pub struct ForeignCpu {
+    started: Instant,
+    stat: MachineStat,
+    ours: HashMap<u32, f64>,
+    kernel: HashMap<u32, f64>,
+}
+
+/// What an interval's CPU went to, in CPU-seconds.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CpuShares {
+    /// Wall seconds of the interval.
+    pub wall: f64,
+    /// Processes outside the bench.
+    pub foreign: f64,
+    /// Kernel threads (ksoftirqd, kworkers): mostly our own packets.
+    pub kernel_threads: f64,
+    /// Interrupt and softirq time: mostly our own packets.
+    pub irq: f64,
+}
+
+impl ForeignCpu {
+    /// Starts watching.
+    pub fn start() -> anyhow::Result<Self> {
+        let (ours, kernel) = process_cpu_secs();
+        Ok(Self {
+            started: Instant::now(),
+            stat: MachineStat::read()?,
+            ours,
+            kernel,
+        })
+    }
+
+    /// The shares since `start`.
+    pub fn read(&self) -> anyhow::Result<CpuShares> {
+        let now = MachineStat::read()?;
+        let (ours, kernel) = process_cpu_secs();
+        let delta = |then: &HashMap<u32, f64>, now: &HashMap<u32, f64>| -> f64 {
+            now.iter()
+                .map(|(pid, t)| t - then.get(pid).copied().unwrap_or(0.0))
+                .sum()
+        };
+        let ours = delta(&self.ours, &ours);
+        let kernel_threads = delta(&self.kernel, &kernel);
+        Ok(CpuShares {
+            wall: self.started.elapsed().as_secs_f64(),
+            foreign: (now.process - self.stat.process - ours - kernel_threads).max(0.0),
+            kernel_threads,
+            irq: now.irq - self.stat.irq,
+        })
+    }
+}
+
+/// The machine's CPU time from `/proc/stat`, in seconds.
+struct MachineStat {
+    /// user + nice + system + steal: time charged to some task.
+    process: f64,
+    /// irq + softirq.
+    irq: f64,
+}
+
+impl MachineStat {
+    fn read() -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("cpu "))
+            .context("no cpu line in /proc/stat")?;
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let at = |i: usize| f.get(i).copied().unwrap_or(0) as f64 / clock_ticks() as f64;
+        // user nice system idle iowait irq softirq steal
+        Ok(Self {
+            process: at(0) + at(1) + at(2) + at(7),
+            irq: at(5) + at(6),
+        })
+    }
+}
+
+/// Busy time of all CPUs (everything but idle and iowait), seconds.
+pub fn machine_busy_secs() -> anyhow::Result<f64> {
+    let s = MachineStat::read()?;
+    Ok(s.process + s.irq)
+}
+
+/// CPU seconds of every live process of our process group, and of every
+/// kernel thread.
+fn process_cpu_secs() -> (HashMap<u32, f64>, HashMap<u32, f64>) {
+    let ours = u64::from(rustix::process::getpgrp().as_raw_pid().unsigned_abs());
+    let mut group = HashMap::new();
+    let mut kernel = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return (group, kernel);
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = text.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // After ')': state, ppid (1), pgrp (2), ... utime (11), stime (12).
+        let num = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+        let (Some(u), Some(s)) = (num(11), num(12)) else {
+            continue;
+        };
+        let secs = (u + s) as f64 / clock_ticks() as f64;
+        if num(2) == Some(ours) {
+            group.insert(pid, secs);
+        } else if pid == 2 || num(1) == Some(2) {
+            kernel.insert(pid, secs);
+        }
+    }
+    (group, kernel)
 }

@@ -80,11 +80,14 @@ pub fn header(m: &Machine, opts: &Options, sizes: &Sizes) {
             .map_or_else(|| "1452 (default)".to_owned(), |n| n.to_string())
     );
     println!(
-        "throughput: one stream, {} MiB or {} s, whichever first; ping-pong: {} B, {} round trips after {} warm-up; \
+        "throughput: one stream, {} MiB or {} s, whichever first, {} run(s) per path taking turns (median shown); \
+         ping-pong: {} B, {} × {} round trips per path taking turns, after {} warm-up; \
          {} idle tunnelled connections; {} handshakes, {} at a time",
         sizes.throughput_bytes >> 20,
         sizes.throughput_secs,
+        sizes.throughput_runs,
         crate::MESSAGE_SIZE,
+        sizes.pingpong_blocks,
         sizes.pingpong_rounds,
         sizes.pingpong_warmup,
         sizes.idle_connections,
@@ -98,8 +101,11 @@ pub fn header(m: &Machine, opts: &Options, sizes: &Sizes) {
 pub fn print(results: &[LinkResult], notes: &[String], sizes: &Sizes) {
     println!("## Throughput and latency");
     println!();
-    println!("| link | path | Gbit/s | × direct | p50 µs | p99 µs | p50 × direct | p50 added µs |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| link | path | Gbit/s | runs | × direct | machine CPU busy | p50 µs | p99 µs | p50 × direct | p50 added µs |"
+    );
+    println!("|---|---|---:|---|---:|---:|---:|---:|---:|---:|");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     for r in results {
         let direct = &r.direct;
         for (name, p) in [
@@ -107,11 +113,14 @@ pub fn print(results: &[LinkResult], notes: &[String], sizes: &Sizes) {
             ("TCP forwarder pair", &r.forwarder),
             ("Phoenix proxy pair", &r.phoenix),
         ] {
+            let runs: Vec<String> = p.runs_gbps().iter().map(|g| format!("{g:.2}")).collect();
             println!(
-                "| {} | {name} | {:.2} | {:.2} | {:.1} | {:.1} | {:.2} | {} |",
+                "| {} | {name} | {:.2} | {} | {:.2} | {:.2} of {cores} | {:.1} | {:.1} | {:.2} | {} |",
                 r.link.name(),
                 p.gbps(),
+                runs.join(", "),
                 p.gbps() / direct.gbps(),
+                p.machine_busy,
                 p.latency.p50_us,
                 p.latency.p99_us,
                 p.latency.p50_us / direct.latency.p50_us,
@@ -127,7 +136,7 @@ pub fn print(results: &[LinkResult], notes: &[String], sizes: &Sizes) {
     println!("## Phoenix proxy CPU");
     println!();
     println!(
-        "| link | proxy | CPU during the throughput run (1.00 = one core) | CPU per ping-pong round trip µs |"
+        "| link | proxy | CPU during the throughput runs (1.00 = one core) | CPU per ping-pong round trip µs |"
     );
     println!("|---|---|---:|---:|");
     for r in results {
@@ -142,6 +151,16 @@ pub fn print(results: &[LinkResult], notes: &[String], sizes: &Sizes) {
             r.link.name(),
             r.throughput_cpu.echo,
             r.round_trip_cpu_us.echo
+        );
+    }
+    println!();
+    for r in results {
+        let (dropped, received) = r.udp_drops;
+        println!(
+            "- {}: during the Phoenix throughput runs the kernel dropped {dropped} of {} UDP datagrams ({:.3}%)",
+            r.link.name(),
+            received + dropped,
+            dropped as f64 * 100.0 / (received + dropped).max(1) as f64
         );
     }
     println!();
@@ -202,6 +221,29 @@ pub fn print(results: &[LinkResult], notes: &[String], sizes: &Sizes) {
         if let Some(e) = &h.result.first_error {
             println!("\nfirst handshake failure ({}): {e}", r.link.name());
         }
+    }
+    println!();
+    println!("## Conditions");
+    println!();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    for r in results {
+        let c = r.cpu_shares;
+        let share = c.foreign / (c.wall * cores).max(1e-9);
+        println!(
+            "- {}: other processes used {:.1} CPU-s during the {:.0} s run ({:.1}% of all cores){}; \
+             kernel threads {:.1} CPU-s and interrupts {:.1} CPU-s (packet processing, mostly ours)",
+            r.link.name(),
+            c.foreign,
+            c.wall,
+            share * 100.0,
+            if share > 0.05 {
+                " — the machine was not quiet: these figures are depressed"
+            } else {
+                ""
+            },
+            c.kernel_threads,
+            c.irq
+        );
     }
     println!();
     targets(results);
