@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use phoenix_control_plane::mesh::Mesh;
-use phoenix_proxy::process::{self, EXIT_CONFIG};
 use phoenix_control_plane::{Settings, tokens};
+use phoenix_proxy::process::{self, EXIT_CONFIG};
 
 /// Phoenix control plane (file mode).
 #[derive(Debug, Parser)]

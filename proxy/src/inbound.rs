@@ -4,6 +4,7 @@
 //! connected to the local app.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -99,14 +100,26 @@ async fn accept(shared: Arc<Shared>, incoming: quinn::Incoming) {
             .clone(),
     );
     let client = Arc::new(client);
+    let open = Arc::new(AtomicU64::new(0));
+    let mut limit = u64::from(shared.transport.initial_streams);
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
+                let now_open = open.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(next) = shared.transport.next_stream_limit(now_open, limit) {
+                    limit = next;
+                    conn.set_max_concurrent_bi_streams(
+                        quinn::VarInt::from_u64(limit).unwrap_or(quinn::VarInt::MAX),
+                    );
+                    tracing::debug!(%remote, limit, "raised the peer's stream limit");
+                }
                 let shared = shared.clone();
                 let client = client.clone();
+                let open = open.clone();
                 tokio::spawn(async move {
                     let _active = shared.track();
                     stream(&shared, &client, send, recv).await;
+                    open.fetch_sub(1, Ordering::Relaxed);
                 });
             }
             Err(error) => {

@@ -24,7 +24,13 @@ pub struct TransportSettings {
     /// Bytes one peer connection may have in flight in each direction: the
     /// per-peer memory budget.
     pub connection_window: u32,
-    /// Concurrent streams a peer may open towards us (tunnelled connections).
+    /// Concurrent streams a peer may open at first (tunnelled connections).
+    /// The inbound side raises the limit as streams fill it, up to
+    /// [`Self::max_streams`]: quinn keeps bookkeeping for every allowed
+    /// stream from the start (two map entries each), and a limit of 16,384
+    /// up front tripled the handshake's CPU and cost ~3 MB per connection.
+    pub initial_streams: u32,
+    /// The most concurrent streams one peer connection may carry.
     pub max_streams: u32,
     /// Keep-alive period while a connection exists.
     pub keep_alive: Duration,
@@ -40,9 +46,8 @@ impl Default for TransportSettings {
             max_udp_payload: 1452,
             stream_window: 8 * 1024 * 1024,
             connection_window: 32 * 1024 * 1024,
-            // quinn pre-allocates bookkeeping for every allowed stream
-            // (~50 bytes each), so this is a budget, not a formality.
-            max_streams: 16 * 1024,
+            initial_streams: 256,
+            max_streams: 64 * 1024,
             // A dead peer is noticed within ten seconds; three keep-alives
             // fit in that window, so one lost packet does not kill a peer.
             keep_alive: Duration::from_millis(3333),
@@ -55,7 +60,15 @@ impl Default for TransportSettings {
 impl TransportSettings {
     /// Transport config for connections we accept (the peer opens streams).
     pub fn server_transport(&self) -> Arc<TransportConfig> {
-        Arc::new(self.transport(self.max_streams))
+        Arc::new(self.transport(self.initial_streams.min(self.max_streams)))
+    }
+
+    /// The stream limit to grant a connection that has `open` streams under
+    /// `limit`: doubled once three quarters are in use, so the peer's next
+    /// streams are granted before it runs out.
+    pub fn next_stream_limit(&self, open: u64, limit: u64) -> Option<u64> {
+        let max = u64::from(self.max_streams);
+        (open * 4 >= limit * 3 && limit < max).then(|| (limit * 2).min(max))
     }
 
     /// Transport config for connections we open (the peer never opens streams).
@@ -132,5 +145,19 @@ fn set_buffers(socket: &Socket, size: usize) {
             send = got_send,
             "the kernel capped UDP socket buffers; raise net.core.rmem_max and net.core.wmem_max for full throughput"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_limits_grow_before_they_run_out_and_stop_at_the_cap() {
+        let t = TransportSettings::default();
+        assert_eq!(t.next_stream_limit(100, 256), None);
+        assert_eq!(t.next_stream_limit(192, 256), Some(512));
+        assert_eq!(t.next_stream_limit(60_000, 65_536), None);
+        assert_eq!(t.next_stream_limit(40_000, 40_000), Some(65_536));
     }
 }

@@ -57,6 +57,10 @@ pub enum ClientAuth {
 pub struct TlsContext {
     roots: Arc<RootCertStore>,
     credentials: Arc<Credentials>,
+    /// Client-certificate verifiers, built once: they depend only on the
+    /// roots and the signature algorithms, not on the per-connection lease.
+    require_client: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    allow_anonymous: Arc<dyn rustls::server::danger::ClientCertVerifier>,
 }
 
 /// The TLS settings that come from mesh config.
@@ -88,8 +92,13 @@ impl TlsContext {
         if roots.is_empty() {
             return Err(TlsConfigError::NoTrustAnchor);
         }
+        let roots = Arc::new(roots);
+        let base = Arc::new(provider::provider(KeyExchange::PqOnly, &[]));
+        let verifier = || WebPkiClientVerifier::builder_with_provider(roots.clone(), base.clone());
         Ok(Self {
-            roots: Arc::new(roots),
+            require_client: verifier().build()?,
+            allow_anonymous: verifier().allow_unauthenticated().build()?,
+            roots,
             credentials,
         })
     }
@@ -145,11 +154,9 @@ impl TlsContext {
         transport: Arc<quinn::TransportConfig>,
     ) -> Result<(quinn::ServerConfig, KxLease), TlsConfigError> {
         let (provider, lease) = leased_provider(policy);
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider.clone());
         let verifier = match client_auth {
-            ClientAuth::Required => verifier.build()?,
-            ClientAuth::Optional => verifier.allow_unauthenticated().build()?,
+            ClientAuth::Required => self.require_client.clone(),
+            ClientAuth::Optional => self.allow_anonymous.clone(),
         };
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
