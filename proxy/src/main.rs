@@ -8,6 +8,7 @@ use phoenix_proxy::settings::{Args, ENV_TOKEN};
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let args_threads = args.threads.max(1);
     process::init_tracing(args.log_json, "info");
     if args.die_with_parent && !process::die_with_parent() {
         return ExitCode::FAILURE;
@@ -20,10 +21,14 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = if args_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(args_threads);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(error) => {
             eprintln!("phoenix-proxy: cannot start the runtime: {error}");
