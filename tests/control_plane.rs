@@ -291,3 +291,53 @@ fn the_drain_grace_period_bounds_shutdown() {
         "the app's connection ends with its proxy"
     );
 }
+
+#[test]
+fn a_silent_endpoint_is_skipped_after_the_connect_timeout() {
+    let echo = echo_server();
+    let yaml = format!(
+        "trustDomain: phoenix.local\n\
+         stateDir: state\n\
+         connectTimeout: 300ms\n\
+         workloads:\n\
+         \x20 - name: client\n\
+         \x20   upstreams: [{{service: echo, listen: \"127.0.0.1:0\"}}]\n\
+         \x20 - name: echo-a\n\
+         \x20   serve: [{{service: echo, target: \"{echo}\"}}]\n\
+         \x20 - name: echo-b\n\
+         \x20   serve: [{{service: echo, target: \"{echo}\"}}]\n"
+    );
+    let mut m = Manual::new(&yaml, &["client", "echo-a", "echo-b"]);
+    m.start_control_plane("127.0.0.1:0");
+    m.start_proxy("echo-a", &[]);
+    m.start_proxy("echo-b", &[]);
+    m.start_proxy("client", &[]);
+    let addr = m.outbound("client", "echo");
+    eventually(Duration::from_secs(20), "both endpoints known", || {
+        let eps = m.config("client")["config"]["resources"]["upstream/echo"]["endpoints"]
+            .as_array()?
+            .len();
+        (eps == 2).then_some(())
+    });
+    // echo-a goes silent (stopped, not dead: its port still exists).
+    let pid = m.proxies["echo-a"].0.pid();
+    let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    // Every new connection gets through, some after trying echo-a first.
+    for i in 0..4 {
+        let started = Instant::now();
+        ping(&mut connect(addr), format!("conn-{i}").as_bytes());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "connection {i} took {:?}",
+            started.elapsed()
+        );
+    }
+    let timeouts = metric(
+        &m.metrics("client"),
+        "tls_handshake_failures_total",
+        &[("side", "client"), ("reason", "timeout")],
+    );
+    assert!(timeouts >= 1.0, "echo-a was tried and timed out");
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::CONT);
+}

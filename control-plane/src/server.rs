@@ -71,16 +71,12 @@ impl Server {
             incoming.refuse();
             return;
         };
-        let connecting = match incoming.accept_with(Arc::new(config)) {
-            Ok(c) => c,
-            Err(e) => {
-                let reason = HandshakeFailure::classify(&e);
-                self.metrics.handshake("none", "failure");
-                tracing::warn!(reason = reason.as_str(), error = %e, "control handshake failed");
-                return;
-            }
+        // A peer with no group in common fails inside `accept_with`.
+        let handshake = match incoming.accept_with(Arc::new(config)) {
+            Ok(connecting) => connecting.await,
+            Err(e) => Err(e),
         };
-        let conn = match connecting.await {
+        let conn = match handshake {
             Ok(c) => c,
             Err(e) => {
                 let reason = HandshakeFailure::classify(&e);

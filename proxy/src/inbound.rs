@@ -52,19 +52,12 @@ async fn accept(shared: Arc<Shared>, incoming: quinn::Incoming) {
         }
     };
     // quinn processes the ClientHello inside `accept_with`, so a peer with
-    // no group in common fails here rather than in the handshake future.
-    let connecting = match incoming.accept_with(Arc::new(config)) {
-        Ok(c) => c,
-        Err(e) => {
-            let reason = HandshakeFailure::classify(&e);
-            shared
-                .metrics
-                .handshake_failure(Side::server, reason.as_str());
-            tracing::warn!(%remote, reason = reason.as_str(), error = %e, "inbound handshake failed");
-            return;
-        }
+    // no group in common fails there; the rest fails in the handshake.
+    let handshake = match incoming.accept_with(Arc::new(config)) {
+        Ok(connecting) => connecting.await,
+        Err(e) => Err(e),
     };
-    let conn = match connecting.await {
+    let conn = match handshake {
         Ok(conn) => conn,
         Err(e) => {
             let reason = HandshakeFailure::classify(&e);

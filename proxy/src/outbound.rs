@@ -199,13 +199,7 @@ async fn connect_peer(
 ) -> Result<crate::pool::PeerConn, crate::pool::ConnectError> {
     shared
         .pool
-        .get(
-            shared,
-            endpoint.address,
-            &endpoint.identity,
-            &config.mesh.tls,
-            config.mesh.peer_idle_timeout,
-        )
+        .get(shared, endpoint.address, &endpoint.identity, &config.mesh)
         .await
 }
 

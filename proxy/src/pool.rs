@@ -15,10 +15,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use phoenix_api::SpiffeId;
 use phoenix_api::control::ALPN_TUNNEL;
-use phoenix_tls::handshake::{HandshakeFailure, TlsPolicy};
+use phoenix_tls::handshake::HandshakeFailure;
 use phoenix_tls::kx::group_name;
 use tokio::sync::Notify;
 
+use crate::config::MeshConfig;
 use crate::metrics::{Direction, GaugeGuard, Outcome, QuicLabels, Side};
 use crate::state::Shared;
 
@@ -108,8 +109,7 @@ impl Pool {
         shared: &Arc<Shared>,
         addr: SocketAddr,
         identity: &SpiffeId,
-        policy: &TlsPolicy,
-        idle_timeout: Duration,
+        mesh: &MeshConfig,
     ) -> Result<PeerConn, ConnectError> {
         let slot = {
             let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
@@ -119,10 +119,10 @@ impl Pool {
         if let Some(conn) = guard.as_ref().filter(|c| c.usable()) {
             return Ok(conn.clone());
         }
-        let conn = connect(shared, addr, identity, policy).await?;
+        let conn = connect(shared, addr, identity, mesh).await?;
         *guard = Some(conn.clone());
         drop(guard);
-        tokio::spawn(watch(shared.clone(), conn.clone(), idle_timeout));
+        tokio::spawn(watch(shared.clone(), conn.clone(), mesh.peer_idle_timeout));
         Ok(conn)
     }
 
@@ -146,17 +146,23 @@ async fn connect(
     shared: &Arc<Shared>,
     addr: SocketAddr,
     identity: &SpiffeId,
-    policy: &TlsPolicy,
+    mesh: &MeshConfig,
 ) -> Result<PeerConn, ConnectError> {
     let (config, lease) = shared.tls.client(
-        policy,
+        &mesh.tls,
         identity.clone(),
         ALPN_TUNNEL,
         true,
         shared.transport.client_transport(),
     )?;
     let connecting = shared.endpoint.connect_with(config, addr, "peer.phoenix")?;
-    let conn = match connecting.await {
+    // An unreachable peer must not hold the connection for QUIC's whole
+    // idle timeout: the mesh's connect timeout bounds the handshake, and the
+    // caller fails over to the next endpoint.
+    let handshake = tokio::time::timeout(mesh.connect_timeout, connecting)
+        .await
+        .unwrap_or(Err(quinn::ConnectionError::TimedOut));
+    let conn = match handshake {
         Ok(conn) => conn,
         Err(e) => {
             let reason = HandshakeFailure::classify(&e);
