@@ -52,39 +52,39 @@ fn demo_runs_real_traffic_and_reports_json() {
     assert!(p50 > 0 && p50 <= p99, "p50 {p50} p99 {p99}");
 }
 
+/// Runs `phoenix up -f` on `yaml`: exit code and stderr.
+fn up_refusal(path: &std::path::Path, yaml: &str) -> (Option<i32>, String) {
+    std::fs::write(path, yaml).unwrap();
+    let out = Command::new(bin("phoenix"))
+        .args(["up", "-f"])
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn a_malformed_mesh_file_exits_64_naming_line_and_field() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mesh.yaml");
-    std::fs::write(
+    let (code, err) = up_refusal(
         &path,
         "trustDomain: phoenix.local\nworkloads:\n  - name: web\n    upstream: []\n",
-    )
-    .unwrap();
-    let out = Command::new(bin("phoenix"))
-        .args(["up", "-f"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(64));
-    let err = String::from_utf8_lossy(&out.stderr);
+    );
+    assert_eq!(code, Some(64));
     assert!(
         err.contains("line 4") && err.contains("unknown field `upstream`"),
         "{err}"
     );
 
-    std::fs::write(
+    let (code, err) = up_refusal(
         &path,
         "trustDomain: phoenix.local\nworkloads:\n  - name: web\n    upstreams: [{service: db, listen: \"127.0.0.1:0\"}]\n",
-    )
-    .unwrap();
-    let out = Command::new(bin("phoenix"))
-        .args(["up", "-f"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(64));
-    let err = String::from_utf8_lossy(&out.stderr);
+    );
+    assert_eq!(code, Some(64));
     assert!(
         err.contains("line 4")
             && err.contains("workloads[0].upstreams[0].service")
