@@ -6,6 +6,8 @@
 //! [`ca`] signs certificates.
 
 pub mod ca;
+#[cfg(feature = "kubernetes")]
+pub mod crd;
 pub mod hub;
 pub mod index;
 pub mod mesh;

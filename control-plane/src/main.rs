@@ -13,9 +13,11 @@ use phoenix_proxy::process::{self, EXIT_CONFIG};
 #[derive(Debug, Parser)]
 #[command(name = "phoenix-control-plane", version)]
 struct Args {
-    /// The mesh file.
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// The mesh file (file mode).
     #[arg(long, short = 'f', env = "PHOENIX_MESH")]
-    mesh: PathBuf,
+    mesh: Option<PathBuf>,
     /// Bootstrap tokens file (default: <stateDir>/tokens.json).
     #[arg(long, env = "PHOENIX_TOKENS")]
     tokens: Option<PathBuf>,
@@ -36,13 +38,29 @@ struct Args {
     die_with_parent: bool,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Print Phoenix's CustomResourceDefinitions as YAML (what `manifests/crds/` holds).
+    #[cfg(feature = "kubernetes")]
+    Crds,
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    match args.command {
+        #[cfg(feature = "kubernetes")]
+        Some(Command::Crds) => return print_crds(),
+        None => {}
+    }
+    let Some(mesh_path) = args.mesh else {
+        eprintln!("phoenix-control-plane: no mesh file: pass --mesh FILE (or set PHOENIX_MESH)");
+        return ExitCode::from(EXIT_CONFIG);
+    };
     process::init_tracing(args.log_json, "info");
     if args.die_with_parent && !process::die_with_parent() {
         return ExitCode::FAILURE;
     }
-    let mesh = match Mesh::load(&args.mesh) {
+    let mesh = match Mesh::load(&mesh_path) {
         Ok(m) => m,
         Err(error) => {
             eprintln!("phoenix-control-plane: {error}");
@@ -56,7 +74,7 @@ fn main() -> ExitCode {
             .unwrap_or_else(|| state_dir.join(tokens::TOKENS_FILE)),
         listen: args.listen.unwrap_or(mesh.control_listen),
         admin: args.admin.unwrap_or(mesh.control_admin),
-        mesh_path: args.mesh,
+        mesh_path,
         state_dir,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -84,4 +102,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[cfg(feature = "kubernetes")]
+fn print_crds() -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for crd in phoenix_control_plane::crd::all() {
+        let yaml = match phoenix_control_plane::crd::to_yaml(&crd) {
+            Ok(yaml) => yaml,
+            Err(error) => {
+                eprintln!("phoenix-control-plane: cannot render a CRD: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        // A closed pipe (`| head`) ends the output quietly.
+        if write!(out, "---\n{yaml}").is_err() {
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
 }
