@@ -58,14 +58,22 @@ pub struct MeshSettings {
     pub connect_timeout_ms: u64,
 }
 
-/// A service the app calls through an explicit outbound listener.
+/// A service the app calls: through an explicit outbound listener (file
+/// mode), or by its cluster addresses (Kubernetes, where interception sends
+/// the app's connections to the proxy). Kubernetes services are named
+/// `<name>.<namespace>:<port>`, one upstream per service port.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Upstream {
     /// Service name.
     pub service: String,
     /// Where the proxy listens for the app's connections to this service.
-    pub listen: SocketAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// The service's virtual addresses (ClusterIP and port): a connection
+    /// to one of them is a connection to this service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<SocketAddr>,
     /// The proxies that serve it.
     pub endpoints: Vec<Endpoint>,
 }
@@ -88,7 +96,9 @@ pub struct Inbound {
     pub service: String,
     /// Where the app listens.
     pub target: SocketAddr,
-    /// SPIFFE IDs allowed to connect; `None` admits every identity of the trust domain.
+    /// SPIFFE IDs allowed to connect; `None` admits every identity of the
+    /// trust domain. `spiffe://<td>/ns/<namespace>/sa/*` admits every
+    /// service account of that namespace.
     pub allow: Option<Vec<String>>,
 }
 
@@ -190,7 +200,8 @@ mod tests {
     fn upstream(service: &str, port: u16) -> Resource {
         Resource::Upstream(Upstream {
             service: service.into(),
-            listen: "127.0.0.1:1000".parse().unwrap(),
+            listen: Some("127.0.0.1:1000".parse().unwrap()),
+            addresses: vec![],
             endpoints: vec![Endpoint {
                 address: SocketAddr::from(([127, 0, 0, 1], port)),
                 identity: "spiffe://td/ns/default/sa/db".into(),

@@ -49,7 +49,8 @@ pub fn snapshot_for(
         endpoints.sort();
         put(Resource::Upstream(Upstream {
             service: service.clone(),
-            listen: *listen,
+            listen: Some(*listen),
+            addresses: vec![],
             endpoints,
         }));
     }

@@ -10,6 +10,8 @@ pub mod ca;
 pub mod crd;
 pub mod hub;
 pub mod index;
+#[cfg(feature = "kubernetes")]
+pub mod k8s;
 pub mod mesh;
 pub mod metrics;
 pub mod server;

@@ -46,8 +46,11 @@ pub struct MeshConfig {
 /// A service the app calls.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UpstreamConfig {
-    /// Where the proxy listens for the app (port 0: any free port).
-    pub listen: SocketAddr,
+    /// Where the proxy listens for the app (port 0: any free port); `None`
+    /// when the app reaches the service through interception.
+    pub listen: Option<SocketAddr>,
+    /// The service's virtual addresses (ClusterIP:port).
+    pub addresses: Vec<SocketAddr>,
     /// Peer proxies serving the service.
     pub endpoints: Vec<EndpointConfig>,
 }
@@ -67,7 +70,26 @@ pub struct InboundConfig {
     /// Where the app listens.
     pub target: SocketAddr,
     /// Who may call it; `None`: any identity of the trust domain.
-    pub allow: Option<BTreeSet<SpiffeId>>,
+    pub allow: Option<AllowList>,
+}
+
+/// Identities allowed to call a service.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AllowList {
+    /// Exactly these identities.
+    pub ids: BTreeSet<SpiffeId>,
+    /// Every service account of these namespaces (`.../ns/<ns>/sa/*`).
+    pub namespaces: BTreeSet<String>,
+}
+
+impl AllowList {
+    /// Whether `client` may call.
+    pub fn admits(&self, client: &SpiffeId) -> bool {
+        self.ids.contains(client)
+            || client
+                .namespace_and_service_account()
+                .is_some_and(|(ns, _)| self.namespaces.contains(ns))
+    }
 }
 
 /// Why a snapshot is refused.
@@ -139,6 +161,7 @@ impl TryFrom<&Snapshot> for ProxyConfig {
                     let snapshot::Upstream {
                         service,
                         listen,
+                        addresses,
                         endpoints,
                     } = u;
                     let mut seen = BTreeSet::new();
@@ -161,6 +184,7 @@ impl TryFrom<&Snapshot> for ProxyConfig {
                         service.clone(),
                         UpstreamConfig {
                             listen: *listen,
+                            addresses: addresses.clone(),
                             endpoints,
                         },
                     );
@@ -171,10 +195,7 @@ impl TryFrom<&Snapshot> for ProxyConfig {
                         target,
                         allow,
                     } = i;
-                    let allow = allow
-                        .as_ref()
-                        .map(|ids| ids.iter().map(|id| parse_id(key, id)).collect())
-                        .transpose()?;
+                    let allow = allow.as_ref().map(|ids| allow_list(key, ids)).transpose()?;
                     inbound.insert(
                         service.clone(),
                         InboundConfig {
@@ -239,6 +260,36 @@ fn parse_id(key: &str, id: &str) -> Result<SpiffeId, ConfigError> {
     })
 }
 
+/// Parses allow entries: SPIFFE IDs, or `spiffe://<td>/ns/<ns>/sa/*` for a
+/// whole namespace (checked against the trust domain with the others).
+fn allow_list(key: &str, entries: &[String]) -> Result<AllowList, ConfigError> {
+    let mut list = AllowList::default();
+    for entry in entries {
+        match entry.strip_suffix("/sa/*") {
+            Some(prefix) => {
+                // Parse as a workload identity with a placeholder account,
+                // so the trust domain and namespace get the same checks.
+                let invalid = |source| ConfigError::Identity {
+                    key: key.to_owned(),
+                    source,
+                };
+                let id = parse_id(key, &format!("{prefix}/sa/x"))?;
+                let ns = id
+                    .namespace_and_service_account()
+                    .map(|(ns, _)| ns.to_owned())
+                    .ok_or(invalid(IdentityError::InvalidPath))?;
+                let id = SpiffeId::workload(id.trust_domain(), &ns, "x").map_err(invalid)?;
+                list.namespaces.insert(ns);
+                list.ids.insert(id);
+            }
+            None => {
+                list.ids.insert(parse_id(key, entry)?);
+            }
+        }
+    }
+    Ok(list)
+}
+
 fn check_trust_domain(
     td: &str,
     upstreams: &BTreeMap<String, UpstreamConfig>,
@@ -252,7 +303,11 @@ fn check_trust_domain(
         }
     }
     for (service, i) in inbound {
-        if i.allow.iter().flatten().any(|id| id.trust_domain() != td) {
+        if i.allow
+            .iter()
+            .flat_map(|a| &a.ids)
+            .any(|id| id.trust_domain() != td)
+        {
             return Err(ConfigError::ForeignTrustDomain {
                 key: format!("inbound/{service}"),
             });
@@ -264,14 +319,14 @@ fn check_trust_domain(
 fn check_listen_conflicts(upstreams: &BTreeMap<String, UpstreamConfig>) -> Result<(), ConfigError> {
     let mut by_addr: BTreeMap<SocketAddr, &str> = BTreeMap::new();
     for (service, u) in upstreams {
-        if u.listen.port() == 0 {
+        let Some(listen) = u.listen.filter(|l| l.port() != 0) else {
             continue;
-        }
-        if let Some(first) = by_addr.insert(u.listen, service) {
+        };
+        if let Some(first) = by_addr.insert(listen, service) {
             return Err(ConfigError::ListenConflict {
                 first: first.to_owned(),
                 second: service.clone(),
-                address: u.listen,
+                address: listen,
             });
         }
     }
@@ -304,7 +359,8 @@ mod tests {
     fn upstream(service: &str, listen: &str, identity: &str) -> Resource {
         Resource::Upstream(Upstream {
             service: service.into(),
-            listen: listen.parse().unwrap(),
+            listen: Some(listen.parse().unwrap()),
+            addresses: vec![],
             endpoints: vec![Endpoint {
                 address: "127.0.0.1:4143".parse().unwrap(),
                 identity: identity.into(),
@@ -330,7 +386,7 @@ mod tests {
         let c = ProxyConfig::try_from(&s).unwrap();
         assert_eq!(c.version, 3);
         assert_eq!(c.upstreams["db"].endpoints.len(), 1);
-        assert_eq!(c.inbound["web"].allow.as_ref().unwrap().len(), 1);
+        assert_eq!(c.inbound["web"].allow.as_ref().unwrap().ids.len(), 1);
     }
 
     #[test]
@@ -383,6 +439,40 @@ mod tests {
         assert!(matches!(
             ProxyConfig::try_from(&bad_key),
             Err(ConfigError::KeyMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn namespace_wildcards_admit_every_account_of_that_namespace_only() {
+        let list = allow_list(
+            "inbound/db",
+            &[
+                "spiffe://phoenix.local/ns/batch/sa/*".into(),
+                "spiffe://phoenix.local/ns/shop/sa/web".into(),
+            ],
+        )
+        .unwrap();
+        let id = |s: &str| s.parse::<SpiffeId>().unwrap();
+        assert!(list.admits(&id("spiffe://phoenix.local/ns/batch/sa/anything")));
+        assert!(list.admits(&id("spiffe://phoenix.local/ns/shop/sa/web")));
+        assert!(!list.admits(&id("spiffe://phoenix.local/ns/shop/sa/other")));
+        assert!(!list.admits(&id("spiffe://phoenix.local/ns/batchx/sa/a")));
+        assert!(
+            allow_list("inbound/db", &["spiffe://phoenix.local/ns/BAD/sa/*".into()]).is_err(),
+            "a wildcard's namespace gets the same checks as an identity's"
+        );
+        // A wildcard in another trust domain is refused with the snapshot.
+        let snap = snap(vec![
+            mesh(),
+            Resource::Inbound(Inbound {
+                service: "db".into(),
+                target: "127.0.0.1:5432".parse().unwrap(),
+                allow: Some(vec!["spiffe://other.td/ns/batch/sa/*".into()]),
+            }),
+        ]);
+        assert!(matches!(
+            ProxyConfig::try_from(&snap),
+            Err(ConfigError::ForeignTrustDomain { .. })
         ));
     }
 }

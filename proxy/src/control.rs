@@ -328,7 +328,8 @@ mod tests {
             }),
             Resource::Upstream(Upstream {
                 service: "db".into(),
-                listen: "127.0.0.1:0".parse().unwrap(),
+                listen: Some("127.0.0.1:0".parse().unwrap()),
+                addresses: vec![],
                 endpoints: vec![Endpoint {
                     address: "127.0.0.1:9".parse().unwrap(),
                     identity: identity.into(),

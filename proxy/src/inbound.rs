@@ -160,7 +160,7 @@ async fn stream(
         return respond_and_close(shared, send, recv, Status::NoRoute).await;
     };
     let allowed = match &inbound.allow {
-        Some(allow) => allow.contains(client),
+        Some(allow) => allow.admits(client),
         None => client.trust_domain() == config.mesh.trust_domain,
     };
     if !allowed {

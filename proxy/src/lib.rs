@@ -197,7 +197,8 @@ impl AdminState for ProxyAdmin {
             None => reasons.push("no config from the control plane yet".to_owned()),
             Some(c) => {
                 let bound = self.listeners.addresses();
-                for service in c.upstreams.keys() {
+                let listening = c.upstreams.iter().filter(|(_, u)| u.listen.is_some());
+                for (service, _) in listening {
                     if !bound.iter().any(|(s, _)| s == service) {
                         reasons.push(format!("outbound listener for `{service}` not bound"));
                     }

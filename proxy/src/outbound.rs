@@ -41,7 +41,7 @@ impl Listeners {
         let wanted: BTreeMap<&String, SocketAddr> = config
             .upstreams
             .iter()
-            .map(|(s, u)| (s, u.listen))
+            .filter_map(|(s, u)| u.listen.map(|l| (s, l)))
             .collect();
         let to_bind: Vec<(String, SocketAddr)> = {
             let mut bound = self.bound.lock().unwrap_or_else(PoisonError::into_inner);

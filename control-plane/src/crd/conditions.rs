@@ -24,6 +24,8 @@ pub enum Reason {
     ResolvedRefs,
     /// The target Service does not exist (yet).
     ServiceNotFound,
+    /// An older policy already targets the same Service.
+    Conflicted,
 }
 
 impl Reason {
@@ -35,6 +37,7 @@ impl Reason {
             Reason::NotDefault => "NotDefault",
             Reason::ResolvedRefs => "ResolvedRefs",
             Reason::ServiceNotFound => "ServiceNotFound",
+            Reason::Conflicted => "Conflicted",
         }
     }
 }

@@ -1,0 +1,20 @@
+//! The Kubernetes source: watches the cluster and turns it into snapshots.
+//!
+//! [`records`] reduces Kubernetes objects to the few fields the mesh needs;
+//! [`index`] is the pure, incremental index from those records to per-proxy
+//! snapshots and deltas (no Kubernetes calls, unit-tested by applying objects).
+
+pub mod index;
+pub mod policy;
+pub mod records;
+
+/// Label the injector puts on meshed pods; the pod watcher selects on it.
+pub const MESHED_LABEL: &str = "phoenix.dev/meshed";
+/// Annotation naming a meshed pod's QUIC (UDP) port, when not the default.
+pub const QUIC_PORT_ANNOTATION: &str = "phoenix.dev/quic-port";
+/// Default QUIC port of an injected proxy.
+pub const DEFAULT_QUIC_PORT: u16 = 4143;
+/// Namespace annotation overriding MeshConfig's `defaultPolicy` there.
+pub const DEFAULT_POLICY_ANNOTATION: &str = "phoenix.dev/default-policy";
+/// EndpointSlice label naming its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

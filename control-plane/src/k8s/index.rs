@@ -1,0 +1,785 @@
+//! The pure, incremental index: cluster records in, per-proxy snapshots and
+//! deltas out.
+//!
+//! Shared resources (the mesh settings and one `upstream/<svc>.<ns>:<port>`
+//! per Service port with meshed endpoints) are built once, whatever the
+//! number of proxies, and stamped with the version that last changed them.
+//! A change log (one entry per key, ordered by version) lets a proxy's delta
+//! be computed from the keys changed since the version it last saw: an
+//! unrelated change costs each proxy one log entry, never a rebuild of its
+//! snapshot. Per-pod `inbound/...` resources (the Services a pod serves, its
+//! target ports and allow-lists) are kept per pod and diffed only when one of
+//! that pod's Services changed.
+//!
+//! Who receives what: a proxy is sent every Service its workload may call
+//! (the Service's audience, from its TrafficPolicy, its namespace's
+//! `phoenix.dev/default-policy` annotation, or MeshConfig's `defaultPolicy`),
+//! so a denied client never learns the endpoints. Under the default
+//! (`allow-mesh`) that is every meshed Service, which transparent
+//! interception needs: any connection of the app may go to any Service.
+//! Services with no meshed endpoint are not sent at all (their traffic
+//! passes through as it would without a mesh).
+//!
+//! No I/O, no clock: versions are given, so tests apply objects and compare.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use phoenix_api::snapshot::{Delta, Endpoint, Inbound, Resource, Snapshot, Upstream};
+
+use super::policy::{Audience, MeshConfigError, MeshRecord, PolicyRecord};
+use super::records::{NamespaceRecord, ObjectKey, PodRecord, ServiceRecord, SliceRecord};
+use crate::crd::conditions::{ACCEPTED, RESOLVED_REFS, Reason, Verdict};
+use crate::crd::mesh_config::MeshConfigSpec;
+
+/// A resource every entitled proxy shares.
+#[derive(Debug)]
+struct Published {
+    resource: Arc<Resource>,
+    audience: Audience,
+}
+
+/// The index.
+#[derive(Debug)]
+pub struct Index {
+    trust_domain: String,
+    mesh: MeshRecord,
+    /// Every MeshConfig seen, with the verdict on it.
+    mesh_configs: BTreeMap<String, Result<(), MeshConfigError>>,
+    services: HashMap<ObjectKey, ServiceRecord>,
+    slices: HashMap<ObjectKey, SliceRecord>,
+    slices_by_service: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+    pods: HashMap<ObjectKey, PodRecord>,
+    pods_by_ip: HashMap<IpAddr, ObjectKey>,
+    /// Services whose slices name a pod (by reference or, without one, by
+    /// IP), so a pod change finds the Services it affects.
+    services_by_pod: HashMap<ObjectKey, BTreeMap<ObjectKey, u32>>,
+    services_by_ip: HashMap<IpAddr, BTreeMap<ObjectKey, u32>>,
+    namespaces: HashMap<String, NamespaceRecord>,
+    policies: HashMap<ObjectKey, PolicyRecord>,
+    policies_by_service: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+
+    published: HashMap<String, Published>,
+    keys_by_service: HashMap<ObjectKey, Vec<String>>,
+    inbound: HashMap<ObjectKey, BTreeMap<String, Resource>>,
+    inbound_version: HashMap<ObjectKey, u64>,
+    pods_by_service: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+    /// `(version, key)` of the last change of each key; a key absent from
+    /// `published` was removed at that version.
+    log: BTreeSet<(u64, String)>,
+    log_version: HashMap<String, u64>,
+
+    dirty: BTreeSet<ObjectKey>,
+    mesh_dirty: bool,
+    changed: bool,
+    version: u64,
+    /// Log entries before this version may be gone: older subscribers get a full snapshot.
+    oldest: u64,
+}
+
+/// What a proxy is sent next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Update {
+    /// Everything (first message, or the proxy fell too far behind).
+    Snapshot(Snapshot),
+    /// What changed since the version it holds.
+    Delta(Delta),
+}
+
+/// One subscribed proxy, as the index sees it.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    namespace: String,
+    service_account: String,
+    /// Where its proxy accepts QUIC: the pod IP, when it runs in one.
+    ip: Option<IpAddr>,
+    /// The version the proxy holds.
+    sent: Option<u64>,
+    /// How far in the log this subscriber has looked.
+    seen: u64,
+    pod: Option<ObjectKey>,
+    inbound: BTreeMap<String, Resource>,
+}
+
+impl Subscriber {
+    /// A proxy of the workload `(namespace, service_account)` reached at `ip`.
+    pub fn new(namespace: &str, service_account: &str, ip: Option<IpAddr>) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            service_account: service_account.to_owned(),
+            ip,
+            sent: None,
+            seen: 0,
+            pod: None,
+            inbound: BTreeMap::new(),
+        }
+    }
+
+    /// The pod it was matched to, if any.
+    pub fn pod(&self) -> Option<&ObjectKey> {
+        self.pod.as_ref()
+    }
+
+    /// The log version it has caught up to.
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+}
+
+impl Index {
+    /// An empty index for `trust_domain`, whose first change gets version `start + 1`.
+    pub fn new(trust_domain: &str, start: u64) -> Self {
+        let mut index = Self {
+            trust_domain: trust_domain.to_owned(),
+            mesh: MeshRecord::defaults(trust_domain),
+            mesh_configs: BTreeMap::new(),
+            services: HashMap::new(),
+            slices: HashMap::new(),
+            slices_by_service: HashMap::new(),
+            pods: HashMap::new(),
+            pods_by_ip: HashMap::new(),
+            services_by_pod: HashMap::new(),
+            services_by_ip: HashMap::new(),
+            namespaces: HashMap::new(),
+            policies: HashMap::new(),
+            policies_by_service: HashMap::new(),
+            published: HashMap::new(),
+            keys_by_service: HashMap::new(),
+            inbound: HashMap::new(),
+            inbound_version: HashMap::new(),
+            pods_by_service: HashMap::new(),
+            log: BTreeSet::new(),
+            log_version: HashMap::new(),
+            dirty: BTreeSet::new(),
+            mesh_dirty: true,
+            changed: false,
+            version: start,
+            oldest: 0,
+        };
+        index.commit();
+        index
+    }
+
+    /// The current version.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The mesh settings in force.
+    pub fn mesh(&self) -> &MeshRecord {
+        &self.mesh
+    }
+
+    /// Number of shared resources (mesh + upstreams).
+    pub fn published_len(&self) -> usize {
+        self.published.len()
+    }
+
+    /// Sets or deletes a Service.
+    pub fn apply_service(&mut self, key: ObjectKey, record: Option<ServiceRecord>) {
+        let old = match record {
+            Some(r) => self.services.insert(key.clone(), r),
+            None => self.services.remove(&key),
+        };
+        if old.as_ref() != self.services.get(&key) {
+            self.dirty.insert(key);
+        }
+    }
+
+    /// Sets or deletes an EndpointSlice.
+    pub fn apply_slice(&mut self, key: ObjectKey, record: Option<SliceRecord>) {
+        if self.slices.get(&key) == record.as_ref() {
+            return;
+        }
+        if let Some(old) = self.slices.remove(&key) {
+            self.forget_refs(&old);
+            if let Some(set) = self.slices_by_service.get_mut(&old.service) {
+                set.remove(&key);
+                if set.is_empty() {
+                    self.slices_by_service.remove(&old.service);
+                }
+            }
+            self.dirty.insert(old.service);
+        }
+        if let Some(new) = record {
+            self.remember_refs(&new);
+            self.slices_by_service
+                .entry(new.service.clone())
+                .or_default()
+                .insert(key.clone());
+            self.dirty.insert(new.service.clone());
+            self.slices.insert(key, new);
+        }
+    }
+
+    /// Sets or deletes a meshed pod (`None` also for a pod that stopped being meshed).
+    pub fn apply_pod(&mut self, key: ObjectKey, record: Option<PodRecord>) {
+        if self.pods.get(&key) == record.as_ref() {
+            return;
+        }
+        let old = self.pods.remove(&key);
+        for ip in old.iter().flat_map(|p| &p.ips) {
+            if self.pods_by_ip.get(ip) == Some(&key) {
+                self.pods_by_ip.remove(ip);
+            }
+        }
+        if let Some(new) = &record {
+            for ip in &new.ips {
+                self.pods_by_ip.insert(*ip, key.clone());
+            }
+        }
+        let ips: Vec<IpAddr> = old
+            .iter()
+            .chain(record.iter())
+            .flat_map(|p| p.ips.iter().copied())
+            .collect();
+        if let Some(new) = record {
+            self.pods.insert(key.clone(), new);
+        }
+        let mut affected: BTreeSet<ObjectKey> = self
+            .services_by_pod
+            .get(&key)
+            .into_iter()
+            .flat_map(|m| m.keys().cloned())
+            .collect();
+        for ip in ips {
+            affected.extend(
+                self.services_by_ip
+                    .get(&ip)
+                    .into_iter()
+                    .flat_map(|m| m.keys().cloned()),
+            );
+        }
+        // The pod's own inbound view changes with it even if no Service does.
+        self.inbound_version.insert(key, self.version + 1);
+        self.changed = true;
+        self.dirty.extend(affected);
+    }
+
+    /// Sets or deletes a Namespace.
+    pub fn apply_namespace(&mut self, name: &str, record: Option<NamespaceRecord>) {
+        let old = match record {
+            Some(r) => self.namespaces.insert(name.to_owned(), r),
+            None => self.namespaces.remove(name),
+        };
+        if old.as_ref().and_then(|n| n.default_policy)
+            != self.namespaces.get(name).and_then(|n| n.default_policy)
+        {
+            let in_namespace = self
+                .services
+                .keys()
+                .filter(|k| k.namespace == name)
+                .cloned();
+            self.dirty.extend(in_namespace.collect::<Vec<_>>());
+        }
+    }
+
+    /// Sets or deletes a TrafficPolicy.
+    pub fn apply_policy(&mut self, key: ObjectKey, record: Option<PolicyRecord>) {
+        if self.policies.get(&key) == record.as_ref() {
+            return;
+        }
+        if let Some(old) = self.policies.remove(&key) {
+            if let Some(set) = self.policies_by_service.get_mut(&old.target) {
+                set.remove(&key);
+                if set.is_empty() {
+                    self.policies_by_service.remove(&old.target);
+                }
+            }
+            self.dirty.insert(old.target);
+        }
+        if let Some(new) = record {
+            self.policies_by_service
+                .entry(new.target.clone())
+                .or_default()
+                .insert(key.clone());
+            self.dirty.insert(new.target.clone());
+            self.policies.insert(key, new);
+        }
+    }
+
+    /// Sets or deletes a MeshConfig. Only `default` is used; an invalid one
+    /// is refused and the settings in force stay (its status says why).
+    pub fn apply_mesh_config(&mut self, name: &str, spec: Option<&MeshConfigSpec>) {
+        let Some(spec) = spec else {
+            self.mesh_configs.remove(name);
+            if name == super::policy::MESH_CONFIG_NAME {
+                self.set_mesh(MeshRecord::defaults(&self.trust_domain.clone()));
+            }
+            return;
+        };
+        match MeshRecord::validate(name, spec, &self.trust_domain) {
+            Ok(record) => {
+                self.mesh_configs.insert(name.to_owned(), Ok(()));
+                self.set_mesh(record);
+            }
+            Err(error) => {
+                self.mesh_configs.insert(name.to_owned(), Err(error));
+            }
+        }
+    }
+
+    fn set_mesh(&mut self, record: MeshRecord) {
+        if self.mesh != record {
+            let audiences_change = self.mesh.default_policy != record.default_policy;
+            self.mesh = record;
+            self.mesh_dirty = true;
+            if audiences_change {
+                self.dirty
+                    .extend(self.services.keys().cloned().collect::<Vec<_>>());
+            }
+        }
+    }
+
+    /// Rebuilds what the applied changes touched; returns the new version,
+    /// or `None` when no proxy's view changed.
+    pub fn commit(&mut self) -> Option<u64> {
+        let next = self.version + 1;
+        if std::mem::take(&mut self.mesh_dirty) {
+            let resource = Resource::Mesh(self.mesh.settings.clone());
+            self.publish(resource, Audience::Mesh, next);
+        }
+        for service in std::mem::take(&mut self.dirty) {
+            self.rebuild(&service, next);
+        }
+        if std::mem::take(&mut self.changed) {
+            self.version = next;
+            Some(next)
+        } else {
+            None
+        }
+    }
+
+    /// The next message for `sub`, or `None` when its view has not changed.
+    pub fn update(&self, sub: &mut Subscriber) -> Option<Update> {
+        let pod = self.resolve_pod(sub);
+        let sent = match sub.sent {
+            Some(sent) if sub.seen >= self.oldest => sent,
+            _ => return Some(Update::Snapshot(self.snapshot(sub))),
+        };
+        let pod_changed = pod != sub.pod;
+        let inbound_changed = pod_changed
+            || pod
+                .as_ref()
+                .and_then(|p| self.inbound_version.get(p))
+                .is_some_and(|v| *v > sub.seen);
+        if sub.seen == self.version && !inbound_changed {
+            return None;
+        }
+        let mut upserts = BTreeMap::new();
+        let mut removals = Vec::new();
+        for (_, key) in self.log.range((sub.seen + 1, String::new())..) {
+            match self.published.get(key) {
+                Some(p) if self.visible(p, sub) => {
+                    upserts.insert(key.clone(), (*p.resource).clone());
+                }
+                _ => removals.push(key.clone()),
+            }
+        }
+        if inbound_changed {
+            let current = self.inbound_of(pod.as_ref());
+            for (key, resource) in &current {
+                if sub.inbound.get(key) != Some(resource) {
+                    upserts.insert(key.clone(), resource.clone());
+                }
+            }
+            removals.extend(
+                sub.inbound
+                    .keys()
+                    .filter(|k| !current.contains_key(*k))
+                    .cloned(),
+            );
+            sub.inbound = current;
+        }
+        sub.seen = self.version;
+        sub.pod = pod;
+        if upserts.is_empty() && removals.is_empty() {
+            return None;
+        }
+        sub.sent = Some(self.version);
+        Some(Update::Delta(Delta {
+            from_version: sent,
+            version: self.version,
+            upserts,
+            removals,
+        }))
+    }
+
+    /// The whole view of `sub` at the current version (wire version 1
+    /// proxies get this on every change).
+    pub fn snapshot(&self, sub: &mut Subscriber) -> Snapshot {
+        let pod = self.resolve_pod(sub);
+        let mut resources: BTreeMap<String, Resource> = self
+            .published
+            .iter()
+            .filter(|(_, p)| self.visible(p, sub))
+            .map(|(k, p)| (k.clone(), (*p.resource).clone()))
+            .collect();
+        sub.inbound = self.inbound_of(pod.as_ref());
+        resources.extend(sub.inbound.clone());
+        sub.pod = pod;
+        sub.seen = self.version;
+        sub.sent = Some(self.version);
+        Snapshot {
+            version: self.version,
+            resources,
+        }
+    }
+
+    /// Forgets removals older than `version` (every subscriber has seen
+    /// them); a subscriber behind that gets a full snapshot instead.
+    pub fn compact(&mut self, version: u64) {
+        let stale: Vec<(u64, String)> = self
+            .log
+            .range(..(version, String::new()))
+            .filter(|(_, key)| !self.published.contains_key(key))
+            .cloned()
+            .collect();
+        for entry in stale {
+            self.log_version.remove(&entry.1);
+            self.log.remove(&entry);
+        }
+        self.oldest = self.oldest.max(version);
+    }
+
+    /// The conditions to write on the TrafficPolicy `key`.
+    pub fn policy_verdicts(&self, key: &ObjectKey) -> Option<Vec<Verdict>> {
+        let policy = self.policies.get(key)?;
+        let accepted = match (&policy.invalid, self.winning_policy(&policy.target)) {
+            (Some(error), _) => Verdict {
+                type_: ACCEPTED,
+                ok: false,
+                reason: Reason::Invalid,
+                message: error.to_string(),
+            },
+            (None, Some((winner, _))) if winner != key => Verdict {
+                type_: ACCEPTED,
+                ok: false,
+                reason: Reason::Conflicted,
+                message: format!(
+                    "TrafficPolicy {} is older and already targets Service {}; merge the two",
+                    winner.name, policy.target.name
+                ),
+            },
+            _ => Verdict {
+                type_: ACCEPTED,
+                ok: true,
+                reason: Reason::Accepted,
+                message: "in force".into(),
+            },
+        };
+        let resolved = if self.services.contains_key(&policy.target) {
+            Verdict {
+                type_: RESOLVED_REFS,
+                ok: true,
+                reason: Reason::ResolvedRefs,
+                message: format!("Service {} found", policy.target.name),
+            }
+        } else {
+            Verdict {
+                type_: RESOLVED_REFS,
+                ok: false,
+                reason: Reason::ServiceNotFound,
+                message: format!(
+                    "Service {} does not exist in namespace {}; the policy applies once it does",
+                    policy.target.name, policy.target.namespace
+                ),
+            }
+        };
+        Some(vec![accepted, resolved])
+    }
+
+    /// The conditions to write on the MeshConfig `name`.
+    pub fn mesh_config_verdicts(&self, name: &str) -> Option<Vec<Verdict>> {
+        let verdict = match self.mesh_configs.get(name)? {
+            Ok(()) => Verdict {
+                type_: ACCEPTED,
+                ok: true,
+                reason: Reason::Accepted,
+                message: "in force".into(),
+            },
+            Err(MeshConfigError::NotDefault) => Verdict {
+                type_: ACCEPTED,
+                ok: false,
+                reason: Reason::NotDefault,
+                message: MeshConfigError::NotDefault.to_string(),
+            },
+            Err(error) => Verdict {
+                type_: ACCEPTED,
+                ok: false,
+                reason: Reason::Invalid,
+                message: format!("{error}; the previous settings stay in force"),
+            },
+        };
+        Some(vec![verdict])
+    }
+
+    /// TrafficPolicies known (for status writing).
+    pub fn policy_keys(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.policies.keys()
+    }
+
+    /// MeshConfigs known (for status writing).
+    pub fn mesh_config_names(&self) -> impl Iterator<Item = &String> {
+        self.mesh_configs.keys()
+    }
+
+    fn visible(&self, p: &Published, sub: &Subscriber) -> bool {
+        p.audience.admits(&sub.namespace, &sub.service_account)
+    }
+
+    /// The pod `sub` runs in: the meshed pod with its IP, if that pod runs
+    /// as the subscriber's own identity (an address alone proves nothing).
+    fn resolve_pod(&self, sub: &Subscriber) -> Option<ObjectKey> {
+        let key = self.pods_by_ip.get(&sub.ip?)?;
+        let pod = self.pods.get(key)?;
+        (key.namespace == sub.namespace && pod.service_account == sub.service_account)
+            .then(|| key.clone())
+    }
+
+    fn inbound_of(&self, pod: Option<&ObjectKey>) -> BTreeMap<String, Resource> {
+        pod.and_then(|p| self.inbound.get(p))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn winning_policy(&self, service: &ObjectKey) -> Option<(&ObjectKey, &PolicyRecord)> {
+        self.policies_by_service
+            .get(service)?
+            .iter()
+            .filter_map(|k| Some((k, self.policies.get(k)?)))
+            .filter(|(_, p)| p.invalid.is_none())
+            .min_by(|a, b| a.1.age.cmp(&b.1.age))
+    }
+
+    fn audience(&self, service: &ObjectKey) -> Audience {
+        if let Some(audience) = self
+            .winning_policy(service)
+            .and_then(|(_, p)| p.audience.clone())
+        {
+            return audience;
+        }
+        let default = self
+            .namespaces
+            .get(&service.namespace)
+            .and_then(|n| n.default_policy)
+            .unwrap_or(self.mesh.default_policy);
+        Audience::from_default(default, &service.namespace)
+    }
+
+    /// The meshed pod behind an endpoint address.
+    fn meshed_pod(
+        &self,
+        by_ref: Option<&ObjectKey>,
+        ip: IpAddr,
+    ) -> Option<(&ObjectKey, &PodRecord)> {
+        let key = match by_ref {
+            Some(k) => k,
+            None => self.pods_by_ip.get(&ip)?,
+        };
+        let (key, pod) = self.pods.get_key_value(key)?;
+        // A slice naming a pod at an address it no longer has is stale.
+        pod.ips.contains(&ip).then_some((key, pod))
+    }
+
+    /// Rebuilds the upstreams of `service` and the inbound entries of its pods.
+    fn rebuild(&mut self, service: &ObjectKey, version: u64) {
+        let audience = self.audience(service);
+        let allow = audience.allow_list(&self.trust_domain);
+        let td = self.trust_domain.clone();
+        let mut upstreams = Vec::new();
+        let mut pod_inbound: BTreeMap<ObjectKey, Vec<Resource>> = BTreeMap::new();
+        if let Some(record) = self.services.get(service) {
+            let slices: Vec<&SliceRecord> = self
+                .slices_by_service
+                .get(service)
+                .into_iter()
+                .flatten()
+                .filter_map(|k| self.slices.get(k))
+                .collect();
+            for port in &record.ports {
+                let name = format!("{}.{}:{}", service.name, service.namespace, port.port);
+                let mut ready = BTreeSet::new();
+                let mut terminating = BTreeSet::new();
+                for slice in &slices {
+                    let Some(&(_, target_port)) = slice.ports.iter().find(|(n, _)| *n == port.name)
+                    else {
+                        continue;
+                    };
+                    for endpoint in &slice.endpoints {
+                        for ip in &endpoint.addresses {
+                            let Some((pod_key, pod)) = self.meshed_pod(endpoint.pod.as_ref(), *ip)
+                            else {
+                                continue;
+                            };
+                            pod_inbound.entry(pod_key.clone()).or_default().push(
+                                Resource::Inbound(Inbound {
+                                    service: name.clone(),
+                                    target: SocketAddr::new(*ip, target_port),
+                                    allow: allow.clone(),
+                                }),
+                            );
+                            let e = Endpoint {
+                                address: SocketAddr::new(*ip, pod.quic_port),
+                                identity: format!(
+                                    "spiffe://{td}/ns/{}/sa/{}",
+                                    pod_key.namespace, pod.service_account
+                                ),
+                            };
+                            if endpoint.ready {
+                                ready.insert(e);
+                            } else if endpoint.serving_terminating {
+                                terminating.insert(e);
+                            }
+                        }
+                    }
+                }
+                let endpoints = if ready.is_empty() { terminating } else { ready };
+                if endpoints.is_empty() {
+                    continue;
+                }
+                upstreams.push(Resource::Upstream(Upstream {
+                    service: name,
+                    listen: None,
+                    addresses: record
+                        .cluster_ips
+                        .iter()
+                        .map(|ip| SocketAddr::new(*ip, port.port))
+                        .collect(),
+                    endpoints: endpoints.into_iter().collect(),
+                }));
+            }
+        }
+        let new_keys: Vec<String> = upstreams.iter().map(Resource::key).collect();
+        for old in self.keys_by_service.remove(service).unwrap_or_default() {
+            if !new_keys.contains(&old) {
+                self.unpublish(&old, version);
+            }
+        }
+        for resource in upstreams {
+            self.publish(resource, audience.clone(), version);
+        }
+        if !new_keys.is_empty() {
+            self.keys_by_service.insert(service.clone(), new_keys);
+        }
+
+        // Inbound: the pods that served this Service before or serve it now.
+        let prefix = format!("inbound/{}.{}:", service.name, service.namespace);
+        let before = self.pods_by_service.remove(service).unwrap_or_default();
+        let now: BTreeSet<ObjectKey> = pod_inbound.keys().cloned().collect();
+        for pod in before.union(&now) {
+            let entries = self.inbound.entry(pod.clone()).or_default();
+            let old: BTreeMap<String, Resource> = entries
+                .iter()
+                .filter(|(k, _)| k.starts_with(&prefix))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let new: BTreeMap<String, Resource> = pod_inbound
+                .get(pod)
+                .into_iter()
+                .flatten()
+                .map(|r| (r.key(), r.clone()))
+                .collect();
+            if old != new {
+                entries.retain(|k, _| !k.starts_with(&prefix));
+                entries.extend(new);
+                if entries.is_empty() {
+                    self.inbound.remove(pod);
+                }
+                self.inbound_version.insert(pod.clone(), version);
+                self.changed = true;
+            }
+        }
+        if !now.is_empty() {
+            self.pods_by_service.insert(service.clone(), now);
+        }
+    }
+
+    fn publish(&mut self, resource: Resource, audience: Audience, version: u64) {
+        let key = resource.key();
+        if let Some(p) = self.published.get(&key)
+            && *p.resource == resource
+            && p.audience == audience
+        {
+            return;
+        }
+        self.published.insert(
+            key.clone(),
+            Published {
+                resource: Arc::new(resource),
+                audience,
+            },
+        );
+        self.log_change(key, version);
+    }
+
+    fn unpublish(&mut self, key: &str, version: u64) {
+        if self.published.remove(key).is_some() {
+            self.log_change(key.to_owned(), version);
+        }
+    }
+
+    fn log_change(&mut self, key: String, version: u64) {
+        if let Some(old) = self.log_version.insert(key.clone(), version) {
+            self.log.remove(&(old, key.clone()));
+        }
+        self.log.insert((version, key));
+        self.changed = true;
+    }
+
+    fn remember_refs(&mut self, slice: &SliceRecord) {
+        for e in &slice.endpoints {
+            match &e.pod {
+                Some(pod) => {
+                    *self
+                        .services_by_pod
+                        .entry(pod.clone())
+                        .or_default()
+                        .entry(slice.service.clone())
+                        .or_default() += 1
+                }
+                None => {
+                    for ip in &e.addresses {
+                        *self
+                            .services_by_ip
+                            .entry(*ip)
+                            .or_default()
+                            .entry(slice.service.clone())
+                            .or_default() += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn forget_refs(&mut self, slice: &SliceRecord) {
+        fn dec<K: std::hash::Hash + Eq>(
+            map: &mut HashMap<K, BTreeMap<ObjectKey, u32>>,
+            key: &K,
+            service: &ObjectKey,
+        ) {
+            if let Some(m) = map.get_mut(key) {
+                if let Some(n) = m.get_mut(service) {
+                    *n -= 1;
+                    if *n == 0 {
+                        m.remove(service);
+                    }
+                }
+                if m.is_empty() {
+                    map.remove(key);
+                }
+            }
+        }
+        for e in &slice.endpoints {
+            match &e.pod {
+                Some(pod) => dec(&mut self.services_by_pod, pod, &slice.service),
+                None => {
+                    for ip in &e.addresses {
+                        dec(&mut self.services_by_ip, ip, &slice.service);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,745 @@
+//! The Kubernetes index, driven by real Kubernetes objects (as the API
+//! server would send them) and checked by what each proxy receives. No
+//! cluster: the index is pure.
+#![cfg(feature = "kubernetes")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use phoenix_api::snapshot::{Resource, Snapshot, Upstream};
+use phoenix_control_plane::crd::conditions::Reason;
+use phoenix_control_plane::crd::{MeshConfig, TrafficPolicy};
+use phoenix_control_plane::k8s::index::{Index, Subscriber, Update};
+use phoenix_control_plane::k8s::policy::PolicyRecord;
+use phoenix_control_plane::k8s::records::{self, ObjectKey};
+use serde_json::json;
+
+const TD: &str = "cluster.local";
+
+fn key(ns: &str, name: &str) -> ObjectKey {
+    ObjectKey::new(ns, name)
+}
+
+fn service(index: &mut Index, ns: &str, name: &str, ip: &str, ports: serde_json::Value) {
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"namespace": ns, "name": name},
+        "spec": {"clusterIP": ip, "clusterIPs": [ip], "ports": ports},
+    }))
+    .unwrap();
+    index.apply_service(ObjectKey::of(&svc).unwrap(), records::service(&svc));
+}
+
+/// An EndpointSlice of `svc`; each endpoint is `(pod, ip, ready, terminating)`.
+fn slice(
+    index: &mut Index,
+    ns: &str,
+    name: &str,
+    svc: &str,
+    ports: serde_json::Value,
+    endpoints: &[(&str, &str, bool, bool)],
+) {
+    let eps: Vec<_> = endpoints
+        .iter()
+        .map(|(pod, ip, ready, terminating)| {
+            json!({
+                "addresses": [ip],
+                "conditions": {"ready": ready, "serving": ready | terminating, "terminating": terminating},
+                "targetRef": {"kind": "Pod", "namespace": ns, "name": pod},
+            })
+        })
+        .collect();
+    let s: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"namespace": ns, "name": name, "labels": {"kubernetes.io/service-name": svc}},
+        "addressType": "IPv4",
+        "ports": ports,
+        "endpoints": eps,
+    }))
+    .unwrap();
+    index.apply_slice(ObjectKey::of(&s).unwrap(), records::slice(&s));
+}
+
+fn pod(index: &mut Index, ns: &str, name: &str, sa: &str, ip: &str, meshed: bool) {
+    let p: Pod = serde_json::from_value(json!({
+        "metadata": {"namespace": ns, "name": name,
+                     "labels": {"phoenix.dev/meshed": if meshed { "true" } else { "false" }}},
+        "spec": {"serviceAccountName": sa, "containers": []},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
+    }))
+    .unwrap();
+    index.apply_pod(ObjectKey::of(&p).unwrap(), records::pod(&p));
+}
+
+fn policy(index: &mut Index, ns: &str, name: &str, created: i64, spec: serde_json::Value) {
+    let tp: TrafficPolicy = serde_json::from_value(json!({
+        "apiVersion": "phoenix.dev/v1alpha1", "kind": "TrafficPolicy",
+        "metadata": {"namespace": ns, "name": name},
+        "spec": spec,
+    }))
+    .unwrap();
+    let k = ObjectKey::of(&tp).unwrap();
+    index.apply_policy(k.clone(), Some(PolicyRecord::new(&k, &tp.spec, created)));
+}
+
+fn mesh_config(index: &mut Index, name: &str, spec: serde_json::Value) {
+    let mc: MeshConfig = serde_json::from_value(json!({
+        "apiVersion": "phoenix.dev/v1alpha1", "kind": "MeshConfig",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .unwrap();
+    index.apply_mesh_config(name, Some(&mc.spec));
+}
+
+fn ip(s: &str) -> Option<IpAddr> {
+    Some(s.parse().unwrap())
+}
+
+/// A proxy that applies every update it receives, as the real one does,
+/// and checks each delta against a fresh full snapshot.
+struct Proxy {
+    sub: Subscriber,
+    fresh: Subscriber,
+    held: Option<Snapshot>,
+    deltas: Vec<phoenix_api::snapshot::Delta>,
+}
+
+impl Proxy {
+    fn new(ns: &str, sa: &str, at: Option<IpAddr>) -> Self {
+        Self {
+            sub: Subscriber::new(ns, sa, at),
+            fresh: Subscriber::new(ns, sa, at),
+            held: None,
+            deltas: vec![],
+        }
+    }
+
+    /// Receives what the index sends now; returns the delta, if one came.
+    fn sync(&mut self, index: &Index) -> Option<phoenix_api::snapshot::Delta> {
+        let update = index.update(&mut self.sub);
+        let delta = match update {
+            Some(Update::Snapshot(s)) => {
+                self.held = Some(s);
+                None
+            }
+            Some(Update::Delta(d)) => {
+                self.held = Some(self.held.as_ref().unwrap().apply(&d).unwrap());
+                self.deltas.push(d.clone());
+                Some(d)
+            }
+            None => None,
+        };
+        let fresh = index.snapshot(&mut self.fresh);
+        assert_eq!(
+            self.held.as_ref().unwrap().resources,
+            fresh.resources,
+            "deltas must lead to the same view as a fresh snapshot"
+        );
+        delta
+    }
+
+    fn view(&self) -> &Snapshot {
+        self.held.as_ref().unwrap()
+    }
+
+    fn upstream(&self, name: &str) -> Option<&Upstream> {
+        match self.view().resources.get(&format!("upstream/{name}"))? {
+            Resource::Upstream(u) => Some(u),
+            _ => None,
+        }
+    }
+
+    fn inbound(&self, name: &str) -> Option<&phoenix_api::snapshot::Inbound> {
+        match self.view().resources.get(&format!("inbound/{name}"))? {
+            Resource::Inbound(i) => Some(i),
+            _ => None,
+        }
+    }
+}
+
+/// `shop`: web (client) and db (two pods, named target port).
+fn shop() -> Index {
+    let mut index = Index::new(TD, 1000);
+    service(
+        &mut index,
+        "shop",
+        "db",
+        "10.96.0.10",
+        json!([{"name": "pg", "port": 5432, "targetPort": "postgres"}]),
+    );
+    slice(
+        &mut index,
+        "shop",
+        "db-abc",
+        "db",
+        json!([{"name": "pg", "port": 15432, "protocol": "TCP"}]),
+        &[
+            ("db-0", "10.0.0.5", true, false),
+            ("db-1", "10.0.0.6", false, false),
+        ],
+    );
+    pod(&mut index, "shop", "db-0", "db", "10.0.0.5", true);
+    pod(&mut index, "shop", "db-1", "db", "10.0.0.6", true);
+    pod(&mut index, "shop", "web-0", "web", "10.0.0.9", true);
+    index.commit().unwrap();
+    index
+}
+
+#[test]
+fn a_client_gets_ready_meshed_endpoints_and_a_server_its_named_target_port() {
+    let mut index = shop();
+    let mut web = Proxy::new("shop", "web", ip("10.0.0.9"));
+    let mut db0 = Proxy::new("shop", "db", ip("10.0.0.5"));
+    web.sync(&index);
+    db0.sync(&index);
+
+    let db = web
+        .upstream("db.shop:5432")
+        .expect("web gets the db service");
+    assert_eq!(db.addresses, vec!["10.96.0.10:5432".parse().unwrap()]);
+    assert_eq!(db.listen, None, "reached by interception, not a listener");
+    assert_eq!(db.endpoints.len(), 1, "db-1 is not ready");
+    assert_eq!(db.endpoints[0].address, "10.0.0.5:4143".parse().unwrap());
+    assert_eq!(
+        db.endpoints[0].identity,
+        "spiffe://cluster.local/ns/shop/sa/db"
+    );
+    assert!(
+        web.inbound("db.shop:5432").is_none(),
+        "web does not serve db"
+    );
+    assert!(web.view().resources.contains_key("mesh"));
+
+    let inbound = db0.inbound("db.shop:5432").expect("db-0 serves db");
+    assert_eq!(
+        inbound.target,
+        "10.0.0.5:15432".parse().unwrap(),
+        "the named target port as the slice resolved it"
+    );
+    assert_eq!(inbound.allow, None, "allow-mesh by default");
+
+    // db-1 becomes ready: one upsert of the one resource, to web.
+    slice(
+        &mut index,
+        "shop",
+        "db-abc",
+        "db",
+        json!([{"name": "pg", "port": 15432}]),
+        &[
+            ("db-0", "10.0.0.5", true, false),
+            ("db-1", "10.0.0.6", true, false),
+        ],
+    );
+    index.commit().unwrap();
+    let d = web.sync(&index).expect("web hears of db-1");
+    assert_eq!(
+        d.upserts.keys().collect::<Vec<_>>(),
+        vec!["upstream/db.shop:5432"]
+    );
+    assert!(d.removals.is_empty());
+    assert_eq!(web.upstream("db.shop:5432").unwrap().endpoints.len(), 2);
+    // db-0 also sees the upstream (any meshed workload may call db), but its
+    // own inbound entry did not change.
+    let d = db0.sync(&index).unwrap();
+    assert!(
+        d.upserts.keys().all(|k| k.starts_with("upstream/")),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn terminating_endpoints_serve_only_when_nothing_is_ready() {
+    let mut index = shop();
+    slice(
+        &mut index,
+        "shop",
+        "db-abc",
+        "db",
+        json!([{"name": "pg", "port": 15432}]),
+        &[
+            ("db-0", "10.0.0.5", false, true),
+            ("db-1", "10.0.0.6", false, false),
+        ],
+    );
+    // db-0 was the one ready endpoint; terminating, it still serves: the
+    // endpoint set is the same, so no proxy hears of it.
+    assert_eq!(index.commit(), None);
+    let mut web = Proxy::new("shop", "web", ip("10.0.0.9"));
+    web.sync(&index);
+    let eps = &web.upstream("db.shop:5432").unwrap().endpoints;
+    assert_eq!(eps.len(), 1);
+    assert_eq!(eps[0].address, "10.0.0.5:4143".parse().unwrap());
+
+    slice(
+        &mut index,
+        "shop",
+        "db-abc",
+        "db",
+        json!([{"name": "pg", "port": 15432}]),
+        &[
+            ("db-0", "10.0.0.5", false, true),
+            ("db-1", "10.0.0.6", true, false),
+        ],
+    );
+    index.commit().unwrap();
+    web.sync(&index).unwrap();
+    let eps = &web.upstream("db.shop:5432").unwrap().endpoints;
+    assert_eq!(eps.len(), 1);
+    assert_eq!(
+        eps[0].address,
+        "10.0.0.6:4143".parse().unwrap(),
+        "the ready one only"
+    );
+}
+
+#[test]
+fn deleting_a_service_removes_it_from_clients_and_servers() {
+    let mut index = shop();
+    let mut web = Proxy::new("shop", "web", ip("10.0.0.9"));
+    let mut db0 = Proxy::new("shop", "db", ip("10.0.0.5"));
+    web.sync(&index);
+    db0.sync(&index);
+    index.apply_service(key("shop", "db"), None);
+    index.commit().unwrap();
+    let d = web.sync(&index).unwrap();
+    assert_eq!(d.removals, vec!["upstream/db.shop:5432".to_owned()]);
+    let d = db0.sync(&index).unwrap();
+    assert!(
+        d.removals.contains(&"inbound/db.shop:5432".to_owned()),
+        "{d:?}"
+    );
+    assert_eq!(
+        web.view().resources.len(),
+        1,
+        "only the mesh settings are left"
+    );
+
+    // The slice going away afterwards changes no proxy's view.
+    index.apply_slice(key("shop", "db-abc"), None);
+    assert_eq!(index.commit(), None);
+    assert!(web.sync(&index).is_none());
+}
+
+#[test]
+fn services_in_several_namespaces_and_ports_are_distinct() {
+    let mut index = shop();
+    service(
+        &mut index,
+        "billing",
+        "db",
+        "10.96.1.10",
+        json!([{"name": "pg", "port": 5432}, {"name": "metrics", "port": 9090}, {"name": "dns", "port": 53, "protocol": "UDP"}]),
+    );
+    slice(
+        &mut index,
+        "billing",
+        "db-x",
+        "db",
+        json!([{"name": "pg", "port": 5432}, {"name": "metrics", "port": 9091}, {"name": "dns", "port": 53, "protocol": "UDP"}]),
+        &[("db-0", "10.0.1.5", true, false)],
+    );
+    pod(&mut index, "billing", "db-0", "ledger", "10.0.1.5", true);
+    index.commit().unwrap();
+    let mut web = Proxy::new("shop", "web", ip("10.0.0.9"));
+    web.sync(&index);
+    let shop_db = web.upstream("db.shop:5432").unwrap();
+    let billing_db = web.upstream("db.billing:5432").unwrap();
+    assert_ne!(shop_db.endpoints, billing_db.endpoints);
+    assert_eq!(
+        billing_db.endpoints[0].identity,
+        "spiffe://cluster.local/ns/billing/sa/ledger"
+    );
+    assert!(web.upstream("db.billing:9090").is_some(), "every TCP port");
+    assert!(
+        web.upstream("db.billing:53").is_none(),
+        "UDP ports are not tunnelled yet"
+    );
+
+    let mut ledger = Proxy::new("billing", "ledger", ip("10.0.1.5"));
+    ledger.sync(&index);
+    assert_eq!(
+        ledger.inbound("db.billing:9090").unwrap().target,
+        "10.0.1.5:9091".parse().unwrap()
+    );
+}
+
+#[test]
+fn unmeshed_endpoints_are_not_sent_and_a_fully_unmeshed_service_is_left_alone() {
+    let mut index = shop();
+    service(
+        &mut index,
+        "shop",
+        "legacy",
+        "10.96.0.20",
+        json!([{"port": 80}]),
+    );
+    slice(
+        &mut index,
+        "shop",
+        "legacy-1",
+        "legacy",
+        json!([{"port": 8080}]),
+        &[("legacy-0", "10.0.0.30", true, false)],
+    );
+    pod(&mut index, "shop", "legacy-0", "legacy", "10.0.0.30", false);
+    index.commit();
+    let mut web = Proxy::new("shop", "web", ip("10.0.0.9"));
+    web.sync(&index);
+    assert!(web.upstream("legacy.shop:80").is_none());
+
+    // The pod gets meshed (injected and restarted at the same IP).
+    pod(&mut index, "shop", "legacy-0", "legacy", "10.0.0.30", true);
+    index.commit().unwrap();
+    let d = web.sync(&index).unwrap();
+    assert_eq!(
+        d.upserts.keys().collect::<Vec<_>>(),
+        vec!["upstream/legacy.shop:80"]
+    );
+}
+
+#[test]
+fn a_traffic_policy_limits_who_is_sent_the_service_and_who_may_call_it() {
+    let mut index = shop();
+    pod(&mut index, "batch", "job-0", "cron", "10.0.2.1", true);
+    index.commit();
+    let mut web = Proxy::new("shop", "web", ip("10.0.0.9"));
+    let mut cron = Proxy::new("batch", "cron", ip("10.0.2.1"));
+    let mut db0 = Proxy::new("shop", "db", ip("10.0.0.5"));
+    for p in [&mut web, &mut cron, &mut db0] {
+        p.sync(&index);
+    }
+    assert!(cron.upstream("db.shop:5432").is_some(), "allow-mesh");
+
+    policy(
+        &mut index,
+        "shop",
+        "db",
+        100,
+        json!({"targetRef": {"kind": "Service", "name": "db"}, "allow": [{"serviceAccount": "web"}]}),
+    );
+    index.commit().unwrap();
+    cron.sync(&index).unwrap();
+    assert!(
+        cron.upstream("db.shop:5432").is_none(),
+        "a denied client is not sent the endpoints"
+    );
+    web.sync(&index).unwrap();
+    assert!(web.upstream("db.shop:5432").is_some());
+    db0.sync(&index).unwrap();
+    assert_eq!(
+        db0.inbound("db.shop:5432").unwrap().allow,
+        Some(vec!["spiffe://cluster.local/ns/shop/sa/web".to_owned()])
+    );
+    let v = index.policy_verdicts(&key("shop", "db")).unwrap();
+    assert!(v.iter().all(|c| c.ok), "{v:?}");
+
+    // A newer policy on the same Service conflicts and changes nothing.
+    policy(
+        &mut index,
+        "shop",
+        "db-too",
+        200,
+        json!({"targetRef": {"kind": "Service", "name": "db"}, "allow": [{"namespace": "batch"}]}),
+    );
+    assert_eq!(index.commit(), None);
+    let v = index.policy_verdicts(&key("shop", "db-too")).unwrap();
+    assert_eq!(v[0].reason, Reason::Conflicted);
+    assert!(
+        v[0].message.contains("TrafficPolicy db is older"),
+        "{}",
+        v[0].message
+    );
+
+    // Deleting the first lets the second take over: the batch namespace.
+    index.apply_policy(key("shop", "db"), None);
+    index.commit().unwrap();
+    cron.sync(&index).unwrap();
+    web.sync(&index).unwrap();
+    assert!(cron.upstream("db.shop:5432").is_some());
+    assert!(web.upstream("db.shop:5432").is_none());
+    db0.sync(&index).unwrap();
+    assert_eq!(
+        db0.inbound("db.shop:5432").unwrap().allow,
+        Some(vec!["spiffe://cluster.local/ns/batch/sa/*".to_owned()])
+    );
+
+    // A policy for a Service that does not exist says so.
+    policy(
+        &mut index,
+        "shop",
+        "cache",
+        300,
+        json!({"targetRef": {"kind": "Service", "name": "cache"}}),
+    );
+    index.commit();
+    let v = index.policy_verdicts(&key("shop", "cache")).unwrap();
+    assert_eq!(v[1].reason, Reason::ServiceNotFound);
+    assert!(v[0].ok, "valid, waiting for its Service");
+}
+
+#[test]
+fn default_policies_from_mesh_config_and_namespace_annotation() {
+    let mut index = shop();
+    pod(&mut index, "batch", "job-0", "cron", "10.0.2.1", true);
+    mesh_config(
+        &mut index,
+        "default",
+        json!({"defaultPolicy": "allow-namespace"}),
+    );
+    index.commit().unwrap();
+    let mut cron = Proxy::new("batch", "cron", ip("10.0.2.1"));
+    let mut web = Proxy::new("shop", "web", ip("10.0.0.9"));
+    cron.sync(&index);
+    web.sync(&index);
+    assert!(cron.upstream("db.shop:5432").is_none());
+    assert!(web.upstream("db.shop:5432").is_some());
+
+    let ns: Namespace = serde_json::from_value(json!({
+        "metadata": {"name": "shop", "annotations": {"phoenix.dev/default-policy": "deny"}}
+    }))
+    .unwrap();
+    index.apply_namespace("shop", Some(records::namespace(&ns)));
+    index.commit().unwrap();
+    web.sync(&index).unwrap();
+    assert!(
+        web.upstream("db.shop:5432").is_none(),
+        "the namespace denies by default"
+    );
+
+    let bad: Namespace = serde_json::from_value(json!({
+        "metadata": {"name": "x", "annotations": {"phoenix.dev/default-policy": "allow-all"}}
+    }))
+    .unwrap();
+    assert_eq!(
+        records::namespace(&bad).invalid_default_policy.as_deref(),
+        Some("allow-all")
+    );
+}
+
+#[test]
+fn an_invalid_mesh_config_is_refused_and_the_last_good_one_stays() {
+    let mut index = shop();
+    mesh_config(
+        &mut index,
+        "default",
+        json!({"keyExchange": "pq-preferred", "connectTimeout": "2s"}),
+    );
+    index.commit().unwrap();
+    let mut web = Proxy::new("shop", "web", ip("10.0.0.9"));
+    web.sync(&index);
+    let Resource::Mesh(m) = &web.view().resources["mesh"] else {
+        panic!()
+    };
+    assert_eq!(m.connect_timeout_ms, 2000);
+
+    mesh_config(
+        &mut index,
+        "default",
+        json!({"trustDomain": "evil.example"}),
+    );
+    assert_eq!(index.commit(), None, "nothing changes");
+    let v = index.mesh_config_verdicts("default").unwrap();
+    assert!(!v[0].ok);
+    assert!(
+        v[0].message.contains("previous settings stay"),
+        "{}",
+        v[0].message
+    );
+    assert_eq!(index.mesh().settings.connect_timeout_ms, 2000);
+
+    mesh_config(&mut index, "staging", json!({}));
+    assert_eq!(
+        index.mesh_config_verdicts("staging").unwrap()[0].reason,
+        Reason::NotDefault
+    );
+}
+
+#[test]
+fn an_unrelated_change_costs_a_proxy_one_key_and_leaves_its_inbound_alone() {
+    let mut index = shop();
+    for i in 0..50 {
+        let name = format!("svc{i}");
+        service(
+            &mut index,
+            "other",
+            &name,
+            &format!("10.96.2.{i}"),
+            json!([{"port": 80}]),
+        );
+        slice(
+            &mut index,
+            "other",
+            &name,
+            &name,
+            json!([{"port": 8080}]),
+            &[(&format!("p{i}"), &format!("10.0.3.{i}"), true, false)],
+        );
+        pod(
+            &mut index,
+            "other",
+            &format!("p{i}"),
+            "app",
+            &format!("10.0.3.{i}"),
+            true,
+        );
+    }
+    index.commit().unwrap();
+    let mut db0 = Proxy::new("shop", "db", ip("10.0.0.5"));
+    db0.sync(&index);
+    assert_eq!(
+        db0.view().resources.len(),
+        1 + 51 + 1,
+        "mesh, 51 upstreams, its inbound"
+    );
+
+    slice(
+        &mut index,
+        "other",
+        "svc7",
+        "svc7",
+        json!([{"port": 8080}]),
+        &[("p7", "10.0.3.7", false, false)],
+    );
+    index.commit().unwrap();
+    let d = db0.sync(&index).unwrap();
+    assert!(d.upserts.is_empty());
+    assert_eq!(
+        d.removals,
+        vec!["upstream/svc7.other:80".to_owned()],
+        "only what changed"
+    );
+}
+
+#[test]
+fn an_address_alone_does_not_claim_a_pod() {
+    let index = shop();
+    // A proxy of another identity reporting db-0's IP gets no inbound of db-0.
+    let mut intruder = Proxy::new("shop", "web", ip("10.0.0.5"));
+    intruder.sync(&index);
+    assert!(intruder.inbound("db.shop:5432").is_none());
+    assert!(intruder.sub.pod().is_none());
+    // A proxy outside the cluster (no pod) still gets what its identity may call.
+    let mut outside = Proxy::new("shop", "web", None);
+    outside.sync(&index);
+    assert!(outside.upstream("db.shop:5432").is_some());
+}
+
+#[test]
+fn a_proxy_behind_compacted_history_gets_a_full_snapshot() {
+    let mut index = shop();
+    let mut web = Proxy::new("shop", "web", ip("10.0.0.9"));
+    web.sync(&index);
+    index.apply_service(key("shop", "db"), None);
+    index.commit().unwrap();
+    let v = index.version();
+    index.compact(v);
+    assert!(matches!(
+        index.update(&mut web.sub.clone()),
+        Some(Update::Snapshot(_))
+    ));
+    assert!(web.sync(&index).is_none(), "a full snapshot, not a delta");
+    assert!(web.upstream("db.shop:5432").is_none());
+}
+
+/// Many random changes; after each, every proxy's view built from deltas
+/// equals a fresh snapshot (checked inside `sync`).
+#[test]
+fn deltas_always_add_up_to_the_fresh_view() {
+    let mut index = Index::new(TD, 1);
+    let mut proxies: Vec<Proxy> = (0..6)
+        .map(|i| {
+            Proxy::new(
+                ["a", "b"][i % 2],
+                ["x", "y", "z"][i % 3],
+                ip(&format!("10.1.0.{i}")),
+            )
+        })
+        .collect();
+    for (i, p) in proxies.iter().enumerate() {
+        let _ = p;
+        pod(
+            &mut index,
+            ["a", "b"][i % 2],
+            &format!("pod{i}"),
+            ["x", "y", "z"][i % 3],
+            &format!("10.1.0.{i}"),
+            true,
+        );
+    }
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rand = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for step in 0..400 {
+        let ns = ["a", "b"][rand(2) as usize];
+        let svc = format!("s{}", rand(5));
+        match rand(6) {
+            0 => service(
+                &mut index,
+                ns,
+                &svc,
+                &format!("10.96.0.{}", rand(200)),
+                json!([{"name": "p", "port": 80 + rand(2)}]),
+            ),
+            1 => index.apply_service(key(ns, &svc), None),
+            2 | 3 => {
+                let eps: Vec<(String, String, bool, bool)> = (0..rand(4))
+                    .map(|_| {
+                        let i = rand(6);
+                        (
+                            format!("pod{i}"),
+                            format!("10.1.0.{i}"),
+                            rand(3) > 0,
+                            rand(2) == 0,
+                        )
+                    })
+                    .collect();
+                let eps: Vec<(&str, &str, bool, bool)> = eps
+                    .iter()
+                    .map(|(a, b, c, d)| (a.as_str(), b.as_str(), *c, *d))
+                    .collect();
+                // Endpoints name pods of either namespace's slice; only
+                // those in the slice's namespace resolve.
+                slice(
+                    &mut index,
+                    ns,
+                    &svc,
+                    &svc,
+                    json!([{"name": "p", "port": 8000 + rand(3)}]),
+                    &eps,
+                );
+            }
+            4 => {
+                let allow = match rand(3) {
+                    0 => json!([{"serviceAccount": "x"}]),
+                    1 => json!([{"namespace": "b"}]),
+                    _ => json!([]),
+                };
+                policy(
+                    &mut index,
+                    ns,
+                    &svc,
+                    step,
+                    json!({"targetRef": {"kind": "Service", "name": svc}, "allow": allow}),
+                );
+            }
+            _ => index.apply_policy(key(ns, &svc), None),
+        }
+        index.commit();
+        for p in proxies.iter_mut() {
+            if rand(3) > 0 {
+                p.sync(&index);
+            }
+        }
+        if step % 100 == 99 {
+            // Some proxies lag; compaction must not break them.
+            let oldest = proxies.iter().map(|p| p.sub.seen()).min().unwrap();
+            index.compact(oldest);
+        }
+    }
+    let deltas: usize = proxies.iter().map(|p| p.deltas.len()).sum();
+    assert!(deltas > 100, "the run must exercise deltas, got {deltas}");
+}
