@@ -58,6 +58,19 @@ pub enum CaError {
     /// Signing failed.
     #[error("cannot sign certificate")]
     Sign(#[source] rcgen::Error),
+    /// The CSR asks for another identity than the one proven.
+    #[error(
+        "the certificate request asks for {requested} but the token proves {proven}; request no URI name or this one"
+    )]
+    IdentityMismatch {
+        /// The URI the CSR names.
+        requested: String,
+        /// The identity the token proved.
+        proven: SpiffeId,
+    },
+    /// A stored root (a Kubernetes Secret) cannot be parsed.
+    #[error("the stored root certificate or key is unusable")]
+    BadStoredRoot(#[source] rcgen::Error),
 }
 
 /// A loaded CA.
@@ -100,9 +113,11 @@ impl Ca {
                     dir: dir.to_owned(),
                     source,
                 };
-                let key = KeyPair::from_pem(&key_pem).map_err(bad)?;
-                let issuer = Issuer::from_ca_cert_pem(&root_pem, key).map_err(bad)?;
-                Ok((Self { issuer, root_pem }, RootOrigin::Loaded))
+                let ca = Self::from_pem(&root_pem, &key_pem).map_err(|e| match e {
+                    CaError::BadStoredRoot(source) => bad(source),
+                    other => other,
+                })?;
+                Ok((ca, RootOrigin::Loaded))
             }
             (false, false) => {
                 let ca = Self::generate(trust_domain)?;
@@ -156,8 +171,25 @@ impl Ca {
         &self.root_pem
     }
 
+    /// A CA from a stored root certificate and key (PEM).
+    pub fn from_pem(root_pem: &str, key_pem: &str) -> Result<Self, CaError> {
+        let key = KeyPair::from_pem(key_pem).map_err(CaError::BadStoredRoot)?;
+        let issuer = Issuer::from_ca_cert_pem(root_pem, key).map_err(CaError::BadStoredRoot)?;
+        Ok(Self {
+            issuer,
+            root_pem: root_pem.to_owned(),
+        })
+    }
+
+    /// The root key (PEM), to store it: never log it.
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
+    }
+
     /// Signs a certificate for `identity` with the public key of `csr_pem`.
-    /// Everything else the CSR asks for (names, CA flag, usages) is ignored.
+    /// A CSR naming another SPIFFE ID is refused (the caller asked for what
+    /// it cannot prove); everything else it asks for (DNS names, CA flag,
+    /// usages) is ignored.
     pub fn issue(
         &self,
         csr_pem: &str,
@@ -165,6 +197,16 @@ impl Ca {
         lifetime: Duration,
     ) -> Result<String, CaError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(CaError::Csr)?;
+        for san in &csr.params.subject_alt_names {
+            if let SanType::URI(uri) = san
+                && uri.as_str() != identity.to_string()
+            {
+                return Err(CaError::IdentityMismatch {
+                    requested: uri.as_str().to_owned(),
+                    proven: identity.clone(),
+                });
+            }
+        }
         self.issue_for_key(&csr.public_key, identity, lifetime)
     }
 
@@ -223,7 +265,13 @@ mod tests {
 
     fn csr_asking_for(san: &str, is_ca: bool) -> (KeyPair, String) {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = CertificateParams::new(vec![san.to_owned()]).unwrap();
+        let mut params = if san.starts_with("spiffe://") {
+            let mut p = CertificateParams::default();
+            p.subject_alt_names = vec![SanType::URI(san.try_into().unwrap())];
+            p
+        } else {
+            CertificateParams::new(vec![san.to_owned()]).unwrap()
+        };
         if is_ca {
             params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         }
@@ -279,6 +327,25 @@ mod tests {
         assert!(matches!(
             Ca::load_or_create(dir.path(), "td"),
             Err(CaError::HalfRoot { .. })
+        ));
+    }
+
+    #[test]
+    fn a_csr_asking_for_another_identity_is_refused() {
+        let ca = Ca::generate("td").unwrap();
+        let id: SpiffeId = "spiffe://td/ns/shop/sa/web".parse().unwrap();
+        let (_, csr) = csr_asking_for("spiffe://td/ns/shop/sa/admin", false);
+        let e = ca.issue(&csr, &id, Duration::from_secs(60)).unwrap_err();
+        assert!(matches!(e, CaError::IdentityMismatch { .. }));
+        assert!(e.to_string().contains("asks for spiffe://td/ns/shop/sa/admin but the token proves spiffe://td/ns/shop/sa/web"), "{e}");
+        let (_, same) = csr_asking_for("spiffe://td/ns/shop/sa/web", false);
+        assert!(ca.issue(&same, &id, Duration::from_secs(60)).is_ok());
+        // Stored and reloaded (the Kubernetes Secret path) it signs the same.
+        let again = Ca::from_pem(ca.root_pem(), &ca.key_pem()).unwrap();
+        assert!(again.issue(&same, &id, Duration::from_secs(60)).is_ok());
+        assert!(matches!(
+            Ca::from_pem(ca.root_pem(), "junk"),
+            Err(CaError::BadStoredRoot(_))
         ));
     }
 

@@ -4,9 +4,18 @@
 //! [`index`] is the pure, incremental index from those records to per-proxy
 //! snapshots and deltas (no Kubernetes calls, unit-tested by applying objects).
 
+pub mod ca_secret;
+pub mod health;
 pub mod index;
+pub mod leader;
+pub mod live;
 pub mod policy;
+pub mod rbac;
 pub mod records;
+pub mod run;
+pub mod status;
+pub mod token_review;
+pub mod watch;
 
 /// Label the injector puts on meshed pods; the pod watcher selects on it.
 pub const MESHED_LABEL: &str = "phoenix.dev/meshed";

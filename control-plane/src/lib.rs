@@ -34,7 +34,7 @@ use crate::ca::{Ca, RootOrigin};
 use crate::hub::Hub;
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
-use crate::server::Server;
+use crate::server::{Server, Source};
 use crate::tokens::Tokens;
 
 /// File of saved proxy registrations in the state directory.
@@ -132,53 +132,20 @@ pub async fn run(
     if tokens.is_empty() {
         tracing::warn!(path = %settings.tokens_path.display(), "no bootstrap tokens: no proxy can obtain a certificate yet");
     }
-    let credentials = Arc::new(Credentials::default());
-    let identity = mesh.control_plane_identity.clone();
-    let not_after = renew_serving_cert(&ca, &credentials, &identity, &mesh)?;
-    metrics.certificate_expiry_timestamp_seconds.set(not_after);
-    let tls = TlsContext::new(ca.root_pem(), credentials.clone())?;
-    let transport = TransportSettings::default();
     let policy = TlsPolicy {
         key_exchange: mesh.key_exchange,
         cipher_suites: mesh.cipher_suites.clone(),
     };
-    let (default_server, _lease) = tls.server(
+    let front = Front::bind(
+        &ca,
+        mesh.control_plane_identity.clone(),
         &policy,
-        ClientAuth::Optional,
-        &[ALPN_CONTROL],
-        transport.server_transport(),
-    )?;
-    let endpoint = phoenix_tls::endpoint::bind(settings.listen, &transport, Some(default_server))
-        .map_err(|source| StartError::Bind {
-        what: "control QUIC endpoint",
-        addr: settings.listen,
-        source,
-    })?;
-    let admin_listener =
-        TcpListener::bind(settings.admin)
-            .await
-            .map_err(|source| StartError::Bind {
-                what: "admin listener",
-                addr: settings.admin,
-                source,
-            })?;
-    let local = |r: std::io::Result<SocketAddr>, what, addr| {
-        r.map_err(|source| StartError::Bind { what, addr, source })
-    };
-    let bound = Bound {
-        control: local(
-            endpoint.local_addr(),
-            "control QUIC endpoint",
-            settings.listen,
-        )?,
-        admin: local(
-            admin_listener.local_addr(),
-            "admin listener",
-            settings.admin,
-        )?,
-        identity: identity.to_string(),
+        settings.listen,
+        settings.admin,
         trust_anchor,
-    };
+        &metrics,
+    )
+    .await?;
 
     let (hub, restored) =
         Hub::new(mesh, tokens).persist_to(settings.state_dir.join(REGISTRATIONS_FILE));
@@ -190,24 +157,12 @@ pub async fn run(
     }
     let hub = Arc::new(hub);
     metrics.config_version.set(hub.version() as i64);
-    let server = Arc::new(Server {
+    let admin_state = Arc::new(ControlAdmin {
         hub: hub.clone(),
-        ca: ca.clone(),
-        tls,
-        transport,
-        metrics: metrics.clone(),
+        credentials: front.credentials.clone(),
+        bound: front.bound.clone(),
     });
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(server.serve(endpoint.clone()));
-    tasks.spawn(admin::serve(
-        admin_listener,
-        Arc::new(registry),
-        Arc::new(ControlAdmin {
-            hub: hub.clone(),
-            credentials: credentials.clone(),
-            bound: bound.clone(),
-        }),
-    ));
     tasks.spawn(watch_files(settings.clone(), hub.clone(), metrics.clone()));
     {
         let hub = hub.clone();
@@ -216,17 +171,147 @@ pub async fn run(
             hub.expire_restored();
         });
     }
-    {
-        let (ca, credentials, hub, metrics) = (
-            ca.clone(),
-            credentials.clone(),
-            hub.clone(),
-            metrics.clone(),
-        );
+    let renew_policy = {
+        let hub = hub.clone();
+        move || {
+            let mesh = hub.mesh();
+            TlsPolicy {
+                key_exchange: mesh.key_exchange,
+                cipher_suites: mesh.cipher_suites.clone(),
+            }
+        }
+    };
+    // Close the hub before connections end, so ending subscriptions do
+    // not erase the registrations saved for the next start.
+    let closing = hub.clone();
+    let shutdown = async move {
+        shutdown.await;
+        closing.close();
+    };
+    front
+        .serve(
+            Source::File(hub),
+            ca,
+            metrics,
+            registry,
+            admin_state,
+            renew_policy,
+            tasks,
+            on_bound,
+            shutdown,
+        )
+        .await;
+    Ok(())
+}
+
+/// What every control plane presents, whatever its source: a serving
+/// certificate from the mesh CA, the QUIC endpoint and the admin listener.
+pub(crate) struct Front {
+    endpoint: quinn::Endpoint,
+    admin_listener: TcpListener,
+    tls: TlsContext,
+    transport: TransportSettings,
+    credentials: Arc<Credentials>,
+    identity: phoenix_api::SpiffeId,
+    bound: Bound,
+}
+
+impl Front {
+    /// Issues our serving certificate and binds both listeners.
+    pub(crate) async fn bind(
+        ca: &Ca,
+        identity: phoenix_api::SpiffeId,
+        policy: &TlsPolicy,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        trust_anchor: PathBuf,
+        metrics: &Metrics,
+    ) -> Result<Self, StartError> {
+        let credentials = Arc::new(Credentials::default());
+        let not_after = renew_serving_cert(ca, &credentials, &identity, policy)?;
+        metrics.certificate_expiry_timestamp_seconds.set(not_after);
+        let tls = TlsContext::new(ca.root_pem(), credentials.clone())?;
+        let transport = TransportSettings::default();
+        let (default_server, _lease) = tls.server(
+            policy,
+            ClientAuth::Optional,
+            &[ALPN_CONTROL],
+            transport.server_transport(),
+        )?;
+        let endpoint = phoenix_tls::endpoint::bind(listen, &transport, Some(default_server))
+            .map_err(|source| StartError::Bind {
+                what: "control QUIC endpoint",
+                addr: listen,
+                source,
+            })?;
+        let admin_listener = TcpListener::bind(admin)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "admin listener",
+                addr: admin,
+                source,
+            })?;
+        let local = |r: std::io::Result<SocketAddr>, what, addr| {
+            r.map_err(|source| StartError::Bind { what, addr, source })
+        };
+        let bound = Bound {
+            control: local(endpoint.local_addr(), "control QUIC endpoint", listen)?,
+            admin: local(admin_listener.local_addr(), "admin listener", admin)?,
+            identity: identity.to_string(),
+            trust_anchor,
+        };
+        Ok(Self {
+            endpoint,
+            admin_listener,
+            tls,
+            transport,
+            credentials,
+            identity,
+            bound,
+        })
+    }
+
+    /// Serves proxies and the admin port until `shutdown`, renewing the
+    /// serving certificate under `policy()`; then drains and returns.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn serve(
+        self,
+        source: Source,
+        ca: Arc<Ca>,
+        metrics: Arc<Metrics>,
+        registry: Registry,
+        admin_state: Arc<dyn AdminState>,
+        policy: impl Fn() -> TlsPolicy + Send + 'static,
+        mut tasks: tokio::task::JoinSet<()>,
+        on_bound: impl FnOnce(&Bound),
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let Front {
+            endpoint,
+            admin_listener,
+            tls,
+            transport,
+            credentials,
+            identity,
+            bound,
+        } = self;
+        let server = Arc::new(Server {
+            source,
+            ca: ca.clone(),
+            tls,
+            transport,
+            metrics: metrics.clone(),
+        });
+        tasks.spawn(server.serve(endpoint.clone()));
+        tasks.spawn(admin::serve(
+            admin_listener,
+            Arc::new(registry),
+            admin_state,
+        ));
         tasks.spawn(async move {
             loop {
                 tokio::time::sleep(SERVING_CERT_LIFETIME * 2 / 3).await;
-                match renew_serving_cert(&ca, &credentials, &identity, &hub.mesh()) {
+                match renew_serving_cert(&ca, &credentials, &identity, &policy()) {
                     Ok(na) => {
                         metrics.certificate_expiry_timestamp_seconds.set(na);
                     }
@@ -234,28 +319,26 @@ pub async fn run(
                 }
             }
         });
-    }
-    on_bound(&bound);
-    tracing::info!(control = %bound.control, admin = %bound.admin, "control plane ready");
+        on_bound(&bound);
+        tracing::info!(control = %bound.control, admin = %bound.admin, "control plane ready");
 
-    shutdown.await;
-    tracing::info!("shutting down");
-    hub.close();
-    endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
-    tasks.abort_all();
-    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
-    Ok(())
+        shutdown.await;
+        tracing::info!("shutting down");
+        endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
+        tasks.abort_all();
+        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    }
 }
 
 fn renew_serving_cert(
     ca: &Ca,
     credentials: &Credentials,
     identity: &phoenix_api::SpiffeId,
-    mesh: &Mesh,
+    policy: &TlsPolicy,
 ) -> Result<i64, StartError> {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let pem = ca.issue_for_key(&key, identity, SERVING_CERT_LIFETIME)?;
-    let provider = phoenix_tls::provider::provider(mesh.key_exchange, &mesh.cipher_suites);
+    let provider = phoenix_tls::provider::provider(policy.key_exchange, &policy.cipher_suites);
     let loaded = Credentials::parse(&pem, &key.serialize_pem(), &provider)?;
     let not_after = loaded.not_after;
     credentials.store(loaded);

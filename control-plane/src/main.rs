@@ -39,10 +39,47 @@ struct Args {
 }
 
 #[derive(Debug, clap::Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at start
 enum Command {
     /// Print Phoenix's CustomResourceDefinitions as YAML (what `manifests/crds/` holds).
     #[cfg(feature = "kubernetes")]
     Crds,
+    /// Serve the mesh of a Kubernetes cluster (in-cluster config, or KUBECONFIG).
+    #[cfg(feature = "kubernetes")]
+    Kubernetes(KubeArgs),
+}
+
+#[cfg(feature = "kubernetes")]
+#[derive(Debug, clap::Args)]
+struct KubeArgs {
+    /// Our namespace (CA Secret); the chart sets it from the downward API.
+    #[arg(long, env = "PHOENIX_NAMESPACE", default_value = "phoenix-system")]
+    namespace: String,
+    /// Our ServiceAccount (our identity).
+    #[arg(
+        long,
+        env = "PHOENIX_SERVICE_ACCOUNT",
+        default_value = "phoenix-control-plane"
+    )]
+    service_account: String,
+    /// SPIFFE trust domain; fixed at install, MeshConfig must agree.
+    #[arg(long, env = "PHOENIX_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// Name of the Secret holding the mesh root CA (created when absent).
+    #[arg(long, env = "PHOENIX_CA_SECRET", default_value = "phoenix-ca")]
+    ca_secret: String,
+    /// QUIC listen address for proxies.
+    #[arg(long, env = "PHOENIX_CONTROL_LISTEN", default_value = "0.0.0.0:4180")]
+    listen: SocketAddr,
+    /// Admin listen address (/live, /ready, /metrics, /config).
+    #[arg(long, env = "PHOENIX_CONTROL_ADMIN", default_value = "0.0.0.0:9990")]
+    admin: SocketAddr,
+    /// Where the root certificate is written for local readers.
+    #[arg(long, env = "PHOENIX_STATE_DIR", default_value = "/var/run/phoenix")]
+    state_dir: PathBuf,
+    /// Our name in the leader Lease (the chart passes the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -50,6 +87,10 @@ fn main() -> ExitCode {
     match args.command {
         #[cfg(feature = "kubernetes")]
         Some(Command::Crds) => return print_crds(),
+        #[cfg(feature = "kubernetes")]
+        Some(Command::Kubernetes(k)) => {
+            return run_kubernetes(k, args.log_json, args.die_with_parent);
+        }
         None => {}
     }
     let Some(mesh_path) = args.mesh else {
@@ -122,4 +163,65 @@ fn print_crds() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(feature = "kubernetes")]
+fn run_kubernetes(args: KubeArgs, log_json: bool, die_with_parent: bool) -> ExitCode {
+    use phoenix_control_plane::k8s::run::{self, KubeSettings};
+    process::init_tracing(log_json, "info");
+    if die_with_parent && !process::die_with_parent() {
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("phoenix-control-plane: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let settings = KubeSettings {
+        namespace: args.namespace,
+        service_account: args.service_account,
+        trust_domain: args.trust_domain,
+        ca_secret: args.ca_secret,
+        listen: args.listen,
+        admin: args.admin,
+        state_dir: args.state_dir,
+        holder: args.pod_name.unwrap_or_else(|| {
+            rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned()
+        }),
+    };
+    let result = runtime.block_on(async {
+        let client = match kube::Client::try_default().await {
+            Ok(c) => c,
+            Err(error) => {
+                eprintln!(
+                    "phoenix-control-plane: no Kubernetes configuration: {}; run in a pod or set KUBECONFIG",
+                    process::error_chain(&error)
+                );
+                return Err(ExitCode::from(EXIT_CONFIG));
+            }
+        };
+        let on_bound = |bound: &phoenix_control_plane::Bound| {
+            if let Ok(line) = serde_json::to_string(bound) {
+                println!("{line}");
+            }
+        };
+        run::run(settings, client, on_bound, process::shutdown_signal())
+            .await
+            .map_err(|error| {
+                eprintln!("phoenix-control-plane: {}", process::error_chain(&error));
+                ExitCode::FAILURE
+            })
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => code,
+    }
 }

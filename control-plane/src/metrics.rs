@@ -31,6 +31,13 @@ pub struct HandshakeLabels {
     pub result: String,
 }
 
+/// Labels of Kubernetes watch metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// The watched kind, e.g. `EndpointSlice`.
+    pub kind: String,
+}
+
 /// Every control-plane metric.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -50,6 +57,11 @@ pub struct Metrics {
     pub tls_handshakes: Family<HandshakeLabels, Counter>,
     /// Expiry of the control plane's own serving certificate.
     pub certificate_expiry_timestamp_seconds: Gauge,
+    /// Kubernetes watch failures by kind (each is retried with backoff).
+    pub kubernetes_watch_errors: Family<KindLabels, Counter>,
+    /// How long each kind's watch has been failing (0 when healthy): how
+    /// stale what the control plane serves may be.
+    pub kubernetes_watch_stale_seconds: Family<KindLabels, Gauge>,
 }
 
 impl Metrics {
@@ -95,6 +107,23 @@ impl Metrics {
             "Expiry of the control plane's serving certificate, Unix seconds",
             self.certificate_expiry_timestamp_seconds.clone(),
         );
+        r.register(
+            "kubernetes_watch_errors",
+            "Kubernetes watch failures by kind (retried with backoff)",
+            self.kubernetes_watch_errors.clone(),
+        );
+        r.register(
+            "kubernetes_watch_stale_seconds",
+            "How long each kind's Kubernetes watch has been failing; 0 when healthy",
+            self.kubernetes_watch_stale_seconds.clone(),
+        );
+    }
+
+    /// Counts a watch failure of `kind`.
+    pub fn watch_error(&self, kind: &str) {
+        self.kubernetes_watch_errors
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
     }
 
     /// Counts a handshake.

@@ -30,11 +30,50 @@ use crate::metrics::{IssueLabels, Metrics, PushLabels};
 /// How long a client has to send its request on a new stream.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where the mesh comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// The mesh file and bootstrap tokens.
+    File(Arc<Hub>),
+    /// The cluster, and ServiceAccount tokens.
+    #[cfg(feature = "kubernetes")]
+    Kubernetes(Arc<crate::k8s::run::KubeSource>),
+}
+
+impl Source {
+    fn tls_policy(&self) -> TlsPolicy {
+        match self {
+            Source::File(hub) => {
+                let mesh = hub.mesh();
+                TlsPolicy {
+                    key_exchange: mesh.key_exchange,
+                    cipher_suites: mesh.cipher_suites.clone(),
+                }
+            }
+            #[cfg(feature = "kubernetes")]
+            Source::Kubernetes(k) => {
+                let mesh = k.live.mesh();
+                TlsPolicy {
+                    key_exchange: mesh.settings.key_exchange,
+                    cipher_suites: mesh.settings.cipher_suites,
+                }
+            }
+        }
+    }
+}
+
+/// A refused certificate request: metric label, code, message.
+struct Refusal {
+    label: &'static str,
+    code: ErrorCode,
+    message: String,
+}
+
 /// What the server needs.
 #[derive(Debug)]
 pub struct Server {
-    /// Live state.
-    pub hub: Arc<Hub>,
+    /// Where the mesh comes from.
+    pub source: Source,
     /// The CA.
     pub ca: Arc<Ca>,
     /// Our TLS context (root + our serving certificate).
@@ -55,13 +94,7 @@ impl Server {
     }
 
     async fn connection(self: Arc<Self>, incoming: quinn::Incoming) {
-        let policy = {
-            let mesh = self.hub.mesh();
-            TlsPolicy {
-                key_exchange: mesh.key_exchange,
-                cipher_suites: mesh.cipher_suites.clone(),
-            }
-        };
+        let policy = self.source.tls_policy();
         let Ok((config, lease)) = self.tls.server(
             &policy,
             ClientAuth::Optional,
@@ -122,7 +155,7 @@ impl Server {
             };
         match request {
             Request::IssueCertificate { token, csr_pem } => {
-                let answer = self.issue(&token, &csr_pem);
+                let answer = self.issue(&token, &csr_pem).await;
                 let _ = reply(&mut send, &answer).await;
                 let _ = send.finish();
                 let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
@@ -161,9 +194,7 @@ impl Server {
         }
     }
 
-    fn issue(&self, token: &str, csr_pem: &str) -> Response {
-        let tokens = self.hub.tokens();
-        let mesh = self.hub.mesh();
+    async fn issue(&self, token: &str, csr_pem: &str) -> Response {
         let count = |result: &str| {
             self.metrics
                 .certificates
@@ -172,30 +203,71 @@ impl Server {
                 })
                 .inc();
         };
-        let Some(workload) = tokens.workload(token).and_then(|w| mesh.workloads.get(w)) else {
-            count("invalid_token");
-            tracing::warn!("certificate refused: unknown bootstrap token");
-            return error_response(
-                ErrorCode::InvalidToken,
-                "the bootstrap token is unknown; start the proxy through `phoenix up` or pass the token written for its workload".into(),
-            );
+        let (identity, lifetime) = match self.authenticate(token).await {
+            Ok(found) => found,
+            Err(refusal) => {
+                count(refusal.label);
+                tracing::warn!(reason = refusal.label, message = %refusal.message, "certificate refused");
+                return error_response(refusal.code, refusal.message);
+            }
         };
-        match self
-            .ca
-            .issue(csr_pem, &workload.identity, mesh.certificate_lifetime)
-        {
+        match self.ca.issue(csr_pem, &identity, lifetime) {
             Ok(chain_pem) => {
                 count("issued");
-                tracing::info!(workload = %workload.name, identity = %workload.identity, "certificate issued");
+                tracing::info!(%identity, "certificate issued");
                 Response::Certificate {
                     chain_pem,
-                    identity: workload.identity.to_string(),
+                    identity: identity.to_string(),
                 }
             }
             Err(error) => {
-                count("invalid_csr");
-                tracing::warn!(workload = %workload.name, %error, "certificate refused");
+                count(match error {
+                    crate::ca::CaError::IdentityMismatch { .. } => "identity_mismatch",
+                    _ => "invalid_csr",
+                });
+                tracing::warn!(%identity, %error, "certificate refused");
                 error_response(ErrorCode::InvalidCsr, format!("{error}"))
+            }
+        }
+    }
+
+    /// The identity `token` proves, and the lifetime of its certificate.
+    async fn authenticate(&self, token: &str) -> Result<(SpiffeId, Duration), Refusal> {
+        match &self.source {
+            Source::File(hub) => {
+                let tokens = hub.tokens();
+                let mesh = hub.mesh();
+                match tokens.workload(token).and_then(|w| mesh.workloads.get(w)) {
+                    Some(w) => Ok((w.identity.clone(), mesh.certificate_lifetime)),
+                    None => Err(Refusal {
+                        label: "invalid_token",
+                        code: ErrorCode::InvalidToken,
+                        message: "the bootstrap token is unknown; start the proxy through `phoenix up` or pass the token written for its workload".into(),
+                    }),
+                }
+            }
+            #[cfg(feature = "kubernetes")]
+            Source::Kubernetes(k) => {
+                let reviewed = k.reviewer.review(token).await.map_err(|e| Refusal {
+                    label: e.metric_label(),
+                    code: match e {
+                        crate::k8s::token_review::ReviewError::Api(_) => ErrorCode::Internal,
+                        _ => ErrorCode::InvalidToken,
+                    },
+                    message: phoenix_proxy::process::error_chain(&e),
+                })?;
+                let mesh = k.live.mesh();
+                let identity = SpiffeId::workload(
+                    &mesh.settings.trust_domain,
+                    &reviewed.namespace,
+                    &reviewed.service_account,
+                )
+                .map_err(|e| Refusal {
+                    label: "invalid_token",
+                    code: ErrorCode::InvalidToken,
+                    message: format!("the token's ServiceAccount is not a valid identity: {e}"),
+                })?;
+                Ok((identity, mesh.certificate_lifetime))
             }
         }
     }
@@ -206,10 +278,103 @@ impl Server {
         client: SpiffeId,
         wire_version: u32,
         inbound: std::net::SocketAddr,
+        send: quinn::SendStream,
+    ) {
+        match &self.source {
+            Source::File(hub) => {
+                self.file_subscription(hub, conn, client, wire_version, inbound, send)
+                    .await
+            }
+            #[cfg(feature = "kubernetes")]
+            Source::Kubernetes(k) => {
+                self.kube_subscription(k, conn, client, wire_version, inbound, send)
+                    .await
+            }
+        }
+    }
+
+    #[cfg(feature = "kubernetes")]
+    async fn kube_subscription(
+        &self,
+        k: &crate::k8s::run::KubeSource,
+        conn: quinn::Connection,
+        client: SpiffeId,
+        wire_version: u32,
+        inbound: std::net::SocketAddr,
         mut send: quinn::SendStream,
     ) {
-        let Some(workload) = self
-            .hub
+        let Some((namespace, service_account)) = client.namespace_and_service_account() else {
+            let _ = reply(
+                &mut send,
+                &error_response(
+                    ErrorCode::UnknownWorkload,
+                    format!("{client} is not a workload identity (spiffe://<td>/ns/<ns>/sa/<sa>)"),
+                ),
+            )
+            .await;
+            return;
+        };
+        // The pod is found by the address the proxy reports (its pod IP)
+        // and must run as the certificate's identity; an unspecified
+        // address (a proxy outside the cluster) gets no pod, only what its
+        // identity may call.
+        let ip = Some(inbound.ip()).filter(|ip| !ip.is_unspecified() && !ip.is_loopback());
+        let mut subscription = k.live.subscribe(namespace, service_account, ip);
+        self.metrics.subscribers.inc();
+        tracing::info!(%client, %inbound, wire_version, "proxy subscribed");
+        let mut changes = k.live.changes();
+        loop {
+            changes.borrow_and_update();
+            if let Some((frame, delta)) = k.live.next_frame(&mut subscription, wire_version)
+                && self.push_frame(&mut send, &frame, delta).await.is_err()
+            {
+                break;
+            }
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { break },
+                _ = conn.closed() => break,
+                _ = send.stopped() => break,
+            }
+        }
+        k.live.unsubscribe(subscription);
+        self.metrics.subscribers.dec();
+        tracing::info!(%client, "proxy unsubscribed");
+    }
+
+    /// Sends one config message and counts it.
+    async fn push(&self, send: &mut quinn::SendStream, message: &Response) -> Result<(), ()> {
+        let frame = control::encode_frame(message).map_err(|_| ())?;
+        self.push_frame(send, &frame, matches!(message, Response::Delta(_)))
+            .await
+    }
+
+    /// Sends one encoded config frame and counts it.
+    async fn push_frame(
+        &self,
+        send: &mut quinn::SendStream,
+        frame: &[u8],
+        delta: bool,
+    ) -> Result<(), ()> {
+        send.write_all(frame).await.map_err(|_| ())?;
+        let kind = if delta { "delta" } else { "snapshot" };
+        self.metrics
+            .config_pushes
+            .get_or_create(&PushLabels { kind: kind.into() })
+            .inc();
+        self.metrics.config_push_bytes.inc_by(frame.len() as u64);
+        Ok(())
+    }
+
+    async fn file_subscription(
+        &self,
+        hub: &Hub,
+        conn: quinn::Connection,
+        client: SpiffeId,
+        wire_version: u32,
+        inbound: std::net::SocketAddr,
+        mut send: quinn::SendStream,
+    ) {
+        let Some(workload) = hub
             .mesh()
             .workload_by_identity(&client)
             .map(|w| w.name.clone())
@@ -231,14 +396,14 @@ impl Server {
         } else {
             inbound
         };
-        let registration = self.hub.register(&workload, inbound);
+        let registration = hub.register(&workload, inbound);
         self.metrics.subscribers.inc();
         tracing::info!(%workload, %inbound, wire_version, "proxy subscribed");
-        let mut changes = self.hub.subscribe();
+        let mut changes = hub.subscribe();
         let mut last: Option<Snapshot> = None;
         loop {
             changes.borrow_and_update();
-            let Some(next) = self.hub.snapshot_for(&workload) else {
+            let Some(next) = hub.snapshot_for(&workload) else {
                 let _ = reply(
                     &mut send,
                     &error_response(
@@ -257,20 +422,8 @@ impl Server {
                 }
             };
             if let Some(message) = message {
-                let kind = if matches!(message, Response::Delta(_)) {
-                    "delta"
-                } else {
-                    "snapshot"
-                };
-                match reply(&mut send, &message).await {
-                    Ok(bytes) => {
-                        self.metrics
-                            .config_pushes
-                            .get_or_create(&PushLabels { kind: kind.into() })
-                            .inc();
-                        self.metrics.config_push_bytes.inc_by(bytes as u64);
-                    }
-                    Err(()) => break,
+                if self.push(&mut send, &message).await.is_err() {
+                    break;
                 }
                 last = Some(next);
             }
@@ -281,7 +434,7 @@ impl Server {
             }
         }
         self.metrics.subscribers.dec();
-        self.hub.unregister(registration);
+        hub.unregister(registration);
         tracing::info!(%workload, "proxy unsubscribed");
     }
 }

@@ -34,6 +34,27 @@ fn generated_crds_match_the_committed_manifests() {
     );
 }
 
+#[test]
+fn generated_rbac_matches_the_committed_manifest() {
+    let path = repo().join("manifests/rbac/control-plane.yaml");
+    let mut yaml = String::from(
+        "# Generated from control-plane/src/k8s/rbac.rs; do not edit.\n# The control plane's ServiceAccount and exactly the permissions it uses.\n",
+    );
+    for object in phoenix_control_plane::k8s::rbac::objects("phoenix-system") {
+        yaml.push_str("---\n");
+        yaml.push_str(&serde_saphyr::to_string(&object).unwrap());
+    }
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &yaml).unwrap();
+    }
+    assert_eq!(
+        std::fs::read_to_string(&path).ok().as_deref(),
+        Some(yaml.as_str()),
+        "manifests/rbac/control-plane.yaml drifted: run `UPDATE_GOLDEN=1 cargo test -p phoenix-control-plane --features kubernetes --test crds`"
+    );
+}
+
 /// A manifest document: which CRD, and the object.
 struct Doc {
     file: PathBuf,

@@ -88,7 +88,7 @@ fn mesh_config(index: &mut Index, name: &str, spec: serde_json::Value) {
         "metadata": {"name": name}, "spec": spec,
     }))
     .unwrap();
-    index.apply_mesh_config(name, Some(&mc.spec));
+    index.apply_mesh_config(name, Some(&mc.spec), Some(1));
 }
 
 fn ip(s: &str) -> Option<IpAddr> {
@@ -116,7 +116,26 @@ impl Proxy {
 
     /// Receives what the index sends now; returns the delta, if one came.
     fn sync(&mut self, index: &Index) -> Option<phoenix_api::snapshot::Delta> {
+        // The encoded frame the server sends says the same as the typed update.
+        let mut twin = self.sub.clone();
+        let frame = index.update_frame(&mut twin);
         let update = index.update(&mut self.sub);
+        match (&frame, &update) {
+            (None, None) => {}
+            (Some((bytes, delta)), Some(typed)) => {
+                let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+                assert_eq!(len, bytes.len() - 4);
+                let decoded: phoenix_api::control::Response =
+                    phoenix_api::control::decode_body(&bytes[4..]).unwrap();
+                let expected = match typed.clone() {
+                    Update::Snapshot(s) => phoenix_api::control::Response::Snapshot(s),
+                    Update::Delta(d) => phoenix_api::control::Response::Delta(d),
+                };
+                assert_eq!(decoded, expected);
+                assert_eq!(*delta, matches!(typed, Update::Delta(_)));
+            }
+            _ => panic!("frame and update disagree: {frame:?} vs {update:?}"),
+        }
         let delta = match update {
             Some(Update::Snapshot(s)) => {
                 self.held = Some(s);

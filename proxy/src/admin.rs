@@ -19,6 +19,11 @@ use tokio::net::TcpListener;
 pub trait AdminState: Send + Sync + 'static {
     /// `Ok(())` when ready; otherwise the reasons it is not.
     fn ready(&self) -> Result<(), Vec<String>>;
+    /// Things an operator should know while ready (e.g. stale data being
+    /// served); shown in `/ready`'s body.
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// The config dump.
     fn config_dump(&self) -> serde_json::Value;
 }
@@ -55,7 +60,15 @@ fn route(
     match req.uri().path() {
         "/live" => text(StatusCode::OK, "live\n"),
         "/ready" => match state.ready() {
-            Ok(()) => json(StatusCode::OK, &serde_json::json!({"ready": true})),
+            Ok(()) => {
+                let warnings = state.warnings();
+                let body = if warnings.is_empty() {
+                    serde_json::json!({"ready": true})
+                } else {
+                    serde_json::json!({"ready": true, "warnings": warnings})
+                };
+                json(StatusCode::OK, &body)
+            }
             Err(reasons) => json(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &serde_json::json!({"ready": false, "reasons": reasons}),

@@ -33,11 +33,27 @@ use super::records::{NamespaceRecord, ObjectKey, PodRecord, ServiceRecord, Slice
 use crate::crd::conditions::{ACCEPTED, RESOLVED_REFS, Reason, Verdict};
 use crate::crd::mesh_config::MeshConfigSpec;
 
-/// A resource every entitled proxy shares.
+/// A resource every entitled proxy shares, encoded once: a change sent to
+/// 5,000 proxies is serialized once, and a full snapshot is concatenation.
 #[derive(Debug)]
 struct Published {
     resource: Arc<Resource>,
+    json: Arc<str>,
     audience: Audience,
+}
+
+/// One upsert of a plan: a shared resource, or one of the proxy's own.
+enum Item<'a> {
+    Shared(&'a Published),
+    Own(Resource),
+}
+
+/// What a subscriber is sent next, before it is materialized or encoded.
+struct Plan<'a> {
+    /// `None`: a full snapshot; `Some(v)`: a delta from `v`.
+    from: Option<u64>,
+    upserts: Vec<(String, Item<'a>)>,
+    removals: Vec<String>,
 }
 
 /// The index.
@@ -45,8 +61,8 @@ struct Published {
 pub struct Index {
     trust_domain: String,
     mesh: MeshRecord,
-    /// Every MeshConfig seen, with the verdict on it.
-    mesh_configs: BTreeMap<String, Result<(), MeshConfigError>>,
+    /// Every MeshConfig seen: its generation and the verdict on it.
+    mesh_configs: BTreeMap<String, (Option<i64>, Result<(), MeshConfigError>)>,
     services: HashMap<ObjectKey, ServiceRecord>,
     slices: HashMap<ObjectKey, SliceRecord>,
     slices_by_service: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
@@ -125,6 +141,11 @@ impl Subscriber {
     pub fn seen(&self) -> u64 {
         self.seen
     }
+
+    /// Makes the next message a full snapshot.
+    pub fn resync(&mut self) {
+        self.sent = None;
+    }
 }
 
 impl Index {
@@ -169,6 +190,11 @@ impl Index {
     /// The mesh settings in force.
     pub fn mesh(&self) -> &MeshRecord {
         &self.mesh
+    }
+
+    /// Whether the Service `key` is known.
+    pub fn has_service(&self, key: &ObjectKey) -> bool {
+        self.services.contains_key(key)
     }
 
     /// Number of shared resources (mesh + upstreams).
@@ -301,7 +327,12 @@ impl Index {
 
     /// Sets or deletes a MeshConfig. Only `default` is used; an invalid one
     /// is refused and the settings in force stay (its status says why).
-    pub fn apply_mesh_config(&mut self, name: &str, spec: Option<&MeshConfigSpec>) {
+    pub fn apply_mesh_config(
+        &mut self,
+        name: &str,
+        spec: Option<&MeshConfigSpec>,
+        generation: Option<i64>,
+    ) {
         let Some(spec) = spec else {
             self.mesh_configs.remove(name);
             if name == super::policy::MESH_CONFIG_NAME {
@@ -311,11 +342,13 @@ impl Index {
         };
         match MeshRecord::validate(name, spec, &self.trust_domain) {
             Ok(record) => {
-                self.mesh_configs.insert(name.to_owned(), Ok(()));
+                self.mesh_configs
+                    .insert(name.to_owned(), (generation, Ok(())));
                 self.set_mesh(record);
             }
             Err(error) => {
-                self.mesh_configs.insert(name.to_owned(), Err(error));
+                self.mesh_configs
+                    .insert(name.to_owned(), (generation, Err(error)));
             }
         }
     }
@@ -353,10 +386,118 @@ impl Index {
 
     /// The next message for `sub`, or `None` when its view has not changed.
     pub fn update(&self, sub: &mut Subscriber) -> Option<Update> {
+        let plan = self.plan(sub)?;
+        let owned = |item: Item<'_>| match item {
+            Item::Shared(p) => (*p.resource).clone(),
+            Item::Own(r) => r,
+        };
+        let upserts: BTreeMap<String, Resource> = plan
+            .upserts
+            .into_iter()
+            .map(|(k, item)| (k, owned(item)))
+            .collect();
+        Some(match plan.from {
+            None => Update::Snapshot(Snapshot {
+                version: self.version,
+                resources: upserts,
+            }),
+            Some(from) => Update::Delta(Delta {
+                from_version: from,
+                version: self.version,
+                upserts,
+                removals: plan.removals,
+            }),
+        })
+    }
+
+    /// The next message for `sub` as a control frame (what [`update`]
+    /// returns, encoded), and whether it is a delta. Shared resources are
+    /// copied from their one encoding.
+    ///
+    /// [`update`]: Index::update
+    pub fn update_frame(&self, sub: &mut Subscriber) -> Option<(Vec<u8>, bool)> {
+        let plan = self.plan(sub)?;
+        let mut out = Vec::with_capacity(64 + plan.upserts.len() * 512);
+        out.extend_from_slice(&[0; 4]);
+        let version = self.version;
+        match plan.from {
+            None => {
+                out.extend_from_slice(
+                    format!(r#"{{"type":"snapshot","version":{version},"resources":{{"#).as_bytes(),
+                );
+            }
+            Some(from) => out.extend_from_slice(
+                format!(
+                    r#"{{"type":"delta","fromVersion":{from},"version":{version},"upserts":{{"#
+                )
+                .as_bytes(),
+            ),
+        }
+        for (i, (key, item)) in plan.upserts.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            push_json_string(&mut out, key);
+            out.push(b':');
+            match item {
+                Item::Shared(p) => out.extend_from_slice(p.json.as_bytes()),
+                Item::Own(r) => out.extend_from_slice(encode(r).as_bytes()),
+            }
+        }
+        out.push(b'}');
+        if plan.from.is_some() {
+            out.extend_from_slice(br#","removals":["#);
+            for (i, key) in plan.removals.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                push_json_string(&mut out, key);
+            }
+            out.push(b']');
+        }
+        out.push(b'}');
+        let len = u32::try_from(out.len() - 4).ok()?;
+        out[..4].copy_from_slice(&len.to_be_bytes());
+        Some((out, plan.from.is_some()))
+    }
+
+    /// The whole view of `sub` at the current version (wire version 1
+    /// proxies get this on every change).
+    pub fn snapshot(&self, sub: &mut Subscriber) -> Snapshot {
+        sub.resync();
+        match self.update(sub) {
+            Some(Update::Snapshot(s)) => s,
+            // A plan without a held version is always a snapshot.
+            _ => Snapshot {
+                version: self.version,
+                resources: BTreeMap::new(),
+            },
+        }
+    }
+
+    fn plan(&self, sub: &mut Subscriber) -> Option<Plan<'_>> {
         let pod = self.resolve_pod(sub);
-        let sent = match sub.sent {
-            Some(sent) if sub.seen >= self.oldest => sent,
-            _ => return Some(Update::Snapshot(self.snapshot(sub))),
+        let Some(sent) = sub.sent.filter(|_| sub.seen >= self.oldest) else {
+            let mut upserts: Vec<(String, Item<'_>)> = self
+                .published
+                .iter()
+                .filter(|(_, p)| self.visible(p, sub))
+                .map(|(k, p)| (k.clone(), Item::Shared(p)))
+                .collect();
+            sub.inbound = self.inbound_of(pod.as_ref());
+            upserts.extend(
+                sub.inbound
+                    .iter()
+                    .map(|(k, r)| (k.clone(), Item::Own(r.clone()))),
+            );
+            sub.pod = pod;
+            sub.seen = self.version;
+            sub.sent = Some(self.version);
+            return Some(Plan {
+                from: None,
+                upserts,
+                removals: vec![],
+            });
         };
         let pod_changed = pod != sub.pod;
         let inbound_changed = pod_changed
@@ -367,13 +508,11 @@ impl Index {
         if sub.seen == self.version && !inbound_changed {
             return None;
         }
-        let mut upserts = BTreeMap::new();
+        let mut upserts = Vec::new();
         let mut removals = Vec::new();
         for (_, key) in self.log.range((sub.seen + 1, String::new())..) {
             match self.published.get(key) {
-                Some(p) if self.visible(p, sub) => {
-                    upserts.insert(key.clone(), (*p.resource).clone());
-                }
+                Some(p) if self.visible(p, sub) => upserts.push((key.clone(), Item::Shared(p))),
                 _ => removals.push(key.clone()),
             }
         }
@@ -381,7 +520,7 @@ impl Index {
             let current = self.inbound_of(pod.as_ref());
             for (key, resource) in &current {
                 if sub.inbound.get(key) != Some(resource) {
-                    upserts.insert(key.clone(), resource.clone());
+                    upserts.push((key.clone(), Item::Own(resource.clone())));
                 }
             }
             removals.extend(
@@ -398,33 +537,11 @@ impl Index {
             return None;
         }
         sub.sent = Some(self.version);
-        Some(Update::Delta(Delta {
-            from_version: sent,
-            version: self.version,
+        Some(Plan {
+            from: Some(sent),
             upserts,
             removals,
-        }))
-    }
-
-    /// The whole view of `sub` at the current version (wire version 1
-    /// proxies get this on every change).
-    pub fn snapshot(&self, sub: &mut Subscriber) -> Snapshot {
-        let pod = self.resolve_pod(sub);
-        let mut resources: BTreeMap<String, Resource> = self
-            .published
-            .iter()
-            .filter(|(_, p)| self.visible(p, sub))
-            .map(|(k, p)| (k.clone(), (*p.resource).clone()))
-            .collect();
-        sub.inbound = self.inbound_of(pod.as_ref());
-        resources.extend(sub.inbound.clone());
-        sub.pod = pod;
-        sub.seen = self.version;
-        sub.sent = Some(self.version);
-        Snapshot {
-            version: self.version,
-            resources,
-        }
+        })
     }
 
     /// Forgets removals older than `version` (every subscriber has seen
@@ -492,7 +609,7 @@ impl Index {
 
     /// The conditions to write on the MeshConfig `name`.
     pub fn mesh_config_verdicts(&self, name: &str) -> Option<Vec<Verdict>> {
-        let verdict = match self.mesh_configs.get(name)? {
+        let verdict = match &self.mesh_configs.get(name)?.1 {
             Ok(()) => Verdict {
                 type_: ACCEPTED,
                 ok: true,
@@ -515,14 +632,14 @@ impl Index {
         Some(vec![verdict])
     }
 
-    /// TrafficPolicies known (for status writing).
-    pub fn policy_keys(&self) -> impl Iterator<Item = &ObjectKey> {
-        self.policies.keys()
+    /// Every TrafficPolicy with its generation (for status writing).
+    pub fn policies(&self) -> impl Iterator<Item = (&ObjectKey, Option<i64>)> {
+        self.policies.iter().map(|(k, p)| (k, p.generation))
     }
 
-    /// MeshConfigs known (for status writing).
-    pub fn mesh_config_names(&self) -> impl Iterator<Item = &String> {
-        self.mesh_configs.keys()
+    /// Every MeshConfig with its generation (for status writing).
+    pub fn mesh_configs(&self) -> impl Iterator<Item = (&String, Option<i64>)> {
+        self.mesh_configs.iter().map(|(k, (g, _))| (k, *g))
     }
 
     fn visible(&self, p: &Published, sub: &Subscriber) -> bool {
@@ -704,10 +821,12 @@ impl Index {
         {
             return;
         }
+        let json = encode(&resource);
         self.published.insert(
             key.clone(),
             Published {
                 resource: Arc::new(resource),
+                json,
                 audience,
             },
         );
@@ -781,5 +900,21 @@ impl Index {
                 }
             }
         }
+    }
+}
+
+/// A resource's JSON. These types always serialize; should one ever fail,
+/// `null` makes the proxy refuse the message rather than run half a config.
+fn encode(resource: &Resource) -> Arc<str> {
+    serde_json::to_string(resource)
+        .unwrap_or_else(|_| "null".to_owned())
+        .into()
+}
+
+fn push_json_string(out: &mut Vec<u8>, s: &str) {
+    // Keys are resource keys: serde_json escapes them as any string.
+    match serde_json::to_string(s) {
+        Ok(quoted) => out.extend_from_slice(quoted.as_bytes()),
+        Err(_) => out.extend_from_slice(b"\"\""),
     }
 }

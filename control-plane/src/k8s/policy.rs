@@ -234,6 +234,8 @@ pub struct PolicyRecord {
     pub audience: Option<Audience>,
     /// Why the spec cannot be used, if it cannot.
     pub invalid: Option<PolicyError>,
+    /// `metadata.generation`, for `status.observedGeneration`.
+    pub generation: Option<i64>,
 }
 
 /// Why a TrafficPolicy's spec is not used.
@@ -299,6 +301,7 @@ impl PolicyRecord {
             age: (created, key.name.clone()),
             audience,
             invalid,
+            generation: None,
         }
     }
 }

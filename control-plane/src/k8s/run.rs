@@ -1,0 +1,308 @@
+//! The control plane in Kubernetes: CA from a Secret, identity from
+//! TokenReview, the mesh from watches.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::runtime::watcher;
+use phoenix_api::SpiffeId;
+use phoenix_proxy::admin::AdminState;
+use phoenix_tls::Credentials;
+use phoenix_tls::handshake::TlsPolicy;
+use prometheus_client::registry::Registry;
+
+use super::MESHED_LABEL;
+use super::ca_secret::{self, CaSecretError};
+use super::index::Index;
+use super::live::Live;
+use super::token_review::Reviewer;
+use super::watch::{self, KINDS};
+use crate::ca::RootOrigin;
+use crate::crd::{MeshConfig, TrafficPolicy};
+use crate::metrics::{KindLabels, Metrics};
+use crate::server::Source;
+use crate::{Bound, Front, StartError};
+
+/// How often removals every proxy has seen are dropped from the change log.
+const COMPACT_EVERY: Duration = Duration::from_secs(30);
+
+/// Settings of the Kubernetes control plane.
+#[derive(Debug, Clone)]
+pub struct KubeSettings {
+    /// Our namespace (the CA Secret lives here).
+    pub namespace: String,
+    /// Our ServiceAccount (our identity).
+    pub service_account: String,
+    /// The trust domain (fixed at install; MeshConfig must agree).
+    pub trust_domain: String,
+    /// Name of the CA root Secret.
+    pub ca_secret: String,
+    /// QUIC listen address.
+    pub listen: SocketAddr,
+    /// Admin listen address.
+    pub admin: SocketAddr,
+    /// Where the root certificate is written for local readers (tests, `phoenix check`).
+    pub state_dir: PathBuf,
+    /// Our name in the leader Lease (the pod name).
+    pub holder: String,
+}
+
+/// The Kubernetes source the server reads.
+#[derive(Debug)]
+pub struct KubeSource {
+    /// Live cluster state.
+    pub live: Arc<Live>,
+    /// Checks proxy tokens.
+    pub reviewer: Reviewer,
+}
+
+/// Why the Kubernetes control plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeStartError {
+    /// The CA root Secret.
+    #[error("CA root")]
+    CaSecret(#[from] CaSecretError),
+    /// The shared start-up (listeners, TLS).
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// Our own identity is invalid.
+    #[error(
+        "namespace {namespace:?} and ServiceAccount {service_account:?} do not form an identity"
+    )]
+    Identity {
+        /// Namespace.
+        namespace: String,
+        /// ServiceAccount.
+        service_account: String,
+        /// Why.
+        #[source]
+        source: phoenix_api::identity::IdentityError,
+    },
+    /// The root cannot be written to the state directory.
+    #[error("cannot write the root certificate to {path}")]
+    TrustAnchor {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs against the cluster `client` until `shutdown`.
+pub async fn run(
+    settings: KubeSettings,
+    client: kube::Client,
+    on_bound: impl FnOnce(&Bound),
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), KubeStartError> {
+    let metrics = Arc::new(Metrics::default());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+
+    let (ca, origin) = ca_secret::load_or_create(
+        client.clone(),
+        &settings.namespace,
+        &settings.ca_secret,
+        &settings.trust_domain,
+    )
+    .await?;
+    let secret = format!("{}/{}", settings.namespace, settings.ca_secret);
+    match origin {
+        RootOrigin::Generated => tracing::info!(%secret, "generated a new mesh root CA"),
+        RootOrigin::Loaded => tracing::info!(%secret, "loaded the mesh root CA"),
+    }
+    let trust_anchor = settings.state_dir.join(crate::ca::ROOT_CERT_FILE);
+    std::fs::create_dir_all(&settings.state_dir)
+        .and_then(|()| std::fs::write(&trust_anchor, ca.root_pem()))
+        .map_err(|source| KubeStartError::TrustAnchor {
+            path: trust_anchor.clone(),
+            source,
+        })?;
+    let ca = Arc::new(ca);
+    let identity = SpiffeId::workload(
+        &settings.trust_domain,
+        &settings.namespace,
+        &settings.service_account,
+    )
+    .map_err(|source| KubeStartError::Identity {
+        namespace: settings.namespace.clone(),
+        service_account: settings.service_account.clone(),
+        source,
+    })?;
+
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_millis() as u64);
+    let live = Arc::new(Live::new(Index::new(&settings.trust_domain, start), KINDS));
+    let policy = tls_policy(&live);
+    let front = Front::bind(
+        &ca,
+        identity,
+        &policy,
+        settings.listen,
+        settings.admin,
+        trust_anchor,
+        &metrics,
+    )
+    .await?;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let w = |l: &Arc<Live>| (l.clone(), metrics.clone());
+    let (l, m) = w(&live);
+    tasks.spawn(watch::run(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+        l,
+        m,
+    ));
+    let (l, m) = w(&live);
+    tasks.spawn(watch::run(
+        Api::<EndpointSlice>::all(client.clone()),
+        watcher::Config::default(),
+        l,
+        m,
+    ));
+    let (l, m) = w(&live);
+    // Only meshed pods: the rest of the cluster's pods are not held in memory.
+    let meshed = watcher::Config::default().labels(&format!("{MESHED_LABEL}=true"));
+    tasks.spawn(watch::run(Api::<Pod>::all(client.clone()), meshed, l, m));
+    let (l, m) = w(&live);
+    tasks.spawn(watch::run(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+        l,
+        m,
+    ));
+    let (l, m) = w(&live);
+    tasks.spawn(watch::run(
+        Api::<MeshConfig>::all(client.clone()),
+        watcher::Config::default(),
+        l,
+        m,
+    ));
+    let (l, m) = w(&live);
+    tasks.spawn(watch::run(
+        Api::<TrafficPolicy>::all(client.clone()),
+        watcher::Config::default(),
+        l,
+        m,
+    ));
+    {
+        let (live, metrics) = w(&live);
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut last_compaction = Instant::now();
+            loop {
+                tick.tick().await;
+                let now = Instant::now();
+                for (kind, stale) in live.health.staleness(now) {
+                    metrics
+                        .kubernetes_watch_stale_seconds
+                        .get_or_create(&KindLabels { kind: kind.into() })
+                        .set(stale.as_secs() as i64);
+                }
+                metrics.config_version.set(live.version() as i64);
+                if now - last_compaction >= COMPACT_EVERY {
+                    live.compact();
+                    last_compaction = now;
+                }
+            }
+        });
+    }
+
+    // One replica leads and writes status; every replica serves proxies.
+    let (leading, lead) = tokio::sync::watch::channel(false);
+    tasks.spawn(super::leader::run(
+        client.clone(),
+        settings.namespace.clone(),
+        settings.holder.clone(),
+        leading,
+    ));
+    tasks.spawn(super::status::run(
+        client.clone(),
+        live.clone(),
+        lead.clone(),
+    ));
+
+    let admin_state = Arc::new(KubeAdmin {
+        lead,
+        live: live.clone(),
+        credentials: front.credentials.clone(),
+        bound: front.bound.clone(),
+    });
+    let source = Source::Kubernetes(Arc::new(KubeSource {
+        live: live.clone(),
+        reviewer: Reviewer::new(client),
+    }));
+    let renew_policy = move || tls_policy(&live);
+    front
+        .serve(
+            source,
+            ca,
+            metrics,
+            registry,
+            admin_state,
+            renew_policy,
+            tasks,
+            on_bound,
+            shutdown,
+        )
+        .await;
+    Ok(())
+}
+
+fn tls_policy(live: &Live) -> TlsPolicy {
+    let mesh = live.mesh();
+    TlsPolicy {
+        key_exchange: mesh.settings.key_exchange,
+        cipher_suites: mesh.settings.cipher_suites,
+    }
+}
+
+struct KubeAdmin {
+    lead: tokio::sync::watch::Receiver<bool>,
+    live: Arc<Live>,
+    credentials: Arc<Credentials>,
+    bound: Bound,
+}
+
+impl AdminState for KubeAdmin {
+    fn ready(&self) -> Result<(), Vec<String>> {
+        let mut reasons = self.live.health.unsynced();
+        if self.credentials.current().is_none() {
+            reasons.push("no serving certificate".into());
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.live.health.warnings(Instant::now())
+    }
+
+    fn config_dump(&self) -> serde_json::Value {
+        let mesh = self.live.mesh();
+        self.live.read(|index| {
+            serde_json::json!({
+                "source": "kubernetes",
+                "leader": *self.lead.borrow(),
+                "version": index.version(),
+                "control": self.bound.control,
+                "admin": self.bound.admin,
+                "identity": self.bound.identity,
+                "mesh": mesh.settings,
+                "certificateLifetimeSeconds": mesh.certificate_lifetime.as_secs(),
+                "sharedResources": index.published_len(),
+            })
+        })
+    }
+}

@@ -1,0 +1,367 @@
+//! kube-rs client behaviour against a scripted API server
+//! (`tower_test::mock`, as kube-rs tests itself): list, watch, relist on
+//! 410 Gone, API errors, TokenReview, and the CA root Secret. No cluster can
+//! run here; the scripted server answers as the real one does, and each
+//! test checks the requests it receives.
+#![cfg(feature = "kubernetes")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use k8s_openapi::api::core::v1::Service;
+use kube::client::Body;
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use phoenix_control_plane::ca::RootOrigin;
+use phoenix_control_plane::k8s::ca_secret;
+use phoenix_control_plane::k8s::index::Index;
+use phoenix_control_plane::k8s::live::Live;
+use phoenix_control_plane::k8s::records::ObjectKey;
+use phoenix_control_plane::k8s::token_review::{ReviewError, Reviewer};
+use phoenix_control_plane::k8s::watch;
+use phoenix_control_plane::metrics::Metrics;
+use serde_json::{Value, json};
+use tower_test::mock::{Handle, SendResponse};
+
+type Server = Handle<Request<Body>, Response<Body>>;
+
+fn mock() -> (Client, Server) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    (Client::new(service, "default"), handle)
+}
+
+/// The next request, within a deadline (the watcher backs off between retries).
+async fn next(server: &mut Server) -> (Request<Body>, SendResponse<Response<Body>>) {
+    tokio::time::timeout(Duration::from_secs(20), server.next_request())
+        .await
+        .expect("the client made no request in time")
+        .expect("the client hung up")
+}
+
+async fn body_json(req: Request<Body>) -> Value {
+    let bytes = req.into_body().collect_bytes().await.unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn respond(send: SendResponse<Response<Body>>, status: StatusCode, body: Value) {
+    send.send_response(
+        Response::builder()
+            .status(status)
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap(),
+    );
+}
+
+fn status_body(code: u16, reason: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": format!("scripted {reason}"), "reason": reason, "code": code})
+}
+
+fn service(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service",
+           "metadata": {"namespace": "shop", "name": name, "resourceVersion": "1"},
+           "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": 80}]}})
+}
+
+fn list(items: Vec<Value>, rv: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ServiceList", "metadata": {"resourceVersion": rv}, "items": items})
+}
+
+/// Waits until `cond` holds, or fails after a deadline.
+async fn until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn watch_survives_api_errors_and_relists_after_410_gone() {
+    let (client, mut server) = mock();
+    let live = Arc::new(Live::new(Index::new("cluster.local", 1), &["Service"]));
+    let metrics = Arc::new(Metrics::default());
+    let task = tokio::spawn(watch::run(
+        Api::<Service>::all(client),
+        watcher::Config::default(),
+        live.clone(),
+        metrics.clone(),
+    ));
+    let has = |name: &str| live.read(|i| i.has_service(&ObjectKey::new("shop", name)));
+
+    // The API server fails the first list: not ready, stale, retried.
+    let (req, send) = next(&mut server).await;
+    assert_eq!(req.method(), Method::GET);
+    assert_eq!(req.uri().path(), "/api/v1/services");
+    respond(
+        send,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        status_body(500, "InternalError"),
+    );
+    until("the failure to be recorded", || {
+        !live.health.warnings(std::time::Instant::now()).is_empty()
+    })
+    .await;
+    assert_eq!(
+        live.health.unsynced().len(),
+        1,
+        "not synced before a list succeeds"
+    );
+
+    // The retry lists a and b, then watches from the list's version.
+    let (req, send) = next(&mut server).await;
+    assert!(!req.uri().query().unwrap_or("").contains("watch=true"));
+    respond(
+        send,
+        StatusCode::OK,
+        list(vec![service("a"), service("b")], "10"),
+    );
+    let (req, send) = next(&mut server).await;
+    let query = req.uri().query().unwrap().to_owned();
+    assert!(
+        query.contains("watch=true") && query.contains("resourceVersion=10"),
+        "{query}"
+    );
+    until("a and b", || has("a") && has("b")).await;
+    assert!(live.health.unsynced().is_empty());
+    assert!(
+        live.health.warnings(std::time::Instant::now()).is_empty(),
+        "healthy again"
+    );
+
+    // The watch says 410 Gone (history compacted): the watcher relists,
+    // and b, deleted meanwhile, disappears.
+    let gone = json!({"type": "ERROR", "object": status_body(410, "Expired")});
+    send.send_response(
+        Response::builder()
+            .body(Body::from(format!("{gone}\n").into_bytes()))
+            .unwrap(),
+    );
+    let (req, send) = next(&mut server).await;
+    assert!(
+        !req.uri().query().unwrap_or("").contains("watch=true"),
+        "a relist, not a rewatch"
+    );
+    respond(send, StatusCode::OK, list(vec![service("a")], "20"));
+    let (req, _hold) = next(&mut server).await;
+    assert!(req.uri().query().unwrap().contains("resourceVersion=20"));
+    until("b to be removed by the relist", || has("a") && !has("b")).await;
+    task.abort();
+}
+
+#[tokio::test]
+async fn token_review_asks_for_the_phoenix_audience_and_reads_the_answer() {
+    let (client, mut server) = mock();
+    let reviewer = Reviewer::new(client);
+    let review = tokio::spawn({
+        let r = reviewer.clone();
+        async move { r.review("projected-token").await }
+    });
+    let (req, send) = next(&mut server).await;
+    assert_eq!(req.method(), Method::POST);
+    assert_eq!(
+        req.uri().path(),
+        "/apis/authentication.k8s.io/v1/tokenreviews"
+    );
+    let body = body_json(req).await;
+    assert_eq!(body["spec"]["token"], "projected-token");
+    assert_eq!(body["spec"]["audiences"], json!(["phoenix"]));
+    let mut answer = body.clone();
+    answer["status"] = json!({"authenticated": true, "audiences": ["phoenix"],
+        "user": {"username": "system:serviceaccount:shop:web"}});
+    respond(send, StatusCode::CREATED, answer);
+    let who = review.await.unwrap().unwrap();
+    assert_eq!(
+        (who.namespace.as_str(), who.service_account.as_str()),
+        ("shop", "web")
+    );
+
+    let review = tokio::spawn(async move { reviewer.review("old-token").await });
+    let (req, send) = next(&mut server).await;
+    let mut answer = body_json(req).await;
+    answer["status"] =
+        json!({"authenticated": false, "error": "[invalid bearer token, token has expired]"});
+    respond(send, StatusCode::CREATED, answer);
+    let e = review.await.unwrap().unwrap_err();
+    assert!(matches!(e, ReviewError::Rejected { .. }));
+    assert!(e.to_string().contains("token has expired"), "{e}");
+}
+
+fn secret_path() -> &'static str {
+    "/api/v1/namespaces/phoenix-system/secrets/phoenix-ca"
+}
+
+#[tokio::test]
+async fn the_ca_root_secret_is_created_once_and_reloaded_after() {
+    let (client, mut server) = mock();
+    let create = tokio::spawn({
+        let c = client.clone();
+        async move {
+            ca_secret::load_or_create(c, "phoenix-system", "phoenix-ca", "cluster.local").await
+        }
+    });
+    let (req, send) = next(&mut server).await;
+    assert_eq!(
+        (req.method(), req.uri().path()),
+        (&Method::GET, secret_path())
+    );
+    respond(send, StatusCode::NOT_FOUND, status_body(404, "NotFound"));
+    let (req, send) = next(&mut server).await;
+    assert_eq!(req.method(), Method::POST);
+    assert_eq!(
+        req.uri().path(),
+        "/api/v1/namespaces/phoenix-system/secrets"
+    );
+    let stored = body_json(req).await;
+    assert!(stored["data"]["ca.crt"].is_string() && stored["data"]["ca.key"].is_string());
+    respond(send, StatusCode::CREATED, stored.clone());
+    let (created, origin) = create.await.unwrap().unwrap();
+    assert_eq!(origin, RootOrigin::Generated);
+
+    // The next start (or another replica) loads the same root.
+    let load = tokio::spawn({
+        let c = client.clone();
+        async move {
+            ca_secret::load_or_create(c, "phoenix-system", "phoenix-ca", "cluster.local").await
+        }
+    });
+    let (_, send) = next(&mut server).await;
+    respond(send, StatusCode::OK, stored.clone());
+    let (loaded, origin) = load.await.unwrap().unwrap();
+    assert_eq!(origin, RootOrigin::Loaded);
+    assert_eq!(loaded.root_pem(), created.root_pem());
+
+    // Two replicas racing: the loser's create gets 409 and it loads the winner's.
+    let race = tokio::spawn(async move {
+        ca_secret::load_or_create(client, "phoenix-system", "phoenix-ca", "cluster.local").await
+    });
+    let (_, send) = next(&mut server).await;
+    respond(send, StatusCode::NOT_FOUND, status_body(404, "NotFound"));
+    let (_, send) = next(&mut server).await;
+    respond(
+        send,
+        StatusCode::CONFLICT,
+        status_body(409, "AlreadyExists"),
+    );
+    let (req, send) = next(&mut server).await;
+    assert_eq!(
+        (req.method(), req.uri().path()),
+        (&Method::GET, secret_path())
+    );
+    respond(send, StatusCode::OK, stored);
+    let (winner, origin) = race.await.unwrap().unwrap();
+    assert_eq!(origin, RootOrigin::Loaded);
+    assert_eq!(winner.root_pem(), created.root_pem());
+}
+
+#[tokio::test]
+async fn an_incomplete_ca_secret_is_refused_with_the_fix() {
+    let (client, mut server) = mock();
+    let load = tokio::spawn(async move {
+        ca_secret::load_or_create(client, "phoenix-system", "phoenix-ca", "cluster.local").await
+    });
+    let (_, send) = next(&mut server).await;
+    respond(
+        send,
+        StatusCode::OK,
+        json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "phoenix-ca", "namespace": "phoenix-system"},
+        "data": {"ca.crt": "AAAA"}}),
+    );
+    let e = load.await.unwrap().unwrap_err();
+    assert!(e.to_string().contains("lacks ca.key"), "{e}");
+}
+
+#[tokio::test]
+async fn the_leader_takes_the_lease_and_writes_policy_status() {
+    use phoenix_control_plane::crd::TrafficPolicy;
+    use phoenix_control_plane::k8s::policy::PolicyRecord;
+    use phoenix_control_plane::k8s::{leader, status};
+
+    let (client, mut server) = mock();
+    let live = Arc::new(Live::new(
+        Index::new("cluster.local", 1),
+        &["TrafficPolicy"],
+    ));
+    let tp: TrafficPolicy = serde_json::from_value(json!({
+        "apiVersion": "phoenix.dev/v1alpha1", "kind": "TrafficPolicy",
+        "metadata": {"namespace": "shop", "name": "db", "generation": 3},
+        "spec": {"targetRef": {"kind": "Service", "name": "db"}},
+    }))
+    .unwrap();
+    let key = ObjectKey::new("shop", "db");
+    live.apply(|i| {
+        i.apply_policy(
+            key.clone(),
+            Some(PolicyRecord {
+                generation: Some(3),
+                ..PolicyRecord::new(&key, &tp.spec, 0)
+            }),
+        )
+    });
+    let (leading, mut lead) = tokio::sync::watch::channel(false);
+    let elector = tokio::spawn(leader::run(
+        client.clone(),
+        "phoenix-system".into(),
+        "cp-0".into(),
+        leading,
+    ));
+    let writer = tokio::spawn(status::run(client, live.clone(), lead.clone()));
+
+    // A scripted API server: the Lease and the status subresource.
+    let lease_path =
+        "/apis/coordination.k8s.io/v1/namespaces/phoenix-system/leases/phoenix-control-plane";
+    let mut lease: Option<Value> = None;
+    let status_patch = loop {
+        let (req, send) = next(&mut server).await;
+        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+        match (method, path.as_str()) {
+            (Method::GET, p) if p == lease_path => match &lease {
+                None => respond(send, StatusCode::NOT_FOUND, status_body(404, "NotFound")),
+                Some(l) => respond(send, StatusCode::OK, l.clone()),
+            },
+            (Method::POST, "/apis/coordination.k8s.io/v1/namespaces/phoenix-system/leases") => {
+                let mut body = body_json(req).await;
+                assert_eq!(body["spec"]["holderIdentity"], "cp-0");
+                body["metadata"]["resourceVersion"] = "1".into();
+                lease = Some(body.clone());
+                respond(send, StatusCode::CREATED, body);
+            }
+            (Method::PUT, p) if p == lease_path => {
+                let body = body_json(req).await;
+                assert_eq!(
+                    body["metadata"]["resourceVersion"], "1",
+                    "renewals carry what was read"
+                );
+                lease = Some(body.clone());
+                respond(send, StatusCode::OK, body);
+            }
+            (
+                Method::PATCH,
+                "/apis/phoenix.dev/v1alpha1/namespaces/shop/trafficpolicies/db/status",
+            ) => {
+                let body = body_json(req).await;
+                respond(send, StatusCode::OK, serde_json::to_value(&tp).unwrap());
+                break body;
+            }
+            (m, p) => panic!("unexpected call {m} {p}"),
+        }
+    };
+    assert!(
+        *lead.borrow_and_update(),
+        "status is written by the leader only"
+    );
+    assert_eq!(status_patch["status"]["observedGeneration"], 3);
+    let conditions = status_patch["status"]["conditions"].as_array().unwrap();
+    let by_type = |t: &str| conditions.iter().find(|c| c["type"] == t).unwrap().clone();
+    assert_eq!(by_type("Accepted")["status"], "True");
+    assert_eq!(by_type("ResolvedRefs")["status"], "False");
+    assert_eq!(by_type("ResolvedRefs")["reason"], "ServiceNotFound");
+    elector.abort();
+    writer.abort();
+}
