@@ -31,10 +31,35 @@ pub struct ControlPlane {
     pub address: SocketAddr,
     /// The identity its certificate must carry.
     pub identity: SpiffeId,
-    /// Our bootstrap token.
-    pub token: String,
+    /// Where our token comes from.
+    pub token: Token,
     /// Key exchange for talking to it (the mesh setting is not known yet).
     pub policy: TlsPolicy,
+}
+
+/// The token that proves who we are.
+#[derive(Clone, Debug)]
+pub enum Token {
+    /// Given once (file mode: `phoenix up` passes it in the environment).
+    Fixed(String),
+    /// Read from a file at every request: a projected ServiceAccount token,
+    /// which the kubelet rotates in place.
+    File(std::path::PathBuf),
+}
+
+impl Token {
+    /// The current token.
+    pub fn read(&self) -> Result<String, ControlError> {
+        match self {
+            Token::Fixed(t) => Ok(t.clone()),
+            Token::File(path) => std::fs::read_to_string(path)
+                .map(|t| t.trim().to_owned())
+                .map_err(|source| ControlError::TokenFile {
+                    path: path.clone(),
+                    source,
+                }),
+        }
+    }
 }
 
 /// Why talking to the control plane failed.
@@ -72,6 +97,15 @@ pub enum ControlError {
     /// The control plane answered with an unexpected message.
     #[error("unexpected answer from the control plane")]
     Unexpected,
+    /// The token file cannot be read.
+    #[error("cannot read the token file {path}")]
+    TokenFile {
+        /// The path.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Asks the control plane for a certificate (server-authenticated only).
@@ -98,7 +132,7 @@ pub async fn obtain_certificate(
     write_frame(
         &mut send,
         &Request::IssueCertificate {
-            token: cp.token.clone(),
+            token: cp.token.read()?,
             csr_pem,
         },
     )

@@ -8,6 +8,7 @@
 //! [`config`] (validation), [`admin`] and [`metrics`].
 
 pub mod admin;
+pub mod balance;
 pub mod config;
 pub mod control;
 pub mod inbound;

@@ -10,6 +10,7 @@ use phoenix_api::header::{ConnectRequest, Status};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+use crate::balance;
 use crate::config::{EndpointConfig, ProxyConfig};
 use crate::metrics::{Direction, GaugeGuard, QuicLabels};
 use crate::relay::{self, Start};
@@ -130,23 +131,48 @@ async fn handle(shared: &Arc<Shared>, service: &str, tcp: TcpStream, client: Soc
         shared.metrics.stream(Direction::outbound, Status::NoRoute);
         return reset(tcp);
     }
-    // Try endpoints in a rotating order, so one dead peer does not fail the
-    // connection (balancing proper comes with the Kubernetes index).
-    let start = (id as usize) % upstream.endpoints.len();
-    let mut order = upstream.endpoints[start..]
-        .iter()
-        .chain(&upstream.endpoints[..start]);
+    // Power of two choices among endpoints not set aside; one that fails
+    // is set aside and the next choice made, until every endpoint was tried.
+    let endpoints = &upstream.endpoints;
+    let mut tried = vec![false; endpoints.len()];
     let (peer, endpoint) = loop {
-        let Some(endpoint) = order.next() else {
+        let now = std::time::Instant::now();
+        let untried: Vec<usize> = (0..endpoints.len()).filter(|i| !tried[*i]).collect();
+        let healthy: Vec<usize> = untried
+            .iter()
+            .copied()
+            .filter(|i| !shared.pool.failures.ejected(endpoints[*i].address, now))
+            .collect();
+        // All set aside: try them anyway rather than fail without trying.
+        let candidates = if healthy.is_empty() {
+            &untried
+        } else {
+            &healthy
+        };
+        let load = |i: usize| {
+            shared
+                .pool
+                .load(endpoints[i].address, &endpoints[i].identity)
+        };
+        let Some(i) = balance::pick(candidates, load, rand::random(), rand::random()) else {
             shared
                 .metrics
                 .stream(Direction::outbound, Status::UpstreamRefused);
             return reset(tcp);
         };
+        tried[i] = true;
+        let endpoint = &endpoints[i];
         match connect_peer(shared, &config, endpoint).await {
-            Ok(peer) => break (peer, endpoint),
+            Ok(peer) => {
+                shared.pool.failures.succeeded(endpoint.address);
+                break (peer, endpoint);
+            }
             Err(error) => {
-                tracing::warn!(%service, peer = %endpoint.address, connection = id, %error, "peer unavailable");
+                shared
+                    .pool
+                    .failures
+                    .failed(endpoint.address, std::time::Instant::now());
+                tracing::warn!(%service, peer = %endpoint.address, connection = id, %error, "peer unavailable; trying another");
             }
         }
     };

@@ -47,6 +47,8 @@ pub enum ConnectError {
 #[derive(Debug, Default)]
 pub struct Pool {
     peers: Mutex<HashMap<(SocketAddr, SpiffeId), Arc<Slot>>>,
+    /// Peers whose handshakes failed recently (set aside by the balancer).
+    pub failures: crate::balance::Failures,
 }
 
 #[derive(Debug, Default)]
@@ -124,6 +126,22 @@ impl Pool {
         drop(guard);
         tokio::spawn(watch(shared.clone(), conn.clone(), mesh.peer_idle_timeout));
         Ok(conn)
+    }
+
+    /// Streams open now to `addr` as `identity` (0 without a connection):
+    /// the load the balancer compares.
+    pub fn load(&self, addr: SocketAddr, identity: &SpiffeId) -> usize {
+        let slot = {
+            let peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+            peers.get(&(addr, identity.clone())).cloned()
+        };
+        slot.and_then(|s| {
+            s.conn.try_lock().ok().and_then(|c| {
+                c.as_ref()
+                    .map(|c| c.state.open_streams.load(Ordering::Relaxed))
+            })
+        })
+        .unwrap_or(0)
     }
 
     /// Number of peers with a usable connection (for `/config`).

@@ -12,7 +12,7 @@ use phoenix_api::tls_policy::{CipherSuite, KeyExchange};
 use phoenix_tls::endpoint::TransportSettings;
 use phoenix_tls::handshake::TlsPolicy;
 
-use crate::control::ControlPlane;
+use crate::control::{ControlPlane, Token};
 
 /// Environment variable holding the bootstrap token. An environment variable
 /// rather than a flag, because flags are visible to every user in `ps`.
@@ -125,19 +125,22 @@ impl Args {
             }
         })?;
         let token = match (&self.token_file, token_env) {
-            (Some(path), _) => std::fs::read_to_string(path)
-                .map_err(|source| SettingsError::TokenFile {
-                    path: path.clone(),
-                    source,
-                })?
-                .trim()
-                .to_owned(),
-            (None, Some(t)) => t,
-            (None, None) => return Err(SettingsError::NoToken),
+            (Some(path), _) => {
+                // Read now so a missing file is a config error at start;
+                // it is read again at every renewal (tokens rotate).
+                let t =
+                    std::fs::read_to_string(path).map_err(|source| SettingsError::TokenFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                if t.trim().is_empty() {
+                    return Err(SettingsError::NoToken);
+                }
+                Token::File(path.clone())
+            }
+            (None, Some(t)) if !t.is_empty() => Token::Fixed(t),
+            (None, _) => return Err(SettingsError::NoToken),
         };
-        if token.is_empty() {
-            return Err(SettingsError::NoToken);
-        }
         let identity: SpiffeId = self
             .control_plane_identity
             .parse()

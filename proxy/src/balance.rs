@@ -1,0 +1,122 @@
+//! Endpoint choice: power of two choices over outstanding streams, with
+//! failing endpoints set aside for a while.
+//!
+//! Two endpoints are drawn at random and the one with fewer open streams
+//! wins (Linkerd's and Envoy's default): nearly as good as least-loaded
+//! without every proxy stampeding the same "least loaded" peer. An endpoint
+//! whose handshake fails is skipped for a backoff that doubles with each
+//! failure (1 s up to 30 s) and resets on success, so one dead pod costs
+//! at most one connect timeout per backoff period, not one per request.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// First backoff after a failure.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest backoff.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Picks among `candidates` (indices) by power of two choices on `load`;
+/// `r1` and `r2` are random numbers.
+pub fn pick(
+    candidates: &[usize],
+    load: impl Fn(usize) -> usize,
+    r1: u64,
+    r2: u64,
+) -> Option<usize> {
+    match candidates.len() {
+        0 => None,
+        1 => Some(candidates[0]),
+        n => {
+            let a = candidates[(r1 % n as u64) as usize];
+            // A second draw among the others, so the two always differ.
+            let mut j = (r2 % (n as u64 - 1)) as usize;
+            if candidates[j] == a {
+                j = n - 1;
+            }
+            let b = candidates[j];
+            Some(if load(b) < load(a) { b } else { a })
+        }
+    }
+}
+
+/// Endpoints that failed recently, and until when they are set aside.
+#[derive(Debug, Default)]
+pub struct Failures {
+    by_address: Mutex<HashMap<SocketAddr, (Instant, Duration)>>,
+}
+
+impl Failures {
+    /// Whether `addr` is set aside at `now`.
+    pub fn ejected(&self, addr: SocketAddr, now: Instant) -> bool {
+        let map = self
+            .by_address
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.get(&addr).is_some_and(|(until, _)| *until > now)
+    }
+
+    /// `addr` failed at `now`: set it aside, for longer each time in a row.
+    pub fn failed(&self, addr: SocketAddr, now: Instant) {
+        let mut map = self
+            .by_address
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let backoff = map
+            .get(&addr)
+            .map_or(FIRST_BACKOFF, |(_, last)| (*last * 2).min(MAX_BACKOFF));
+        map.insert(addr, (now + backoff, backoff));
+    }
+
+    /// `addr` worked: forget its failures.
+    pub fn succeeded(&self, addr: SocketAddr) {
+        let mut map = self
+            .by_address
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.remove(&addr);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_less_loaded_of_two_wins_and_two_draws_differ() {
+        let load = |i: usize| [5, 1, 9][i];
+        for r1 in 0..6 {
+            for r2 in 0..6 {
+                let chosen = pick(&[0, 1, 2], load, r1, r2).unwrap();
+                // Whatever the draw, the most loaded endpoint never wins
+                // against another one.
+                assert_ne!(chosen, 2, "draw {r1},{r2}");
+            }
+        }
+        assert_eq!(pick(&[2], load, 7, 7), Some(2));
+        assert_eq!(pick(&[], load, 7, 7), None);
+        // With two candidates both are always compared: exact balancing.
+        assert_eq!(pick(&[0, 1], load, 0, 0), Some(1));
+        assert_eq!(pick(&[0, 1], load, 1, 0), Some(1));
+    }
+
+    #[test]
+    fn failures_back_off_and_reset() {
+        let f = Failures::default();
+        let a: SocketAddr = "10.0.0.1:4143".parse().unwrap();
+        let t = Instant::now();
+        assert!(!f.ejected(a, t));
+        f.failed(a, t);
+        assert!(f.ejected(a, t + Duration::from_millis(500)));
+        assert!(!f.ejected(a, t + Duration::from_millis(1500)));
+        f.failed(a, t);
+        assert!(
+            f.ejected(a, t + Duration::from_millis(1500)),
+            "2 s the second time"
+        );
+        f.succeeded(a);
+        assert!(!f.ejected(a, t));
+    }
+}
