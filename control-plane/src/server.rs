@@ -314,11 +314,16 @@ impl Server {
             .await;
             return;
         };
-        // The pod is found by the address the proxy reports (its pod IP)
-        // and must run as the certificate's identity; an unspecified
-        // address (a proxy outside the cluster) gets no pod, only what its
-        // identity may call.
-        let ip = Some(inbound.ip()).filter(|ip| !ip.is_unspecified() && !ip.is_loopback());
+        // The pod is found by the address the proxy reports (its pod IP;
+        // a proxy bound to 0.0.0.0 is taken at the address it connects
+        // from) and must run as the certificate's identity. A proxy outside
+        // the cluster matches no pod and gets only what its identity may call.
+        let ip = if inbound.ip().is_unspecified() {
+            conn.remote_address().ip()
+        } else {
+            inbound.ip()
+        };
+        let ip = Some(ip).filter(|ip| !ip.is_loopback());
         let mut subscription = k.live.subscribe(namespace, service_account, ip);
         self.metrics.subscribers.inc();
         tracing::info!(%client, %inbound, wire_version, "proxy subscribed");
