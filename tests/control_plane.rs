@@ -405,3 +405,52 @@ fn connections_are_balanced_over_outstanding_streams() {
     };
     assert_eq!((streams("echo-a"), streams("echo-b")), (5.0, 5.0));
 }
+
+#[test]
+fn an_idle_timeout_closes_quiet_connections_only() {
+    let echo = echo_server();
+    let yaml = format!(
+        "trustDomain: phoenix.local\n\
+         stateDir: state\n\
+         workloads:\n\
+         \x20 - name: client\n\
+         \x20   upstreams: [{{service: echo, listen: \"127.0.0.1:0\", idleTimeout: 600ms}}]\n\
+         \x20 - name: echo\n\
+         \x20   serve: [{{service: echo, target: \"{echo}\"}}]\n"
+    );
+    let mut m = Manual::new(&yaml, &["client", "echo"]);
+    m.start_control_plane("127.0.0.1:0");
+    m.start_proxy("echo", &[]);
+    m.start_proxy("client", &[]);
+    let addr = m.outbound("client", "echo");
+    eventually(Duration::from_secs(20), "endpoint known", || {
+        m.config("client")["config"]["resources"]["upstream/echo"]["endpoints"]
+            .as_array()?
+            .first()
+            .map(|_| ())
+    });
+    let mut quiet = connect(addr);
+    ping(&mut quiet, b"hello");
+    let mut busy = connect(addr);
+    // The busy connection talks every 150 ms for 1.5 s: never idle 600 ms.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        ping(&mut busy, b"still here");
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    // By now the quiet one was closed (reset) by the client proxy.
+    quiet
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 8];
+    match quiet.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        other => panic!("the quiet connection should be closed, got {other:?}"),
+    }
+    ping(&mut busy, b"and now");
+    assert_eq!(
+        metric(&m.metrics("client"), "tcp_idle_timeouts_total", &[]),
+        1.0
+    );
+}

@@ -76,6 +76,13 @@ pub struct Upstream {
     pub addresses: Vec<SocketAddr>,
     /// The proxies that serve it.
     pub endpoints: Vec<Endpoint>,
+    /// How long reaching one endpoint may take before the next is tried
+    /// (a per-service override of the mesh's `connectTimeoutMs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_ms: Option<u64>,
+    /// A connection with no bytes either way for this long is closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
 }
 
 /// One proxy that serves a service.
@@ -202,6 +209,8 @@ mod tests {
             service: service.into(),
             listen: Some("127.0.0.1:1000".parse().unwrap()),
             addresses: vec![],
+            connect_timeout_ms: None,
+            idle_timeout_ms: None,
             endpoints: vec![Endpoint {
                 address: SocketAddr::from(([127, 0, 0, 1], port)),
                 identity: "spiffe://td/ns/default/sa/db".into(),

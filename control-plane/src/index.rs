@@ -34,7 +34,7 @@ pub fn snapshot_for(
         peer_idle_timeout_ms: mesh.peer_idle_timeout.as_millis() as u64,
         connect_timeout_ms: mesh.connect_timeout.as_millis() as u64,
     }));
-    for (service, listen) in &w.upstreams {
+    for (service, upstream) in &w.upstreams {
         let mut endpoints: Vec<Endpoint> = mesh
             .workloads
             .values()
@@ -49,8 +49,10 @@ pub fn snapshot_for(
         endpoints.sort();
         put(Resource::Upstream(Upstream {
             service: service.clone(),
-            listen: Some(*listen),
+            listen: Some(upstream.listen),
             addresses: vec![],
+            connect_timeout_ms: upstream.connect_timeout.map(|d| d.as_millis() as u64),
+            idle_timeout_ms: upstream.idle_timeout.map(|d| d.as_millis() as u64),
             endpoints,
         }));
     }

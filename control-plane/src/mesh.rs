@@ -98,6 +98,12 @@ pub struct UpstreamFile {
     pub service: Spanned<String>,
     /// Where the proxy listens for the app.
     pub listen: SocketAddr,
+    /// Per-service connect timeout (default: the mesh's `connectTimeout`).
+    #[serde(default)]
+    pub connect_timeout: Option<Spanned<String>>,
+    /// Close connections with no bytes either way for this long.
+    #[serde(default)]
+    pub idle_timeout: Option<Spanned<String>>,
 }
 
 /// A served service.
@@ -152,10 +158,22 @@ pub struct Workload {
     pub inbound: SocketAddr,
     /// Proxy admin address.
     pub admin: SocketAddr,
-    /// Upstreams: service → listen address.
-    pub upstreams: BTreeMap<String, SocketAddr>,
+    /// Upstreams by service.
+    pub upstreams: BTreeMap<String, UpstreamSpec>,
     /// Served services.
     pub serve: BTreeMap<String, Serve>,
+}
+
+/// A validated upstream.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamSpec {
+    /// Where the proxy listens for the app.
+    pub listen: SocketAddr,
+    /// Per-service connect timeout.
+    pub connect_timeout: Option<Duration>,
+    /// Idle timeout of its connections.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// A validated served service.
@@ -425,10 +443,28 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
             if !is_service_name(&u.service.value) {
                 return Err(invalid(uline, field, Problem::ServiceName));
             }
-            if upstreams
-                .insert(u.service.value.clone(), u.listen)
-                .is_some()
-            {
+            let optional = |field: &str, v: &Option<Spanned<String>>, min: Duration| {
+                v.as_ref()
+                    .map(|v| {
+                        duration(
+                            &at(&format!("upstreams[{j}].{field}")),
+                            Some(v.clone()),
+                            min,
+                            min,
+                        )
+                    })
+                    .transpose()
+            };
+            let spec = UpstreamSpec {
+                listen: u.listen,
+                connect_timeout: optional(
+                    "connectTimeout",
+                    &u.connect_timeout,
+                    Duration::from_millis(10),
+                )?,
+                idle_timeout: optional("idleTimeout", &u.idle_timeout, Duration::from_millis(100))?,
+            };
+            if upstreams.insert(u.service.value.clone(), spec).is_some() {
                 return Err(invalid(
                     uline,
                     field,
@@ -636,5 +672,22 @@ workloads:
         let (line, _, p) =
             problem(&EXAMPLE.replace("trustDomain: phoenix.local", "trustDomain: Phoenix"));
         assert_eq!((line, p), (1, Problem::TrustDomain));
+    }
+
+    #[test]
+    fn upstream_timeouts_are_read_and_checked() {
+        let mesh = parse(
+            "trustDomain: td\nworkloads:\n  - name: web\n    upstreams:\n      - {service: db, listen: 127.0.0.1:0, connectTimeout: 2s, idleTimeout: 30m}\n  - name: db\n    serve: [{service: db, target: 127.0.0.1:1}]\n",
+        )
+        .unwrap();
+        let u = &mesh.workloads["web"].upstreams["db"];
+        assert_eq!(u.connect_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(u.idle_timeout, Some(Duration::from_secs(1800)));
+        let (line, field, problem) = problem(
+            "trustDomain: td\nworkloads:\n  - name: web\n    upstreams:\n      - {service: db, listen: 127.0.0.1:0, idleTimeout: soon}\n  - name: db\n    serve: [{service: db, target: 127.0.0.1:1}]\n",
+        );
+        assert_eq!(line, 5);
+        assert_eq!(field, "workloads[0].upstreams[0].idleTimeout");
+        assert!(matches!(problem, Problem::Duration(_)));
     }
 }

@@ -451,6 +451,24 @@ fn a_traffic_policy_limits_who_is_sent_the_service_and_who_may_call_it() {
     );
     let v = index.policy_verdicts(&key("shop", "db")).unwrap();
     assert!(v.iter().all(|c| c.ok), "{v:?}");
+    let db = web.upstream("db.shop:5432").unwrap();
+    assert_eq!((db.connect_timeout_ms, db.idle_timeout_ms), (None, None));
+
+    // Its timeouts reach the clients with the endpoints.
+    policy(
+        &mut index,
+        "shop",
+        "db",
+        100,
+        json!({"targetRef": {"kind": "Service", "name": "db"}, "allow": [{"serviceAccount": "web"}], "connectTimeout": "2s", "idleTimeout": "30m"}),
+    );
+    index.commit().unwrap();
+    web.sync(&index).unwrap();
+    let db = web.upstream("db.shop:5432").unwrap();
+    assert_eq!(
+        (db.connect_timeout_ms, db.idle_timeout_ms),
+        (Some(2000), Some(1_800_000))
+    );
 
     // A newer policy on the same Service conflicts and changes nothing.
     policy(

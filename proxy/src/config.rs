@@ -51,6 +51,10 @@ pub struct UpstreamConfig {
     pub listen: Option<SocketAddr>,
     /// The service's virtual addresses (ClusterIP:port).
     pub addresses: Vec<SocketAddr>,
+    /// Per-service connect timeout; the mesh's when `None`.
+    pub connect_timeout: Option<Duration>,
+    /// Close connections idle this long; never when `None`.
+    pub idle_timeout: Option<Duration>,
     /// Peer proxies serving the service.
     pub endpoints: Vec<EndpointConfig>,
 }
@@ -163,7 +167,16 @@ impl TryFrom<&Snapshot> for ProxyConfig {
                         listen,
                         addresses,
                         endpoints,
+                        connect_timeout_ms,
+                        idle_timeout_ms,
                     } = u;
+                    let positive = |field: &'static str, ms: &Option<u64>| match ms {
+                        Some(0) => Err(ConfigError::ZeroTimeout { field }),
+                        other => Ok(other.map(Duration::from_millis)),
+                    };
+                    let connect_timeout =
+                        positive("upstream connectTimeoutMs", connect_timeout_ms)?;
+                    let idle_timeout = positive("upstream idleTimeoutMs", idle_timeout_ms)?;
                     let mut seen = BTreeSet::new();
                     let endpoints = endpoints
                         .iter()
@@ -186,6 +199,8 @@ impl TryFrom<&Snapshot> for ProxyConfig {
                             listen: *listen,
                             addresses: addresses.clone(),
                             endpoints,
+                            connect_timeout,
+                            idle_timeout,
                         },
                     );
                 }
@@ -361,6 +376,8 @@ mod tests {
             service: service.into(),
             listen: Some(listen.parse().unwrap()),
             addresses: vec![],
+            connect_timeout_ms: None,
+            idle_timeout_ms: None,
             endpoints: vec![Endpoint {
                 address: "127.0.0.1:4143".parse().unwrap(),
                 identity: identity.into(),
@@ -473,6 +490,24 @@ mod tests {
         assert!(matches!(
             ProxyConfig::try_from(&snap),
             Err(ConfigError::ForeignTrustDomain { .. })
+        ));
+    }
+
+    #[test]
+    fn zero_service_timeouts_are_refused() {
+        let mut u = upstream(
+            "db",
+            "127.0.0.1:0",
+            "spiffe://phoenix.local/ns/default/sa/db",
+        );
+        if let Resource::Upstream(up) = &mut u {
+            up.idle_timeout_ms = Some(0);
+        }
+        assert!(matches!(
+            ProxyConfig::try_from(&snap(vec![mesh(), u])),
+            Err(ConfigError::ZeroTimeout {
+                field: "upstream idleTimeoutMs"
+            })
         ));
     }
 }

@@ -364,6 +364,8 @@ mod tests {
                 service: "db".into(),
                 listen: Some("127.0.0.1:0".parse().unwrap()),
                 addresses: vec![],
+                connect_timeout_ms: None,
+                idle_timeout_ms: None,
                 endpoints: vec![Endpoint {
                     address: "127.0.0.1:9".parse().unwrap(),
                     identity: identity.into(),

@@ -204,7 +204,9 @@ async fn stream(
     shared.metrics.stream(Direction::inbound, Status::Connected);
     let counters = shared.metrics.tcp(Direction::inbound, &client.to_string());
     tracing::debug!(%client, service, connection = id, "stream connected");
-    if let Err(error) = relay::relay(tcp, send, recv, Start::Payload(initial), &counters).await {
+    if let Err(error) =
+        relay::relay(tcp, send, recv, Start::Payload(initial), &counters, None).await
+    {
         tracing::debug!(connection = id, %error, "connection ended abnormally");
     }
 }

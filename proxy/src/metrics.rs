@@ -117,6 +117,8 @@ pub struct Metrics {
     pub tls_handshake_failures: Family<FailureLabels, Counter>,
     /// Tunnel stream outcomes.
     pub tunnel_streams: Family<StreamLabels, Counter>,
+    /// Outbound connections closed by their service's idle timeout.
+    pub idle_timeouts: Counter,
     /// Streams refused by a service's allow-list.
     pub authz_deny: Family<DenyLabels, Counter>,
     /// Version of the config in force.
@@ -177,6 +179,11 @@ impl Metrics {
             "tunnel_streams",
             "Tunnel streams by direction and connect status",
             self.tunnel_streams.clone(),
+        );
+        registry.register(
+            "tcp_idle_timeouts",
+            "Outbound connections closed by their service's idle timeout",
+            self.idle_timeouts.clone(),
         );
         registry.register(
             "authz_deny",

@@ -162,7 +162,10 @@ async fn handle(shared: &Arc<Shared>, service: &str, tcp: TcpStream, client: Soc
         };
         tried[i] = true;
         let endpoint = &endpoints[i];
-        match connect_peer(shared, &config, endpoint).await {
+        let timeout = upstream
+            .connect_timeout
+            .unwrap_or(config.mesh.connect_timeout);
+        match connect_peer(shared, &config, endpoint, timeout).await {
             Ok(peer) => {
                 shared.pool.failures.succeeded(endpoint.address);
                 break (peer, endpoint);
@@ -212,8 +215,13 @@ async fn handle(shared: &Arc<Shared>, service: &str, tcp: TcpStream, client: Soc
         }
     };
     tracing::debug!(%service, %client, connection = id, peer = %endpoint.address, kx_group = peer.kx_group, "stream opened");
-    match relay::relay(tcp, send, recv, Start::Response(&report), &counters).await {
+    let idle = upstream.idle_timeout;
+    match relay::relay(tcp, send, recv, Start::Response(&report), &counters, idle).await {
         Ok(()) => {}
+        Err(relay::RelayError::Idle(after)) => {
+            shared.metrics.idle_timeouts.inc();
+            tracing::info!(%service, connection = id, ?after, "closed: idle timeout");
+        }
         Err(error) => tracing::debug!(connection = id, %error, "connection ended abnormally"),
     }
 }
@@ -222,10 +230,17 @@ async fn connect_peer(
     shared: &Arc<Shared>,
     config: &ProxyConfig,
     endpoint: &EndpointConfig,
+    connect_timeout: Duration,
 ) -> Result<crate::pool::PeerConn, crate::pool::ConnectError> {
     shared
         .pool
-        .get(shared, endpoint.address, &endpoint.identity, &config.mesh)
+        .get(
+            shared,
+            endpoint.address,
+            &endpoint.identity,
+            &config.mesh,
+            connect_timeout,
+        )
         .await
 }
 

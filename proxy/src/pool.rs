@@ -112,6 +112,7 @@ impl Pool {
         addr: SocketAddr,
         identity: &SpiffeId,
         mesh: &MeshConfig,
+        connect_timeout: Duration,
     ) -> Result<PeerConn, ConnectError> {
         let slot = {
             let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
@@ -121,7 +122,7 @@ impl Pool {
         if let Some(conn) = guard.as_ref().filter(|c| c.usable()) {
             return Ok(conn.clone());
         }
-        let conn = connect(shared, addr, identity, mesh).await?;
+        let conn = connect(shared, addr, identity, mesh, connect_timeout).await?;
         *guard = Some(conn.clone());
         drop(guard);
         tokio::spawn(watch(shared.clone(), conn.clone(), mesh.peer_idle_timeout));
@@ -165,6 +166,7 @@ async fn connect(
     addr: SocketAddr,
     identity: &SpiffeId,
     mesh: &MeshConfig,
+    connect_timeout: Duration,
 ) -> Result<PeerConn, ConnectError> {
     let (config, lease) = shared.tls.client(
         &mesh.tls,
@@ -175,9 +177,9 @@ async fn connect(
     )?;
     let connecting = shared.endpoint.connect_with(config, addr, "peer.phoenix")?;
     // An unreachable peer must not hold the connection for QUIC's whole
-    // idle timeout: the mesh's connect timeout bounds the handshake, and the
-    // caller fails over to the next endpoint.
-    let handshake = tokio::time::timeout(mesh.connect_timeout, connecting)
+    // idle timeout: the connect timeout (the service's, else the mesh's)
+    // bounds the handshake, and the caller fails over to the next endpoint.
+    let handshake = tokio::time::timeout(connect_timeout, connecting)
         .await
         .unwrap_or(Err(quinn::ConnectionError::TimedOut));
     let conn = match handshake {

@@ -13,6 +13,7 @@
 use std::io::{self, IoSlice};
 use std::net::Shutdown;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -60,27 +61,76 @@ pub enum RelayError {
     /// The peer reset or stopped the stream, or the connection died.
     #[error("peer stream failed")]
     Peer,
+    /// No bytes moved either way for the service's idle timeout.
+    #[error("idle for {0:?}")]
+    Idle(Duration),
 }
 
-/// Relays until both directions have finished or one has failed.
+/// When bytes last moved, for idle timeouts.
+struct Activity {
+    start: tokio::time::Instant,
+    /// Milliseconds after `start` of the last read on either side.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: tokio::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Returns once nothing has moved for `limit`.
+    async fn idle(&self, limit: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = self.start + last + limit;
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// Relays until both directions have finished or one has failed, or, with
+/// `idle`, until no bytes have moved either way for that long.
 ///
-/// On failure the TCP socket is reset (linger 0) and
-/// the stream reset, so both apps see an abort rather than a clean close.
+/// On failure or idleness the TCP socket is reset (linger 0) and the stream
+/// reset, so both apps see an abort rather than a clean close.
 pub async fn relay(
     tcp: TcpStream,
     mut send: SendStream,
     mut recv: RecvStream,
     start: Start<'_>,
     counters: &TcpHandles,
+    idle: Option<Duration>,
 ) -> Result<(), RelayError> {
-    let result = tokio::try_join!(
-        tcp_to_quic(&tcp, &mut send, counters),
-        quic_to_tcp(&mut recv, &tcp, start, counters)
-    );
+    let activity = idle.map(|_| Activity::new());
+    let both = async {
+        tokio::try_join!(
+            tcp_to_quic(&tcp, &mut send, counters, activity.as_ref()),
+            quic_to_tcp(&mut recv, &tcp, start, counters, activity.as_ref())
+        )
+        .map(|_| ())
+    };
+    let result = match (idle, &activity) {
+        (Some(limit), Some(a)) => tokio::select! {
+            r = both => r,
+            () = a.idle(limit) => Err(RelayError::Idle(limit)),
+        },
+        _ => both.await,
+    };
     if result.is_err() {
         abort(&tcp, &mut send, &mut recv);
     }
-    result.map(|_| ())
+    result
 }
 
 /// Resets both sides: the app sees a TCP RST, the peer a stream reset.
@@ -94,6 +144,7 @@ async fn tcp_to_quic(
     tcp: &TcpStream,
     send: &mut SendStream,
     counters: &TcpHandles,
+    activity: Option<&Activity>,
 ) -> Result<(), RelayError> {
     let mut chunk = MIN_CHUNK;
     loop {
@@ -109,6 +160,9 @@ async fn tcp_to_quic(
             }
             Ok(n) => {
                 counters.read.inc_by(n as u64);
+                if let Some(a) = activity {
+                    a.touch();
+                }
                 chunk = if n == chunk {
                     (chunk * 2).min(MAX_CHUNK)
                 } else {
@@ -129,6 +183,7 @@ async fn quic_to_tcp(
     tcp: &TcpStream,
     start: Start<'_>,
     counters: &TcpHandles,
+    activity: Option<&Activity>,
 ) -> Result<(), RelayError> {
     let initial = match start {
         Start::Payload(bytes) => bytes,
@@ -149,7 +204,12 @@ async fn quic_to_tcp(
     let mut chunks: [Bytes; WRITE_BATCH] = Default::default();
     loop {
         match recv.read_chunks(&mut chunks).await {
-            Ok(Some(n)) => write_all(tcp, &mut chunks[..n], counters).await?,
+            Ok(Some(n)) => {
+                if let Some(a) = activity {
+                    a.touch();
+                }
+                write_all(tcp, &mut chunks[..n], counters).await?
+            }
             Ok(None) => {
                 // The peer half-closed: FIN our write side, keep reading.
                 let _ = SockRef::from(tcp).shutdown(Shutdown::Write);

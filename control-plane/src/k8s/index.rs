@@ -703,6 +703,10 @@ impl Index {
     /// Rebuilds the upstreams of `service` and the inbound entries of its pods.
     fn rebuild(&mut self, service: &ObjectKey, version: u64) {
         let audience = self.audience(service);
+        let policy = self.winning_policy(service).map(|(_, p)| p);
+        let millis = |d: Option<std::time::Duration>| d.map(|d| d.as_millis() as u64);
+        let connect_timeout_ms = millis(policy.and_then(|p| p.connect_timeout));
+        let idle_timeout_ms = millis(policy.and_then(|p| p.idle_timeout));
         let allow = audience.allow_list(&self.trust_domain);
         let td = self.trust_domain.clone();
         let mut upstreams = Vec::new();
@@ -765,6 +769,8 @@ impl Index {
                         .map(|ip| SocketAddr::new(*ip, port.port))
                         .collect(),
                     endpoints: endpoints.into_iter().collect(),
+                    connect_timeout_ms,
+                    idle_timeout_ms,
                 }));
             }
         }

@@ -236,6 +236,10 @@ pub struct PolicyRecord {
     pub invalid: Option<PolicyError>,
     /// `metadata.generation`, for `status.observedGeneration`.
     pub generation: Option<i64>,
+    /// Per-Service connect timeout.
+    pub connect_timeout: Option<Duration>,
+    /// Idle timeout of the Service's connections.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// Why a TrafficPolicy's spec is not used.
@@ -267,14 +271,19 @@ impl PolicyRecord {
             inbound_mode: _, // enforced by interception (the install issue)
         } = spec;
         let mut invalid = None;
-        for (field, value) in [
-            ("connectTimeout", connect_timeout),
-            ("idleTimeout", idle_timeout),
-        ] {
-            if let Some(Err(source)) = value.as_deref().map(duration::parse) {
+        let mut parse = |field: &'static str, value: &Option<String>| match value
+            .as_deref()
+            .map(duration::parse)
+        {
+            Some(Ok(d)) => Some(d),
+            Some(Err(source)) => {
                 invalid.get_or_insert(PolicyError::Duration { field, source });
+                None
             }
-        }
+            None => None,
+        };
+        let connect_timeout = parse("connectTimeout", connect_timeout);
+        let idle_timeout = parse("idleTimeout", idle_timeout);
         let audience = allow.as_ref().map(|entries| {
             let mut selectors = vec![];
             for (
@@ -302,6 +311,8 @@ impl PolicyRecord {
             audience,
             invalid,
             generation: None,
+            connect_timeout,
+            idle_timeout,
         }
     }
 }
