@@ -294,31 +294,7 @@ fn the_drain_grace_period_bounds_shutdown() {
 
 #[test]
 fn a_silent_endpoint_is_skipped_after_the_connect_timeout() {
-    let echo = echo_server();
-    let yaml = format!(
-        "trustDomain: phoenix.local\n\
-         stateDir: state\n\
-         connectTimeout: 300ms\n\
-         workloads:\n\
-         \x20 - name: client\n\
-         \x20   upstreams: [{{service: echo, listen: \"127.0.0.1:0\"}}]\n\
-         \x20 - name: echo-a\n\
-         \x20   serve: [{{service: echo, target: \"{echo}\"}}]\n\
-         \x20 - name: echo-b\n\
-         \x20   serve: [{{service: echo, target: \"{echo}\"}}]\n"
-    );
-    let mut m = Manual::new(&yaml, &["client", "echo-a", "echo-b"]);
-    m.start_control_plane("127.0.0.1:0");
-    m.start_proxy("echo-a", &[]);
-    m.start_proxy("echo-b", &[]);
-    m.start_proxy("client", &[]);
-    let addr = m.outbound("client", "echo");
-    eventually(Duration::from_secs(20), "both endpoints known", || {
-        let eps = m.config("client")["config"]["resources"]["upstream/echo"]["endpoints"]
-            .as_array()?
-            .len();
-        (eps == 2).then_some(())
-    });
+    let (m, addr) = two_echo_endpoints("connectTimeout: 300ms\n");
     // echo-a goes silent (stopped, not dead: its port still exists).
     let pid = m.proxies["echo-a"].0.pid();
     let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
@@ -364,30 +340,7 @@ fn a_silent_endpoint_is_skipped_after_the_connect_timeout() {
 
 #[test]
 fn connections_are_balanced_over_outstanding_streams() {
-    let echo = echo_server();
-    let yaml = format!(
-        "trustDomain: phoenix.local\n\
-         stateDir: state\n\
-         workloads:\n\
-         \x20 - name: client\n\
-         \x20   upstreams: [{{service: echo, listen: \"127.0.0.1:0\"}}]\n\
-         \x20 - name: echo-a\n\
-         \x20   serve: [{{service: echo, target: \"{echo}\"}}]\n\
-         \x20 - name: echo-b\n\
-         \x20   serve: [{{service: echo, target: \"{echo}\"}}]\n"
-    );
-    let mut m = Manual::new(&yaml, &["client", "echo-a", "echo-b"]);
-    m.start_control_plane("127.0.0.1:0");
-    m.start_proxy("echo-a", &[]);
-    m.start_proxy("echo-b", &[]);
-    m.start_proxy("client", &[]);
-    let addr = m.outbound("client", "echo");
-    eventually(Duration::from_secs(20), "both endpoints known", || {
-        let eps = m.config("client")["config"]["resources"]["upstream/echo"]["endpoints"]
-            .as_array()?
-            .len();
-        (eps == 2).then_some(())
-    });
+    let (m, addr) = two_echo_endpoints("");
     // Ten connections held open: with two endpoints, power of two choices
     // compares both every time, so each endpoint carries exactly five.
     let mut held = vec![];
@@ -453,4 +406,35 @@ fn an_idle_timeout_closes_quiet_connections_only() {
         metric(&m.metrics("client"), "tcp_idle_timeouts_total", &[]),
         1.0
     );
+}
+
+/// A client and two proxies serving `echo` (one echo server behind both),
+/// once the client knows both endpoints; `mesh` adds top-level settings.
+fn two_echo_endpoints(mesh: &str) -> (Manual, std::net::SocketAddr) {
+    let echo = echo_server();
+    let yaml = format!(
+        "trustDomain: phoenix.local\n\
+         stateDir: state\n\
+         {mesh}\
+         workloads:\n\
+         \x20 - name: client\n\
+         \x20   upstreams: [{{service: echo, listen: \"127.0.0.1:0\"}}]\n\
+         \x20 - name: echo-a\n\
+         \x20   serve: [{{service: echo, target: \"{echo}\"}}]\n\
+         \x20 - name: echo-b\n\
+         \x20   serve: [{{service: echo, target: \"{echo}\"}}]\n"
+    );
+    let mut m = Manual::new(&yaml, &["client", "echo-a", "echo-b"]);
+    m.start_control_plane("127.0.0.1:0");
+    m.start_proxy("echo-a", &[]);
+    m.start_proxy("echo-b", &[]);
+    m.start_proxy("client", &[]);
+    let addr = m.outbound("client", "echo");
+    eventually(Duration::from_secs(20), "both endpoints known", || {
+        let eps = m.config("client")["config"]["resources"]["upstream/echo"]["endpoints"]
+            .as_array()?
+            .len();
+        (eps == 2).then_some(())
+    });
+    (m, addr)
 }

@@ -118,15 +118,9 @@ fn main() -> ExitCode {
         mesh_path,
         state_dir,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("phoenix-control-plane: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(async {
         let on_bound = |bound: &phoenix_control_plane::Bound| {
@@ -172,15 +166,9 @@ fn run_kubernetes(args: KubeArgs, log_json: bool, die_with_parent: bool) -> Exit
     if die_with_parent && !process::die_with_parent() {
         return ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("phoenix-control-plane: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let settings = KubeSettings {
         namespace: args.namespace,
@@ -224,4 +212,15 @@ fn run_kubernetes(args: KubeArgs, log_json: bool, die_with_parent: bool) -> Exit
         Ok(()) => ExitCode::SUCCESS,
         Err(code) => code,
     }
+}
+
+/// The multi-threaded runtime both modes run on.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| {
+            eprintln!("phoenix-control-plane: cannot start the runtime: {error}");
+            ExitCode::FAILURE
+        })
 }
