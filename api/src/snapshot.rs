@@ -56,6 +56,12 @@ pub struct MeshSettings {
     pub peer_idle_timeout_ms: u64,
     /// How long a TCP connect to the local upstream may take.
     pub connect_timeout_ms: u64,
+    /// The mesh roots to trust (PEM, one or more CA certificates). Replaces
+    /// the bootstrap trust anchor, so a root rotation reaches every proxy:
+    /// first old and new root, later the new one alone. Absent from control
+    /// planes that predate rotation; the bootstrap anchor then stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_bundle_pem: Option<String>,
 }
 
 /// A service the app calls: through an explicit outbound listener (file

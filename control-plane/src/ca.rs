@@ -171,6 +171,16 @@ impl Ca {
         &self.root_pem
     }
 
+    /// The root's common name (unique per root): how logs name it.
+    pub fn name(&self) -> String {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        CertificateDer::from_pem_slice(self.root_pem.as_bytes())
+            .ok()
+            .and_then(|c| phoenix_tls::spiffe::common_name(&c, false))
+            .unwrap_or_default()
+    }
+
     /// A CA from a stored root certificate and key (PEM).
     pub fn from_pem(root_pem: &str, key_pem: &str) -> Result<Self, CaError> {
         let key = KeyPair::from_pem(key_pem).map_err(CaError::BadStoredRoot)?;

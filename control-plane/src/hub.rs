@@ -44,6 +44,8 @@ struct Inner {
     generations: std::collections::BTreeMap<String, u64>,
     next_generation: u64,
     version: u64,
+    /// The mesh roots proxies must trust (set by the root schedule).
+    trust_bundle: Option<Arc<str>>,
 }
 
 /// Proof of a registration, given back to [`Hub::unregister`].
@@ -69,6 +71,7 @@ impl Hub {
                 generations: Default::default(),
                 next_generation: RESTORED,
                 version,
+                trust_bundle: None,
             }),
             changed: watch::channel(version).0,
             persist: None,
@@ -152,6 +155,20 @@ impl Hub {
         self.update(|i| i.mesh = Arc::new(mesh));
     }
 
+    /// Sets the mesh roots every proxy must trust; a new version when they change.
+    pub fn set_trust_bundle(&self, pem: &str) {
+        let same = self
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .trust_bundle
+            .as_deref()
+            == Some(pem);
+        if !same {
+            self.update(|i| i.trust_bundle = Some(pem.into()));
+        }
+    }
+
     /// Replaces the tokens (no snapshot depends on them: no version bump).
     pub fn set_tokens(&self, tokens: Tokens) {
         self.inner
@@ -233,7 +250,13 @@ impl Hub {
     /// `workload`'s snapshot at the current version.
     pub fn snapshot_for(&self, workload: &str) -> Option<Snapshot> {
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        index::snapshot_for(&inner.mesh, &inner.registrations, workload, inner.version)
+        index::snapshot_for(
+            &inner.mesh,
+            &inner.registrations,
+            inner.trust_bundle.as_deref(),
+            workload,
+            inner.version,
+        )
     }
 
     /// Wakes on every change.

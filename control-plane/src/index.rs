@@ -19,6 +19,7 @@ pub type Registrations = BTreeMap<String, SocketAddr>;
 pub fn snapshot_for(
     mesh: &Mesh,
     registrations: &Registrations,
+    trust_bundle: Option<&str>,
     workload: &str,
     version: u64,
 ) -> Option<Snapshot> {
@@ -33,6 +34,7 @@ pub fn snapshot_for(
         cipher_suites: mesh.cipher_suites.clone(),
         peer_idle_timeout_ms: mesh.peer_idle_timeout.as_millis() as u64,
         connect_timeout_ms: mesh.connect_timeout.as_millis() as u64,
+        trust_bundle_pem: trust_bundle.map(str::to_owned),
     }));
     for (service, upstream) in &w.upstreams {
         let mut endpoints: Vec<Endpoint> = mesh
@@ -100,7 +102,7 @@ workloads:
     fn endpoints_follow_registrations() {
         let m = mesh(MESH);
         let mut regs = Registrations::new();
-        let s = snapshot_for(&m, &regs, "web", 1).unwrap();
+        let s = snapshot_for(&m, &regs, None, "web", 1).unwrap();
         assert!(
             upstream(&s, "db").endpoints.is_empty(),
             "no proxy subscribed yet"
@@ -108,13 +110,13 @@ workloads:
 
         regs.insert("db-a".into(), "127.0.0.1:4001".parse().unwrap());
         regs.insert("db-b".into(), "127.0.0.1:4002".parse().unwrap());
-        let s = snapshot_for(&m, &regs, "web", 2).unwrap();
+        let s = snapshot_for(&m, &regs, None, "web", 2).unwrap();
         let eps = &upstream(&s, "db").endpoints;
         assert_eq!(eps.len(), 2);
         assert_eq!(eps[0].identity, "spiffe://td/ns/default/sa/db-a");
 
         regs.remove("db-a");
-        let s3 = snapshot_for(&m, &regs, "web", 3).unwrap();
+        let s3 = snapshot_for(&m, &regs, None, "web", 3).unwrap();
         let delta = s.diff(&s3).unwrap();
         assert_eq!(delta.upserts.len(), 1, "only the db upstream changed");
         assert_eq!(upstream(&s3, "db").endpoints.len(), 1);
@@ -123,7 +125,7 @@ workloads:
     #[test]
     fn proxies_get_only_their_own_resources() {
         let m = mesh(MESH);
-        let s = snapshot_for(&m, &Registrations::new(), "db-a", 1).unwrap();
+        let s = snapshot_for(&m, &Registrations::new(), None, "db-a", 1).unwrap();
         let keys: Vec<_> = s.resources.keys().cloned().collect();
         assert_eq!(keys, vec!["inbound/db", "mesh"]);
         match &s.resources["inbound/db"] {
@@ -133,6 +135,6 @@ workloads:
             ),
             other => panic!("{other:?}"),
         }
-        assert!(snapshot_for(&m, &Registrations::new(), "nobody", 1).is_none());
+        assert!(snapshot_for(&m, &Registrations::new(), None, "nobody", 1).is_none());
     }
 }

@@ -14,6 +14,7 @@ pub mod index;
 pub mod k8s;
 pub mod mesh;
 pub mod metrics;
+pub mod roots;
 pub mod server;
 pub mod tokens;
 
@@ -34,6 +35,7 @@ use crate::ca::{Ca, RootOrigin};
 use crate::hub::Hub;
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
+use crate::roots::{Phase, Schedule};
 use crate::server::{Server, Source};
 use crate::tokens::Tokens;
 
@@ -90,6 +92,18 @@ pub enum StartError {
     /// Key generation failed.
     #[error("key generation")]
     Key(#[from] rcgen::Error),
+    /// The root schedule (`roots.json`) is unusable.
+    #[error("root schedule")]
+    Roots(#[from] roots::RootsError),
+    /// The trust bundle file cannot be written.
+    #[error("cannot write the trust bundle {path}")]
+    TrustBundle {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The tokens file is unusable.
     #[error("tokens")]
     Tokens(#[from] tokens::TokensError),
@@ -118,16 +132,17 @@ pub async fn run(
     metrics.register(&mut registry);
 
     let (ca, origin) = Ca::load_or_create(&settings.state_dir, &mesh.trust_domain)?;
-    let trust_anchor = settings.state_dir.join(ca::ROOT_CERT_FILE);
+    let trust_anchor = settings.state_dir.join(roots::BUNDLE_FILE);
     match origin {
         RootOrigin::Generated => {
-            tracing::info!(path = %trust_anchor.display(), "generated a new mesh root CA")
+            tracing::info!(dir = %settings.state_dir.display(), "generated a new mesh root CA")
         }
         RootOrigin::Loaded => {
-            tracing::info!(path = %trust_anchor.display(), "loaded the mesh root CA")
+            tracing::info!(dir = %settings.state_dir.display(), "loaded the mesh root CA")
         }
     }
-    let ca = Arc::new(ca);
+    let schedule = Schedule::load(&settings.state_dir, Arc::new(ca))?;
+    let phase = schedule.phase(SystemTime::now(), mesh.certificate_lifetime);
     let tokens = Tokens::load(&settings.tokens_path)?;
     if tokens.is_empty() {
         tracing::warn!(path = %settings.tokens_path.display(), "no bootstrap tokens: no proxy can obtain a certificate yet");
@@ -137,7 +152,7 @@ pub async fn run(
         cipher_suites: mesh.cipher_suites.clone(),
     };
     let front = Front::bind(
-        &ca,
+        &phase,
         mesh.control_plane_identity.clone(),
         &policy,
         settings.listen,
@@ -156,6 +171,7 @@ pub async fn run(
         );
     }
     let hub = Arc::new(hub);
+    hub.set_trust_bundle(&phase.bundle);
     metrics.config_version.set(hub.version() as i64);
     let admin_state = Arc::new(ControlAdmin {
         hub: hub.clone(),
@@ -171,6 +187,49 @@ pub async fn run(
             hub.expire_restored();
         });
     }
+    let (phases, phase_rx) = tokio::sync::watch::channel(phase);
+    {
+        let hub = hub.clone();
+        let dir = settings.state_dir.clone();
+        let mut stamp_then = stamp(&dir.join(roots::ROOTS_FILE));
+        let metrics = metrics.clone();
+        let reload = move || {
+            let now = stamp(&dir.join(roots::ROOTS_FILE));
+            let changed = now != stamp_then;
+            stamp_then = now;
+            let loaded = changed.then(|| match std::fs::read(dir.join(roots::ROOTS_FILE)) {
+                Ok(bytes) => {
+                    Schedule::from_json(&bytes, roots::ROOTS_FILE).map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            });
+            let next = match loaded {
+                Some(Ok(s)) => Some(s),
+                Some(Err(error)) => {
+                    metrics.config_refused.inc();
+                    tracing::error!(%error, "root schedule refused; keeping the roots in force");
+                    None
+                }
+                None => None,
+            };
+            std::future::ready(next)
+        };
+        let lifetime = {
+            let hub = hub.clone();
+            move || hub.mesh().certificate_lifetime
+        };
+        tasks.spawn(roots::drive(
+            schedule,
+            reload,
+            lifetime,
+            phases,
+            Duration::from_secs(1),
+        ));
+    }
+    let publish = {
+        let hub = hub.clone();
+        move |bundle: &str| hub.set_trust_bundle(bundle)
+    };
     let renew_policy = {
         let hub = hub.clone();
         move || {
@@ -191,7 +250,8 @@ pub async fn run(
     front
         .serve(
             Source::File(hub),
-            ca,
+            phase_rx,
+            publish,
             metrics,
             registry,
             admin_state,
@@ -219,7 +279,7 @@ pub(crate) struct Front {
 impl Front {
     /// Issues our serving certificate and binds both listeners.
     pub(crate) async fn bind(
-        ca: &Ca,
+        phase: &Phase,
         identity: phoenix_api::SpiffeId,
         policy: &TlsPolicy,
         listen: SocketAddr,
@@ -228,9 +288,11 @@ impl Front {
         metrics: &Metrics,
     ) -> Result<Self, StartError> {
         let credentials = Arc::new(Credentials::default());
-        let not_after = renew_serving_cert(ca, &credentials, &identity, policy)?;
+        let not_after = renew_serving_cert(&phase.signer, &credentials, &identity, policy)?;
         metrics.certificate_expiry_timestamp_seconds.set(not_after);
-        let tls = TlsContext::new(ca.root_pem(), credentials.clone())?;
+        metrics.trust_roots.set(phase.trusted as i64);
+        write_bundle(&trust_anchor, &phase.bundle)?;
+        let tls = TlsContext::new(&phase.bundle, credentials.clone())?;
         let transport = TransportSettings::default();
         let (default_server, _lease) = tls.server(
             policy,
@@ -272,12 +334,15 @@ impl Front {
     }
 
     /// Serves proxies and the admin port until `shutdown`, renewing the
-    /// serving certificate under `policy()`; then drains and returns.
+    /// serving certificate under `policy()` and following the mesh roots
+    /// in `phases` (`publish` hands each new bundle to the source, which
+    /// sends it to every proxy); then drains and returns.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn serve(
         self,
         source: Source,
-        ca: Arc<Ca>,
+        mut phases: tokio::sync::watch::Receiver<Phase>,
+        publish: impl Fn(&str) + Send + 'static,
         metrics: Arc<Metrics>,
         registry: Registry,
         admin_state: Arc<dyn AdminState>,
@@ -295,10 +360,13 @@ impl Front {
             identity,
             bound,
         } = self;
+        let signer = Arc::new(arc_swap::ArcSwap::new(
+            phases.borrow_and_update().signer.clone(),
+        ));
         let server = Arc::new(Server {
             source,
-            ca: ca.clone(),
-            tls,
+            ca: signer.clone(),
+            tls: tls.clone(),
             transport,
             metrics: metrics.clone(),
         });
@@ -308,10 +376,32 @@ impl Front {
             Arc::new(registry),
             admin_state,
         ));
+        let trust_anchor = bound.trust_anchor.clone();
         tasks.spawn(async move {
             loop {
-                tokio::time::sleep(SERVING_CERT_LIFETIME * 2 / 3).await;
-                match renew_serving_cert(&ca, &credentials, &identity, &policy()) {
+                tokio::select! {
+                    () = tokio::time::sleep(SERVING_CERT_LIFETIME * 2 / 3) => {}
+                    changed = phases.changed() => {
+                        if changed.is_err() {
+                            // The schedule's driver ended: keep renewing.
+                            std::future::pending::<()>().await;
+                        }
+                        // Trust first, then sign: a proxy must never see a
+                        // certificate from a root it was not told about.
+                        let phase = phases.borrow_and_update().clone();
+                        if let Err(error) = tls.set_roots(&phase.bundle) {
+                            tracing::error!(%error, "cannot trust the new mesh roots");
+                            continue;
+                        }
+                        publish(&phase.bundle);
+                        if let Err(error) = write_bundle(&trust_anchor, &phase.bundle) {
+                            tracing::warn!(%error, "cannot write the trust bundle for local proxies");
+                        }
+                        metrics.trust_roots.set(phase.trusted as i64);
+                        signer.store(phase.signer);
+                    }
+                }
+                match renew_serving_cert(&signer.load(), &credentials, &identity, &policy()) {
                     Ok(na) => {
                         metrics.certificate_expiry_timestamp_seconds.set(na);
                     }
@@ -328,6 +418,21 @@ impl Front {
         tasks.abort_all();
         let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     }
+}
+
+/// Writes the trust bundle for proxies that bootstrap from a file, whole or
+/// not at all (written aside, then renamed).
+fn write_bundle(path: &Path, bundle: &str) -> Result<(), StartError> {
+    let io = |source| StartError::TrustBundle {
+        path: path.to_owned(),
+        source,
+    };
+    let tmp = path.with_extension("crt.tmp");
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    std::fs::write(&tmp, bundle).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
 }
 
 fn renew_serving_cert(

@@ -41,6 +41,10 @@ struct Args {
 #[derive(Debug, clap::Subcommand)]
 #[allow(clippy::large_enum_variant)] // parsed once at start
 enum Command {
+    /// Rotate the mesh root (file mode): announce a new root now, let it sign
+    /// after --overlap, retire the old one once its certificates expired.
+    /// The running control plane picks it up within a second.
+    RotateCa(RotateArgs),
     /// Print Phoenix's CustomResourceDefinitions as YAML (what `manifests/crds/` holds).
     #[cfg(feature = "kubernetes")]
     Crds,
@@ -49,9 +53,33 @@ enum Command {
     Kubernetes(KubeArgs),
 }
 
+#[derive(Debug, clap::Args)]
+struct RotateArgs {
+    /// How long every proxy has to learn the new root before it signs (and
+    /// at least how long the old one stays trusted after): longer than a
+    /// proxy may be cut off from the control plane.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    overlap: std::time::Duration,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    phoenix_api::duration::parse(s).map_err(|e| format!("{e} (e.g. 90s, 30m, 1h)"))
+}
+
+#[cfg(feature = "kubernetes")]
+#[derive(Debug, clap::Subcommand)]
+enum KubeCommand {
+    /// Rotate the mesh root in the CA Secret: announce a new root now, let it
+    /// sign after --overlap, retire the old one once its certificates expired.
+    /// Every replica picks it up within 30 s.
+    RotateCa(RotateArgs),
+}
+
 #[cfg(feature = "kubernetes")]
 #[derive(Debug, clap::Args)]
 struct KubeArgs {
+    #[command(subcommand)]
+    command: Option<KubeCommand>,
     /// Our namespace (CA Secret); the chart sets it from the downward API.
     #[arg(long, env = "PHOENIX_NAMESPACE", default_value = "phoenix-system")]
     namespace: String,
@@ -84,15 +112,16 @@ struct KubeArgs {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match args.command {
+    let rotate = match args.command {
         #[cfg(feature = "kubernetes")]
         Some(Command::Crds) => return print_crds(),
         #[cfg(feature = "kubernetes")]
         Some(Command::Kubernetes(k)) => {
             return run_kubernetes(k, args.log_json, args.die_with_parent);
         }
-        None => {}
-    }
+        Some(Command::RotateCa(r)) => Some(r),
+        None => None,
+    };
     let Some(mesh_path) = args.mesh else {
         eprintln!("phoenix-control-plane: no mesh file: pass --mesh FILE (or set PHOENIX_MESH)");
         return ExitCode::from(EXIT_CONFIG);
@@ -109,6 +138,9 @@ fn main() -> ExitCode {
         }
     };
     let state_dir = args.state_dir.unwrap_or_else(|| mesh.state_dir.clone());
+    if let Some(rotate) = rotate {
+        return rotate_files(&state_dir, &mesh, rotate.overlap);
+    }
     let settings = Settings {
         tokens_path: args
             .tokens
@@ -137,6 +169,61 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Announces a new root in `state_dir` (file mode).
+fn rotate_files(
+    state_dir: &std::path::Path,
+    mesh: &Mesh,
+    overlap: std::time::Duration,
+) -> ExitCode {
+    use phoenix_control_plane::ca::Ca;
+    use phoenix_control_plane::roots::Schedule;
+    let result = (|| -> anyhow::Result<Schedule> {
+        let (ca, _) = Ca::load_or_create(state_dir, &mesh.trust_domain)?;
+        let schedule = Schedule::load(state_dir, std::sync::Arc::new(ca))?;
+        let next = schedule.rotate(
+            std::time::SystemTime::now(),
+            overlap,
+            mesh.certificate_lifetime,
+            Ca::generate(&mesh.trust_domain)?,
+        )?;
+        next.save(state_dir)?;
+        Ok(next)
+    })();
+    match result {
+        Ok(next) => {
+            print_rotation(&next);
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("phoenix-control-plane: rotate-ca: {}", chain(&error));
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// What a rotation scheduled, for the operator.
+fn print_rotation(schedule: &phoenix_control_plane::roots::Schedule) {
+    if let Some(new) = schedule.roots().last() {
+        let at = new
+            .activates_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        println!(
+            "announced root {:?}: trusted now, signs from {} (Unix seconds); the previous root is retired once the certificates it signed have expired",
+            new.ca.name(),
+            at
+        );
+    }
+}
+
+fn chain(error: &anyhow::Error) -> String {
+    error
+        .chain()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 #[cfg(feature = "kubernetes")]
@@ -170,6 +257,9 @@ fn run_kubernetes(args: KubeArgs, log_json: bool, die_with_parent: bool) -> Exit
         Ok(rt) => rt,
         Err(code) => return code,
     };
+    if let Some(KubeCommand::RotateCa(rotate)) = &args.command {
+        return runtime.block_on(rotate_secret(&args, rotate.overlap));
+    }
     let settings = KubeSettings {
         namespace: args.namespace,
         service_account: args.service_account,
@@ -211,6 +301,44 @@ fn run_kubernetes(args: KubeArgs, log_json: bool, die_with_parent: bool) -> Exit
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(code) => code,
+    }
+}
+
+/// Announces a new root in the CA Secret (Kubernetes mode), with the
+/// certificate lifetime of the MeshConfig `default`.
+#[cfg(feature = "kubernetes")]
+async fn rotate_secret(args: &KubeArgs, overlap: std::time::Duration) -> ExitCode {
+    use phoenix_control_plane::crd::MeshConfig;
+    use phoenix_control_plane::k8s::ca_secret;
+    use phoenix_control_plane::k8s::policy::{MESH_CONFIG_NAME, MeshRecord};
+    let result = async {
+        let client = kube::Client::try_default().await?;
+        let configs: kube::Api<MeshConfig> = kube::Api::all(client.clone());
+        let mesh = match configs.get_opt(MESH_CONFIG_NAME).await? {
+            Some(mc) => MeshRecord::validate(MESH_CONFIG_NAME, &mc.spec, &args.trust_domain)?,
+            None => MeshRecord::defaults(&args.trust_domain),
+        };
+        let next = ca_secret::rotate(
+            client,
+            &args.namespace,
+            &args.ca_secret,
+            &args.trust_domain,
+            overlap,
+            mesh.certificate_lifetime,
+        )
+        .await?;
+        anyhow::Ok(next)
+    }
+    .await;
+    match result {
+        Ok(next) => {
+            print_rotation(&next);
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("phoenix-control-plane: rotate-ca: {}", chain(&error));
+            ExitCode::from(EXIT_CONFIG)
+        }
     }
 }
 

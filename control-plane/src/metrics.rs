@@ -57,6 +57,8 @@ pub struct Metrics {
     pub tls_handshakes: Family<HandshakeLabels, Counter>,
     /// Expiry of the control plane's own serving certificate.
     pub certificate_expiry_timestamp_seconds: Gauge,
+    /// Mesh roots trusted now (2 while a rotation overlaps).
+    pub trust_roots: Gauge,
     /// Kubernetes watch failures by kind (each is retried with backoff).
     pub kubernetes_watch_errors: Family<KindLabels, Counter>,
     /// How long each kind's watch has been failing (0 when healthy): how
@@ -106,6 +108,11 @@ impl Metrics {
             "certificate_expiry_timestamp_seconds",
             "Expiry of the control plane's serving certificate, Unix seconds",
             self.certificate_expiry_timestamp_seconds.clone(),
+        );
+        r.register(
+            "trust_roots",
+            "Mesh root certificates trusted now (two while a root rotation overlaps)",
+            self.trust_roots.clone(),
         );
         r.register(
             "kubernetes_watch_errors",

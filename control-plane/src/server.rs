@@ -75,7 +75,8 @@ pub struct Server {
     /// Where the mesh comes from.
     pub source: Source,
     /// The CA.
-    pub ca: Arc<Ca>,
+    /// The root that signs now (swapped when a rotation activates).
+    pub ca: Arc<arc_swap::ArcSwap<Ca>>,
     /// Our TLS context (root + our serving certificate).
     pub tls: TlsContext,
     /// Transport settings.
@@ -211,7 +212,7 @@ impl Server {
                 return error_response(refusal.code, refusal.message);
             }
         };
-        match self.ca.issue(csr_pem, &identity, lifetime) {
+        match self.ca.load().issue(csr_pem, &identity, lifetime) {
             Ok(chain_pem) => {
                 count("issued");
                 tracing::info!(%identity, "certificate issued");
@@ -319,7 +320,7 @@ impl Server {
         // from) and must run as the certificate's identity. A proxy outside
         // the cluster matches no pod and gets only what its identity may call.
         let ip = if inbound.ip().is_unspecified() {
-            conn.remote_address().ip()
+            conn.remote_address().ip().to_canonical()
         } else {
             inbound.ip()
         };
@@ -397,7 +398,7 @@ impl Server {
         // A proxy behind NAT or on 0.0.0.0 reports an unspecified address;
         // use the address its connection comes from instead.
         let inbound = if inbound.ip().is_unspecified() {
-            std::net::SocketAddr::new(conn.remote_address().ip(), inbound.port())
+            std::net::SocketAddr::new(conn.remote_address().ip().to_canonical(), inbound.port())
         } else {
             inbound
         };

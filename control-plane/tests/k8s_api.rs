@@ -278,6 +278,135 @@ async fn an_incomplete_ca_secret_is_refused_with_the_fix() {
 }
 
 #[tokio::test]
+async fn a_root_rotation_is_written_conditionally_and_every_replica_reloads_it() {
+    use k8s_openapi::api::core::v1::Secret;
+    use phoenix_control_plane::ca::Ca;
+    let (client, mut server) = mock();
+    let ca = Ca::generate("cluster.local").unwrap();
+    // The API's JSON, base64 and all, as k8s-openapi writes it.
+    let data = |k: &str, v: &str| (k.to_owned(), k8s_openapi::ByteString(v.as_bytes().to_vec()));
+    let mut stored = serde_json::to_value(Secret {
+        data: Some([data("ca.crt", ca.root_pem()), data("ca.key", &ca.key_pem())].into()),
+        ..Secret::default()
+    })
+    .unwrap();
+    stored["metadata"] =
+        json!({"name": "phoenix-ca", "namespace": "phoenix-system", "resourceVersion": "7"});
+    stored["apiVersion"] = "v1".into();
+    stored["kind"] = "Secret".into();
+
+    // rotate-ca reads the Secret and replaces it with the version it read.
+    let hour = Duration::from_secs(3600);
+    let rotate = tokio::spawn({
+        let c = client.clone();
+        async move {
+            ca_secret::rotate(
+                c,
+                "phoenix-system",
+                "phoenix-ca",
+                "cluster.local",
+                hour,
+                hour,
+            )
+            .await
+        }
+    });
+    let (req, send) = next(&mut server).await;
+    assert_eq!(
+        (req.method(), req.uri().path()),
+        (&Method::GET, secret_path())
+    );
+    respond(send, StatusCode::OK, stored.clone());
+    let (req, send) = next(&mut server).await;
+    assert_eq!(
+        (req.method(), req.uri().path()),
+        (&Method::PUT, secret_path())
+    );
+    let mut written = body_json(req).await;
+    assert_eq!(
+        written["metadata"]["resourceVersion"], "7",
+        "conditional on what was read"
+    );
+    assert_eq!(
+        written["data"]["ca.key"], stored["data"]["ca.key"],
+        "the first root stays"
+    );
+    assert!(written["data"]["roots.json"].is_string());
+    written["metadata"]["resourceVersion"] = "8".into();
+    respond(send, StatusCode::OK, written.clone());
+    let schedule = rotate.await.unwrap().unwrap();
+    assert_eq!(schedule.roots().len(), 2);
+    assert_eq!(schedule.roots()[0].ca.root_pem(), ca.root_pem());
+
+    // A replica polling the Secret sees the new schedule once, then nothing new.
+    let api: Api<Secret> = Api::namespaced(client.clone(), "phoenix-system");
+    let mut seen = Some("7".to_owned());
+    let poll = |api: Api<Secret>, mut seen: Option<String>| {
+        tokio::spawn(async move {
+            let r = ca_secret::reload(&api, "phoenix-system", "phoenix-ca", &mut seen).await;
+            (r, seen)
+        })
+    };
+    let task = poll(api.clone(), seen.clone());
+    let (_, send) = next(&mut server).await;
+    respond(send, StatusCode::OK, written.clone());
+    let (reloaded, now_seen) = task.await.unwrap();
+    let reloaded = reloaded
+        .unwrap()
+        .expect("a changed Secret yields its schedule");
+    assert_eq!(reloaded.roots().len(), 2);
+    seen = now_seen;
+    assert_eq!(seen.as_deref(), Some("8"));
+    let task = poll(api, seen);
+    let (_, send) = next(&mut server).await;
+    respond(send, StatusCode::OK, written.clone());
+    assert!(task.await.unwrap().0.unwrap().is_none(), "unchanged");
+
+    // A rotation racing another one loses on the write (409), and one
+    // announced and not yet active refuses the next with why.
+    let rotate = tokio::spawn({
+        let c = client.clone();
+        async move {
+            ca_secret::rotate(
+                c,
+                "phoenix-system",
+                "phoenix-ca",
+                "cluster.local",
+                hour,
+                hour,
+            )
+            .await
+        }
+    });
+    let (_, send) = next(&mut server).await;
+    respond(send, StatusCode::OK, stored.clone());
+    let (_, send) = next(&mut server).await;
+    respond(send, StatusCode::CONFLICT, status_body(409, "Conflict"));
+    assert!(matches!(
+        rotate.await.unwrap(),
+        Err(ca_secret::CaSecretError::Api { .. })
+    ));
+    let rotate = tokio::spawn(async move {
+        ca_secret::rotate(
+            client,
+            "phoenix-system",
+            "phoenix-ca",
+            "cluster.local",
+            hour,
+            hour,
+        )
+        .await
+    });
+    let (_, send) = next(&mut server).await;
+    respond(send, StatusCode::OK, written);
+    let e = rotate.await.unwrap().unwrap_err();
+    assert!(
+        phoenix_proxy::process::error_chain(&e).contains("already in progress"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
 async fn the_leader_takes_the_lease_and_writes_policy_status() {
     use phoenix_control_plane::crd::TrafficPolicy;
     use phoenix_control_plane::k8s::policy::PolicyRecord;

@@ -662,6 +662,62 @@ fn an_address_alone_does_not_claim_a_pod() {
 }
 
 #[test]
+fn a_dual_stack_pod_is_one_endpoint_on_its_primary_family() {
+    let mut index = Index::new(TD, 1);
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"namespace": "shop", "name": "db"},
+        "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00::10"],
+                 "ports": [{"name": "pg", "port": 5432}]},
+    }))
+    .unwrap();
+    index.apply_service(key("shop", "db"), records::service(&svc));
+    let p: Pod = serde_json::from_value(json!({
+        "metadata": {"namespace": "shop", "name": "db-0", "labels": {"phoenix.dev/meshed": "true"}},
+        "spec": {"serviceAccountName": "db", "containers": []},
+        "status": {"phase": "Running", "podIP": "10.0.0.5",
+                   "podIPs": [{"ip": "10.0.0.5"}, {"ip": "fd00::5"}]},
+    }))
+    .unwrap();
+    index.apply_pod(key("shop", "db-0"), records::pod(&p));
+    // One slice per family, the IPv6 one applied first.
+    for (name, family, addr) in [("db-v6", "IPv6", "fd00::5"), ("db-v4", "IPv4", "10.0.0.5")] {
+        let s: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"namespace": "shop", "name": name,
+                         "labels": {"kubernetes.io/service-name": "db"}},
+            "addressType": family,
+            "ports": [{"name": "pg", "port": 15432}],
+            "endpoints": [{"addresses": [addr], "conditions": {"ready": true},
+                           "targetRef": {"kind": "Pod", "namespace": "shop", "name": "db-0"}}],
+        }))
+        .unwrap();
+        index.apply_slice(ObjectKey::of(&s).unwrap(), records::slice(&s));
+    }
+    index.commit().unwrap();
+    let mut db0 = Proxy::new("shop", "db", ip("10.0.0.5"));
+    db0.sync(&index);
+    let up = db0.upstream("db.shop:5432").unwrap();
+    assert_eq!(
+        up.endpoints
+            .iter()
+            .map(|e| e.address.to_string())
+            .collect::<Vec<_>>(),
+        vec!["10.0.0.5:4143"],
+        "one endpoint, on the pod's primary address"
+    );
+    assert_eq!(
+        db0.inbound("db.shop:5432").unwrap().target.to_string(),
+        "10.0.0.5:15432"
+    );
+    // Without the primary family's slice, the other family still serves.
+    index.apply_slice(key("shop", "db-v4"), None);
+    index.commit().unwrap();
+    db0.sync(&index);
+    let up = db0.upstream("db.shop:5432").unwrap();
+    assert_eq!(up.endpoints.len(), 1);
+    assert_eq!(up.endpoints[0].address.to_string(), "[fd00::5]:4143");
+}
+
+#[test]
 fn a_proxy_behind_compacted_history_gets_a_full_snapshot() {
     let mut index = shop();
     let mut web = Proxy::new("shop", "web", ip("10.0.0.9"));

@@ -64,6 +64,9 @@ impl Failures {
             .by_address
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        // Forget endpoints that have not failed for a while (also bounds the
+        // map as pods come and go).
+        map.retain(|_, (until, _)| *until + MAX_BACKOFF > now);
         let backoff = map
             .get(&addr)
             .map_or(FIRST_BACKOFF, |(_, last)| (*last * 2).min(MAX_BACKOFF));

@@ -41,6 +41,9 @@ pub struct MeshConfig {
     pub peer_idle_timeout: Duration,
     /// How long connecting to the local app may take.
     pub connect_timeout: Duration,
+    /// The mesh roots to trust (PEM), when the control plane sends them;
+    /// the bootstrap trust anchor stays in force otherwise.
+    pub trust_bundle: Option<String>,
 }
 
 /// A service the app calls.
@@ -139,6 +142,9 @@ pub enum ConfigError {
         /// The address.
         address: SocketAddr,
     },
+    /// The trust bundle holds no usable CA certificate.
+    #[error("mesh setting `trustBundlePem` is not a usable PEM bundle of CA certificates")]
+    TrustBundle(#[source] phoenix_tls::handshake::TlsConfigError),
     /// An upstream lists the same endpoint address twice.
     #[error("upstream `{service}` lists the same endpoint address twice")]
     DuplicateEndpoint {
@@ -241,7 +247,11 @@ fn mesh_config(m: &snapshot::MeshSettings) -> Result<MeshConfig, ConfigError> {
         cipher_suites,
         peer_idle_timeout_ms,
         connect_timeout_ms,
+        trust_bundle_pem,
     } = m;
+    if let Some(pem) = trust_bundle_pem {
+        phoenix_tls::handshake::parse_roots(pem).map_err(ConfigError::TrustBundle)?;
+    }
     // Validate the trust domain the same way identities are validated.
     SpiffeId::workload(trust_domain, "x", "x").map_err(|source| ConfigError::Identity {
         key: MESH_KEY.to_owned(),
@@ -265,6 +275,7 @@ fn mesh_config(m: &snapshot::MeshSettings) -> Result<MeshConfig, ConfigError> {
         },
         peer_idle_timeout: Duration::from_millis(*peer_idle_timeout_ms),
         connect_timeout: Duration::from_millis(*connect_timeout_ms),
+        trust_bundle: trust_bundle_pem.clone(),
     })
 }
 
@@ -361,7 +372,34 @@ mod tests {
             cipher_suites: CipherSuite::DEFAULT.to_vec(),
             peer_idle_timeout_ms: 60_000,
             connect_timeout_ms: 1_000,
+            trust_bundle_pem: None,
         })
+    }
+
+    #[test]
+    fn a_trust_bundle_must_hold_ca_certificates() {
+        let with = |pem: &str| {
+            let Resource::Mesh(mut m) = mesh() else {
+                unreachable!()
+            };
+            m.trust_bundle_pem = Some(pem.to_owned());
+            ProxyConfig::try_from(&snap(vec![Resource::Mesh(m)]))
+        };
+        for bad in [
+            "",
+            "junk",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        ] {
+            let e = with(bad).unwrap_err();
+            assert!(matches!(e, ConfigError::TrustBundle(_)), "{bad:?}: {e}");
+            assert!(e.to_string().contains("trustBundlePem"));
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let root = params.self_signed(&key).unwrap().pem();
+        let c = with(&root).unwrap();
+        assert_eq!(c.mesh.trust_bundle.as_deref(), Some(root.as_str()));
     }
 
     fn snap(resources: Vec<Resource>) -> Snapshot {

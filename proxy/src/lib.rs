@@ -75,6 +75,7 @@ pub async fn run(
     metrics.register(&mut registry);
     let credentials = Arc::new(Credentials::default());
     let tls = TlsContext::new(&settings.trust_anchor_pem, credentials)?;
+    metrics.trust_roots.set(tls.root_names().len() as i64);
     // The endpoint needs a server config to accept at all; every connection
     // is then accepted with its own (see `inbound`).
     let (default_server, _lease) = tls.server(
@@ -224,7 +225,9 @@ impl AdminState for ProxyAdmin {
                 "identity": c.identity.to_string(),
                 "notBefore": c.not_before,
                 "notAfter": c.not_after,
+                "issuer": c.issuer,
             })),
+            "trustRoots": self.shared.tls.root_names(),
             "listeners": self.listeners.addresses().into_iter().map(|(service, listen)| {
                 serde_json::json!({"service": service, "listen": listen})
             }).collect::<Vec<_>>(),

@@ -125,6 +125,8 @@ pub struct Metrics {
     pub config_version: Gauge,
     /// Config updates refused as invalid.
     pub config_refused: Counter,
+    /// CA certificates trusted now (2 during a root rotation's overlap).
+    pub trust_roots: Gauge,
     /// `notAfter` of the proxy's certificate.
     pub certificate_expiry_timestamp_seconds: Gauge,
     /// Certificates obtained (first issue and renewals).
@@ -194,6 +196,11 @@ impl Metrics {
             "config_version",
             "Version of the config snapshot in force",
             self.config_version.clone(),
+        );
+        registry.register(
+            "trust_roots",
+            "Mesh root certificates trusted now (two while a root rotation overlaps)",
+            self.trust_roots.clone(),
         );
         registry.register(
             "config_refused",

@@ -13,6 +13,9 @@ use tokio::task::JoinHandle;
 use crate::balance;
 use crate::config::{EndpointConfig, ProxyConfig};
 use crate::metrics::{Direction, GaugeGuard, QuicLabels};
+
+/// The most endpoints one client connection tries before it is reset.
+const MAX_ATTEMPTS: usize = 3;
 use crate::relay::{self, Start};
 use crate::state::Shared;
 
@@ -132,12 +135,17 @@ async fn handle(shared: &Arc<Shared>, service: &str, tcp: TcpStream, client: Soc
         return reset(tcp);
     }
     // Power of two choices among endpoints not set aside; one that fails
-    // is set aside and the next choice made, until every endpoint was tried.
+    // is set aside and the next choice made, up to MAX_ATTEMPTS endpoints:
+    // when a whole zone is gone the client hears so after a few connect
+    // timeouts, not one per endpoint.
     let endpoints = &upstream.endpoints;
     let mut tried = vec![false; endpoints.len()];
+    let mut attempts = 0;
     let (peer, endpoint) = loop {
         let now = std::time::Instant::now();
-        let untried: Vec<usize> = (0..endpoints.len()).filter(|i| !tried[*i]).collect();
+        let untried: Vec<usize> = (0..endpoints.len())
+            .filter(|i| !tried[*i] && attempts < MAX_ATTEMPTS)
+            .collect();
         let healthy: Vec<usize> = untried
             .iter()
             .copied()
@@ -161,6 +169,7 @@ async fn handle(shared: &Arc<Shared>, service: &str, tcp: TcpStream, client: Soc
             return reset(tcp);
         };
         tried[i] = true;
+        attempts += 1;
         let endpoint = &endpoints[i];
         let timeout = upstream
             .connect_timeout

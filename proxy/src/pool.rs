@@ -54,7 +54,27 @@ pub struct Pool {
 #[derive(Debug, Default)]
 struct Slot {
     /// Held while connecting, so concurrent callers share one handshake.
-    conn: tokio::sync::Mutex<Option<PeerConn>>,
+    conn: tokio::sync::Mutex<SlotState>,
+    /// Callers waiting for `conn`: counted as load, so the balancer does not
+    /// pile more connections onto a peer whose handshake is still running.
+    waiting: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    conn: Option<PeerConn>,
+    /// The last failed handshake: callers that were already waiting when it
+    /// failed share its outcome instead of each paying another timeout.
+    failed: Option<(std::time::Instant, HandshakeFailure)>,
+}
+
+/// Counts a caller waiting on a slot until dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A live connection to a peer and its stream accounting.
@@ -118,31 +138,50 @@ impl Pool {
             let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
             peers.entry((addr, identity.clone())).or_default().clone()
         };
+        let asked = std::time::Instant::now();
+        slot.waiting.fetch_add(1, Ordering::AcqRel);
+        let waiting = Waiting(&slot.waiting);
         let mut guard = slot.conn.lock().await;
-        if let Some(conn) = guard.as_ref().filter(|c| c.usable()) {
+        if let Some(conn) = guard.conn.as_ref().filter(|c| c.usable()) {
             return Ok(conn.clone());
         }
-        let conn = connect(shared, addr, identity, mesh, connect_timeout).await?;
-        *guard = Some(conn.clone());
+        if let Some((at, reason)) = guard.failed
+            && at >= asked
+        {
+            return Err(ConnectError::Handshake(reason));
+        }
+        let conn = match connect(shared, addr, identity, mesh, connect_timeout).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                if let ConnectError::Handshake(reason) = e {
+                    guard.failed = Some((std::time::Instant::now(), reason));
+                }
+                return Err(e);
+            }
+        };
+        guard.conn = Some(conn.clone());
+        guard.failed = None;
         drop(guard);
+        drop(waiting);
         tokio::spawn(watch(shared.clone(), conn.clone(), mesh.peer_idle_timeout));
         Ok(conn)
     }
 
-    /// Streams open now to `addr` as `identity` (0 without a connection):
-    /// the load the balancer compares.
+    /// Streams open now to `addr` as `identity`, plus callers waiting for
+    /// its connection (0 for an unknown peer): the load the balancer compares.
     pub fn load(&self, addr: SocketAddr, identity: &SpiffeId) -> usize {
         let slot = {
             let peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
             peers.get(&(addr, identity.clone())).cloned()
         };
-        slot.and_then(|s| {
-            s.conn.try_lock().ok().and_then(|c| {
-                c.as_ref()
+        slot.map_or(0, |s| {
+            let open = s.conn.try_lock().ok().and_then(|c| {
+                c.conn
+                    .as_ref()
                     .map(|c| c.state.open_streams.load(Ordering::Relaxed))
-            })
+            });
+            open.unwrap_or(0) + s.waiting.load(Ordering::Relaxed)
         })
-        .unwrap_or(0)
     }
 
     /// Number of peers with a usable connection (for `/config`).
@@ -153,7 +192,7 @@ impl Pool {
             .filter(|(_, slot)| {
                 slot.conn
                     .try_lock()
-                    .map(|c| c.as_ref().is_some_and(|c| c.usable()))
+                    .map(|c| c.conn.as_ref().is_some_and(|c| c.usable()))
                     .unwrap_or(true)
             })
             .map(|((addr, id), _)| (*addr, id.to_string()))

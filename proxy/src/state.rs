@@ -65,6 +65,21 @@ impl Shared {
     /// Installs a validated config for every later connection.
     pub fn install(&self, config: ProxyConfig) {
         let version = config.version;
+        if let Some(pem) = &config.mesh.trust_bundle {
+            // Validated with the config; a failure here would leave the
+            // previous roots, which is the safe side.
+            match self.tls.set_roots(pem) {
+                Ok(true) => {
+                    let roots = pem.matches("-----BEGIN CERTIFICATE-----").count();
+                    tracing::info!(roots, "trust bundle updated");
+                    self.metrics.trust_roots.set(roots as i64);
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::error!(%error, "trust bundle refused; keeping the previous roots")
+                }
+            }
+        }
         self.metrics.config_version.set(version as i64);
         self.config.store(Some(Arc::new(config)));
         self.config_changed.send_replace(version);

@@ -45,6 +45,8 @@ pub struct Loaded {
     pub not_before: i64,
     /// Leaf `notAfter`, Unix seconds.
     pub not_after: i64,
+    /// Common name of the leaf's issuer (which mesh root signed it).
+    pub issuer: String,
 }
 
 /// Holder of the current credentials.
@@ -67,6 +69,7 @@ impl Credentials {
         let identity = spiffe::spiffe_id(leaf).map_err(CredentialsError::Identity)?;
         let not_before = spiffe::not_before_unix(leaf).map_err(CredentialsError::Identity)?;
         let not_after = spiffe::not_after_unix(leaf).map_err(CredentialsError::Identity)?;
+        let issuer = spiffe::common_name(leaf, true).unwrap_or_default();
         let key =
             PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(CredentialsError::Pem)?;
         let signing = provider
@@ -78,6 +81,7 @@ impl Credentials {
             identity,
             not_before,
             not_after,
+            issuer,
         })
     }
 

@@ -7,6 +7,8 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use phoenix_api::SpiffeId;
 use phoenix_api::tls_policy::{CipherSuite, KeyExchange};
 use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig, QuicServerConfig};
@@ -52,15 +54,55 @@ pub enum ClientAuth {
     Optional,
 }
 
-/// What each side's handshake needs: the mesh root and our credentials.
+/// What each side's handshake needs: the mesh roots and our credentials.
+///
+/// The roots are swappable: during a root rotation the control plane sends
+/// a trust bundle (old and new root, later the new one alone), and the next
+/// handshake uses it while established connections keep theirs. Clones share
+/// the roots.
 #[derive(Debug, Clone)]
 pub struct TlsContext {
-    roots: Arc<RootCertStore>,
+    trust: Arc<ArcSwap<Trust>>,
     credentials: Arc<Credentials>,
-    /// Client-certificate verifiers, built once: they depend only on the
-    /// roots and the signature algorithms, not on the per-connection lease.
+}
+
+/// Roots and the verifiers built from them, swapped together.
+#[derive(Debug)]
+struct Trust {
+    roots: Arc<RootCertStore>,
+    /// The roots' PEM, to tell a real change from a repeated bundle.
+    pem: String,
+    /// Client-certificate verifiers, built once per bundle: they depend only
+    /// on the roots and the signature algorithms, not on the per-connection lease.
     require_client: Arc<dyn rustls::server::danger::ClientCertVerifier>,
     allow_anonymous: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+}
+
+impl Trust {
+    fn new(pem: &str) -> Result<Self, TlsConfigError> {
+        let roots = Arc::new(parse_roots(pem)?);
+        let base = Arc::new(provider::provider(KeyExchange::PqOnly, &[]));
+        let verifier = || WebPkiClientVerifier::builder_with_provider(roots.clone(), base.clone());
+        Ok(Self {
+            require_client: verifier().build()?,
+            allow_anonymous: verifier().allow_unauthenticated().build()?,
+            roots,
+            pem: pem.to_owned(),
+        })
+    }
+}
+
+/// Parses a PEM bundle of CA certificates into a root store (at least one).
+pub fn parse_roots(pem: &str) -> Result<RootCertStore, TlsConfigError> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let cert = cert.map_err(TlsConfigError::TrustAnchorPem)?;
+        roots.add(cert).map_err(TlsConfigError::Rustls)?;
+    }
+    if roots.is_empty() {
+        return Err(TlsConfigError::NoTrustAnchor);
+    }
+    Ok(roots)
 }
 
 /// The TLS settings that come from mesh config.
@@ -84,23 +126,33 @@ impl Default for TlsPolicy {
 impl TlsContext {
     /// A context trusting the CA certificates in `roots_pem`.
     pub fn new(roots_pem: &str, credentials: Arc<Credentials>) -> Result<Self, TlsConfigError> {
-        let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(roots_pem.as_bytes()) {
-            let cert = cert.map_err(TlsConfigError::TrustAnchorPem)?;
-            roots.add(cert).map_err(TlsConfigError::Rustls)?;
-        }
-        if roots.is_empty() {
-            return Err(TlsConfigError::NoTrustAnchor);
-        }
-        let roots = Arc::new(roots);
-        let base = Arc::new(provider::provider(KeyExchange::PqOnly, &[]));
-        let verifier = || WebPkiClientVerifier::builder_with_provider(roots.clone(), base.clone());
         Ok(Self {
-            require_client: verifier().build()?,
-            allow_anonymous: verifier().allow_unauthenticated().build()?,
-            roots,
+            trust: Arc::new(ArcSwap::from_pointee(Trust::new(roots_pem)?)),
             credentials,
         })
+    }
+
+    /// Trusts the CA certificates in `roots_pem` from the next handshake on
+    /// (and no others); `Ok(false)` when they are already the ones trusted.
+    pub fn set_roots(&self, roots_pem: &str) -> Result<bool, TlsConfigError> {
+        if self.trust.load().pem == roots_pem {
+            return Ok(false);
+        }
+        self.trust.store(Arc::new(Trust::new(roots_pem)?));
+        Ok(true)
+    }
+
+    /// The trusted roots' PEM.
+    pub fn roots_pem(&self) -> String {
+        self.trust.load().pem.clone()
+    }
+
+    /// The trusted roots' common names (for the admin dump).
+    pub fn root_names(&self) -> Vec<String> {
+        CertificateDer::pem_slice_iter(self.trust.load().pem.as_bytes())
+            .filter_map(Result::ok)
+            .map(|c| crate::spiffe::common_name(&c, false).unwrap_or_default())
+            .collect()
     }
 
     /// Our credentials.
@@ -122,7 +174,7 @@ impl TlsContext {
     ) -> Result<(quinn::ClientConfig, KxLease), TlsConfigError> {
         let (provider, lease) = leased_provider(policy);
         let verifier = SpiffeServerVerifier::new(
-            self.roots.clone(),
+            self.trust.load().roots.clone(),
             expected,
             provider.signature_verification_algorithms,
         );
@@ -154,9 +206,12 @@ impl TlsContext {
         transport: Arc<quinn::TransportConfig>,
     ) -> Result<(quinn::ServerConfig, KxLease), TlsConfigError> {
         let (provider, lease) = leased_provider(policy);
-        let verifier = match client_auth {
-            ClientAuth::Required => self.require_client.clone(),
-            ClientAuth::Optional => self.allow_anonymous.clone(),
+        let verifier = {
+            let trust = self.trust.load();
+            match client_auth {
+                ClientAuth::Required => trust.require_client.clone(),
+                ClientAuth::Optional => trust.allow_anonymous.clone(),
+            }
         };
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?

@@ -47,3 +47,16 @@ pub fn not_before_unix(cert: &CertificateDer<'_>) -> Result<i64, CertIdentityErr
     let (_, parsed) = X509Certificate::from_der(cert).map_err(|_| CertIdentityError::Unparsable)?;
     Ok(parsed.validity().not_before.timestamp())
 }
+
+/// The common name of the certificate's issuer (or of its subject): how the
+/// admin dump and logs tell mesh roots apart, each root's name being unique.
+pub fn common_name(cert: &CertificateDer<'_>, issuer: bool) -> Option<String> {
+    let (_, parsed) = X509Certificate::from_der(cert).ok()?;
+    let name = if issuer {
+        parsed.issuer()
+    } else {
+        parsed.subject()
+    };
+    let cn = name.iter_common_name().next()?.as_str().ok()?;
+    Some(cn.to_owned())
+}

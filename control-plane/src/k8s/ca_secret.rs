@@ -6,18 +6,25 @@
 //! fails with 409 and it loads the winner's. The key is never logged.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
+use kube::ResourceExt;
 use kube::api::{ObjectMeta, PostParams};
 
 use crate::ca::{Ca, CaError, RootOrigin};
+use crate::roots::{RootsError, Schedule};
 
 /// Secret key of the root certificate (PEM).
 pub const CERT_KEY: &str = "ca.crt";
 /// Secret key of the root private key (PEM).
 pub const KEY_KEY: &str = "ca.key";
+/// Secret key of the root schedule, present once a rotation was made; it
+/// then says which roots exist (`ca.crt`/`ca.key` stay as the first root).
+pub const ROOTS_KEY: &str = "roots.json";
 
 /// Why the root cannot be loaded or stored.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +51,17 @@ pub enum CaSecretError {
         name: String,
         /// The missing key.
         missing: &'static str,
+    },
+    /// The stored schedule is unusable, or a rotation is refused.
+    #[error("root schedule in Secret {namespace}/{name}")]
+    Roots {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// Why (boxed: rare, and large).
+        #[source]
+        source: Box<RootsError>,
     },
     /// The stored root is unusable, or a new one cannot be made.
     #[error("root in Secret {namespace}/{name}")]
@@ -130,4 +148,87 @@ fn parse(secret: &Secret, namespace: &str, name: &str) -> Result<Ca, CaSecretErr
         name: name.to_owned(),
         source,
     })
+}
+
+/// The Secret's root schedule: `roots.json` when present, else its single
+/// root `ca`.
+pub fn schedule_of(
+    secret: &Secret,
+    ca: Arc<Ca>,
+    namespace: &str,
+    name: &str,
+) -> Result<Schedule, CaSecretError> {
+    match secret.data.as_ref().and_then(|d| d.get(ROOTS_KEY)) {
+        Some(json) => Schedule::from_json(&json.0, &format!("{namespace}/{name} {ROOTS_KEY}"))
+            .map_err(|source| CaSecretError::Roots {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                source: Box::new(source),
+            }),
+        None => Ok(Schedule::single(ca)),
+    }
+}
+
+/// Reads the Secret again: `Some` schedule when it changed since `seen` (its
+/// resourceVersion), `None` when it did not.
+pub async fn reload(
+    api: &Api<Secret>,
+    namespace: &str,
+    name: &str,
+    seen: &mut Option<String>,
+) -> Result<Option<Schedule>, CaSecretError> {
+    let secret = api.get(name).await.map_err(|source| CaSecretError::Api {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        source,
+    })?;
+    if secret.resource_version().is_some() && secret.resource_version() == *seen {
+        return Ok(None);
+    }
+    let ca = Arc::new(parse(&secret, namespace, name)?);
+    let schedule = schedule_of(&secret, ca, namespace, name)?;
+    *seen = secret.resource_version();
+    Ok(Some(schedule))
+}
+
+/// Announces a new root in the Secret, signing `overlap` from now; refused
+/// while another rotation is announced. The write is conditional on the
+/// Secret not having changed since it was read, so two rotations at once
+/// cannot both land.
+pub async fn rotate(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+    trust_domain: &str,
+    overlap: Duration,
+    lifetime: Duration,
+) -> Result<Schedule, CaSecretError> {
+    let api: Api<Secret> = Api::namespaced(client, namespace);
+    let api_error = |source| CaSecretError::Api {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        source,
+    };
+    let roots_error = |source| CaSecretError::Roots {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        source: Box::new(source),
+    };
+    let mut secret = api.get(name).await.map_err(api_error)?;
+    let ca = Arc::new(parse(&secret, namespace, name)?);
+    let schedule = schedule_of(&secret, ca, namespace, name)?;
+    let new =
+        Ca::generate(trust_domain).map_err(|source| roots_error(RootsError::Generate(source)))?;
+    let next = schedule
+        .rotate(SystemTime::now(), overlap, lifetime, new)
+        .map_err(roots_error)?;
+    secret
+        .data
+        .get_or_insert_with(BTreeMap::new)
+        .insert(ROOTS_KEY.to_owned(), ByteString(next.to_json()));
+    // `replace` carries the resourceVersion read: a concurrent change fails with 409.
+    api.replace(name, &PostParams::default(), &secret)
+        .await
+        .map_err(api_error)?;
+    Ok(next)
 }

@@ -80,6 +80,8 @@ pub struct Index {
     keys_by_service: HashMap<ObjectKey, Vec<String>>,
     inbound: HashMap<ObjectKey, BTreeMap<String, Resource>>,
     inbound_version: HashMap<ObjectKey, u64>,
+    /// The mesh roots proxies must trust (from the root schedule).
+    trust_bundle: Option<String>,
     pods_by_service: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
     /// `(version, key)` of the last change of each key; a key absent from
     /// `published` was removed at that version.
@@ -169,6 +171,7 @@ impl Index {
             keys_by_service: HashMap::new(),
             inbound: HashMap::new(),
             inbound_version: HashMap::new(),
+            trust_bundle: None,
             pods_by_service: HashMap::new(),
             log: BTreeSet::new(),
             log_version: HashMap::new(),
@@ -353,6 +356,14 @@ impl Index {
         }
     }
 
+    /// Sets the mesh roots every proxy must trust (sent with the mesh settings).
+    pub fn set_trust_bundle(&mut self, pem: &str) {
+        if self.trust_bundle.as_deref() != Some(pem) {
+            self.trust_bundle = Some(pem.to_owned());
+            self.mesh_dirty = true;
+        }
+    }
+
     fn set_mesh(&mut self, record: MeshRecord) {
         if self.mesh != record {
             let audiences_change = self.mesh.default_policy != record.default_policy;
@@ -370,7 +381,9 @@ impl Index {
     pub fn commit(&mut self) -> Option<u64> {
         let next = self.version + 1;
         if std::mem::take(&mut self.mesh_dirty) {
-            let resource = Resource::Mesh(self.mesh.settings.clone());
+            let mut settings = self.mesh.settings.clone();
+            settings.trust_bundle_pem = self.trust_bundle.clone();
+            let resource = Resource::Mesh(settings);
             self.publish(resource, Audience::Mesh, next);
         }
         for service in std::mem::take(&mut self.dirty) {
@@ -721,8 +734,12 @@ impl Index {
                 .collect();
             for port in &record.ports {
                 let name = format!("{}.{}:{}", service.name, service.namespace, port.port);
-                let mut ready = BTreeSet::new();
-                let mut terminating = BTreeSet::new();
+                // One address per pod: a dual-stack Service has a slice per
+                // family, and the pod's proxy is reached (and serves) on its
+                // primary IP's family; another family is used only when the
+                // Service has no slice in the primary one.
+                let mut chosen: BTreeMap<&ObjectKey, (IpAddr, u16, bool, bool, &PodRecord)> =
+                    BTreeMap::new();
                 for slice in &slices {
                     let Some(&(_, target_port)) = slice.ports.iter().find(|(n, _)| *n == port.name)
                     else {
@@ -734,26 +751,47 @@ impl Index {
                             else {
                                 continue;
                             };
-                            pod_inbound.entry(pod_key.clone()).or_default().push(
-                                Resource::Inbound(Inbound {
-                                    service: name.clone(),
-                                    target: SocketAddr::new(*ip, target_port),
-                                    allow: allow.clone(),
-                                }),
-                            );
-                            let e = Endpoint {
-                                address: SocketAddr::new(*ip, pod.quic_port),
-                                identity: format!(
-                                    "spiffe://{td}/ns/{}/sa/{}",
-                                    pod_key.namespace, pod.service_account
-                                ),
-                            };
-                            if endpoint.ready {
-                                ready.insert(e);
-                            } else if endpoint.serving_terminating {
-                                terminating.insert(e);
+                            let primary = pod.ips.first() == Some(ip);
+                            let seen_primary = chosen
+                                .get(pod_key)
+                                .is_some_and(|(c, ..)| pod.ips.first() == Some(c));
+                            if !seen_primary && (primary || !chosen.contains_key(pod_key)) {
+                                chosen.insert(
+                                    pod_key,
+                                    (
+                                        *ip,
+                                        target_port,
+                                        endpoint.ready,
+                                        endpoint.serving_terminating,
+                                        pod,
+                                    ),
+                                );
                             }
                         }
+                    }
+                }
+                let mut ready = BTreeSet::new();
+                let mut terminating = BTreeSet::new();
+                for (pod_key, (ip, target_port, is_ready, is_terminating, pod)) in chosen {
+                    pod_inbound
+                        .entry(pod_key.clone())
+                        .or_default()
+                        .push(Resource::Inbound(Inbound {
+                            service: name.clone(),
+                            target: SocketAddr::new(ip, target_port),
+                            allow: allow.clone(),
+                        }));
+                    let e = Endpoint {
+                        address: SocketAddr::new(ip, pod.quic_port),
+                        identity: format!(
+                            "spiffe://{td}/ns/{}/sa/{}",
+                            pod_key.namespace, pod.service_account
+                        ),
+                    };
+                    if is_ready {
+                        ready.insert(e);
+                    } else if is_terminating {
+                        terminating.insert(e);
                     }
                 }
                 let endpoints = if ready.is_empty() { terminating } else { ready };

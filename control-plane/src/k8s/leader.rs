@@ -67,13 +67,16 @@ pub async fn run(
     let mut last_renewal: Option<Instant> = None;
     loop {
         let now = Instant::now();
-        match step(&api, &me, &mut observed, now).await {
-            Ok(true) => last_renewal = Some(now),
-            Ok(false) => last_renewal = None,
-            Err(error) => tracing::warn!(%error, "cannot reach the leader Lease; retrying"),
+        // A hung request must not keep us leading: each round is bounded,
+        // and the lease is judged by the clock after it, not before.
+        match tokio::time::timeout(RETRY, step(&api, &me, &mut observed, now)).await {
+            Ok(Ok(true)) => last_renewal = Some(now),
+            Ok(Ok(false)) => last_renewal = None,
+            Ok(Err(error)) => tracing::warn!(%error, "cannot reach the leader Lease; retrying"),
+            Err(_) => tracing::warn!("the leader Lease did not answer in time; retrying"),
         }
         // A leader that cannot renew steps down before anyone may take over.
-        let lead = last_renewal.is_some_and(|t| now - t < LEASE_DURATION - RETRY);
+        let lead = last_renewal.is_some_and(|t| t.elapsed() < LEASE_DURATION - RETRY);
         leading.send_if_modified(|l| {
             let changed = *l != lead;
             if changed {

@@ -17,6 +17,10 @@ use super::policy::MeshRecord;
 pub struct Live {
     index: Mutex<Index>,
     changed: watch::Sender<u64>,
+    /// Bumped on every applied change, published or not: status verdicts
+    /// can change without any proxy's view changing (an invalid MeshConfig,
+    /// a policy naming a missing Service).
+    touched: watch::Sender<u64>,
     /// Watch health (readiness and staleness).
     pub health: WatchHealth,
     /// Log position of each subscription, so the change log can be compacted.
@@ -38,6 +42,7 @@ impl Live {
         Self {
             index: Mutex::new(index),
             changed: watch::channel(version).0,
+            touched: watch::channel(0).0,
             health: WatchHealth::new(kinds),
             positions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
@@ -57,10 +62,17 @@ impl Live {
     pub fn apply(&self, f: impl FnOnce(&mut Index)) {
         let mut index = self.lock();
         f(&mut index);
-        if let Some(version) = index.commit() {
-            drop(index);
+        let committed = index.commit();
+        drop(index);
+        if let Some(version) = committed {
             self.changed.send_replace(version);
         }
+        self.touched.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Wakes on every applied change, even one no proxy sees (status writing).
+    pub fn touches(&self) -> watch::Receiver<u64> {
+        self.touched.subscribe()
     }
 
     /// The current version.

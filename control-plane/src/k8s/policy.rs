@@ -79,6 +79,8 @@ impl MeshRecord {
                 cipher_suites: CipherSuite::DEFAULT.to_vec(),
                 peer_idle_timeout_ms: 60_000,
                 connect_timeout_ms: 5_000,
+                // Set by the index from the root schedule.
+                trust_bundle_pem: None,
             },
             certificate_lifetime: Duration::from_secs(24 * 3600),
             default_policy: DefaultPolicy::AllowMesh,
@@ -160,6 +162,7 @@ impl MeshRecord {
                 cipher_suites: suites,
                 peer_idle_timeout_ms: idle.as_millis() as u64,
                 connect_timeout_ms: connect.as_millis() as u64,
+                trust_bundle_pem: None,
             },
             certificate_lifetime: lifetime,
             default_policy: *default_policy,

@@ -4,9 +4,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::SystemTime;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::runtime::watcher;
@@ -25,11 +26,15 @@ use super::watch::{self, KINDS};
 use crate::ca::RootOrigin;
 use crate::crd::{MeshConfig, TrafficPolicy};
 use crate::metrics::{KindLabels, Metrics};
+use crate::roots::Schedule;
 use crate::server::Source;
 use crate::{Bound, Front, StartError};
 
 /// How often removals every proxy has seen are dropped from the change log.
 const COMPACT_EVERY: Duration = Duration::from_secs(30);
+/// How often the root Secret is re-read for a rotation: well inside any
+/// sensible overlap window (minutes to hours).
+const SECRET_POLL: Duration = Duration::from_secs(30);
 
 /// Settings of the Kubernetes control plane.
 #[derive(Debug, Clone)]
@@ -83,15 +88,6 @@ pub enum KubeStartError {
         #[source]
         source: phoenix_api::identity::IdentityError,
     },
-    /// The root cannot be written to the state directory.
-    #[error("cannot write the root certificate to {path}")]
-    TrustAnchor {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// Runs against the cluster `client` until `shutdown`.
@@ -117,14 +113,19 @@ pub async fn run(
         RootOrigin::Generated => tracing::info!(%secret, "generated a new mesh root CA"),
         RootOrigin::Loaded => tracing::info!(%secret, "loaded the mesh root CA"),
     }
-    let trust_anchor = settings.state_dir.join(crate::ca::ROOT_CERT_FILE);
-    std::fs::create_dir_all(&settings.state_dir)
-        .and_then(|()| std::fs::write(&trust_anchor, ca.root_pem()))
-        .map_err(|source| KubeStartError::TrustAnchor {
-            path: trust_anchor.clone(),
-            source,
-        })?;
-    let ca = Arc::new(ca);
+    let trust_anchor = settings.state_dir.join(crate::roots::BUNDLE_FILE);
+    // The Secret's schedule (one root until a rotation), re-read every
+    // SECRET_POLL so a `rotate-ca` reaches every replica.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
+    let mut seen = None;
+    let schedule = ca_secret::reload(
+        &secrets,
+        &settings.namespace,
+        &settings.ca_secret,
+        &mut seen,
+    )
+    .await?
+    .unwrap_or_else(|| Schedule::single(Arc::new(ca)));
     let identity = SpiffeId::workload(
         &settings.trust_domain,
         &settings.namespace,
@@ -141,8 +142,10 @@ pub async fn run(
         .map_or(1, |d| d.as_millis() as u64);
     let live = Arc::new(Live::new(Index::new(&settings.trust_domain, start), KINDS));
     let policy = tls_policy(&live);
+    let phase = schedule.phase(SystemTime::now(), live.mesh().certificate_lifetime);
+    live.apply(|index| index.set_trust_bundle(&phase.bundle));
     let front = Front::bind(
-        &ca,
+        &phase,
         identity,
         &policy,
         settings.listen,
@@ -240,11 +243,51 @@ pub async fn run(
         live: live.clone(),
         reviewer: Reviewer::new(client),
     }));
+    let (phases, phase_rx) = tokio::sync::watch::channel(phase);
+    {
+        let namespace = settings.namespace.clone();
+        let name = settings.ca_secret.clone();
+        let seen = Arc::new(tokio::sync::Mutex::new(seen));
+        let reload = move || {
+            let (secrets, namespace, name, seen) = (
+                secrets.clone(),
+                namespace.clone(),
+                name.clone(),
+                seen.clone(),
+            );
+            async move {
+                let mut seen = seen.lock().await;
+                match ca_secret::reload(&secrets, &namespace, &name, &mut seen).await {
+                    Ok(next) => next,
+                    Err(error) => {
+                        tracing::warn!(error = %phoenix_proxy::process::error_chain(&error), "cannot re-read the root Secret; keeping the roots in force");
+                        None
+                    }
+                }
+            }
+        };
+        let lifetime = {
+            let live = live.clone();
+            move || live.mesh().certificate_lifetime
+        };
+        tasks.spawn(crate::roots::drive(
+            schedule,
+            reload,
+            lifetime,
+            phases,
+            SECRET_POLL,
+        ));
+    }
+    let publish = {
+        let live = live.clone();
+        move |bundle: &str| live.apply(|index| index.set_trust_bundle(bundle))
+    };
     let renew_policy = move || tls_policy(&live);
     front
         .serve(
             source,
-            ca,
+            phase_rx,
+            publish,
             metrics,
             registry,
             admin_state,

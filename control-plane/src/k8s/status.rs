@@ -21,6 +21,8 @@ use crate::crd::{MeshConfig, TrafficPolicy};
 /// Re-checks everything this often even without changes (a status edited
 /// by hand is put back).
 const RESYNC: Duration = Duration::from_secs(60);
+/// Changes arriving this close together are written in one pass.
+const BATCH: Duration = Duration::from_millis(100);
 
 /// Which resource a status belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -32,7 +34,9 @@ enum Target {
 /// Writes statuses while `leading` is true.
 pub async fn run(client: kube::Client, live: Arc<Live>, mut leading: watch::Receiver<bool>) {
     let mut written: HashMap<Target, Vec<Condition>> = HashMap::new();
-    let mut changes = live.changes();
+    let mut changes = live.touches();
+    let mut resync = tokio::time::interval(RESYNC);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if *leading.borrow_and_update() {
             let work: Vec<(Target, Option<i64>, Vec<Verdict>)> = live.read(|index| {
@@ -88,9 +92,14 @@ pub async fn run(client: kube::Client, live: Arc<Live>, mut leading: watch::Rece
             written.clear();
         }
         tokio::select! {
-            r = changes.changed() => if r.is_err() { return },
+            r = changes.changed() => {
+                if r.is_err() { return }
+                // Batch a burst of changes (a relist) into one pass.
+                tokio::time::sleep(BATCH).await;
+                changes.borrow_and_update();
+            }
             r = leading.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep(RESYNC) => written.clear(),
+            _ = resync.tick() => written.clear(),
         }
     }
 }
