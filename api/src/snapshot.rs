@@ -56,12 +56,38 @@ pub struct MeshSettings {
     pub peer_idle_timeout_ms: u64,
     /// How long a TCP connect to the local upstream may take.
     pub connect_timeout_ms: u64,
+    /// What an intercepting proxy does with plain TCP from a client outside
+    /// the mesh: pass it to the app (`permissive`, counted) or refuse it.
+    #[serde(default)]
+    pub inbound_mode: InboundMode,
     /// The mesh roots to trust (PEM, one or more CA certificates). Replaces
     /// the bootstrap trust anchor, so a root rotation reaches every proxy:
     /// first old and new root, later the new one alone. Absent from control
     /// planes that predate rotation; the bootstrap anchor then stays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust_bundle_pem: Option<String>,
+}
+
+/// Plain TCP from clients outside the mesh, at an intercepting proxy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InboundMode {
+    /// Passed to the app, and counted: lets a namespace join the mesh
+    /// before all of its clients have.
+    #[default]
+    Permissive,
+    /// Refused (reset): only mesh identities reach the app.
+    Strict,
+}
+
+impl InboundMode {
+    /// The name used in config and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Permissive => "permissive",
+            Self::Strict => "strict",
+        }
+    }
 }
 
 /// A service the app calls: through an explicit outbound listener (file

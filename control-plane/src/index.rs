@@ -34,6 +34,7 @@ pub fn snapshot_for(
         cipher_suites: mesh.cipher_suites.clone(),
         peer_idle_timeout_ms: mesh.peer_idle_timeout.as_millis() as u64,
         connect_timeout_ms: mesh.connect_timeout.as_millis() as u64,
+        inbound_mode: mesh.inbound_mode,
         trust_bundle_pem: trust_bundle.map(str::to_owned),
     }));
     for (service, upstream) in &w.upstreams {
@@ -51,7 +52,7 @@ pub fn snapshot_for(
         endpoints.sort();
         put(Resource::Upstream(Upstream {
             service: service.clone(),
-            listen: Some(upstream.listen),
+            listen: upstream.listen,
             addresses: vec![],
             connect_timeout_ms: upstream.connect_timeout.map(|d| d.as_millis() as u64),
             idle_timeout_ms: upstream.idle_timeout.map(|d| d.as_millis() as u64),

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use phoenix_api::SpiffeId;
 use phoenix_api::identity::is_dns_label;
+use phoenix_api::snapshot::InboundMode;
 use phoenix_api::tls_policy::{CipherSuite, KeyExchange};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -44,6 +45,10 @@ pub struct MeshFile {
     /// Timeout for a proxy's TCP connect to its local app.
     #[serde(default)]
     pub connect_timeout: Option<Spanned<String>>,
+    /// `permissive` (default) or `strict`: whether intercepting proxies
+    /// pass plain TCP from clients outside the mesh to the app.
+    #[serde(default)]
+    pub inbound_mode: InboundMode,
     /// Where the CA root and bootstrap tokens live (relative to the file).
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
@@ -96,8 +101,10 @@ pub struct WorkloadFile {
 pub struct UpstreamFile {
     /// The service called.
     pub service: Spanned<String>,
-    /// Where the proxy listens for the app.
-    pub listen: SocketAddr,
+    /// Where the proxy listens for the app; absent when the app's
+    /// connections reach the proxy by interception (`phoenix-proxy init`).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
     /// Per-service connect timeout (default: the mesh's `connectTimeout`).
     #[serde(default)]
     pub connect_timeout: Option<Spanned<String>>,
@@ -137,6 +144,8 @@ pub struct Mesh {
     pub peer_idle_timeout: Duration,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
+    /// Plain TCP from outside the mesh at intercepting proxies.
+    pub inbound_mode: InboundMode,
     /// State directory (absolute, or relative to the working directory).
     pub state_dir: PathBuf,
     /// Control-plane QUIC address.
@@ -168,8 +177,8 @@ pub struct Workload {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UpstreamSpec {
-    /// Where the proxy listens for the app.
-    pub listen: SocketAddr,
+    /// Where the proxy listens for the app (none: interception).
+    pub listen: Option<SocketAddr>,
     /// Per-service connect timeout.
     pub connect_timeout: Option<Duration>,
     /// Idle timeout of its connections.
@@ -311,6 +320,7 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
         certificate_lifetime,
         peer_idle_timeout,
         connect_timeout,
+        inbound_mode,
         state_dir,
         control_plane,
         workloads: workload_files,
@@ -471,12 +481,14 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
                     Problem::DuplicateService(u.service.value.clone()),
                 ));
             }
-            claim(
-                u.listen,
-                at(&format!("upstreams[{j}].listen")),
-                uline,
-                at(&format!("upstreams[{j}].listen")),
-            )?;
+            if let Some(listen) = u.listen {
+                claim(
+                    listen,
+                    at(&format!("upstreams[{j}].listen")),
+                    uline,
+                    at(&format!("upstreams[{j}].listen")),
+                )?;
+            }
         }
         let mut serve = BTreeMap::new();
         for (j, s) in w.serve.iter().enumerate() {
@@ -551,6 +563,7 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
         certificate_lifetime,
         peer_idle_timeout,
         connect_timeout,
+        inbound_mode,
         state_dir,
         control_listen,
         control_admin,

@@ -41,6 +41,8 @@ pub struct MeshConfig {
     pub peer_idle_timeout: Duration,
     /// How long connecting to the local app may take.
     pub connect_timeout: Duration,
+    /// Plain TCP from outside the mesh, at the inbound redirect listener.
+    pub inbound_mode: phoenix_api::snapshot::InboundMode,
     /// The mesh roots to trust (PEM), when the control plane sends them;
     /// the bootstrap trust anchor stays in force otherwise.
     pub trust_bundle: Option<String>,
@@ -247,6 +249,7 @@ fn mesh_config(m: &snapshot::MeshSettings) -> Result<MeshConfig, ConfigError> {
         cipher_suites,
         peer_idle_timeout_ms,
         connect_timeout_ms,
+        inbound_mode,
         trust_bundle_pem,
     } = m;
     if let Some(pem) = trust_bundle_pem {
@@ -275,6 +278,7 @@ fn mesh_config(m: &snapshot::MeshSettings) -> Result<MeshConfig, ConfigError> {
         },
         peer_idle_timeout: Duration::from_millis(*peer_idle_timeout_ms),
         connect_timeout: Duration::from_millis(*connect_timeout_ms),
+        inbound_mode: *inbound_mode,
         trust_bundle: trust_bundle_pem.clone(),
     })
 }
@@ -372,6 +376,7 @@ mod tests {
             cipher_suites: CipherSuite::DEFAULT.to_vec(),
             peer_idle_timeout_ms: 60_000,
             connect_timeout_ms: 1_000,
+            inbound_mode: Default::default(),
             trust_bundle_pem: None,
         })
     }

@@ -359,6 +359,7 @@ mod tests {
                 cipher_suites: CipherSuite::DEFAULT.to_vec(),
                 peer_idle_timeout_ms: 1000,
                 connect_timeout_ms: 1000,
+                inbound_mode: Default::default(),
                 trust_bundle_pem: None,
             }),
             Resource::Upstream(Upstream {

@@ -151,14 +151,20 @@ async fn stream(
     let Some(config) = shared.config.load_full() else {
         return respond_and_close(shared, send, recv, Status::NoRoute).await;
     };
-    let Some(service) = request.service.as_deref() else {
-        // Original-destination routing arrives with transparent interception.
+    // By name (the client knew the service), or by the pod address and port
+    // the client's app dialled (intercepted): only ports this pod serves are
+    // reachable, each under its service's allow-list.
+    let found = match (request.service.as_deref(), request.original_dst) {
+        (Some(name), _) => config.inbound.get_key_value(name),
+        (None, Some(dst)) => config.inbound.iter().find(|(_, i)| serves(i.target, dst)),
+        (None, None) => None,
+    };
+    let Some((service, inbound)) = found else {
+        let asked = request.service.as_deref().unwrap_or_default();
+        tracing::info!(%client, service = asked, original_dst = ?request.original_dst, connection = id, "no such service here");
         return respond_and_close(shared, send, recv, Status::NoRoute).await;
     };
-    let Some(inbound) = config.inbound.get(service) else {
-        tracing::info!(%client, service, connection = id, "no such service here");
-        return respond_and_close(shared, send, recv, Status::NoRoute).await;
-    };
+    let service = service.as_str();
     let allowed = match &inbound.allow {
         Some(allow) => allow.admits(client),
         None => client.trust_domain() == config.mesh.trust_domain,
@@ -209,6 +215,15 @@ async fn stream(
     {
         tracing::debug!(connection = id, %error, "connection ended abnormally");
     }
+}
+
+/// Whether an app listening on `target` is what a client dialling `dst`
+/// reaches: the same address, or the same port on a wildcard or loopback
+/// listener (apps commonly bind 0.0.0.0 while clients dial the pod IP).
+pub fn serves(target: std::net::SocketAddr, dst: std::net::SocketAddr) -> bool {
+    target == dst
+        || (target.port() == dst.port()
+            && (target.ip().is_unspecified() || target.ip().is_loopback()))
 }
 
 /// Why a stream's header could not be read.

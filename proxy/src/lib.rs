@@ -12,6 +12,8 @@ pub mod balance;
 pub mod config;
 pub mod control;
 pub mod inbound;
+pub mod init;
+pub mod intercept;
 pub mod metrics;
 pub mod outbound;
 pub mod pool;
@@ -20,6 +22,7 @@ pub mod relay;
 pub mod settings;
 pub mod state;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -61,6 +64,12 @@ pub struct Bound {
     pub inbound: std::net::SocketAddr,
     /// Admin HTTP address.
     pub admin: std::net::SocketAddr,
+    /// Redirected outbound TCP (interception), when enabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbound_redirect: Option<std::net::SocketAddr>,
+    /// Redirected inbound plain TCP (interception), when enabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inbound_redirect: Option<std::net::SocketAddr>,
 }
 
 /// Runs the proxy until `shutdown` resolves, then drains open connections
@@ -98,6 +107,16 @@ pub async fn run(
             addr: settings.admin,
             source,
         })?;
+    let redirect = |what: &'static str, addr: Option<SocketAddr>| async move {
+        let Some(addr) = addr else { return Ok(None) };
+        let bind_error = |source| StartError::Bind { what, addr, source };
+        let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+        let local = listener.local_addr().map_err(bind_error)?;
+        Ok::<_, StartError>(Some((listener, local)))
+    };
+    let outbound_redirect =
+        redirect("outbound redirect listener", settings.outbound_redirect).await?;
+    let inbound_redirect = redirect("inbound redirect listener", settings.inbound_redirect).await?;
     let bound = Bound {
         inbound: endpoint.local_addr().map_err(|source| StartError::Bind {
             what: "inbound QUIC endpoint",
@@ -109,6 +128,8 @@ pub async fn run(
             addr: settings.admin,
             source,
         })?,
+        outbound_redirect: outbound_redirect.as_ref().map(|(_, a)| *a),
+        inbound_redirect: inbound_redirect.as_ref().map(|(_, a)| *a),
     };
     on_bound(&bound);
 
@@ -127,6 +148,16 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(admin::serve(admin, Arc::new(registry), admin_state));
     tasks.spawn(inbound::serve(shared.clone()));
+    if let Some((listener, _)) = outbound_redirect {
+        tasks.spawn(intercept::serve_outbound(shared.clone(), listener));
+    }
+    if let Some((listener, _)) = inbound_redirect {
+        tasks.spawn(intercept::serve_inbound(
+            shared.clone(),
+            listener,
+            Arc::new(settings.probe_sources.clone()),
+        ));
+    }
     tasks.spawn(control::certificates(
         shared.clone(),
         settings.control_plane.clone(),

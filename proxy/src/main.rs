@@ -7,6 +7,11 @@ use phoenix_proxy::process::{self, EXIT_CONFIG};
 use phoenix_proxy::settings::{Args, ENV_TOKEN};
 
 fn main() -> ExitCode {
+    // `phoenix-proxy init` (the pod's init container) shares the binary but
+    // none of the proxy's flags.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "init") {
+        return init();
+    }
     let args = Args::parse();
     let args_threads = args.threads.max(1);
     process::init_tracing(args.log_json, "info");
@@ -48,6 +53,22 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("phoenix-proxy: {}", process::error_chain(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init() -> ExitCode {
+    use phoenix_proxy::init::{self, InitArgs, InitError};
+    let args = InitArgs::parse_from(std::env::args_os().skip(1));
+    match init::run(&args, &mut std::io::stdout().lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error @ InitError::NoPermission { .. }) => {
+            eprintln!("phoenix-proxy init: {error}");
+            ExitCode::from(init::EXIT_NO_PERMISSION)
+        }
+        Err(error) => {
+            eprintln!("phoenix-proxy init: {}", process::error_chain(&error));
             ExitCode::FAILURE
         }
     }

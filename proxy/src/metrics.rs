@@ -87,6 +87,29 @@ pub struct DenyLabels {
     pub client_id: String,
 }
 
+/// What became of a plain (non-mesh) TCP connection at an intercepting proxy.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum PlaintextDecision {
+    /// Outbound to a destination outside the mesh: sent as plain TCP.
+    passthrough,
+    /// Inbound from outside the mesh, passed to the app (`permissive`).
+    permitted,
+    /// Inbound from outside the mesh, refused (`strict`).
+    refused,
+    /// Inbound from the kubelet (a probe source), passed even when strict.
+    probe,
+}
+
+/// Labels of plain-TCP decisions.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlaintextLabels {
+    /// `inbound` or `outbound`.
+    pub direction: Direction,
+    /// `passthrough`, `permitted`, `refused` or `probe`.
+    pub decision: PlaintextDecision,
+}
+
 /// Labels for the QUIC gauges.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QuicLabels {
@@ -117,6 +140,9 @@ pub struct Metrics {
     pub tls_handshake_failures: Family<FailureLabels, Counter>,
     /// Tunnel stream outcomes.
     pub tunnel_streams: Family<StreamLabels, Counter>,
+    /// Plain TCP connections an intercepting proxy passed or refused: every
+    /// byte that did not cross the mesh encrypted is accounted for here.
+    pub tcp_plaintext: Family<PlaintextLabels, Counter>,
     /// Outbound connections closed by their service's idle timeout.
     pub idle_timeouts: Counter,
     /// Streams refused by a service's allow-list.
@@ -198,6 +224,11 @@ impl Metrics {
             self.config_version.clone(),
         );
         registry.register(
+            "tcp_plaintext",
+            "Plain TCP connections at an intercepting proxy: outbound passthrough, inbound permitted or refused",
+            self.tcp_plaintext.clone(),
+        );
+        registry.register(
             "trust_roots",
             "Mesh root certificates trusted now (two while a root rotation overlaps)",
             self.trust_roots.clone(),
@@ -233,6 +264,16 @@ impl Metrics {
             open: self.tcp_open_connections.get_or_create(&labels).clone(),
             close: self.tcp_close.get_or_create(&labels).clone(),
         }
+    }
+
+    /// Counts a plain-TCP decision.
+    pub fn plaintext(&self, direction: Direction, decision: PlaintextDecision) {
+        self.tcp_plaintext
+            .get_or_create(&PlaintextLabels {
+                direction,
+                decision,
+            })
+            .inc();
     }
 
     /// Counts a handshake.

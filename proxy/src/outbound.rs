@@ -11,13 +11,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::balance;
-use crate::config::{EndpointConfig, ProxyConfig};
+use crate::config::{EndpointConfig, ProxyConfig, UpstreamConfig};
 use crate::metrics::{Direction, GaugeGuard, QuicLabels};
+use crate::relay::{self, Start};
+use crate::state::Shared;
 
 /// The most endpoints one client connection tries before it is reset.
 const MAX_ATTEMPTS: usize = 3;
-use crate::relay::{self, Start};
-use crate::state::Shared;
 
 /// The outbound listeners currently bound, by service.
 #[derive(Debug, Default)]
@@ -122,14 +122,51 @@ async fn accept_loop(shared: Arc<Shared>, service: String, listener: TcpListener
 }
 
 async fn handle(shared: &Arc<Shared>, service: &str, tcp: TcpStream, client: SocketAddr) {
-    let id = shared.connection_id();
     let Some(config) = shared.config.load_full() else {
         return reset(tcp);
     };
     let Some(upstream) = config.upstreams.get(service) else {
         return reset(tcp);
     };
-    if upstream.endpoints.is_empty() {
+    let route = Route {
+        name: service,
+        upstream,
+        endpoints: &upstream.endpoints,
+        original_dst: None,
+    };
+    tunnel(shared, &config, route, tcp, client).await;
+}
+
+/// Where one outbound connection goes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Route<'a> {
+    /// The service (for logs, and named in the header unless `original_dst` is set).
+    pub name: &'a str,
+    /// Its settings (timeouts).
+    pub upstream: &'a UpstreamConfig,
+    /// The peers that may take it.
+    pub endpoints: &'a [EndpointConfig],
+    /// The address the app dialled, when it was a pod's and not a service's:
+    /// the peer then connects to that port of its pod.
+    pub original_dst: Option<SocketAddr>,
+}
+
+/// Carries `tcp` to one of `route`'s endpoints over the peer's QUIC connection.
+pub(crate) async fn tunnel(
+    shared: &Arc<Shared>,
+    config: &ProxyConfig,
+    route: Route<'_>,
+    tcp: TcpStream,
+    client: SocketAddr,
+) {
+    let id = shared.connection_id();
+    let Route {
+        name: service,
+        upstream,
+        endpoints,
+        original_dst,
+    } = route;
+    if endpoints.is_empty() {
         tracing::info!(%service, connection = id, "no endpoint for service; resetting");
         shared.metrics.stream(Direction::outbound, Status::NoRoute);
         return reset(tcp);
@@ -138,7 +175,6 @@ async fn handle(shared: &Arc<Shared>, service: &str, tcp: TcpStream, client: Soc
     // is set aside and the next choice made, up to MAX_ATTEMPTS endpoints:
     // when a whole zone is gone the client hears so after a few connect
     // timeouts, not one per endpoint.
-    let endpoints = &upstream.endpoints;
     let mut tried = vec![false; endpoints.len()];
     let mut attempts = 0;
     let (peer, endpoint) = loop {
@@ -174,7 +210,7 @@ async fn handle(shared: &Arc<Shared>, service: &str, tcp: TcpStream, client: Soc
         let timeout = upstream
             .connect_timeout
             .unwrap_or(config.mesh.connect_timeout);
-        match connect_peer(shared, &config, endpoint, timeout).await {
+        match connect_peer(shared, config, endpoint, timeout).await {
             Ok(peer) => {
                 shared.pool.failures.succeeded(endpoint.address);
                 break (peer, endpoint);
@@ -207,8 +243,8 @@ async fn handle(shared: &Arc<Shared>, service: &str, tcp: TcpStream, client: Soc
     );
     let mut request = Vec::with_capacity(64);
     let encoded = ConnectRequest {
-        service: Some(service.to_owned()),
-        original_dst: None,
+        service: original_dst.is_none().then(|| service.to_owned()),
+        original_dst,
         connection_id: id,
     }
     .encode(&mut request);

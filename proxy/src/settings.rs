@@ -40,6 +40,19 @@ pub struct Args {
     /// Admin HTTP address (loopback by default: it shows config).
     #[arg(long, env = "PHOENIX_ADMIN", default_value = "127.0.0.1:0")]
     pub admin: SocketAddr,
+    /// TCP address that accepts the app's outbound connections redirected by
+    /// `phoenix-proxy init` (e.g. 0.0.0.0:4140); off when absent.
+    #[arg(long, env = "PHOENIX_OUTBOUND_REDIRECT")]
+    pub outbound_redirect: Option<SocketAddr>,
+    /// TCP address that accepts plain inbound connections redirected by
+    /// `phoenix-proxy init` (e.g. 0.0.0.0:4141); off when absent.
+    #[arg(long, env = "PHOENIX_INBOUND_REDIRECT")]
+    pub inbound_redirect: Option<SocketAddr>,
+    /// Addresses whose plain TCP is passed even in strict mode: the node's
+    /// kubelet, so liveness and readiness probes keep working (the injector
+    /// passes the pod's `status.hostIP`). Comma-separated.
+    #[arg(long, env = "PHOENIX_PROBE_SOURCES", value_delimiter = ',')]
+    pub probe_sources: Vec<std::net::IpAddr>,
     /// Key exchange towards the control plane: pq-only or pq-preferred.
     #[arg(long, env = "PHOENIX_KEY_EXCHANGE", default_value = "pq-only", value_parser = parse_kx)]
     pub key_exchange: KeyExchange,
@@ -78,6 +91,12 @@ pub struct Settings {
     pub inbound: SocketAddr,
     /// Admin bind address.
     pub admin: SocketAddr,
+    /// Redirected outbound TCP listener (interception).
+    pub outbound_redirect: Option<SocketAddr>,
+    /// Redirected inbound TCP listener (interception).
+    pub inbound_redirect: Option<SocketAddr>,
+    /// Plain-TCP sources passed in strict mode (the kubelet).
+    pub probe_sources: Vec<std::net::IpAddr>,
     /// Drain grace period.
     pub drain_grace: Duration,
     /// QUIC transport settings.
@@ -89,7 +108,7 @@ pub struct Settings {
 pub enum SettingsError {
     /// The trust anchor file cannot be read.
     #[error(
-        "cannot read --trust-anchor {path}: {source}; pass the mesh root PEM (phoenix up writes it to <stateDir>/ca.crt)"
+        "cannot read --trust-anchor {path}: {source}; pass the mesh roots PEM (the control plane writes it to <stateDir>/trust-bundle.crt)"
     )]
     TrustAnchor {
         /// The path.
@@ -158,6 +177,9 @@ impl Args {
             trust_anchor_pem,
             inbound: self.inbound,
             admin: self.admin,
+            outbound_redirect: self.outbound_redirect,
+            inbound_redirect: self.inbound_redirect,
+            probe_sources: self.probe_sources,
             drain_grace: self.drain_grace,
             transport: TransportSettings {
                 max_udp_payload: self.max_udp_payload,

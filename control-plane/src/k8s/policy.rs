@@ -80,6 +80,7 @@ impl MeshRecord {
                 peer_idle_timeout_ms: 60_000,
                 connect_timeout_ms: 5_000,
                 // Set by the index from the root schedule.
+                inbound_mode: Default::default(),
                 trust_bundle_pem: None,
             },
             certificate_lifetime: Duration::from_secs(24 * 3600),
@@ -98,7 +99,7 @@ impl MeshRecord {
             key_exchange,
             cipher_suites,
             certificate_lifetime,
-            inbound_mode: _, // enforced by interception (the install issue)
+            inbound_mode,
             default_policy,
             peer_idle_timeout,
             connect_timeout,
@@ -162,6 +163,14 @@ impl MeshRecord {
                 cipher_suites: suites,
                 peer_idle_timeout_ms: idle.as_millis() as u64,
                 connect_timeout_ms: connect.as_millis() as u64,
+                inbound_mode: match inbound_mode {
+                    crate::crd::mesh_config::InboundMode::Permissive => {
+                        phoenix_api::snapshot::InboundMode::Permissive
+                    }
+                    crate::crd::mesh_config::InboundMode::Strict => {
+                        phoenix_api::snapshot::InboundMode::Strict
+                    }
+                },
                 trust_bundle_pem: None,
             },
             certificate_lifetime: lifetime,

@@ -1,0 +1,318 @@
+//! Transparent interception: TCP the pod's iptables rules (`phoenix-proxy
+//! init`) redirected to the proxy, whatever address the app dialled.
+//!
+//! Outbound, the address the app dialled (`SO_ORIGINAL_DST`) picks the
+//! route: a service's virtual address (ClusterIP:port) goes to one of its
+//! endpoints; a meshed pod's address goes to that pod's proxy, which
+//! connects to the same port; anything else leaves as plain TCP, counted as
+//! `passthrough`. Inbound, the redirect listener only ever sees plain TCP
+//! (meshed clients arrive over QUIC on UDP): `strict` refuses it,
+//! `permissive` passes it to the app, and both are counted.
+//!
+//! The app's bytes are never read before the route is chosen, so a protocol
+//! where the server speaks first (MySQL, SMTP) sees no detection delay.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use phoenix_api::snapshot::InboundMode;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::{EndpointConfig, ProxyConfig};
+use crate::metrics::{Direction, PlaintextDecision};
+use crate::outbound::{self, Route};
+use crate::state::Shared;
+
+/// Buffer per direction of a plain-TCP relay (passthrough): small, since
+/// these are the connections the mesh does not carry.
+const PLAIN_BUFFER: usize = 16 * 1024;
+
+/// The address a redirected connection was sent to; `None` when it was not
+/// redirected (a client dialled the redirect port itself).
+pub fn original_dst(tcp: &TcpStream) -> Option<SocketAddr> {
+    let sock = socket2::SockRef::from(tcp);
+    let local = tcp.local_addr().ok()?;
+    let dst = match local {
+        SocketAddr::V4(_) => sock.original_dst_v4(),
+        SocketAddr::V6(_) => sock.original_dst_v6(),
+    }
+    .ok()?
+    .as_socket()?;
+    // Not redirected: the "original" destination is the listener itself,
+    // and connecting to it would loop.
+    (dst != local).then_some(dst)
+}
+
+/// Where an intercepted outbound connection to `dst` goes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OutboundRoute<'a> {
+    /// A service's virtual address: any of its endpoints.
+    Service(&'a str),
+    /// A meshed pod's address: that pod's proxy, which connects to `dst`.
+    Pod {
+        /// The upstream the pod serves (its timeouts apply).
+        service: &'a str,
+        /// The pod's proxy.
+        endpoint: &'a EndpointConfig,
+    },
+    /// Outside the mesh: plain TCP.
+    Passthrough,
+}
+
+/// The route to `dst` under `config` (pure: tested without sockets).
+pub fn route(config: &ProxyConfig, dst: SocketAddr) -> OutboundRoute<'_> {
+    if let Some((name, _)) = config
+        .upstreams
+        .iter()
+        .find(|(_, u)| u.addresses.contains(&dst))
+    {
+        return OutboundRoute::Service(name);
+    }
+    for (name, upstream) in &config.upstreams {
+        if let Some(endpoint) = upstream
+            .endpoints
+            .iter()
+            .find(|e| e.address.ip() == dst.ip())
+        {
+            return OutboundRoute::Pod {
+                service: name,
+                endpoint,
+            };
+        }
+    }
+    OutboundRoute::Passthrough
+}
+
+/// Accepts redirected outbound connections until the task is dropped.
+pub async fn serve_outbound(shared: Arc<Shared>, listener: TcpListener) {
+    accept_loop(shared, listener, Direction::outbound, Arc::default()).await;
+}
+
+/// Accepts redirected inbound (plain TCP) connections until the task is
+/// dropped; plain TCP from `probe_sources` (the kubelet) passes even in
+/// strict mode.
+pub async fn serve_inbound(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    probe_sources: Arc<Vec<IpAddr>>,
+) {
+    accept_loop(shared, listener, Direction::inbound, probe_sources).await;
+}
+
+/// What the inbound redirect listener does with plain TCP from `client`
+/// (pure: tested without sockets).
+pub fn inbound_decision(
+    mode: InboundMode,
+    client: IpAddr,
+    probe_sources: &[IpAddr],
+) -> PlaintextDecision {
+    match mode {
+        InboundMode::Permissive => PlaintextDecision::permitted,
+        InboundMode::Strict if probe_sources.contains(&client.to_canonical()) => {
+            PlaintextDecision::probe
+        }
+        InboundMode::Strict => PlaintextDecision::refused,
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    direction: Direction,
+    probe_sources: Arc<Vec<IpAddr>>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, client)) => {
+                let _ = tcp.set_nodelay(true);
+                let shared = shared.clone();
+                let probe_sources = probe_sources.clone();
+                tokio::spawn(async move {
+                    let _active = shared.track();
+                    match direction {
+                        Direction::outbound => outbound_connection(&shared, tcp, client).await,
+                        Direction::inbound => {
+                            inbound_connection(&shared, tcp, client, &probe_sources).await
+                        }
+                    }
+                });
+            }
+            Err(error) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(?direction, %error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn outbound_connection(shared: &Arc<Shared>, tcp: TcpStream, client: SocketAddr) {
+    let Some(dst) = original_dst(&tcp) else {
+        tracing::info!(%client, "connection to the outbound redirect port was not redirected; resetting");
+        return reset(tcp);
+    };
+    let Some(config) = shared.config.load_full() else {
+        return reset(tcp);
+    };
+    match route(&config, dst) {
+        OutboundRoute::Service(name) => {
+            let upstream = &config.upstreams[name];
+            let route = Route {
+                name,
+                upstream,
+                endpoints: &upstream.endpoints,
+                original_dst: None,
+            };
+            outbound::tunnel(shared, &config, route, tcp, client).await;
+        }
+        OutboundRoute::Pod { service, endpoint } => {
+            let route = Route {
+                name: service,
+                upstream: &config.upstreams[service],
+                endpoints: std::slice::from_ref(endpoint),
+                original_dst: Some(dst),
+            };
+            outbound::tunnel(shared, &config, route, tcp, client).await;
+        }
+        OutboundRoute::Passthrough => {
+            shared
+                .metrics
+                .plaintext(Direction::outbound, PlaintextDecision::passthrough);
+            tracing::debug!(%client, %dst, "not a mesh destination; passing through as plain TCP");
+            plain_relay(tcp, dst, config.mesh.connect_timeout).await;
+        }
+    }
+}
+
+async fn inbound_connection(
+    shared: &Arc<Shared>,
+    tcp: TcpStream,
+    client: SocketAddr,
+    probe_sources: &[IpAddr],
+) {
+    let Some(dst) = original_dst(&tcp) else {
+        tracing::info!(%client, "connection to the inbound redirect port was not redirected; resetting");
+        return reset(tcp);
+    };
+    let Some(config) = shared.config.load_full() else {
+        return reset(tcp);
+    };
+    let mode = config.mesh.inbound_mode;
+    let decision = inbound_decision(mode, client.ip(), probe_sources);
+    shared.metrics.plaintext(Direction::inbound, decision);
+    if decision == PlaintextDecision::refused {
+        tracing::info!(%client, %dst, "plain TCP from outside the mesh refused (strict)");
+        return reset(tcp);
+    }
+    tracing::debug!(%client, %dst, mode = mode.as_str(), ?decision, "plain TCP from outside the mesh passed");
+    plain_relay(tcp, dst, config.mesh.connect_timeout).await;
+}
+
+/// Connects to `dst` (the proxy's own traffic is not redirected) and copies
+/// both ways; a refused connect resets the client, as the app would see.
+async fn plain_relay(mut tcp: TcpStream, dst: SocketAddr, connect_timeout: Duration) {
+    let mut upstream = match tokio::time::timeout(connect_timeout, TcpStream::connect(dst)).await {
+        Ok(Ok(u)) => u,
+        Ok(Err(error)) => {
+            tracing::debug!(%dst, %error, "plain TCP connect refused");
+            return reset(tcp);
+        }
+        Err(_) => {
+            tracing::debug!(%dst, "plain TCP connect timed out");
+            return reset(tcp);
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    let _ = tokio::io::copy_bidirectional_with_sizes(
+        &mut tcp,
+        &mut upstream,
+        PLAIN_BUFFER,
+        PLAIN_BUFFER,
+    )
+    .await;
+}
+
+fn reset(tcp: TcpStream) {
+    let _ = tcp.set_zero_linger();
+    drop(tcp);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use phoenix_api::snapshot::{Endpoint, MeshSettings, Resource, Snapshot, Upstream};
+    use phoenix_api::tls_policy::{CipherSuite, KeyExchange};
+
+    fn config() -> ProxyConfig {
+        let resources = [
+            Resource::Mesh(MeshSettings {
+                trust_domain: "td".into(),
+                key_exchange: KeyExchange::PqOnly,
+                cipher_suites: CipherSuite::DEFAULT.to_vec(),
+                peer_idle_timeout_ms: 1000,
+                connect_timeout_ms: 1000,
+                inbound_mode: InboundMode::Strict,
+                trust_bundle_pem: None,
+            }),
+            Resource::Upstream(Upstream {
+                service: "db.shop:5432".into(),
+                listen: None,
+                addresses: vec!["10.96.0.10:5432".parse().unwrap()],
+                endpoints: vec![Endpoint {
+                    address: "10.0.0.5:4143".parse().unwrap(),
+                    identity: "spiffe://td/ns/shop/sa/db".into(),
+                }],
+                connect_timeout_ms: None,
+                idle_timeout_ms: None,
+            }),
+        ];
+        let snap = Snapshot {
+            version: 1,
+            resources: resources.into_iter().map(|r| (r.key(), r)).collect(),
+        };
+        ProxyConfig::try_from(&snap).unwrap()
+    }
+
+    #[test]
+    fn strict_mode_refuses_outsiders_but_not_the_kubelet() {
+        let kubelet: IpAddr = "10.0.0.1".parse().unwrap();
+        let outsider: IpAddr = "10.0.0.9".parse().unwrap();
+        let d = |mode, ip| inbound_decision(mode, ip, &[kubelet]);
+        assert_eq!(d(InboundMode::Strict, outsider), PlaintextDecision::refused);
+        assert_eq!(d(InboundMode::Strict, kubelet), PlaintextDecision::probe);
+        // An IPv4 client on a dual-stack socket arrives as ::ffff:a.b.c.d.
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(d(InboundMode::Strict, mapped), PlaintextDecision::probe);
+        assert_eq!(
+            d(InboundMode::Permissive, outsider),
+            PlaintextDecision::permitted
+        );
+    }
+
+    #[test]
+    fn the_dialled_address_picks_service_pod_or_passthrough() {
+        let c = config();
+        assert_eq!(
+            route(&c, "10.96.0.10:5432".parse().unwrap()),
+            OutboundRoute::Service("db.shop:5432")
+        );
+        // Another port of the ClusterIP is not the service's.
+        assert_eq!(
+            route(&c, "10.96.0.10:22".parse().unwrap()),
+            OutboundRoute::Passthrough
+        );
+        // The pod itself, on its app port: its proxy.
+        match route(&c, "10.0.0.5:15432".parse().unwrap()) {
+            OutboundRoute::Pod { service, endpoint } => {
+                assert_eq!(service, "db.shop:5432");
+                assert_eq!(endpoint.address, "10.0.0.5:4143".parse().unwrap());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            route(&c, "93.184.216.34:443".parse().unwrap()),
+            OutboundRoute::Passthrough
+        );
+    }
+}

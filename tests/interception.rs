@@ -1,0 +1,508 @@
+//! Transparent interception end to end, with real parts only: pods are
+//! network namespaces on a bridge, their rules are programmed by the real
+//! `phoenix-proxy init`, the apps are unmodified (curl, Python's
+//! http.server, a server-first banner service), and a packet capture on the
+//! client pod's interface shows what crossed the wire.
+//!
+//! Needs root (network namespaces, iptables), iproute2, iptables, tcpdump,
+//! curl and python3: `scripts/test` installs them; CI runs as root.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on failure by design
+
+#[path = "support/harness.rs"]
+mod harness;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::{Proc, bin, eventually, metric};
+
+const NODE_IP: &str = "10.77.0.1";
+const CLIENT_IP: &str = "10.77.0.2";
+const SERVER_IP: &str = "10.77.0.3";
+const OUTSIDER_IP: &str = "10.77.0.4";
+/// The UID the proxies run as (`phoenix-proxy init --proxy-uid`'s default).
+const PROXY_UID: &str = "2102";
+
+/// Pods as network namespaces on one bridge, removed on drop. Names are
+/// unique per run, so runs can overlap.
+struct Topology {
+    id: String,
+}
+
+impl Topology {
+    fn new() -> Self {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "the interception test needs root (network namespaces and iptables); CI runs as root"
+        );
+        let id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let t = Self { id };
+        let node = t.ns("node");
+        run(&["ip", "netns", "add", &node]);
+        t.exec("node", &["ip", "link", "set", "lo", "up"]);
+        t.exec("node", &["ip", "link", "add", "br0", "type", "bridge"]);
+        t.exec(
+            "node",
+            &["ip", "addr", "add", &format!("{NODE_IP}/24"), "dev", "br0"],
+        );
+        t.exec("node", &["ip", "link", "set", "br0", "up"]);
+        for (pod, ip) in [("a", CLIENT_IP), ("b", SERVER_IP), ("c", OUTSIDER_IP)] {
+            let name = t.ns(pod);
+            run(&["ip", "netns", "add", &name]);
+            // Neighbour discovery and router solicitations would only add noise.
+            for scope in ["all", "default"] {
+                t.exec(
+                    pod,
+                    &[
+                        "sysctl",
+                        "-qw",
+                        &format!("net.ipv6.conf.{scope}.disable_ipv6=1"),
+                    ],
+                );
+            }
+            let host_end = format!("v{pod}{}", t.id);
+            run(&[
+                "ip", "link", "add", &host_end, "netns", &node, "type", "veth", "peer", "name",
+                "eth0", "netns", &name,
+            ]);
+            t.exec(
+                "node",
+                &["ip", "link", "set", &host_end, "master", "br0", "up"],
+            );
+            t.exec(pod, &["ip", "link", "set", "lo", "up"]);
+            t.exec(
+                pod,
+                &["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
+            );
+            t.exec(pod, &["ip", "link", "set", "eth0", "up"]);
+        }
+        t
+    }
+
+    fn ns(&self, pod: &str) -> String {
+        format!("phx-{}-{pod}", self.id)
+    }
+
+    /// `ip netns exec <pod> args...`, whose exec replaces `ip`: killing
+    /// the child kills the program itself.
+    fn command(&self, pod: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns(pod)]).args(args);
+        c
+    }
+
+    fn exec(&self, pod: &str, args: &[&str]) -> Output {
+        let out = self.command(pod, args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?} in {pod}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// A GET from the node (where the admin ports are reachable).
+    fn get(&self, url: &str) -> Option<String> {
+        let out = self
+            .command("node", &["curl", "-sf", "--max-time", "5", url])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for pod in ["a", "b", "c", "node"] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(pod)])
+                .output();
+        }
+    }
+}
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn mesh(mode: &str) -> String {
+    format!(
+        "trustDomain: phoenix.local\n\
+         stateDir: state\n\
+         inboundMode: {mode}\n\
+         controlPlane: {{listen: \"{NODE_IP}:4180\", admin: \"{NODE_IP}:9990\"}}\n\
+         workloads:\n\
+         \x20 - name: client\n\
+         \x20   upstreams: [{{service: web}}, {{service: banner}}]\n\
+         \x20 - name: server\n\
+         \x20   serve:\n\
+         \x20     - {{service: web, target: \"{SERVER_IP}:8080\", allow: [client]}}\n\
+         \x20     - {{service: banner, target: \"{SERVER_IP}:2525\", allow: [client]}}\n"
+    )
+}
+
+/// A Python program as an unmodified app in `pod`.
+fn python(t: &Topology, pod: &str, name: &str, code: &str) -> Proc {
+    Proc::spawn(name, t.command(pod, &["python3", "-u", "-c", code]))
+}
+
+/// The proxy of `pod`, as the injector would run it: its own UID, the
+/// redirect listeners on the ports init programmed.
+fn proxy(t: &Topology, pod: &str, token: &str, anchor: &Path) -> Proc {
+    let mut cmd = t.command(
+        pod,
+        &[
+            "setpriv",
+            "--reuid",
+            PROXY_UID,
+            "--regid",
+            PROXY_UID,
+            "--clear-groups",
+        ],
+    );
+    cmd.arg(bin("phoenix-proxy"))
+        .args(["--control-plane", &format!("{NODE_IP}:4180")])
+        .args([
+            "--control-plane-identity",
+            "spiffe://phoenix.local/ns/phoenix/sa/control-plane",
+        ])
+        .arg("--trust-anchor")
+        .arg(anchor)
+        .args(["--inbound", "0.0.0.0:4143", "--admin", "0.0.0.0:4191"])
+        .args(["--outbound-redirect", "0.0.0.0:4140"])
+        .args(["--inbound-redirect", "0.0.0.0:4141"])
+        // The node plays the kubelet: its probes pass even in strict mode.
+        .args(["--probe-sources", NODE_IP])
+        .env("PHOENIX_TOKEN", token);
+    Proc::spawn(&format!("proxy-{pod}"), cmd)
+}
+
+/// curl from `pod`: the body, or `None` when the connection failed.
+fn curl(t: &Topology, pod: &str, url: &str) -> Option<String> {
+    let out = t
+        .command(pod, &["curl", "-sf", "--max-time", "5", url])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Starts tcpdump on `pod`'s eth0, writing to `file`; returns once it captures.
+fn capture(t: &Topology, pod: &str, file: &Path) -> std::process::Child {
+    let mut child = t
+        // -Z root: Debian's tcpdump otherwise drops to its own user, which
+        // may not write into the test's directory; --immediate-mode: hand
+        // over every packet at once, not in blocks a SIGTERM may lose.
+        .command(
+            pod,
+            &[
+                "tcpdump",
+                "-Z",
+                "root",
+                "--immediate-mode",
+                "-i",
+                "eth0",
+                "-n",
+                "-U",
+                "-s",
+                "0",
+                "-w",
+            ],
+        )
+        .arg(file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let started = Instant::now();
+    loop {
+        let line = lines.next().expect("tcpdump ended").unwrap();
+        if line.contains("listening on") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "tcpdump did not start"
+        );
+    }
+    // Keep draining stderr so tcpdump never blocks on it.
+    std::thread::spawn(move || for _ in lines {});
+    child
+}
+
+/// The packets in `file` that match `filter`, one summary line each.
+fn packets(file: &Path, filter: &str) -> Vec<String> {
+    let out = Command::new("tcpdump")
+        .args(["-n", "-r"])
+        .arg(file)
+        .arg(filter)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tcpdump -r: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn intercepted_tcp_crosses_the_mesh_encrypted_and_outsiders_follow_the_inbound_mode() {
+    let t = Topology::new();
+    let dir = tempfile::tempdir().unwrap();
+    // The proxies run as their own UID and read the trust bundle from here.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mesh_path = dir.path().join("mesh.yaml");
+    std::fs::write(&mesh_path, mesh("strict")).unwrap();
+    std::fs::create_dir_all(dir.path().join("state")).unwrap();
+    let tokens: Vec<(String, String)> = ["client", "server"]
+        .iter()
+        .map(|w| {
+            (
+                format!("token-{w}-{}", rand::random::<u64>()),
+                w.to_string(),
+            )
+        })
+        .collect();
+    phoenix_control_plane::tokens::Tokens::from_pairs(tokens.iter().cloned())
+        .write(&dir.path().join("state/tokens.json"))
+        .unwrap();
+
+    // The apps: unmodified, listening on every address of their pod.
+    let secret = format!("phoenix-secret-{:016x}", rand::random::<u64>());
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.txt"), secret.repeat(1000)).unwrap();
+    let www_str = www.to_str().unwrap().to_owned();
+    let _web = Proc::spawn(
+        "http.server",
+        t.command(
+            "b",
+            &[
+                "python3",
+                "-m",
+                "http.server",
+                "8080",
+                "--bind",
+                "0.0.0.0",
+                "--directory",
+                &www_str,
+            ],
+        ),
+    );
+    // Server-first, like SMTP or MySQL: it speaks before the client does.
+    let _banner = python(
+        &t,
+        "b",
+        "banner",
+        "import socket\n\
+         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('0.0.0.0', 2525)); s.listen(16)\n\
+         while True:\n\
+         \x20   c, _ = s.accept(); c.sendall(b'220 phoenix-test ESMTP ready\\r\\n'); c.close()\n",
+    );
+    // A plain service outside the mesh.
+    let _outside_web = Proc::spawn(
+        "outside-http",
+        t.command(
+            "c",
+            &[
+                "python3",
+                "-m",
+                "http.server",
+                "9090",
+                "--bind",
+                "0.0.0.0",
+                "--directory",
+                &www_str,
+            ],
+        ),
+    );
+
+    // Control plane on the node; init and the proxies in the meshed pods.
+    let mut cp_cmd = t.command("node", &[]);
+    cp_cmd
+        .arg(bin("phoenix-control-plane"))
+        .arg("--mesh")
+        .arg(&mesh_path);
+    let cp = Proc::spawn("control-plane", cp_cmd);
+    let bound: serde_json::Value = serde_json::from_str(&cp.line(Duration::from_secs(30))).unwrap();
+    let anchor = PathBuf::from(bound["trustAnchor"].as_str().unwrap());
+    for pod in ["a", "b"] {
+        let out = t.exec(pod, &[bin("phoenix-proxy").to_str().unwrap(), "init"]);
+        let printed = String::from_utf8_lossy(&out.stdout);
+        assert!(printed.contains("-j REDIRECT --to-ports 4140"), "{printed}");
+        // Idempotent: a second run leaves the same table.
+        let before = t.exec(pod, &["iptables-save", "-t", "nat"]).stdout;
+        t.exec(pod, &[bin("phoenix-proxy").to_str().unwrap(), "init"]);
+        let after = t.exec(pod, &["iptables-save", "-t", "nat"]).stdout;
+        let rules = |b: &[u8]| -> Vec<String> {
+            String::from_utf8_lossy(b)
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(rules(&before), rules(&after), "init is idempotent");
+    }
+    let token = |w: &str| tokens.iter().find(|(_, n)| n == w).unwrap().0.clone();
+    let _pa = proxy(&t, "a", &token("client"), &anchor);
+    let _pb = proxy(&t, "b", &token("server"), &anchor);
+    for ip in [CLIENT_IP, SERVER_IP] {
+        eventually(Duration::from_secs(30), "proxy ready", || {
+            t.get(&format!("http://{ip}:4191/ready")).map(|_| ())
+        });
+    }
+    eventually(
+        Duration::from_secs(20),
+        "the client knows the server",
+        || {
+            let config = t.get(&format!("http://{CLIENT_IP}:4191/config"))?;
+            config.contains(&format!("{SERVER_IP}:4143")).then_some(())
+        },
+    );
+
+    // Meshed traffic, captured on the client pod's interface.
+    let pcap = dir.path().join("a.pcap");
+    let mut tcpdump = capture(&t, "a", &pcap);
+    let body = curl(&t, "a", &format!("http://{SERVER_IP}:8080/index.txt"))
+        .expect("curl through the mesh");
+    assert_eq!(body, secret.repeat(1000), "the bytes arrive intact");
+    // The server-first service answers first, with no detection delay.
+    let banner = python(
+        &t,
+        "a",
+        "banner-client",
+        &format!(
+            "import socket, time\n\
+             t = time.monotonic(); s = socket.create_connection(('{SERVER_IP}', 2525), timeout=10)\n\
+             data = s.recv(100); print(data.decode().strip()); print(int((time.monotonic() - t) * 1000))\n"
+        ),
+    );
+    assert_eq!(
+        banner.line(Duration::from_secs(15)),
+        "220 phoenix-test ESMTP ready"
+    );
+    let ms: u64 = banner.line(Duration::from_secs(5)).parse().unwrap();
+    assert!(
+        ms < 1000,
+        "the banner took {ms} ms: something waited for the client to speak"
+    );
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(tcpdump.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    tcpdump.wait().unwrap();
+    let tcp = packets(&pcap, "tcp");
+    assert!(
+        tcp.is_empty(),
+        "TCP crossed the client pod's interface: {tcp:?}"
+    );
+    let quic = packets(&pcap, &format!("udp and host {SERVER_IP} and port 4143"));
+    let quic_bytes: usize = quic
+        .iter()
+        .filter_map(|p| p.rsplit_once("length ")?.1.trim().parse::<usize>().ok())
+        .sum();
+    assert!(
+        quic_bytes > body.len(),
+        "the response crossed as QUIC to the server proxy's port: {quic_bytes} bytes in {} packets",
+        quic.len()
+    );
+    let wire = std::fs::read(&pcap).unwrap();
+    assert!(
+        !wire.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "the app's payload appeared in clear on the wire"
+    );
+    // Both proxies saw it, over the post-quantum key exchange.
+    let client_metrics = t.get(&format!("http://{CLIENT_IP}:4191/metrics")).unwrap();
+    let server_metrics = t.get(&format!("http://{SERVER_IP}:4191/metrics")).unwrap();
+    for (text, side) in [(&client_metrics, "client"), (&server_metrics, "server")] {
+        let n = metric(
+            text,
+            "tls_handshakes_total",
+            &[
+                ("side", side),
+                ("kx_group", "X25519MLKEM768"),
+                ("result", "success"),
+            ],
+        );
+        assert!(n >= 1.0, "{side}: {n} X25519MLKEM768 handshakes");
+    }
+    let streams = metric(
+        &server_metrics,
+        "tunnel_streams_total",
+        &[("direction", "inbound"), ("status", "connected")],
+    );
+    assert!(streams >= 2.0, "web and banner streams: {streams}");
+
+    // Outside the mesh: plain TCP out of a meshed pod passes through, counted.
+    let plain = curl(&t, "a", &format!("http://{OUTSIDER_IP}:9090/index.txt"));
+    assert_eq!(plain.as_deref(), Some(secret.repeat(1000).as_str()));
+    let client_metrics = t.get(&format!("http://{CLIENT_IP}:4191/metrics")).unwrap();
+    let passthrough = metric(
+        &client_metrics,
+        "tcp_plaintext_total",
+        &[("direction", "outbound"), ("decision", "passthrough")],
+    );
+    assert_eq!(passthrough, 1.0);
+
+    // A client outside the mesh is refused in strict mode...
+    assert_eq!(
+        curl(&t, "c", &format!("http://{SERVER_IP}:8080/index.txt")),
+        None
+    );
+    let refused = metric(
+        &t.get(&format!("http://{SERVER_IP}:4191/metrics")).unwrap(),
+        "tcp_plaintext_total",
+        &[("direction", "inbound"), ("decision", "refused")],
+    );
+    assert!(refused >= 1.0, "refused {refused}");
+    // The kubelet's probes still reach the app.
+    assert!(
+        t.get(&format!("http://{SERVER_IP}:8080/index.txt"))
+            .is_some(),
+        "a probe from the node is passed in strict mode"
+    );
+    let probes = metric(
+        &t.get(&format!("http://{SERVER_IP}:4191/metrics")).unwrap(),
+        "tcp_plaintext_total",
+        &[("direction", "inbound"), ("decision", "probe")],
+    );
+    assert_eq!(probes, 1.0);
+    // ...and outsiders are passed in permissive mode (the mesh file is reloaded live).
+    std::fs::write(&mesh_path, mesh("permissive")).unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "permissive mode passes outsiders",
+        || curl(&t, "c", &format!("http://{SERVER_IP}:8080/index.txt")),
+    );
+    let permitted = metric(
+        &t.get(&format!("http://{SERVER_IP}:4191/metrics")).unwrap(),
+        "tcp_plaintext_total",
+        &[("direction", "inbound"), ("decision", "permitted")],
+    );
+    assert!(permitted >= 1.0, "permitted {permitted}");
+    drop(cp);
+}
