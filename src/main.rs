@@ -2,6 +2,8 @@
 
 mod demo;
 mod http;
+#[cfg(feature = "kubernetes")]
+mod inject;
 mod up;
 
 use std::path::PathBuf;
@@ -35,6 +37,10 @@ enum Command {
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         drain_grace: Duration,
     },
+    /// Add the Phoenix proxy to the workloads in Kubernetes manifests (the
+    /// webhook's injection, offline); prints the result for `kubectl apply`.
+    #[cfg(feature = "kubernetes")]
+    Inject(inject::InjectArgs),
     /// Run a built-in mesh with sample services and live traffic.
     Demo {
         /// Stop after this long (counted from ready), e.g. `20s`.
@@ -76,6 +82,8 @@ fn main() -> ExitCode {
                 output,
                 drain_grace,
             } => up_command(file, output, drain_grace).await,
+            #[cfg(feature = "kubernetes")]
+            Command::Inject(args) => inject::run(&args),
             Command::Demo { duration, output } => {
                 match demo::run(duration, output == Output::Json).await {
                     Ok(true) => ExitCode::SUCCESS,

@@ -221,3 +221,69 @@ fn sigterm_stops_up_cleanly() {
         "children stopped before up exited"
     );
 }
+
+/// `phoenix inject` is the webhook's injection, offline: the golden patch's
+/// containers appear in the output, other objects pass unchanged, and
+/// injecting the output again changes nothing.
+#[cfg(feature = "kubernetes")]
+#[test]
+fn inject_adds_the_proxy_to_workloads_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let anchor = dir.path().join("ca.crt");
+    std::fs::write(
+        &anchor,
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let manifests = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("control-plane/tests/golden/inject/deployment.yaml");
+    let service = dir.path().join("svc.yaml");
+    std::fs::write(
+        &service,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: db}\nspec: {ports: [{port: 5432}]}\n",
+    )
+    .unwrap();
+    let inject = |files: &[&std::path::Path]| {
+        let mut cmd = Command::new(bin("phoenix"));
+        cmd.arg("inject").arg("--trust-anchor").arg(&anchor);
+        for f in files {
+            cmd.arg("-f").arg(f);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let once = inject(&[&manifests, &service]);
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_str_multiple(&once).unwrap();
+    assert_eq!(docs.len(), 2);
+    let init: Vec<&str> = docs[0]["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(init, ["phoenix-init", "phoenix-proxy", "migrate"]);
+    assert_eq!(docs[1]["kind"], "Service");
+    assert!(
+        docs[1].get("spec").is_some() && !once.split("---\n").nth(2).unwrap().contains("phoenix")
+    );
+    let injected = dir.path().join("injected.yaml");
+    std::fs::write(&injected, &once).unwrap();
+    assert_eq!(
+        inject(&[&injected]),
+        once,
+        "injecting twice changes nothing"
+    );
+    // A missing file is a config error with its name.
+    let out = Command::new(bin("phoenix"))
+        .args(["inject", "-f", "/nonexistent.yaml", "--trust-anchor"])
+        .arg(&anchor)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.yaml"));
+}

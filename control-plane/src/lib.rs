@@ -5,11 +5,15 @@
 //! snapshots; [`hub`] holds the live state; [`server`] speaks to proxies;
 //! [`ca`] signs certificates.
 
+#[cfg(feature = "kubernetes")]
+pub mod admission;
 pub mod ca;
 #[cfg(feature = "kubernetes")]
 pub mod crd;
 pub mod hub;
 pub mod index;
+#[cfg(feature = "kubernetes")]
+pub mod inject;
 #[cfg(feature = "kubernetes")]
 pub mod k8s;
 pub mod mesh;

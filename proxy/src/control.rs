@@ -27,8 +27,9 @@ use crate::state::Shared;
 /// Where the control plane is and how to prove who we are to it.
 #[derive(Clone, Debug)]
 pub struct ControlPlane {
-    /// Its QUIC address.
-    pub address: SocketAddr,
+    /// Its QUIC address, `host:port`: an IP, or a name resolved at every
+    /// connection (in a cluster, the control plane's Service).
+    pub address: String,
     /// The identity its certificate must carry.
     pub identity: SpiffeId,
     /// Where our token comes from.
@@ -97,6 +98,15 @@ pub enum ControlError {
     /// The control plane answered with an unexpected message.
     #[error("unexpected answer from the control plane")]
     Unexpected,
+    /// The control plane's name does not resolve.
+    #[error("cannot resolve the control plane address {address}")]
+    Resolve {
+        /// The address.
+        address: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The token file cannot be read.
     #[error("cannot read the token file {path}")]
     TokenFile {
@@ -106,6 +116,30 @@ pub enum ControlError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl ControlPlane {
+    /// The address to connect to now, in the family of our endpoint.
+    pub async fn resolve(&self, endpoint: &quinn::Endpoint) -> Result<SocketAddr, ControlError> {
+        if let Ok(addr) = self.address.parse() {
+            return Ok(addr);
+        }
+        let error = |source| ControlError::Resolve {
+            address: self.address.clone(),
+            source,
+        };
+        let v6 = endpoint.local_addr().map_err(error)?.is_ipv6();
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&self.address)
+            .await
+            .map_err(error)?
+            .collect();
+        addrs
+            .iter()
+            .find(|a| a.is_ipv6() == v6)
+            .or(addrs.first())
+            .copied()
+            .ok_or_else(|| error(std::io::Error::other("no address")))
+    }
 }
 
 /// Asks the control plane for a certificate (server-authenticated only).
@@ -126,7 +160,11 @@ pub async fn obtain_certificate(
     )?;
     let conn = shared
         .endpoint
-        .connect_with(config, cp.address, "control-plane.phoenix")?
+        .connect_with(
+            config,
+            cp.resolve(&shared.endpoint).await?,
+            "control-plane.phoenix",
+        )?
         .await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     write_frame(
@@ -212,7 +250,11 @@ async fn subscription(
     )?;
     let conn = shared
         .endpoint
-        .connect_with(config, cp.address, "control-plane.phoenix")?
+        .connect_with(
+            config,
+            cp.resolve(&shared.endpoint).await?,
+            "control-plane.phoenix",
+        )?
         .await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     write_frame(

@@ -22,15 +22,20 @@ pub const ENV_TOKEN: &str = "PHOENIX_TOKEN";
 #[derive(Debug, clap::Parser)]
 #[command(name = "phoenix-proxy", version, about = "Phoenix data-plane proxy")]
 pub struct Args {
-    /// Control plane QUIC address.
-    #[arg(long, env = "PHOENIX_CONTROL_PLANE")]
-    pub control_plane: SocketAddr,
+    /// Control plane QUIC address, `host:port` (a name is resolved at
+    /// every connection, e.g. `phoenix-control-plane.phoenix-system.svc:4180`).
+    #[arg(long, env = "PHOENIX_CONTROL_PLANE", value_parser = parse_host_port)]
+    pub control_plane: String,
     /// SPIFFE ID the control plane's certificate must carry.
     #[arg(long, env = "PHOENIX_CONTROL_PLANE_IDENTITY")]
     pub control_plane_identity: String,
     /// PEM file with the mesh root certificate(s).
     #[arg(long, env = "PHOENIX_TRUST_ANCHOR")]
-    pub trust_anchor: PathBuf,
+    pub trust_anchor: Option<PathBuf>,
+    /// The mesh root certificate(s) themselves, instead of a file (the
+    /// injector sets it: a pod then needs no extra volume).
+    #[arg(long, env = "PHOENIX_TRUST_ANCHOR_PEM", hide_env_values = true)]
+    pub trust_anchor_pem: Option<String>,
     /// File holding the bootstrap token (instead of $PHOENIX_TOKEN).
     #[arg(long, env = "PHOENIX_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
@@ -116,6 +121,11 @@ pub enum SettingsError {
         /// Why.
         source: std::io::Error,
     },
+    /// No trust anchor.
+    #[error(
+        "no trust anchor: pass --trust-anchor FILE (the control plane writes <stateDir>/trust-bundle.crt) or set PHOENIX_TRUST_ANCHOR_PEM"
+    )]
+    NoTrustAnchor,
     /// No token.
     #[error("no bootstrap token: set ${ENV_TOKEN} or --token-file")]
     NoToken,
@@ -137,12 +147,16 @@ pub enum SettingsError {
 impl Args {
     /// Reads files and environment and validates everything.
     pub fn into_settings(self, token_env: Option<String>) -> Result<Settings, SettingsError> {
-        let trust_anchor_pem = std::fs::read_to_string(&self.trust_anchor).map_err(|source| {
-            SettingsError::TrustAnchor {
-                path: self.trust_anchor.clone(),
-                source,
+        let trust_anchor_pem = match (&self.trust_anchor, self.trust_anchor_pem) {
+            (Some(path), _) => {
+                std::fs::read_to_string(path).map_err(|source| SettingsError::TrustAnchor {
+                    path: path.clone(),
+                    source,
+                })?
             }
-        })?;
+            (None, Some(pem)) => pem,
+            (None, None) => return Err(SettingsError::NoTrustAnchor),
+        };
         let token = match (&self.token_file, token_env) {
             (Some(path), _) => {
                 // Read now so a missing file is a config error at start;
@@ -191,6 +205,25 @@ impl Args {
     }
 }
 
+/// Checks `host:port` (an IP address, or a name with a port).
+pub fn parse_host_port(s: &str) -> Result<String, String> {
+    if s.parse::<SocketAddr>().is_ok() {
+        return Ok(s.to_owned());
+    }
+    match s.rsplit_once(':') {
+        Some((host, port))
+            if !host.is_empty()
+                && !host.contains(':')
+                && port.parse::<u16>().is_ok_and(|p| p > 0) =>
+        {
+            Ok(s.to_owned())
+        }
+        _ => Err(format!(
+            "`{s}` is not host:port; e.g. 10.0.0.1:4180 or phoenix-control-plane.phoenix-system.svc:4180"
+        )),
+    }
+}
+
 /// Parses `pq-only` / `pq-preferred`.
 pub fn parse_kx(s: &str) -> Result<KeyExchange, String> {
     match s {
@@ -205,4 +238,32 @@ pub fn parse_kx(s: &str) -> Result<KeyExchange, String> {
 /// Parses durations like `500ms`, `20s`, `5m`, `24h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     phoenix_api::duration::parse(s).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_control_plane_is_an_address_or_a_name_with_a_port() {
+        for ok in [
+            "10.0.0.1:4180",
+            "[fd00::1]:4180",
+            "phoenix-control-plane.phoenix-system.svc:4180",
+            "localhost:1",
+        ] {
+            assert_eq!(parse_host_port(ok).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "phoenix",
+            "phoenix:",
+            ":4180",
+            "phoenix:0",
+            "phoenix:http",
+            "fd00::1:4180x",
+        ] {
+            let e = parse_host_port(bad).unwrap_err();
+            assert!(e.contains("is not host:port"), "{bad}: {e}");
+        }
+    }
 }

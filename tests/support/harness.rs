@@ -384,8 +384,10 @@ impl Manual {
     /// Starts `workload`'s proxy and waits until it is ready.
     pub fn start_proxy(&mut self, workload: &str, extra: &[&str]) {
         let mut cmd = Command::new(bin("phoenix-proxy"));
+        // By name: proxies resolve the control plane's address at every
+        // connection (in a cluster it is a Service name).
         cmd.arg("--control-plane")
-            .arg(self.control_addr().to_string())
+            .arg(format!("localhost:{}", self.control_addr().port()))
             .arg("--control-plane-identity")
             .arg(self.cp_bound["identity"].as_str().unwrap())
             .arg("--trust-anchor")

@@ -1,0 +1,194 @@
+//! Sidecar injection: golden JSON patches for real manifests, the patched
+//! objects checked as Kubernetes types, re-injection changing nothing, and
+//! the webhook's AdmissionReview handling (good, malformed, refused).
+//! Refresh the goldens with `UPDATE_GOLDEN=1 cargo test`.
+#![cfg(feature = "kubernetes")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use kube::core::DynamicObject;
+use kube::core::admission::AdmissionReview;
+use phoenix_control_plane::admission::{self, AdmissionError};
+use phoenix_control_plane::inject::{self, Injector};
+use serde_json::{Value, json};
+
+fn injector() -> Injector {
+    Injector {
+        image: "ghcr.io/phoenix-mesh/phoenix-proxy:0.1.0".into(),
+        control_plane: "phoenix-control-plane.phoenix-system.svc:4180".into(),
+        control_plane_identity: "spiffe://cluster.local/ns/phoenix-system/sa/phoenix-control-plane"
+            .into(),
+        trust_bundle_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+        version: "0.1.0".into(),
+    }
+}
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/inject")
+}
+
+fn load(case: &str) -> Value {
+    let text = std::fs::read_to_string(dir().join(format!("{case}.yaml"))).unwrap();
+    serde_saphyr::from_str(&text).unwrap()
+}
+
+/// Compares `actual` with the golden file, or rewrites it with UPDATE_GOLDEN=1.
+fn golden(name: &str, actual: &str) {
+    let path = dir().join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", path.display()));
+    assert_eq!(
+        actual,
+        expected,
+        "{} drifted; if intended, refresh with UPDATE_GOLDEN=1",
+        path.display()
+    );
+}
+
+#[test]
+fn manifests_are_injected_as_the_goldens_say_and_only_once() {
+    for case in ["pod", "deployment", "cronjob"] {
+        let mut doc = load(case);
+        let base = inject::template_path(doc["kind"].as_str().unwrap()).unwrap();
+        let patch = injector().patch(&doc, base).unwrap();
+        golden(
+            &format!("{case}.patch.json"),
+            &(serde_json::to_string_pretty(&patch).unwrap() + "\n"),
+        );
+        json_patch::patch(&mut doc, &patch).unwrap();
+
+        // The result is a valid pod template in Kubernetes' own types.
+        let template = doc.pointer(base).unwrap().clone();
+        let spec = if case == "pod" {
+            serde_json::from_value::<Pod>(template)
+                .unwrap()
+                .spec
+                .unwrap()
+        } else {
+            serde_json::from_value::<PodTemplateSpec>(template)
+                .unwrap()
+                .spec
+                .unwrap()
+        };
+        let init: Vec<&str> = spec
+            .init_containers
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(&init[..2], ["phoenix-init", "phoenix-proxy"], "{case}");
+        if case == "deployment" {
+            assert_eq!(
+                init[2], "migrate",
+                "the app's init containers run after the proxy"
+            );
+        }
+        let proxy = &spec.init_containers.as_ref().unwrap()[1];
+        assert_eq!(
+            proxy.restart_policy.as_deref(),
+            Some("Always"),
+            "a native sidecar"
+        );
+        assert!(proxy.startup_probe.is_some());
+        assert!(
+            spec.volumes
+                .unwrap()
+                .iter()
+                .any(|v| v.name == inject::TOKEN_VOLUME)
+        );
+        assert_eq!(
+            doc.pointer(&format!("{base}/metadata/labels/phoenix.dev~1meshed")),
+            Some(&json!("true"))
+        );
+        // Injecting again changes nothing.
+        let again = injector().patch(&doc, base).unwrap();
+        assert!(again.0.is_empty(), "{case}: {again:?}");
+    }
+}
+
+fn admission_review(pod: Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "shop",
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": pod,
+            "dryRun": false,
+        }
+    }))
+    .unwrap()
+}
+
+fn response(body: &[u8]) -> kube::core::admission::AdmissionResponse {
+    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body).unwrap();
+    review.response.unwrap()
+}
+
+#[test]
+fn the_webhook_patches_pods_that_ask_and_refuses_what_it_cannot_inject() {
+    let none = |_: &str| BTreeMap::new();
+    // A pod asking by annotation gets the golden patch.
+    let body = admission::review(&admission_review(load("pod")), &injector(), none).unwrap();
+    let r = response(&body);
+    assert!(r.allowed);
+    assert_eq!(r.uid, "705ab4f5-6393-11e8-b7cc-42010a800002");
+    let patch: Value = serde_json::from_slice(r.patch.as_ref().unwrap()).unwrap();
+    let golden: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir().join("pod.patch.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        patch, golden,
+        "the webhook and `phoenix inject` patch alike"
+    );
+
+    // A namespace label asks for every pod; `disabled` on the pod wins.
+    let mut plain = load("pod");
+    plain["metadata"]["annotations"] = json!({});
+    let enabled = |_: &str| BTreeMap::from([("phoenix.dev/inject".into(), "enabled".into())]);
+    let r = response(
+        &admission::review(&admission_review(plain.clone()), &injector(), enabled).unwrap(),
+    );
+    assert!(r.allowed && r.patch.is_some());
+    let r =
+        response(&admission::review(&admission_review(plain.clone()), &injector(), none).unwrap());
+    assert!(r.allowed && r.patch.is_none(), "not asked: unchanged");
+    plain["metadata"]["annotations"] = json!({"phoenix.dev/inject": "disabled"});
+    let r = response(&admission::review(&admission_review(plain), &injector(), enabled).unwrap());
+    assert!(r.allowed && r.patch.is_none(), "disabled wins");
+
+    // Invalid Phoenix annotations refuse the pod with the reason.
+    let mut bad = load("pod");
+    bad["metadata"]["annotations"]["phoenix.dev/skip-outbound-ports"] = json!("smtp");
+    let r = response(&admission::review(&admission_review(bad), &injector(), none).unwrap());
+    assert!(!r.allowed);
+    assert!(
+        r.result.message.contains("phoenix.dev/skip-outbound-ports"),
+        "{}",
+        r.result.message
+    );
+
+    // Not an AdmissionReview: an error that says what was expected.
+    let e = admission::review(b"{\"hello\":", &injector(), none).unwrap_err();
+    assert!(matches!(e, AdmissionError::Malformed(_)));
+    assert!(e.to_string().contains("AdmissionReview"), "{e}");
+    let e = admission::review(
+        br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#,
+        &injector(),
+        none,
+    )
+    .unwrap_err();
+    assert!(matches!(e, AdmissionError::NoRequest), "{e}");
+}
