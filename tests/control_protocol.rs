@@ -229,8 +229,8 @@ async fn subscribing_needs_a_certificate_and_a_served_wire_version() {
     }
 }
 
-/// Version 2 gets a snapshot then deltas; version 1 (the previous one) gets
-/// a full snapshot on every change.
+/// Version 2 gets a snapshot then deltas; version 1 gets a full snapshot on
+/// every change; versions before 3 get mesh settings without the newer fields.
 #[tokio::test]
 async fn current_and_previous_wire_versions_are_served() {
     let m = start();
@@ -258,6 +258,26 @@ async fn current_and_previous_wire_versions_are_served() {
         panic!("v2 starts with a snapshot")
     };
     assert!(matches!(next(&mut v1).await, Response::Snapshot(_)));
+    // Versions before 3 refuse unknown fields: they get the mesh settings
+    // without the trust bundle; version 3 gets it.
+    let bundle = |s: &phoenix_api::snapshot::Snapshot| match s.resources.get("mesh") {
+        Some(phoenix_api::snapshot::Resource::Mesh(m)) => m.trust_bundle_pem.clone(),
+        other => panic!("no mesh resource: {other:?}"),
+    };
+    assert_eq!(bundle(&first), None);
+    let (_c3, mut v3) = client
+        .stream(
+            true,
+            &Request::Subscribe {
+                wire_version: 3,
+                inbound,
+            },
+        )
+        .await;
+    let Response::Snapshot(current) = next(&mut v3).await else {
+        panic!("v3 starts with a snapshot")
+    };
+    assert!(bundle(&current).is_some_and(|pem| pem.contains("BEGIN CERTIFICATE")));
     // Both subscriptions came from the `client` workload; the second replaced
     // the first registration, which is itself a change both may see. Drain
     // until quiet, then make one change of our own.

@@ -156,6 +156,8 @@ fn control_plane(
         .args(["--service-account", "phoenix-control-plane"])
         .args(["--trust-domain", "cluster.local"])
         .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        // The webhook is tested with its chart (issue 4); here, any port.
+        .args(["--webhook-listen", "127.0.0.1:0"])
         .arg("--state-dir")
         .arg(state)
         .env("KUBECONFIG", &cluster.kubeconfig)

@@ -17,8 +17,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::snapshot::{Delta, Snapshot};
 
-/// The wire version this build speaks: full snapshots, then deltas.
-pub const WIRE_VERSION: u32 = 2;
+/// The wire version this build speaks: full snapshots, then deltas, with
+/// the mesh settings' `inboundMode` and `trustBundlePem` (version 3).
+pub const WIRE_VERSION: u32 = 3;
+/// The first wire version whose mesh settings carry `inboundMode` and
+/// `trustBundlePem`; older proxies get them without (they refuse unknown
+/// fields, and predate interception and root rotation anyway).
+pub const WIRE_VERSION_MESH_V3: u32 = 3;
 /// The oldest wire version a control plane still serves: version 1 receives
 /// a full snapshot on every change instead of deltas.
 pub const MIN_WIRE_VERSION: u32 = 1;

@@ -32,6 +32,18 @@ pub enum Resource {
 }
 
 impl Resource {
+    /// This resource as a proxy speaking `wire_version` can read it: the
+    /// mesh settings lose the fields older proxies do not know.
+    pub fn for_wire(mut self, wire_version: u32) -> Self {
+        if wire_version < crate::control::WIRE_VERSION_MESH_V3
+            && let Resource::Mesh(m) = &mut self
+        {
+            m.inbound_mode = InboundMode::default();
+            m.trust_bundle_pem = None;
+        }
+        self
+    }
+
     /// The key this resource is stored under.
     pub fn key(&self) -> String {
         match self {
@@ -58,7 +70,7 @@ pub struct MeshSettings {
     pub connect_timeout_ms: u64,
     /// What an intercepting proxy does with plain TCP from a client outside
     /// the mesh: pass it to the app (`permissive`, counted) or refuse it.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "InboundMode::is_permissive")]
     pub inbound_mode: InboundMode,
     /// The mesh roots to trust (PEM, one or more CA certificates). Replaces
     /// the bootstrap trust anchor, so a root rotation reaches every proxy:
@@ -81,6 +93,11 @@ pub enum InboundMode {
 }
 
 impl InboundMode {
+    /// Whether this is the default (omitted on the wire).
+    pub fn is_permissive(&self) -> bool {
+        *self == Self::Permissive
+    }
+
     /// The name used in config and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -182,6 +199,17 @@ pub enum DeltaError {
 }
 
 impl Snapshot {
+    /// This snapshot as a proxy speaking `wire_version` can read it.
+    pub fn for_wire(mut self, wire_version: u32) -> Self {
+        if wire_version < crate::control::WIRE_VERSION_MESH_V3 {
+            self.resources = std::mem::take(&mut self.resources)
+                .into_iter()
+                .map(|(k, r)| (k, r.for_wire(wire_version)))
+                .collect();
+        }
+        self
+    }
+
     /// The delta that turns `self` into `next`; `None` when nothing changed.
     pub fn diff(&self, next: &Snapshot) -> Option<Delta> {
         let upserts: BTreeMap<_, _> = next

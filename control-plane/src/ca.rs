@@ -220,6 +220,27 @@ impl Ca {
         self.issue_for_key(&csr.public_key, identity, lifetime)
     }
 
+    /// Signs a serving certificate for `identity` that also names `dns`
+    /// (the admission webhook: the API server checks the DNS name, proxies
+    /// and our own code the SPIFFE ID).
+    pub fn issue_with_dns(
+        &self,
+        public_key: &impl rcgen::PublicKeyData,
+        identity: &SpiffeId,
+        dns: &[String],
+        lifetime: Duration,
+    ) -> Result<String, CaError> {
+        let mut params = self.leaf_params(identity, lifetime)?;
+        for name in dns {
+            let name = rcgen::string::Ia5String::try_from(name.as_str()).map_err(CaError::Sign)?;
+            params.subject_alt_names.push(SanType::DnsName(name));
+        }
+        let cert = params
+            .signed_by(public_key, &self.issuer)
+            .map_err(CaError::Sign)?;
+        Ok(cert.pem())
+    }
+
     /// Signs a certificate for `identity` and `public_key`.
     pub fn issue_for_key(
         &self,
@@ -227,6 +248,18 @@ impl Ca {
         identity: &SpiffeId,
         lifetime: Duration,
     ) -> Result<String, CaError> {
+        let params = self.leaf_params(identity, lifetime)?;
+        let cert = params
+            .signed_by(public_key, &self.issuer)
+            .map_err(CaError::Sign)?;
+        Ok(cert.pem())
+    }
+
+    fn leaf_params(
+        &self,
+        identity: &SpiffeId,
+        lifetime: Duration,
+    ) -> Result<CertificateParams, CaError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         let uri =
@@ -245,10 +278,7 @@ impl Ca {
         params.not_after = (now + lifetime).into();
         params.serial_number = Some(random_serial());
         params.use_authority_key_identifier_extension = true;
-        let cert = params
-            .signed_by(public_key, &self.issuer)
-            .map_err(CaError::Sign)?;
-        Ok(cert.pem())
+        Ok(params)
     }
 }
 

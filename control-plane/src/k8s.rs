@@ -16,6 +16,8 @@ pub mod run;
 pub mod status;
 pub mod token_review;
 pub mod watch;
+pub mod webhook;
+pub mod webhook_config;
 
 /// Label the injector puts on meshed pods; the pod watcher selects on it.
 pub const MESHED_LABEL: &str = "phoenix.dev/meshed";

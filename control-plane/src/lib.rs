@@ -382,13 +382,18 @@ impl Front {
         ));
         let trust_anchor = bound.trust_anchor.clone();
         tasks.spawn(async move {
+            let mut watching = true;
+            let mut renew_in = SERVING_CERT_LIFETIME * 2 / 3;
             loop {
                 tokio::select! {
-                    () = tokio::time::sleep(SERVING_CERT_LIFETIME * 2 / 3) => {}
-                    changed = phases.changed() => {
+                    () = tokio::time::sleep(renew_in) => {}
+                    changed = phases.changed(), if watching => {
                         if changed.is_err() {
-                            // The schedule's driver ended: keep renewing.
-                            std::future::pending::<()>().await;
+                            // The schedule's driver ended: keep renewing
+                            // with the roots in force.
+                            tracing::error!("the root schedule stopped; keeping the roots in force");
+                            watching = false;
+                            continue;
                         }
                         // Trust first, then sign: a proxy must never see a
                         // certificate from a root it was not told about.
@@ -397,20 +402,24 @@ impl Front {
                             tracing::error!(%error, "cannot trust the new mesh roots");
                             continue;
                         }
-                        publish(&phase.bundle);
                         if let Err(error) = write_bundle(&trust_anchor, &phase.bundle) {
                             tracing::warn!(%error, "cannot write the trust bundle for local proxies");
                         }
                         metrics.trust_roots.set(phase.trusted as i64);
+                        publish(&phase.bundle);
                         signer.store(phase.signer);
                     }
                 }
-                match renew_serving_cert(&signer.load(), &credentials, &identity, &policy()) {
+                renew_in = match renew_serving_cert(&signer.load(), &credentials, &identity, &policy()) {
                     Ok(na) => {
                         metrics.certificate_expiry_timestamp_seconds.set(na);
+                        SERVING_CERT_LIFETIME * 2 / 3
                     }
-                    Err(error) => tracing::error!(%error, "cannot renew the serving certificate"),
-                }
+                    Err(error) => {
+                        tracing::error!(%error, "cannot renew the serving certificate; retrying in 10s");
+                        Duration::from_secs(10)
+                    }
+                };
             }
         });
         on_bound(&bound);

@@ -108,6 +108,26 @@ struct KubeArgs {
     /// Our name in the leader Lease (the chart passes the pod name).
     #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
+    /// HTTPS address of the sidecar-injection webhook.
+    #[arg(long, env = "PHOENIX_WEBHOOK_LISTEN", default_value = "0.0.0.0:9443")]
+    webhook_listen: SocketAddr,
+    /// Serve no injection webhook.
+    #[arg(long)]
+    no_webhook: bool,
+    /// Our Service (the webhook certificate's DNS names, and the address
+    /// injected proxies reach us at: <service>.<namespace>.svc:<listen port>).
+    #[arg(long, env = "PHOENIX_SERVICE", default_value = "phoenix-control-plane")]
+    service: String,
+    /// The MutatingWebhookConfiguration whose caBundle we keep current.
+    #[arg(
+        long,
+        env = "PHOENIX_WEBHOOK_CONFIG",
+        default_value = "phoenix-proxy-injector"
+    )]
+    webhook_config: String,
+    /// The proxy image injected into pods.
+    #[arg(long, env = "PHOENIX_PROXY_IMAGE", default_value = concat!("ghcr.io/phoenix-mesh/phoenix-proxy:", env!("CARGO_PKG_VERSION")))]
+    proxy_image: String,
 }
 
 fn main() -> ExitCode {
@@ -179,6 +199,14 @@ fn rotate_files(
 ) -> ExitCode {
     use phoenix_control_plane::ca::Ca;
     use phoenix_control_plane::roots::Schedule;
+    // The control plane re-reads the schedule every second: it must see
+    // the announcement well before the activation.
+    if overlap < std::time::Duration::from_secs(2) {
+        eprintln!(
+            "phoenix-control-plane: rotate-ca: --overlap must be at least 2s (file mode), and longer than any proxy may be cut off from the control plane"
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let result = (|| -> anyhow::Result<Schedule> {
         let (ca, _) = Ca::load_or_create(state_dir, &mesh.trust_domain)?;
         let schedule = Schedule::load(state_dir, std::sync::Arc::new(ca))?;
@@ -268,6 +296,10 @@ fn run_kubernetes(args: KubeArgs, log_json: bool, die_with_parent: bool) -> Exit
         listen: args.listen,
         admin: args.admin,
         state_dir: args.state_dir,
+        webhook_listen: (!args.no_webhook).then_some(args.webhook_listen),
+        service: args.service,
+        webhook_config: args.webhook_config,
+        proxy_image: args.proxy_image,
         holder: args.pod_name.unwrap_or_else(|| {
             rustix::system::uname()
                 .nodename()
@@ -311,6 +343,14 @@ async fn rotate_secret(args: &KubeArgs, overlap: std::time::Duration) -> ExitCod
     use phoenix_control_plane::crd::MeshConfig;
     use phoenix_control_plane::k8s::ca_secret;
     use phoenix_control_plane::k8s::policy::{MESH_CONFIG_NAME, MeshRecord};
+    // Every replica re-reads the Secret every 30 s: all must see the
+    // announcement before the activation.
+    if overlap < std::time::Duration::from_secs(120) {
+        eprintln!(
+            "phoenix-control-plane: rotate-ca: --overlap must be at least 2m in a cluster (replicas re-read the Secret every 30s), and longer than any proxy may be cut off"
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let result = async {
         let client = kube::Client::try_default().await?;
         let configs: kube::Api<MeshConfig> = kube::Api::all(client.clone());

@@ -83,7 +83,34 @@ pub enum RootsError {
     /// A new root cannot be generated.
     #[error("cannot generate a new root")]
     Generate(#[source] CaError),
+    /// An activation time is out of range.
+    #[error("{what}: root {index} activates at an impossible time; restore the file from a backup")]
+    BadTime {
+        /// Where it came from.
+        what: String,
+        /// Its position.
+        index: usize,
+    },
+    /// The overlap is out of range.
+    #[error("an overlap of {}s is out of range; use at most a year", .overlap.as_secs())]
+    Overlap {
+        /// The overlap asked for.
+        overlap: Duration,
+    },
+    /// The schedule cannot be encoded (never in practice).
+    #[error("cannot encode the root schedule")]
+    Encode(#[source] serde_json::Error),
+    /// A reloaded schedule would sign with a root proxies were never told about.
+    #[error(
+        "the new schedule signs with a root that was not announced; rotate with `rotate-ca`, or restart the control plane to force it"
+    )]
+    Unannounced,
 }
+
+/// Longest overlap `rotate-ca` accepts.
+const MAX_OVERLAP: Duration = Duration::from_secs(366 * 24 * 3600);
+/// Latest activation time a stored schedule may name (year 9999).
+const MAX_UNIX: u64 = 253_402_300_799;
 
 /// One root as stored.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -180,7 +207,17 @@ impl Schedule {
         Phase {
             signer: self.roots[signer].ca.clone(),
             trusted: bundle.len(),
-            bundle: bundle.iter().map(|r| r.ca.root_pem()).collect(),
+            bundle: bundle
+                .iter()
+                .map(|r| {
+                    let pem = r.ca.root_pem();
+                    if pem.ends_with('\n') {
+                        pem.to_owned()
+                    } else {
+                        format!("{pem}\n")
+                    }
+                })
+                .collect(),
             next_change: changes.into_iter().min(),
         }
     }
@@ -208,7 +245,11 @@ impl Schedule {
             .cloned()
             .collect();
         // Whole seconds, as stored, and always after the current signer.
-        let at = UNIX_EPOCH + Duration::from_secs(unix(now + overlap).max(unix(now) + 1));
+        let at = now
+            .checked_add(overlap)
+            .filter(|_| overlap <= MAX_OVERLAP)
+            .ok_or(RootsError::Overlap { overlap })?;
+        let at = UNIX_EPOCH + Duration::from_secs(unix(at).max(unix(now) + 1));
         roots.push(Scheduled {
             ca: Arc::new(new),
             activates_at: at,
@@ -254,15 +295,37 @@ impl Schedule {
                     })?;
                 Ok(Scheduled {
                     ca: Arc::new(ca),
-                    activates_at: UNIX_EPOCH + Duration::from_secs(activates_at),
+                    activates_at: UNIX_EPOCH
+                        .checked_add(Duration::from_secs(activates_at))
+                        .filter(|_| activates_at <= MAX_UNIX)
+                        .ok_or(RootsError::BadTime {
+                            what: what.to_owned(),
+                            index,
+                        })?,
                 })
             })
             .collect::<Result<_, RootsError>>()?;
         Ok(Self { roots })
     }
 
+    /// Whether moving from `self` to `next` keeps every handshake working:
+    /// the root that signs after the move must be one proxies trust now.
+    pub fn check_successor(
+        &self,
+        next: &Schedule,
+        now: SystemTime,
+        lifetime: Duration,
+    ) -> Result<(), RootsError> {
+        let trusted = self.phase(now, lifetime).bundle;
+        if trusted.contains(next.phase(now, lifetime).signer.root_pem()) {
+            Ok(())
+        } else {
+            Err(RootsError::Unannounced)
+        }
+    }
+
     /// The stored form (holds the keys: keep it private).
-    pub fn to_json(&self) -> Vec<u8> {
+    pub fn to_json(&self) -> Result<Vec<u8>, RootsError> {
         let stored = Stored {
             roots: self
                 .roots
@@ -274,8 +337,7 @@ impl Schedule {
                 })
                 .collect(),
         };
-        // A struct of strings and integers always serializes.
-        serde_json::to_vec_pretty(&stored).unwrap_or_default()
+        serde_json::to_vec_pretty(&stored).map_err(RootsError::Encode)
     }
 
     /// The schedule in `dir` (`roots.json`), else the single root `ca`.
@@ -306,11 +368,18 @@ impl Schedule {
             .mode(0o600)
             .open(&tmp)
             .map_err(io)?;
-        f.write_all(&self.to_json()).map_err(io)?;
+        f.write_all(&self.to_json()?).map_err(io)?;
         f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        // The rename itself is durable only once the directory is synced.
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)
     }
 }
+
+/// How long one re-read of the stored schedule may take.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Publishes the phase of `schedule` on `phases` as time passes, taking a
 /// new schedule whenever `reload` yields one (a `rotate-ca` wrote it).
@@ -346,9 +415,22 @@ pub async fn drive<F>(
         });
         // Whole-second activation times: never spin on a change just due.
         tokio::time::sleep(wait.max(Duration::from_millis(20))).await;
-        if let Some(next) = reload().await {
-            tracing::info!(roots = next.roots.len(), "root schedule reloaded");
-            schedule = next;
+        // A hung reload (an API server that does not answer) must not hold
+        // back a due activation or retirement.
+        let Ok(reloaded) = tokio::time::timeout(RELOAD_TIMEOUT, reload()).await else {
+            tracing::warn!("re-reading the root schedule timed out; keeping the one in force");
+            continue;
+        };
+        if let Some(next) = reloaded {
+            match schedule.check_successor(&next, SystemTime::now(), lifetime()) {
+                Ok(()) => {
+                    tracing::info!(roots = next.roots.len(), "root schedule reloaded");
+                    schedule = next;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "root schedule refused; keeping the one in force")
+                }
+            }
         }
     }
 }
@@ -432,6 +514,31 @@ mod tests {
     }
 
     #[test]
+    fn impossible_times_and_unannounced_signers_are_refused() {
+        let one = Schedule::single(Arc::new(Ca::generate("td").unwrap()));
+        let e = one
+            .rotate(t(0), Duration::MAX, HOUR, Ca::generate("td").unwrap())
+            .unwrap_err();
+        assert!(matches!(e, RootsError::Overlap { .. }), "{e}");
+        let two = one
+            .rotate(t(0), HOUR, HOUR, Ca::generate("td").unwrap())
+            .unwrap();
+        let mut stored: serde_json::Value =
+            serde_json::from_slice(&two.to_json().unwrap()).unwrap();
+        stored["roots"][1]["activatesAt"] = u64::MAX.into();
+        let e = Schedule::from_json(stored.to_string().as_bytes(), "roots.json").unwrap_err();
+        assert!(matches!(e, RootsError::BadTime { index: 1, .. }), "{e}");
+        // A rotation announced first is a fine successor; a root that signs
+        // at once without having been announced is not.
+        one.check_successor(&two, t(1), HOUR).unwrap();
+        let stranger = Schedule::single(Arc::new(Ca::generate("td").unwrap()));
+        assert!(matches!(
+            one.check_successor(&stranger, t(1), HOUR),
+            Err(RootsError::Unannounced)
+        ));
+    }
+
+    #[test]
     fn stored_schedules_round_trip_and_bad_ones_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let ca = Arc::new(Ca::generate("td").unwrap());
@@ -464,7 +571,8 @@ mod tests {
             let e = Schedule::from_json(json, "roots.json").unwrap_err();
             assert!(e.to_string().contains(expect), "{e}");
         }
-        let mut stored: serde_json::Value = serde_json::from_slice(&two.to_json()).unwrap();
+        let mut stored: serde_json::Value =
+            serde_json::from_slice(&two.to_json().unwrap()).unwrap();
         stored["roots"][1]["activatesAt"] = 0.into();
         let e = Schedule::from_json(stored.to_string().as_bytes(), "roots.json").unwrap_err();
         assert!(matches!(e, RootsError::Unordered { .. }), "{e}");

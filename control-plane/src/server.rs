@@ -409,7 +409,10 @@ impl Server {
         let mut last: Option<Snapshot> = None;
         loop {
             changes.borrow_and_update();
-            let Some(next) = hub.snapshot_for(&workload) else {
+            let Some(next) = hub
+                .snapshot_for(&workload)
+                .map(|s| s.for_wire(wire_version))
+            else {
                 let _ = reply(
                     &mut send,
                     &error_response(

@@ -192,3 +192,92 @@ fn the_webhook_patches_pods_that_ask_and_refuses_what_it_cannot_inject() {
     .unwrap_err();
     assert!(matches!(e, AdmissionError::NoRequest), "{e}");
 }
+
+/// The webhook over real HTTPS, as the API server calls it: TLS verified
+/// against the mesh root (the `caBundle`) under the Service's DNS name.
+#[tokio::test]
+async fn the_webhook_answers_over_https_with_a_certificate_for_its_service() {
+    use std::sync::Arc;
+
+    use phoenix_control_plane::ca::Ca;
+    use phoenix_control_plane::k8s::webhook::{self, Webhook};
+    use phoenix_tls::Credentials;
+
+    let ca = Ca::generate("cluster.local").unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let id = "spiffe://cluster.local/ns/phoenix-system/sa/phoenix-control-plane"
+        .parse()
+        .unwrap();
+    let host = "phoenix-control-plane.phoenix-system.svc";
+    let pem = ca
+        .issue_with_dns(
+            &key,
+            &id,
+            &[host.to_owned()],
+            std::time::Duration::from_secs(60),
+        )
+        .unwrap();
+    let credentials = Arc::new(Credentials::default());
+    let provider =
+        phoenix_tls::provider::provider(phoenix_api::tls_policy::KeyExchange::PqPreferred, &[]);
+    credentials.store(Credentials::parse(&pem, &key.serialize_pem(), &provider).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hook = Arc::new(Webhook {
+        injector: arc_swap::ArcSwap::from_pointee(injector()),
+        namespace_labels: Box::new(|_| BTreeMap::new()),
+    });
+    let tls = webhook::tls_config(credentials).unwrap();
+    let server = tokio::spawn(webhook::serve(listener, tls, hook));
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("ca.crt");
+    std::fs::write(&root, ca.root_pem()).unwrap();
+    let review = dir.path().join("review.json");
+    std::fs::write(&review, admission_review(load("pod"))).unwrap();
+    let garbage = dir.path().join("garbage.json");
+    std::fs::write(&garbage, "{\"kind\": 7").unwrap();
+    // curl: a real TLS client verifying the chain and the DNS name.
+    let curl = move |method: &str, path: &str, body: Option<&std::path::Path>| {
+        let mut c = std::process::Command::new("curl");
+        c.args([
+            "-s",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            method,
+        ])
+        .arg("--cacert")
+        .arg(&root)
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+        .arg(format!("https://{host}:{port}{path}"));
+        if let Some(b) = body {
+            c.args(["-H", "Content-Type: application/json", "--data-binary"])
+                .arg(format!("@{}", b.display()));
+        }
+        let out = c.output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.parse::<u16>().unwrap_or(0), body.to_owned())
+    };
+    let (r, g, m, n) = tokio::task::spawn_blocking(move || {
+        (
+            curl("POST", "/inject", Some(&review)),
+            curl("POST", "/inject", Some(&garbage)),
+            curl("GET", "/inject", None),
+            curl("POST", "/elsewhere", None),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(r.0, 200, "{}", r.1);
+    let resp = response(r.1.as_bytes());
+    assert!(resp.allowed && resp.patch.is_some());
+    assert_eq!(g.0, 400);
+    assert!(g.1.contains("AdmissionReview"), "{}", g.1);
+    assert_eq!(m.0, 405);
+    assert_eq!(n.0, 404);
+    server.abort();
+}

@@ -407,6 +407,61 @@ async fn a_root_rotation_is_written_conditionally_and_every_replica_reloads_it()
 }
 
 #[tokio::test]
+async fn the_webhook_ca_bundle_follows_the_mesh_roots() {
+    use phoenix_control_plane::k8s::webhook_config::{WebhookConfigError, ensure_ca_bundle};
+    let (client, mut server) = mock();
+    let path = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/phoenix-proxy-injector";
+    let config = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "phoenix-proxy-injector", "resourceVersion": "3"},
+        "webhooks": [{
+            "name": "inject.phoenix.dev", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+            "clientConfig": {"service": {"name": "phoenix-control-plane", "namespace": "phoenix-system", "path": "/inject", "port": 9443}},
+        }],
+    });
+    let bundle = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let task = tokio::spawn({
+        let c = client.clone();
+        async move { ensure_ca_bundle(c, "phoenix-proxy-injector", bundle).await }
+    });
+    let (req, send) = next(&mut server).await;
+    assert_eq!((req.method(), req.uri().path()), (&Method::GET, path));
+    respond(send, StatusCode::OK, config.clone());
+    let (req, send) = next(&mut server).await;
+    assert_eq!((req.method(), req.uri().path()), (&Method::PUT, path));
+    let written = body_json(req).await;
+    assert_eq!(
+        written["metadata"]["resourceVersion"], "3",
+        "conditional on what was read"
+    );
+    let ca_bundle: k8s_openapi::ByteString =
+        serde_json::from_value(written["webhooks"][0]["clientConfig"]["caBundle"].clone()).unwrap();
+    assert_eq!(ca_bundle.0, bundle.as_bytes());
+    respond(send, StatusCode::OK, written.clone());
+    assert!(task.await.unwrap().unwrap(), "changed");
+
+    // Already current: read, nothing written.
+    let task = tokio::spawn({
+        let c = client.clone();
+        async move { ensure_ca_bundle(c, "phoenix-proxy-injector", bundle).await }
+    });
+    let (_, send) = next(&mut server).await;
+    respond(send, StatusCode::OK, written);
+    assert!(!task.await.unwrap().unwrap());
+
+    // Not installed: an error that says how to install it.
+    let task =
+        tokio::spawn(
+            async move { ensure_ca_bundle(client, "phoenix-proxy-injector", bundle).await },
+        );
+    let (_, send) = next(&mut server).await;
+    respond(send, StatusCode::NOT_FOUND, status_body(404, "NotFound"));
+    let e = task.await.unwrap().unwrap_err();
+    assert!(matches!(e, WebhookConfigError::Missing { .. }));
+    assert!(e.to_string().contains("install the chart"), "{e}");
+}
+
+#[tokio::test]
 async fn the_leader_takes_the_lease_and_writes_policy_status() {
     use phoenix_control_plane::crd::TrafficPolicy;
     use phoenix_control_plane::k8s::policy::PolicyRecord;

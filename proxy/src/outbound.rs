@@ -216,10 +216,12 @@ pub(crate) async fn tunnel(
                 break (peer, endpoint);
             }
             Err(error) => {
-                shared
-                    .pool
-                    .failures
-                    .failed(endpoint.address, std::time::Instant::now());
+                if error.own_attempt() {
+                    shared
+                        .pool
+                        .failures
+                        .failed(endpoint.address, std::time::Instant::now());
+                }
                 tracing::warn!(%service, peer = %endpoint.address, connection = id, %error, "peer unavailable; trying another");
             }
         }

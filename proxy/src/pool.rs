@@ -41,6 +41,18 @@ pub enum ConnectError {
     /// The handshake failed.
     #[error("handshake failed: {}", .0.as_str())]
     Handshake(HandshakeFailure),
+    /// Another caller's handshake to the same peer, which this one waited
+    /// for, failed (already counted against the peer once).
+    #[error("handshake failed (shared): {}", .0.as_str())]
+    Shared(HandshakeFailure),
+}
+
+impl ConnectError {
+    /// Whether this caller's own attempt failed (so the peer is set aside
+    /// once per failed handshake, not once per waiting caller).
+    pub fn own_attempt(&self) -> bool {
+        !matches!(self, Self::Shared(_))
+    }
 }
 
 /// The peer connections of one proxy.
@@ -148,7 +160,7 @@ impl Pool {
         if let Some((at, reason)) = guard.failed
             && at >= asked
         {
-            return Err(ConnectError::Handshake(reason));
+            return Err(ConnectError::Shared(reason));
         }
         let conn = match connect(shared, addr, identity, mesh, connect_timeout).await {
             Ok(conn) => conn,

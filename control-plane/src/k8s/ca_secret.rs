@@ -222,10 +222,10 @@ pub async fn rotate(
     let next = schedule
         .rotate(SystemTime::now(), overlap, lifetime, new)
         .map_err(roots_error)?;
-    secret
-        .data
-        .get_or_insert_with(BTreeMap::new)
-        .insert(ROOTS_KEY.to_owned(), ByteString(next.to_json()));
+    secret.data.get_or_insert_with(BTreeMap::new).insert(
+        ROOTS_KEY.to_owned(),
+        ByteString(next.to_json().map_err(roots_error)?),
+    );
     // `replace` carries the resourceVersion read: a concurrent change fails with 409.
     api.replace(name, &PostParams::default(), &secret)
         .await

@@ -304,6 +304,15 @@ impl Index {
         }
     }
 
+    /// The labels of namespace `name` the injector looks at.
+    pub fn namespace_labels(&self, name: &str) -> BTreeMap<String, String> {
+        self.namespaces
+            .get(name)
+            .and_then(|n| n.inject.clone())
+            .map(|v| BTreeMap::from([(crate::inject::INJECT.to_owned(), v)]))
+            .unwrap_or_default()
+    }
+
     /// Sets or deletes a TrafficPolicy.
     pub fn apply_policy(&mut self, key: ObjectKey, record: Option<PolicyRecord>) {
         if self.policies.get(&key) == record.as_ref() {

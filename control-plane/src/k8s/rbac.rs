@@ -19,6 +19,8 @@ pub const NAME: &str = "phoenix-control-plane";
 struct Rule {
     group: &'static str,
     resources: &'static [&'static str],
+    /// Only these objects (empty: all of the kind).
+    names: &'static [&'static str],
     verbs: &'static [&'static str],
     #[allow(dead_code)] // documentation kept beside the rule it explains
     why: &'static str,
@@ -29,30 +31,42 @@ const CLUSTER_RULES: &[Rule] = &[
     Rule {
         group: "",
         resources: &["services", "pods", "namespaces"],
+        names: &[],
         verbs: &["list", "watch"],
         why: "watches (k8s/watch.rs): Services, meshed Pods, namespace default policies",
     },
     Rule {
         group: "discovery.k8s.io",
         resources: &["endpointslices"],
+        names: &[],
         verbs: &["list", "watch"],
         why: "watch of endpoints (k8s/watch.rs)",
     },
     Rule {
         group: "phoenix.dev",
         resources: &["meshconfigs", "trafficpolicies"],
+        names: &[],
         verbs: &["list", "watch"],
         why: "watch of Phoenix resources (k8s/watch.rs)",
     },
     Rule {
         group: "phoenix.dev",
         resources: &["meshconfigs/status", "trafficpolicies/status"],
+        names: &[],
         verbs: &["patch"],
         why: "Accepted/ResolvedRefs conditions, written by the leader (k8s/status.rs)",
     },
     Rule {
+        group: "admissionregistration.k8s.io",
+        resources: &["mutatingwebhookconfigurations"],
+        names: &["phoenix-proxy-injector"],
+        verbs: &["get", "update"],
+        why: "the injection webhook's caBundle, kept equal to the mesh roots (k8s/webhook_config.rs)",
+    },
+    Rule {
         group: "authentication.k8s.io",
         resources: &["tokenreviews"],
+        names: &[],
         verbs: &["create"],
         why: "proxy identity from ServiceAccount tokens (k8s/token_review.rs)",
     },
@@ -63,12 +77,14 @@ const NAMESPACE_RULES: &[Rule] = &[
     Rule {
         group: "",
         resources: &["secrets"],
+        names: &[],
         verbs: &["get", "create"],
         why: "the CA root Secret, created when absent (k8s/ca_secret.rs)",
     },
     Rule {
         group: "coordination.k8s.io",
         resources: &["leases"],
+        names: &[],
         verbs: &["get", "create", "update"],
         why: "leader election among replicas (k8s/leader.rs)",
     },
@@ -81,6 +97,8 @@ fn rules(rules: &[Rule]) -> Vec<PolicyRule> {
             api_groups: Some(vec![r.group.to_owned()]),
             resources: Some(r.resources.iter().map(|s| (*s).to_owned()).collect()),
             verbs: r.verbs.iter().map(|s| (*s).to_owned()).collect(),
+            resource_names: (!r.names.is_empty())
+                .then(|| r.names.iter().map(|s| (*s).to_owned()).collect()),
             ..PolicyRule::default()
         })
         .collect()

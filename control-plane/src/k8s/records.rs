@@ -114,6 +114,8 @@ pub struct NamespaceRecord {
     pub default_policy: Option<DefaultPolicy>,
     /// The annotation's value when it is not one (reported, then ignored).
     pub invalid_default_policy: Option<String>,
+    /// The `phoenix.dev/inject` label (`enabled` / `disabled`), for the webhook.
+    pub inject: Option<String>,
 }
 
 /// The Service's record; `None` for an ExternalName Service (no endpoints to mesh).
@@ -257,5 +259,6 @@ pub fn namespace(ns: &Namespace) -> NamespaceRecord {
     NamespaceRecord {
         default_policy,
         invalid_default_policy: value.filter(|_| default_policy.is_none()).cloned(),
+        inject: ns.labels().get(crate::inject::INJECT).cloned(),
     }
 }

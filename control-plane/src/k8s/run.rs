@@ -23,12 +23,15 @@ use super::index::Index;
 use super::live::Live;
 use super::token_review::Reviewer;
 use super::watch::{self, KINDS};
+use super::webhook::Webhook;
 use crate::ca::RootOrigin;
 use crate::crd::{MeshConfig, TrafficPolicy};
+use crate::inject::Injector;
 use crate::metrics::{KindLabels, Metrics};
-use crate::roots::Schedule;
+use crate::roots::{Phase, Schedule};
 use crate::server::Source;
 use crate::{Bound, Front, StartError};
+use tokio::net::TcpListener;
 
 /// How often removals every proxy has seen are dropped from the change log.
 const COMPACT_EVERY: Duration = Duration::from_secs(30);
@@ -55,6 +58,15 @@ pub struct KubeSettings {
     pub state_dir: PathBuf,
     /// Our name in the leader Lease (the pod name).
     pub holder: String,
+    /// The injection webhook's HTTPS address (`None`: no webhook).
+    pub webhook_listen: Option<SocketAddr>,
+    /// Our Service's name: the webhook certificate's DNS names and the
+    /// address injected proxies use.
+    pub service: String,
+    /// The MutatingWebhookConfiguration whose `caBundle` we keep.
+    pub webhook_config: String,
+    /// The proxy image the injector puts in pods.
+    pub proxy_image: String,
 }
 
 /// The Kubernetes source the server reads.
@@ -75,6 +87,18 @@ pub enum KubeStartError {
     /// The shared start-up (listeners, TLS).
     #[error(transparent)]
     Start(#[from] StartError),
+    /// The webhook's TLS.
+    #[error(transparent)]
+    Webhook(#[from] super::webhook::WebhookError),
+    /// The webhook's listener cannot be bound.
+    #[error("cannot bind the injection webhook on {addr}")]
+    WebhookBind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// Our own identity is invalid.
     #[error(
         "namespace {namespace:?} and ServiceAccount {service_account:?} do not form an identity"
@@ -144,6 +168,7 @@ pub async fn run(
     let policy = tls_policy(&live);
     let phase = schedule.phase(SystemTime::now(), live.mesh().certificate_lifetime);
     live.apply(|index| index.set_trust_bundle(&phase.bundle));
+    let cp_identity = identity.clone();
     let front = Front::bind(
         &phase,
         identity,
@@ -241,9 +266,48 @@ pub async fn run(
     });
     let source = Source::Kubernetes(Arc::new(KubeSource {
         live: live.clone(),
-        reviewer: Reviewer::new(client),
+        reviewer: Reviewer::new(client.clone()),
     }));
-    let (phases, phase_rx) = tokio::sync::watch::channel(phase);
+    let (phases, phase_rx) = tokio::sync::watch::channel(phase.clone());
+    if let Some(addr) = settings.webhook_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| KubeStartError::WebhookBind { addr, source })?;
+        let svc = &settings.service;
+        let ns = &settings.namespace;
+        let dns = vec![
+            svc.clone(),
+            format!("{svc}.{ns}"),
+            format!("{svc}.{ns}.svc"),
+            format!("{svc}.{ns}.svc.cluster.local"),
+        ];
+        let injector = Injector {
+            image: settings.proxy_image.clone(),
+            control_plane: format!("{svc}.{ns}.svc:{}", settings.listen.port()),
+            control_plane_identity: cp_identity.to_string(),
+            trust_bundle_pem: phase.bundle.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        let credentials = Arc::new(Credentials::default());
+        let labels = live.clone();
+        let webhook = Arc::new(Webhook {
+            injector: arc_swap::ArcSwap::from_pointee(injector),
+            namespace_labels: Box::new(move |ns| labels.read(|i| i.namespace_labels(ns))),
+        });
+        let tls = super::webhook::tls_config(credentials.clone())?;
+        tasks.spawn(super::webhook::serve(listener, tls, webhook.clone()));
+        tasks.spawn(follow_roots(
+            client.clone(),
+            settings.webhook_config.clone(),
+            phase_rx.clone(),
+            admin_state.lead.clone(),
+            webhook,
+            credentials,
+            cp_identity,
+            dns,
+        ));
+        tracing::info!(%addr, "injection webhook listening");
+    }
     {
         let namespace = settings.namespace.clone();
         let name = settings.ca_secret.clone();
@@ -297,6 +361,84 @@ pub async fn run(
             shutdown,
         )
         .await;
+    Ok(())
+}
+
+/// Keeps the webhook in step with the mesh roots: its certificate from the
+/// root that signs, the injector's bundle, and (on the leader) the
+/// configuration's `caBundle`, re-checked every minute.
+#[allow(clippy::too_many_arguments)]
+async fn follow_roots(
+    client: kube::Client,
+    config_name: String,
+    mut phases: tokio::sync::watch::Receiver<Phase>,
+    mut lead: tokio::sync::watch::Receiver<bool>,
+    webhook: Arc<Webhook>,
+    credentials: Arc<Credentials>,
+    identity: SpiffeId,
+    dns: Vec<String>,
+) {
+    let mut issued: Option<(Arc<crate::ca::Ca>, std::time::Instant)> = None;
+    loop {
+        let phase = phases.borrow_and_update().clone();
+        let stale = issued.as_ref().is_none_or(|(signer, at)| {
+            !Arc::ptr_eq(signer, &phase.signer) || at.elapsed() > WEBHOOK_CERT_LIFETIME * 2 / 3
+        });
+        if stale {
+            match issue_webhook_cert(&phase.signer, &credentials, &identity, &dns) {
+                Ok(()) => issued = Some((phase.signer.clone(), std::time::Instant::now())),
+                Err(error) => {
+                    tracing::error!(%error, "cannot issue the webhook certificate; retrying")
+                }
+            }
+        }
+        if webhook.injector.load().trust_bundle_pem != phase.bundle {
+            let mut next = (**webhook.injector.load()).clone();
+            next.trust_bundle_pem = phase.bundle.clone();
+            webhook.injector.store(Arc::new(next));
+        }
+        if *lead.borrow_and_update() {
+            match super::webhook_config::ensure_ca_bundle(
+                client.clone(),
+                &config_name,
+                &phase.bundle,
+            )
+            .await
+            {
+                Ok(true) => tracing::info!(config = %config_name, "webhook caBundle updated"),
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(error = %phoenix_proxy::process::error_chain(&error), "cannot update the webhook caBundle; retrying")
+                }
+            }
+        }
+        let retry = if issued.is_some() {
+            Duration::from_secs(60)
+        } else {
+            Duration::from_secs(5)
+        };
+        tokio::select! {
+            r = phases.changed() => if r.is_err() { return },
+            r = lead.changed() => if r.is_err() { return },
+            () = tokio::time::sleep(retry) => {}
+        }
+    }
+}
+
+/// Lifetime of the webhook's serving certificate.
+const WEBHOOK_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+fn issue_webhook_cert(
+    signer: &crate::ca::Ca,
+    credentials: &Credentials,
+    identity: &SpiffeId,
+    dns: &[String],
+) -> Result<(), StartError> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let pem = signer.issue_with_dns(&key, identity, dns, WEBHOOK_CERT_LIFETIME)?;
+    let provider =
+        phoenix_tls::provider::provider(phoenix_api::tls_policy::KeyExchange::PqPreferred, &[]);
+    credentials.store(Credentials::parse(&pem, &key.serialize_pem(), &provider)?);
     Ok(())
 }
 

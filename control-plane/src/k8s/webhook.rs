@@ -1,0 +1,134 @@
+//! The injection webhook's HTTPS listener: `POST /inject` with an
+//! AdmissionReview, answered by [`crate::admission::review`].
+//!
+//! The API server verifies our certificate against the `caBundle` of the
+//! MutatingWebhookConfiguration, which the control plane keeps equal to the
+//! mesh's trust bundle ([`super::webhook_config`]); the certificate comes
+//! from the mesh CA with the Service's DNS names. TLS 1.3 with
+//! X25519MLKEM768 preferred; X25519 is accepted here, because the API server
+//! is not a mesh peer and older ones lack ML-KEM.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::CONTENT_TYPE;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use phoenix_api::tls_policy::{CipherSuite, KeyExchange};
+use phoenix_tls::Credentials;
+use tokio::net::TcpListener;
+
+use crate::admission;
+use crate::inject::Injector;
+
+/// Largest AdmissionReview accepted (a pod is a few KiB; the API server
+/// caps requests at 3 MiB).
+const MAX_BODY: usize = 4 * 1024 * 1024;
+/// Path the webhook configuration names.
+pub const PATH: &str = "/inject";
+
+/// What the webhook answers with: the injector (its trust bundle follows
+/// root rotations) and the namespaces' `phoenix.dev/inject` labels.
+pub struct Webhook {
+    /// The injector in force.
+    pub injector: ArcSwap<Injector>,
+    /// Labels of a namespace by name (from the watched Namespaces).
+    pub namespace_labels: NamespaceLabels,
+}
+
+/// Looks up a namespace's labels.
+pub type NamespaceLabels = Box<dyn Fn(&str) -> BTreeMap<String, String> + Send + Sync>;
+
+/// Why the webhook cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// rustls refused the configuration.
+    #[error("webhook TLS configuration")]
+    Tls(#[from] rustls::Error),
+}
+
+/// The rustls server config: our certificate from `credentials`, which the
+/// control plane renews in place.
+pub fn tls_config(credentials: Arc<Credentials>) -> Result<rustls::ServerConfig, WebhookError> {
+    let provider = phoenix_tls::provider::provider(KeyExchange::PqPreferred, CipherSuite::DEFAULT);
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(credentials);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Serves the webhook on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, tls: rustls::ServerConfig, webhook: Arc<Webhook>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else {
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let webhook = webhook.clone();
+        tokio::spawn(async move {
+            let stream = match acceptor.accept(tcp).await {
+                Ok(s) => s,
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "webhook TLS handshake failed");
+                    return;
+                }
+            };
+            let service = hyper::service::service_fn(move |req| {
+                let webhook = webhook.clone();
+                async move { Ok::<_, Infallible>(handle(req, &webhook).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn handle(req: Request<Incoming>, webhook: &Webhook) -> Response<Full<Bytes>> {
+    if req.uri().path() != PATH {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("not found; the webhook serves POST {PATH}"),
+        );
+    }
+    if req.method() != Method::POST {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("POST an AdmissionReview to {PATH}"),
+        );
+    }
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the AdmissionReview exceeds {MAX_BODY} bytes"),
+            );
+        }
+    };
+    let injector = webhook.injector.load();
+    match admission::review(&body, &injector, &webhook.namespace_labels) {
+        Ok(out) => Response::builder()
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(out)))
+            .unwrap_or_default(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+fn error(status: StatusCode, message: String) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(&serde_json::json!({"error": message})).unwrap_or_default();
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_default()
+}
