@@ -4,6 +4,8 @@ mod demo;
 mod http;
 #[cfg(feature = "kubernetes")]
 mod inject;
+#[cfg(feature = "kubernetes")]
+mod install;
 mod up;
 
 use std::path::PathBuf;
@@ -41,6 +43,11 @@ enum Command {
     /// webhook's injection, offline); prints the result for `kubectl apply`.
     #[cfg(feature = "kubernetes")]
     Inject(inject::InjectArgs),
+    /// Print the manifests that install Phoenix (the CRDs and the control
+    /// plane, as the Helm charts render them with default values), for
+    /// `kubectl apply -f -`.
+    #[cfg(feature = "kubernetes")]
+    Install(install::InstallArgs),
     /// Run a built-in mesh with sample services and live traffic.
     Demo {
         /// Stop after this long (counted from ready), e.g. `20s`.
@@ -84,6 +91,8 @@ fn main() -> ExitCode {
             } => up_command(file, output, drain_grace).await,
             #[cfg(feature = "kubernetes")]
             Command::Inject(args) => inject::run(&args),
+            #[cfg(feature = "kubernetes")]
+            Command::Install(args) => install::run(&args),
             Command::Demo { duration, output } => {
                 match demo::run(duration, output == Output::Json).await {
                     Ok(true) => ExitCode::SUCCESS,

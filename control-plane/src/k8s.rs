@@ -7,6 +7,7 @@
 pub mod ca_secret;
 pub mod health;
 pub mod index;
+pub mod install;
 pub mod leader;
 pub mod live;
 pub mod policy;

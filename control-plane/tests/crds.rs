@@ -15,17 +15,22 @@ fn repo() -> PathBuf {
 
 #[test]
 fn generated_crds_match_the_committed_manifests() {
-    let dir = repo().join("manifests/crds");
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     let mut drift = vec![];
-    for c in crd::all() {
-        let path = dir.join(crd::file_name(&c));
-        let yaml = crd::to_yaml(&c).unwrap();
-        if update {
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(&path, &yaml).unwrap();
-        } else if std::fs::read_to_string(&path).ok().as_deref() != Some(yaml.as_str()) {
-            drift.push(path.display().to_string());
+    // The manifests, and the same files as the phoenix-crds chart's templates.
+    for dir in [
+        repo().join("manifests/crds"),
+        repo().join("charts/phoenix-crds/templates"),
+    ] {
+        for c in crd::all() {
+            let path = dir.join(crd::file_name(&c));
+            let yaml = crd::to_yaml(&c).unwrap();
+            if update {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&path, &yaml).unwrap();
+            } else if std::fs::read_to_string(&path).ok().as_deref() != Some(yaml.as_str()) {
+                drift.push(path.display().to_string());
+            }
         }
     }
     assert!(

@@ -1,0 +1,215 @@
+//! Installation artefacts with the real tools: `helm lint --strict` and
+//! `helm template` (golden files) on both charts, `phoenix install` equal to
+//! what helm renders with default values, every value documented, and the
+//! rendered and injected manifests valid for Kubernetes 1.33
+//! (kubernetes-validate) and the CRD schemas (check-jsonschema).
+//! `scripts/test` installs helm into `target/tools/` and the validators from
+//! PyPI. Refresh the goldens with `UPDATE_GOLDEN=1`.
+#![cfg(feature = "kubernetes")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/harness.rs"]
+mod harness;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use harness::bin;
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn helm() -> PathBuf {
+    let path = std::env::var_os("PHOENIX_HELM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/tools/helm/helm"));
+    assert!(
+        path.is_file(),
+        "helm is needed at {}: scripts/test installs it (or set PHOENIX_HELM)",
+        path.display()
+    );
+    path
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn template(chart: &str, set: &[&str]) -> String {
+    let mut cmd = Command::new(helm());
+    cmd.args(["template", chart])
+        .arg(repo().join("charts").join(chart))
+        .args(["--namespace", "phoenix-system"]);
+    for s in set {
+        cmd.args(["--set", s]);
+    }
+    run(&mut cmd)
+}
+
+fn docs(yaml: &str) -> Vec<Value> {
+    let mut docs: Vec<Value> = serde_saphyr::from_str_multiple(yaml).unwrap();
+    docs.retain(|d| !d.is_null());
+    docs.sort_by_key(|d| {
+        format!(
+            "{}/{}/{}/{}",
+            d["apiVersion"], d["kind"], d["metadata"]["namespace"], d["metadata"]["name"]
+        )
+    });
+    docs
+}
+
+fn golden(name: &str, actual: &str) {
+    let path = repo().join("charts/golden").join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", path.display()));
+    assert!(
+        actual == expected,
+        "{} drifted from `helm template`; if intended, refresh with UPDATE_GOLDEN=1",
+        path.display()
+    );
+}
+
+#[test]
+fn charts_lint_render_as_the_goldens_and_equal_phoenix_install() {
+    for chart in ["phoenix-crds", "phoenix"] {
+        run(Command::new(helm())
+            .args(["lint", "--strict"])
+            .arg(repo().join("charts").join(chart)));
+        golden(&format!("{chart}.yaml"), &template(chart, &[]));
+    }
+    let helm_objects = docs(&(template("phoenix-crds", &[]) + &template("phoenix", &[])));
+    let install = run(Command::new(bin("phoenix")).args(["install"]));
+    let ours = docs(&install);
+    assert_eq!(
+        ours.len(),
+        helm_objects.len(),
+        "phoenix install and helm template render different objects"
+    );
+    for (a, b) in ours.iter().zip(&helm_objects) {
+        assert_eq!(a, b, "phoenix install differs from helm template");
+    }
+    // No key or certificate is ever rendered.
+    assert!(!install.contains("PRIVATE KEY") && !install.contains("caBundle"));
+}
+
+#[test]
+fn chart_values_are_documented_and_change_what_they_say() {
+    let values = std::fs::read_to_string(repo().join("charts/phoenix/values.yaml")).unwrap();
+    let mut documented = false;
+    for line in values.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("# --") {
+            documented = true;
+        } else if trimmed.starts_with('#') || trimmed.is_empty() {
+        } else if let Some((key, value)) = trimmed.split_once(':') {
+            if !value.trim().is_empty() {
+                assert!(documented, "values.yaml: `{key}` has no `# --` comment");
+            }
+            documented = false;
+        }
+    }
+    let ignore = docs(&template("phoenix", &["webhook.failurePolicy=Ignore"]));
+    let webhook = ignore
+        .iter()
+        .find(|d| d["kind"] == "MutatingWebhookConfiguration")
+        .unwrap();
+    assert_eq!(webhook["webhooks"][0]["failurePolicy"], "Ignore");
+    let custom = docs(&template(
+        "phoenix",
+        &["meshConfig=false", "podMonitor.enabled=true", "replicas=3"],
+    ));
+    assert!(!custom.iter().any(|d| d["kind"] == "MeshConfig"));
+    assert!(custom.iter().any(|d| d["kind"] == "PodMonitor"));
+    let deployment = custom.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    let notes = run(Command::new(helm())
+        .args([
+            "install",
+            "phoenix",
+            "--dry-run=client",
+            "--namespace",
+            "phoenix-system",
+        ])
+        .arg(repo().join("charts/phoenix")));
+    assert!(
+        notes.contains("phoenix.dev/inject=enabled"),
+        "NOTES.txt says what to run next"
+    );
+}
+
+fn validate(file: &Path) {
+    run(Command::new("kubernetes-validate")
+        .args(["-k", "1.33.0", "--strict", "--quiet"])
+        .arg(file));
+}
+
+#[test]
+fn rendered_and_injected_manifests_are_valid_kubernetes() {
+    let dir = tempfile::tempdir().unwrap();
+    // The control plane chart (the MeshConfig is a custom resource: checked
+    // against its CRD's schema below).
+    let rendered = docs(&template("phoenix", &[]));
+    let (custom, builtin): (Vec<&Value>, Vec<&Value>) =
+        rendered.iter().partition(|d| d["kind"] == "MeshConfig");
+    for (i, doc) in builtin.iter().enumerate() {
+        let file = dir.path().join(format!("object-{i}.json"));
+        std::fs::write(&file, serde_json::to_vec(doc).unwrap()).unwrap();
+        validate(&file);
+    }
+    let crd = phoenix_control_plane::crd::all()
+        .into_iter()
+        .find(|c| c.spec.names.kind == "MeshConfig")
+        .unwrap();
+    let schema = dir.path().join("meshconfig.schema.json");
+    std::fs::write(
+        &schema,
+        serde_json::to_vec(
+            crd.spec.versions[0]
+                .schema
+                .as_ref()
+                .unwrap()
+                .open_api_v3_schema
+                .as_ref()
+                .unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let instance = dir.path().join("meshconfig.json");
+    std::fs::write(&instance, serde_json::to_vec(custom[0]).unwrap()).unwrap();
+    run(Command::new("check-jsonschema")
+        .arg("--schemafile")
+        .arg(&schema)
+        .arg(&instance));
+    // What the injector makes of real manifests is still valid Kubernetes.
+    let anchor = dir.path().join("ca.crt");
+    std::fs::write(
+        &anchor,
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    for case in ["pod", "deployment", "cronjob"] {
+        let injected = run(Command::new(bin("phoenix"))
+            .args(["inject", "--trust-anchor"])
+            .arg(&anchor)
+            .arg("-f")
+            .arg(repo().join(format!("control-plane/tests/golden/inject/{case}.yaml"))));
+        let file = dir.path().join(format!("{case}.yaml"));
+        std::fs::write(&file, injected).unwrap();
+        validate(&file);
+    }
+}
