@@ -147,7 +147,7 @@ fn mesh(mode: &str) -> String {
          \x20 - name: server\n\
          \x20   serve:\n\
          \x20     - {{service: web, target: \"{SERVER_IP}:8080\", allow: [client]}}\n\
-         \x20     - {{service: banner, target: \"{SERVER_IP}:2525\", allow: [client]}}\n"
+         \x20     - {{service: banner, target: \"{SERVER_IP}:2525\", allow: [client], inboundMode: permissive}}\n"
     )
 }
 
@@ -479,6 +479,21 @@ fn intercepted_tcp_crosses_the_mesh_encrypted_and_outsiders_follow_the_inbound_m
         &[("direction", "inbound"), ("decision", "refused")],
     );
     assert!(refused >= 1.0, "refused {refused}");
+    // A service may override the mesh's mode: the banner service is
+    // permissive while the mesh is strict.
+    let outsider_banner = python(
+        &t,
+        "c",
+        "outsider-banner",
+        &format!(
+            "import socket\n\
+             s = socket.create_connection(('{SERVER_IP}', 2525), timeout=10); print(s.recv(100).decode().strip())\n"
+        ),
+    );
+    assert_eq!(
+        outsider_banner.line(Duration::from_secs(15)),
+        "220 phoenix-test ESMTP ready"
+    );
     // The kubelet's probes still reach the app.
     assert!(
         t.get(&format!("http://{SERVER_IP}:8080/index.txt"))

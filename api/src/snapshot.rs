@@ -35,11 +35,15 @@ impl Resource {
     /// This resource as a proxy speaking `wire_version` can read it: the
     /// mesh settings lose the fields older proxies do not know.
     pub fn for_wire(mut self, wire_version: u32) -> Self {
-        if wire_version < crate::control::WIRE_VERSION_MESH_V3
-            && let Resource::Mesh(m) = &mut self
-        {
-            m.inbound_mode = InboundMode::default();
-            m.trust_bundle_pem = None;
+        if wire_version < crate::control::WIRE_VERSION_MESH_V3 {
+            match &mut self {
+                Resource::Mesh(m) => {
+                    m.inbound_mode = InboundMode::default();
+                    m.trust_bundle_pem = None;
+                }
+                Resource::Inbound(i) => i.inbound_mode = None,
+                Resource::Upstream(_) => {}
+            }
         }
         self
     }
@@ -156,6 +160,9 @@ pub struct Inbound {
     /// trust domain. `spiffe://<td>/ns/<namespace>/sa/*` admits every
     /// service account of that namespace.
     pub allow: Option<Vec<String>>,
+    /// This service's override of the mesh's inbound mode (wire version 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound_mode: Option<InboundMode>,
 }
 
 /// A proxy's whole config at one version.

@@ -67,6 +67,7 @@ pub fn snapshot_for(
                 .allow
                 .as_ref()
                 .map(|ids| ids.iter().map(ToString::to_string).collect()),
+            inbound_mode: serve.inbound_mode,
         }));
     }
     Some(Snapshot { version, resources })

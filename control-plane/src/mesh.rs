@@ -125,6 +125,9 @@ pub struct ServeFile {
     /// workload's namespace); absent: every identity of the trust domain.
     #[serde(default)]
     pub allow: Option<Vec<Spanned<String>>>,
+    /// `permissive` or `strict` for this service alone (default: the mesh's).
+    #[serde(default)]
+    pub inbound_mode: Option<InboundMode>,
 }
 
 /// The validated mesh.
@@ -192,6 +195,8 @@ pub struct Serve {
     pub target: SocketAddr,
     /// Allowed identities; `None`: the whole trust domain.
     pub allow: Option<BTreeSet<SpiffeId>>,
+    /// This service's override of the mesh's `inboundMode`.
+    pub inbound_mode: Option<InboundMode>,
 }
 
 /// Why a mesh file is refused. Each variant names the field, the line and the fix.
@@ -520,6 +525,7 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
                     Serve {
                         target: s.target,
                         allow,
+                        inbound_mode: s.inbound_mode,
                     },
                 )
                 .is_some()

@@ -454,6 +454,22 @@ fn a_traffic_policy_limits_who_is_sent_the_service_and_who_may_call_it() {
     let db = web.upstream("db.shop:5432").unwrap();
     assert_eq!((db.connect_timeout_ms, db.idle_timeout_ms), (None, None));
 
+    assert_eq!(db0.inbound("db.shop:5432").unwrap().inbound_mode, None);
+    // Its inbound mode reaches the serving pods' proxies.
+    policy(
+        &mut index,
+        "shop",
+        "db",
+        100,
+        json!({"targetRef": {"kind": "Service", "name": "db"}, "allow": [{"serviceAccount": "web"}], "inboundMode": "strict"}),
+    );
+    index.commit().unwrap();
+    db0.sync(&index).unwrap();
+    assert_eq!(
+        db0.inbound("db.shop:5432").unwrap().inbound_mode,
+        Some(phoenix_api::snapshot::InboundMode::Strict)
+    );
+
     // Its timeouts reach the clients with the endpoints.
     policy(
         &mut index,

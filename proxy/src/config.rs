@@ -80,6 +80,8 @@ pub struct InboundConfig {
     pub target: SocketAddr,
     /// Who may call it; `None`: any identity of the trust domain.
     pub allow: Option<AllowList>,
+    /// Its override of the mesh's inbound mode (plain TCP from outside).
+    pub inbound_mode: Option<phoenix_api::snapshot::InboundMode>,
 }
 
 /// Identities allowed to call a service.
@@ -217,6 +219,7 @@ impl TryFrom<&Snapshot> for ProxyConfig {
                         service,
                         target,
                         allow,
+                        inbound_mode,
                     } = i;
                     let allow = allow.as_ref().map(|ids| allow_list(key, ids)).transpose()?;
                     inbound.insert(
@@ -224,6 +227,7 @@ impl TryFrom<&Snapshot> for ProxyConfig {
                         InboundConfig {
                             target: *target,
                             allow,
+                            inbound_mode: *inbound_mode,
                         },
                     );
                 }
@@ -441,6 +445,7 @@ mod tests {
                 service: "web".into(),
                 target: "127.0.0.1:8080".parse().unwrap(),
                 allow: Some(vec!["spiffe://phoenix.local/ns/default/sa/client".into()]),
+                inbound_mode: None,
             }),
         ]);
         let c = ProxyConfig::try_from(&s).unwrap();
@@ -528,6 +533,7 @@ mod tests {
                 service: "db".into(),
                 target: "127.0.0.1:5432".parse().unwrap(),
                 allow: Some(vec!["spiffe://other.td/ns/batch/sa/*".into()]),
+                inbound_mode: None,
             }),
         ]);
         assert!(matches!(

@@ -100,6 +100,17 @@ pub async fn serve_inbound(
     accept_loop(shared, listener, Direction::inbound, probe_sources).await;
 }
 
+/// The inbound mode for plain TCP to `dst`: that of the service the app
+/// serves there when it overrides the mesh's, else the mesh's.
+pub fn inbound_mode(config: &ProxyConfig, dst: SocketAddr) -> InboundMode {
+    config
+        .inbound
+        .values()
+        .find(|i| crate::inbound::serves(i.target, dst))
+        .and_then(|i| i.inbound_mode)
+        .unwrap_or(config.mesh.inbound_mode)
+}
+
 /// What the inbound redirect listener does with plain TCP from `client`
 /// (pure: tested without sockets).
 pub fn inbound_decision(
@@ -198,7 +209,7 @@ async fn inbound_connection(
     let Some(config) = shared.config.load_full() else {
         return reset(tcp);
     };
-    let mode = config.mesh.inbound_mode;
+    let mode = inbound_mode(&config, dst);
     let decision = inbound_decision(mode, client.ip(), probe_sources);
     shared.metrics.plaintext(Direction::inbound, decision);
     if decision == PlaintextDecision::refused {
@@ -266,12 +277,32 @@ mod tests {
                 connect_timeout_ms: None,
                 idle_timeout_ms: None,
             }),
+            Resource::Inbound(phoenix_api::snapshot::Inbound {
+                service: "legacy.shop:80".into(),
+                target: "0.0.0.0:8080".parse().unwrap(),
+                allow: None,
+                inbound_mode: Some(InboundMode::Permissive),
+            }),
         ];
         let snap = Snapshot {
             version: 1,
             resources: resources.into_iter().map(|r| (r.key(), r)).collect(),
         };
         ProxyConfig::try_from(&snap).unwrap()
+    }
+
+    #[test]
+    fn a_service_may_override_the_mesh_inbound_mode() {
+        let c = config();
+        // The mesh is strict; the service served on 8080 is permissive.
+        assert_eq!(
+            inbound_mode(&c, "10.0.0.5:8080".parse().unwrap()),
+            InboundMode::Permissive
+        );
+        assert_eq!(
+            inbound_mode(&c, "10.0.0.5:9090".parse().unwrap()),
+            InboundMode::Strict
+        );
     }
 
     #[test]

@@ -789,6 +789,7 @@ impl Index {
                             service: name.clone(),
                             target: SocketAddr::new(ip, target_port),
                             allow: allow.clone(),
+                            inbound_mode: policy.and_then(|p| p.inbound_mode),
                         }));
                     let e = Endpoint {
                         address: SocketAddr::new(ip, pod.quic_port),

@@ -163,14 +163,7 @@ impl MeshRecord {
                 cipher_suites: suites,
                 peer_idle_timeout_ms: idle.as_millis() as u64,
                 connect_timeout_ms: connect.as_millis() as u64,
-                inbound_mode: match inbound_mode {
-                    crate::crd::mesh_config::InboundMode::Permissive => {
-                        phoenix_api::snapshot::InboundMode::Permissive
-                    }
-                    crate::crd::mesh_config::InboundMode::Strict => {
-                        phoenix_api::snapshot::InboundMode::Strict
-                    }
-                },
+                inbound_mode: wire_inbound_mode(*inbound_mode),
                 trust_bundle_pem: None,
             },
             certificate_lifetime: lifetime,
@@ -252,6 +245,20 @@ pub struct PolicyRecord {
     pub connect_timeout: Option<Duration>,
     /// Idle timeout of the Service's connections.
     pub idle_timeout: Option<Duration>,
+    /// The Service's override of the mesh's inbound mode.
+    pub inbound_mode: Option<phoenix_api::snapshot::InboundMode>,
+}
+
+/// The wire form of a CRD inbound mode.
+pub fn wire_inbound_mode(
+    mode: crate::crd::mesh_config::InboundMode,
+) -> phoenix_api::snapshot::InboundMode {
+    match mode {
+        crate::crd::mesh_config::InboundMode::Permissive => {
+            phoenix_api::snapshot::InboundMode::Permissive
+        }
+        crate::crd::mesh_config::InboundMode::Strict => phoenix_api::snapshot::InboundMode::Strict,
+    }
 }
 
 /// Why a TrafficPolicy's spec is not used.
@@ -279,8 +286,8 @@ impl PolicyRecord {
             allow,
             connect_timeout,
             idle_timeout,
-            protocol: _,     // a hint for L7 work to come; bytes are relayed either way
-            inbound_mode: _, // enforced by interception (the install issue)
+            protocol: _, // a hint for L7 work to come; bytes are relayed either way
+            inbound_mode,
         } = spec;
         let mut invalid = None;
         let mut parse = |field: &'static str, value: &Option<String>| match value
@@ -325,6 +332,7 @@ impl PolicyRecord {
             generation: None,
             connect_timeout,
             idle_timeout,
+            inbound_mode: inbound_mode.map(wire_inbound_mode),
         }
     }
 }
