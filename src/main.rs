@@ -1,5 +1,7 @@
 //! `phoenix`: the Phoenix service mesh CLI.
 
+#[cfg(feature = "kubernetes")]
+mod check;
 mod demo;
 mod http;
 #[cfg(feature = "kubernetes")]
@@ -48,6 +50,10 @@ enum Command {
     /// `kubectl apply -f -`.
     #[cfg(feature = "kubernetes")]
     Install(install::InstallArgs),
+    /// Check a cluster before (`--pre`) or after installing: API and
+    /// version, CRDs, control plane, webhook, MeshConfig, every proxy.
+    #[cfg(feature = "kubernetes")]
+    Check(check::CheckArgs),
     /// Run a built-in mesh with sample services and live traffic.
     Demo {
         /// Stop after this long (counted from ready), e.g. `20s`.
@@ -93,6 +99,8 @@ fn main() -> ExitCode {
             Command::Inject(args) => inject::run(&args),
             #[cfg(feature = "kubernetes")]
             Command::Install(args) => install::run(&args),
+            #[cfg(feature = "kubernetes")]
+            Command::Check(args) => check::run(&args).await,
             Command::Demo { duration, output } => {
                 match demo::run(duration, output == Output::Json).await {
                     Ok(true) => ExitCode::SUCCESS,

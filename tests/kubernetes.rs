@@ -352,3 +352,107 @@ fn the_ca_root_survives_a_control_plane_restart() {
     let reloaded = std::fs::read_to_string(second["trustAnchor"].as_str().unwrap()).unwrap();
     assert_eq!(root, reloaded, "the root comes back from the Secret");
 }
+
+/// The install, as a user runs it: both charts with the real helm, then the
+/// webhook injecting a dry-run pod of a labelled namespace, then `phoenix
+/// check` passing. The images must be pullable by the cluster: set
+/// `PHOENIX_TEST_IMAGE_REPO` (e.g. `localhost:5001/phoenix-mesh`, holding
+/// `phoenix-control-plane` and `phoenix-proxy`) and `PHOENIX_TEST_IMAGE_TAG`.
+/// It installs the cluster-wide webhook configuration
+/// `phoenix-proxy-injector`, so use a test cluster; it uninstalls at the end.
+#[test]
+#[ignore = "needs cluster"]
+fn helm_install_injects_pods_and_phoenix_check_passes() {
+    let mut cluster = Cluster::connect();
+    let repo = std::env::var("PHOENIX_TEST_IMAGE_REPO")
+        .expect("set PHOENIX_TEST_IMAGE_REPO to where the cluster pulls Phoenix images from");
+    let tag = std::env::var("PHOENIX_TEST_IMAGE_TAG").unwrap_or_else(|_| "0.1.0".into());
+    let system = cluster.namespace("phoenix-test-system");
+    let app = cluster.namespace("phoenix-test-app");
+    let helm = std::env::var_os("PHOENIX_HELM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/helm/helm")
+        });
+    let charts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("charts");
+    let run = |cmd: &mut Command| {
+        let out = cmd.env("KUBECONFIG", &cluster.kubeconfig).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(Command::new(&helm)
+        .args(["upgrade", "--install", "phoenix-crds"])
+        .arg(charts.join("phoenix-crds"))
+        .args(["--wait"]));
+    run(Command::new(&helm)
+        .args(["install", "phoenix"])
+        .arg(charts.join("phoenix"))
+        .args(["--namespace", &system, "--wait", "--timeout", "5m"])
+        .args([
+            "--set",
+            &format!("controlPlaneImage={repo}/phoenix-control-plane"),
+        ])
+        .args(["--set", &format!("proxyImage={repo}/phoenix-proxy")])
+        .args(["--set", &format!("imageTag={tag}")]));
+    // The leader fills in the webhook's caBundle.
+    eventually(Duration::from_secs(60), "caBundle set", || {
+        let api: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
+            Api::all(cluster.client.clone());
+        let c = cluster.run(api.get("phoenix-proxy-injector")).ok()?;
+        c.webhooks?[0]
+            .client_config
+            .ca_bundle
+            .clone()
+            .filter(|b| !b.0.is_empty())
+    });
+    // A labelled namespace: the API server calls the webhook for a
+    // server-side dry run, and the pod comes back injected.
+    let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
+    cluster
+        .run(namespaces.patch(
+            &app,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"phoenix.dev/inject": "enabled"}}})),
+        ))
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &app);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"containers": [{"name": "web", "image": "nginx"}]},
+    }))
+    .unwrap();
+    let injected = cluster
+        .run(pods.create(
+            &PostParams {
+                dry_run: true,
+                ..PostParams::default()
+            },
+            &pod,
+        ))
+        .unwrap();
+    let init: Vec<String> = injected
+        .spec
+        .unwrap()
+        .init_containers
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(init, ["phoenix-init", "phoenix-proxy"]);
+    let check = Command::new(bin("phoenix"))
+        .args(["check", "-n", &system])
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "phoenix check failed:\n{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    run(Command::new(&helm).args(["uninstall", "phoenix", "--namespace", &system]));
+}

@@ -5,6 +5,7 @@
 //! snapshots and deltas (no Kubernetes calls, unit-tested by applying objects).
 
 pub mod ca_secret;
+pub mod check;
 pub mod health;
 pub mod index;
 pub mod install;

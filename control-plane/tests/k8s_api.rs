@@ -549,3 +549,127 @@ async fn the_leader_takes_the_lease_and_writes_policy_status() {
     elector.abort();
     writer.abort();
 }
+
+/// `phoenix check` against a scripted cluster: every check asks the API
+/// what a real one would answer, and reports the failure with its fix.
+#[tokio::test]
+async fn phoenix_check_reports_each_problem_with_its_fix() {
+    use phoenix_control_plane::k8s::check::{self, Status};
+    let (client, mut server) = mock();
+    let api = tokio::spawn(async move {
+        while let Ok(Some((req, send))) =
+            tokio::time::timeout(Duration::from_secs(10), server.next_request()).await
+        {
+            let path = req.uri().path().to_owned();
+            let query = req.uri().query().unwrap_or("").to_owned();
+            let ok = |body: Value| (StatusCode::OK, body);
+            let (status, body) = match (req.method().as_str(), path.as_str()) {
+                ("GET", "/version") => ok(json!({
+                    "major": "1", "minor": "33", "gitVersion": "v1.33.1", "gitCommit": "x",
+                    "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z",
+                    "goVersion": "go1.24", "compiler": "gc", "platform": "linux/amd64"})),
+                (
+                    "GET",
+                    "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/meshconfigs.phoenix.dev",
+                ) => ok(json!({
+                    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                    "metadata": {"name": "meshconfigs.phoenix.dev"},
+                    "spec": {"group": "phoenix.dev", "scope": "Cluster",
+                             "names": {"plural": "meshconfigs", "kind": "MeshConfig"}, "versions": []}})),
+                (
+                    "GET",
+                    "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/trafficpolicies.phoenix.dev",
+                ) => (StatusCode::NOT_FOUND, status_body(404, "NotFound")),
+                (
+                    "GET",
+                    "/apis/apps/v1/namespaces/phoenix-system/deployments/phoenix-control-plane",
+                ) => ok(json!({
+                    "apiVersion": "apps/v1", "kind": "Deployment",
+                    "metadata": {"name": "phoenix-control-plane", "namespace": "phoenix-system"},
+                    "spec": {"replicas": 2, "selector": {}, "template": {}},
+                    "status": {"readyReplicas": 1}})),
+                (
+                    "GET",
+                    "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/phoenix-proxy-injector",
+                ) => ok(json!({
+                    "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+                    "metadata": {"name": "phoenix-proxy-injector"},
+                    "webhooks": [{"name": "inject.phoenix.dev", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                                  "clientConfig": {"service": {"name": "phoenix-control-plane", "namespace": "phoenix-system"}}}]})),
+                ("POST", "/api/v1/namespaces/default/pods") => {
+                    assert!(
+                        query.contains("dryRun=All"),
+                        "the check never creates a pod: {query}"
+                    );
+                    ok(
+                        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "phoenix-check-x"},
+                              "spec": {"initContainers": [{"name": "phoenix-init"}, {"name": "phoenix-proxy"}],
+                                       "containers": [{"name": "check"}]}}),
+                    )
+                }
+                ("GET", "/apis/phoenix.dev/v1alpha1/meshconfigs/default") => ok(json!({
+                    "apiVersion": "phoenix.dev/v1alpha1", "kind": "MeshConfig", "metadata": {"name": "default"},
+                    "spec": {"trustDomain": "cluster.local"}})),
+                ("GET", "/api/v1/pods") => ok(json!({
+                    "apiVersion": "v1", "kind": "PodList", "metadata": {},
+                    "items": [{"metadata": {"name": "web-0", "namespace": "shop"},
+                               "spec": {"containers": []},
+                               "status": {"initContainerStatuses": [{"name": "phoenix-proxy", "ready": true, "restartCount": 0, "image": "p", "imageID": ""}]}}]})),
+                ("GET", "/api/v1/namespaces/shop/pods/web-0:4191/proxy/metrics") => {
+                    send.send_response(Response::builder().status(StatusCode::OK).body(Body::from(
+                        "tls_handshakes_total{side=\"client\",kx_group=\"X25519MLKEM768\",result=\"success\"} 5\n\
+                         tls_handshake_failures_total{side=\"client\",reason=\"timeout\"} 2\n".as_bytes().to_vec(),
+                    )).unwrap());
+                    continue;
+                }
+                other => panic!("unexpected request {other:?}"),
+            };
+            respond(send, status, body);
+        }
+    });
+    let report = check::run(client, "phoenix-system", false).await;
+    let status = |check: &str| {
+        report
+            .outcomes
+            .iter()
+            .find(|o| o.check == check)
+            .unwrap_or_else(|| panic!("no check {check:?} in {report:?}"))
+            .clone()
+    };
+    assert_eq!(status("can reach the Kubernetes API").status, Status::Ok);
+    assert_eq!(status("Kubernetes has native sidecars").status, Status::Ok);
+    let crds = status("the CRDs are installed");
+    assert_eq!(crds.status, Status::Fail);
+    assert!(
+        crds.detail.contains("trafficpolicies.phoenix.dev")
+            && crds.detail.contains("helm install phoenix-crds")
+    );
+    assert_eq!(status("the control plane is ready").status, Status::Warn);
+    let webhook = status("the injection webhook is configured");
+    assert_eq!(webhook.status, Status::Fail);
+    assert!(webhook.detail.contains("caBundle is empty"));
+    assert_eq!(
+        status("the webhook injects pods (server-side dry run)").status,
+        Status::Ok
+    );
+    let mode = status("inbound mode is strict");
+    assert_eq!(mode.status, Status::Warn);
+    assert!(mode.detail.contains("inboundMode: strict"));
+    assert_eq!(status("every proxy is ready").status, Status::Ok);
+    let pq = status("proxies' handshakes are post-quantum (X25519MLKEM768)");
+    assert_eq!(
+        (pq.status, pq.detail.as_str()),
+        (Status::Ok, "X25519MLKEM768: 5")
+    );
+    let udp = status("proxies reach each other over UDP");
+    assert_eq!(udp.status, Status::Warn);
+    assert!(udp.detail.contains("UDP 4143"));
+    assert!(report.failed());
+    let text = report.render();
+    assert!(
+        text.contains("× the CRDs are installed") && text.contains("Status check results are ×"),
+        "{text}"
+    );
+    drop(report);
+    api.abort();
+}
