@@ -39,6 +39,9 @@ pub const INIT_CONTAINER: &str = "phoenix-init";
 pub const TOKEN_VOLUME: &str = "phoenix-token";
 /// Where the token is mounted in the proxy.
 pub const TOKEN_DIR: &str = "/var/run/secrets/phoenix";
+/// A writable /run for the init container (legacy iptables takes its lock
+/// file there; the root filesystem is read-only).
+pub const INIT_RUN_VOLUME: &str = "phoenix-init-run";
 /// Audience of the projected token (what TokenReview checks).
 pub const TOKEN_AUDIENCE: &str = "phoenix";
 /// UID the proxy runs as; init exempts its traffic from redirection.
@@ -357,6 +360,11 @@ impl Injector {
                 ])),
                 ..ResourceRequirements::default()
             }),
+            volume_mounts: Some(vec![VolumeMount {
+                name: INIT_RUN_VOLUME.to_owned(),
+                mount_path: "/run".to_owned(),
+                ..VolumeMount::default()
+            }]),
             security_context: Some(SecurityContext {
                 // iptables needs NET_ADMIN (and NET_RAW) and root in the
                 // pod's network namespace; nothing else.
@@ -372,6 +380,18 @@ impl Injector {
             }),
             ..Container::default()
         })
+    }
+
+    /// The init container's writable /run (memory-backed, a few bytes).
+    pub fn init_run_volume() -> Volume {
+        Volume {
+            name: INIT_RUN_VOLUME.to_owned(),
+            empty_dir: Some(k8s_openapi::api::core::v1::EmptyDirVolumeSource {
+                medium: Some("Memory".to_owned()),
+                size_limit: Some(Quantity("1Mi".to_owned())),
+            }),
+            ..Volume::default()
+        }
     }
 
     /// The projected ServiceAccount token volume.
@@ -418,6 +438,8 @@ impl Injector {
         let proxy = serde_json::to_value(self.proxy(&annotations)?).map_err(InjectError::Encode)?;
         let init = serde_json::to_value(self.init(&annotations)?).map_err(InjectError::Encode)?;
         let volume = serde_json::to_value(Self::token_volume()).map_err(InjectError::Encode)?;
+        let run_volume =
+            serde_json::to_value(Self::init_run_volume()).map_err(InjectError::Encode)?;
         let mut ops = Vec::new();
         let mut add = |path: String, value: Value| {
             ops.push(PatchOperation::Add(AddOperation {
@@ -456,8 +478,9 @@ impl Injector {
         }
         if spec.get("volumes").is_some_and(Value::is_array) {
             add(format!("{base}/spec/volumes/-"), volume);
+            add(format!("{base}/spec/volumes/-"), run_volume);
         } else {
-            add(format!("{base}/spec/volumes"), json!([volume]));
+            add(format!("{base}/spec/volumes"), json!([volume, run_volume]));
         }
         Ok(Patch(ops))
     }
