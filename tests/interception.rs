@@ -521,3 +521,85 @@ fn intercepted_tcp_crosses_the_mesh_encrypted_and_outsiders_follow_the_inbound_m
     assert!(permitted >= 1.0, "permitted {permitted}");
     drop(cp);
 }
+
+/// IPv6 is programmed whenever the namespace has it (else the app's IPv6
+/// TCP would leave in the clear), skipped where it is disabled, and a
+/// namespace with IPv6 but no ip6tables is refused rather than half-covered.
+#[test]
+fn init_covers_ipv6_when_the_namespace_has_it() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "the interception test needs root (network namespaces and iptables); CI runs as root"
+    );
+    let init = bin("phoenix-proxy");
+    let ns = |suffix: &str| format!("phx-v6-{:06x}-{suffix}", rand::random::<u32>() & 0xff_ffff);
+    let exec = |ns: &str, args: &[&str], path: Option<&Path>| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]);
+        if let Some(p) = path {
+            // The program's PATH only: `ip` itself is found as usual.
+            c.arg("env").arg(format!("PATH={}", p.display()));
+        }
+        c.args(args).output().unwrap()
+    };
+    struct Drop2(Vec<String>);
+    impl Drop for Drop2 {
+        fn drop(&mut self) {
+            for n in &self.0 {
+                let _ = Command::new("ip").args(["netns", "del", n]).output();
+            }
+        }
+    }
+    let (with, without, missing) = (ns("on"), ns("off"), ns("missing"));
+    let _cleanup = Drop2(vec![with.clone(), without.clone(), missing.clone()]);
+    for n in [&with, &without, &missing] {
+        run(&["ip", "netns", "add", n]);
+    }
+    let out = exec(&with, &[init.to_str().unwrap(), "init"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for save in ["iptables-save", "ip6tables-save"] {
+        let rules =
+            String::from_utf8_lossy(&exec(&with, &[save, "-t", "nat"], None).stdout).into_owned();
+        assert!(
+            rules.contains("-j REDIRECT --to-ports 4140"),
+            "{save}: {rules}"
+        );
+    }
+    // IPv6 disabled in the namespace: IPv4 only, and no error.
+    assert!(
+        exec(
+            &without,
+            &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"],
+            None
+        )
+        .status
+        .success()
+    );
+    let out = exec(&without, &[init.to_str().unwrap(), "init"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("IPv6"));
+    // IPv6 on but no ip6tables: refused, naming the fix.
+    let dir = tempfile::tempdir().unwrap();
+    for cmd in ["iptables-nft-save", "iptables-nft-restore"] {
+        std::os::unix::fs::symlink(format!("/usr/sbin/{cmd}"), dir.path().join(cmd)).unwrap();
+    }
+    let out = exec(
+        &missing,
+        &[init.to_str().unwrap(), "init", "--backend", "nft"],
+        Some(dir.path()),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("would bypass the proxy") && stderr.contains("--ipv6 off"),
+        "{stderr}"
+    );
+}

@@ -260,14 +260,13 @@ impl Injector {
                 env("PHOENIX_TOKEN_FILE", &format!("{TOKEN_DIR}/token")),
                 env("PHOENIX_INBOUND", &format!("0.0.0.0:{QUIC_PORT}")),
                 env("PHOENIX_ADMIN", &format!("0.0.0.0:{ADMIN_PORT}")),
+                // Dual-stack listeners: init redirects IPv6 too when the
+                // pod has it (the proxy falls back to IPv4 where it has not).
                 env(
                     "PHOENIX_OUTBOUND_REDIRECT",
-                    &format!("0.0.0.0:{OUTBOUND_PORT}"),
+                    &format!("[::]:{OUTBOUND_PORT}"),
                 ),
-                env(
-                    "PHOENIX_INBOUND_REDIRECT",
-                    &format!("0.0.0.0:{INBOUND_PORT}"),
-                ),
+                env("PHOENIX_INBOUND_REDIRECT", &format!("[::]:{INBOUND_PORT}")),
                 // The kubelet probes from the node's address: its plain TCP
                 // passes even in strict mode.
                 EnvVar {

@@ -53,9 +53,35 @@ pub struct InitArgs {
     /// `nft` or `legacy`.
     #[arg(long, default_value = "auto", value_parser = parse_backend)]
     pub backend: BackendChoice,
+    /// Program IPv6 too: `auto` (when IPv6 is enabled in the namespace:
+    /// otherwise the app's IPv6 TCP would leave in the clear), `on`, `off`.
+    #[arg(long, default_value = "auto", value_parser = parse_ipv6)]
+    pub ipv6: Ipv6Choice,
     /// Print the rules without applying them.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// Whether to program ip6tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ipv6Choice {
+    /// When the namespace has IPv6 (`/proc/net/if_inet6` exists).
+    Auto,
+    /// Always (fails without ip6tables).
+    On,
+    /// Never.
+    Off,
+}
+
+fn parse_ipv6(s: &str) -> Result<Ipv6Choice, String> {
+    match s {
+        "auto" => Ok(Ipv6Choice::Auto),
+        "on" => Ok(Ipv6Choice::On),
+        "off" => Ok(Ipv6Choice::Off),
+        other => Err(format!(
+            "`{other}` is not an IPv6 choice; use auto, on or off"
+        )),
+    }
 }
 
 /// Which iptables the user asked for.
@@ -89,22 +115,32 @@ pub struct Backend {
     pub save: &'static str,
     /// e.g. `iptables-nft-restore`.
     pub restore: &'static str,
+    /// The IPv6 twin of `save`.
+    pub save6: &'static str,
+    /// The IPv6 twin of `restore`.
+    pub restore6: &'static str,
 }
 
 const NFT: Backend = Backend {
     name: "nft",
     save: "iptables-nft-save",
     restore: "iptables-nft-restore",
+    save6: "ip6tables-nft-save",
+    restore6: "ip6tables-nft-restore",
 };
 const LEGACY: Backend = Backend {
     name: "legacy",
     save: "iptables-legacy-save",
     restore: "iptables-legacy-restore",
+    save6: "ip6tables-legacy-save",
+    restore6: "ip6tables-legacy-restore",
 };
 const PLAIN: Backend = Backend {
     name: "default",
     save: "iptables-save",
     restore: "iptables-restore",
+    save6: "ip6tables-save",
+    restore6: "ip6tables-restore",
 };
 
 /// Why init failed.
@@ -115,6 +151,14 @@ pub enum InitError {
         "no iptables found (looked for iptables-nft-save, iptables-legacy-save, iptables-save); install iptables in the init image"
     )]
     NoIptables,
+    /// IPv6 is on but ip6tables is missing.
+    #[error(
+        "IPv6 is enabled in this network namespace but {command} is missing, so the app's IPv6 TCP would bypass the proxy; install ip6tables, or pass --ipv6 off if the pod has no IPv6"
+    )]
+    NoIp6tables {
+        /// The command looked for.
+        command: &'static str,
+    },
     /// The process lacks the right to change rules.
     #[error(
         "{command} was refused: the init container needs the NET_ADMIN capability (and NET_RAW) or root; the injector adds them"
@@ -232,6 +276,14 @@ pub fn detect(choice: BackendChoice) -> Result<Backend, InitError> {
     }
 }
 
+/// Whether this network namespace has IPv6 (the kernel has it and it is
+/// not disabled here).
+fn ipv6_enabled() -> bool {
+    std::path::Path::new("/proc/net/if_inet6").exists()
+        && std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/disable_ipv6")
+            .map_or(true, |v| v.trim() != "1")
+}
+
 fn which(command: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(command).is_file()))
@@ -244,36 +296,29 @@ fn refused(stderr: &str) -> bool {
 
 /// The `nat` table now.
 pub fn save(backend: &Backend) -> Result<String, InitError> {
-    let out = Command::new(backend.save)
+    save_with(backend.save)
+}
+
+fn save_with(command: &'static str) -> Result<String, InitError> {
+    let out = Command::new(command)
         .args(["-t", "nat"])
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| InitError::Spawn {
-            command: backend.save,
-            source,
-        })?;
+        .map_err(|source| InitError::Spawn { command, source })?;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
         return Err(if refused(&stderr) {
-            InitError::NoPermission {
-                command: backend.save,
-            }
+            InitError::NoPermission { command }
         } else {
-            InitError::Command {
-                command: backend.save,
-                stderr,
-            }
+            InitError::Command { command, stderr }
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn restore(backend: &Backend, input: &str) -> Result<(), InitError> {
-    let spawn_error = |source| InitError::Spawn {
-        command: backend.restore,
-        source,
-    };
-    let mut child = Command::new(backend.restore)
+fn restore(command: &'static str, input: &str) -> Result<(), InitError> {
+    let spawn_error = |source| InitError::Spawn { command, source };
+    let mut child = Command::new(command)
         .arg("--noflush")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -288,39 +333,49 @@ fn restore(backend: &Backend, input: &str) -> Result<(), InitError> {
     if out.status.success() {
         Ok(())
     } else if refused(&stderr) {
-        Err(InitError::NoPermission {
-            command: backend.restore,
-        })
+        Err(InitError::NoPermission { command })
     } else {
-        Err(InitError::Command {
-            command: backend.restore,
-            stderr,
-        })
+        Err(InitError::Command { command, stderr })
     }
 }
 
 /// Runs init: prints what it applies (or would, with `--dry-run`) on `out`.
 pub fn run(args: &InitArgs, out: &mut impl Write) -> Result<(), InitError> {
     let backend = detect(args.backend)?;
-    let current = match save(&backend) {
-        Ok(s) => s,
-        // A dry run shows the rules even where it may not read them.
-        Err(InitError::NoPermission { .. }) if args.dry_run => String::new(),
-        Err(e) => return Err(e),
+    let ipv6 = match args.ipv6 {
+        Ipv6Choice::On => true,
+        Ipv6Choice::Off => false,
+        Ipv6Choice::Auto => ipv6_enabled(),
     };
-    let input = restore_input(args, &current);
-    let _ = writeln!(
-        out,
-        "# phoenix-proxy init: iptables backend {} ({}){}",
-        backend.name,
-        backend.restore,
-        if args.dry_run { ", dry run" } else { "" }
-    );
-    let _ = out.write_all(input.as_bytes());
-    if args.dry_run {
-        return Ok(());
+    if ipv6 && !(which(backend.save6) && which(backend.restore6)) {
+        return Err(InitError::NoIp6tables {
+            command: backend.restore6,
+        });
     }
-    restore(&backend, &input)
+    let mut families = vec![("IPv4", backend.save, backend.restore)];
+    if ipv6 {
+        families.push(("IPv6", backend.save6, backend.restore6));
+    }
+    for (family, save_cmd, restore_cmd) in families {
+        let current = match save_with(save_cmd) {
+            Ok(s) => s,
+            // A dry run shows the rules even where it may not read them.
+            Err(InitError::NoPermission { .. }) if args.dry_run => String::new(),
+            Err(e) => return Err(e),
+        };
+        let input = restore_input(args, &current);
+        let _ = writeln!(
+            out,
+            "# phoenix-proxy init: {family}, iptables backend {} ({restore_cmd}){}",
+            backend.name,
+            if args.dry_run { ", dry run" } else { "" }
+        );
+        let _ = out.write_all(input.as_bytes());
+        if !args.dry_run {
+            restore(restore_cmd, &input)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

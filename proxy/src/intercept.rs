@@ -33,12 +33,16 @@ const PLAIN_BUFFER: usize = 16 * 1024;
 pub fn original_dst(tcp: &TcpStream) -> Option<SocketAddr> {
     let sock = socket2::SockRef::from(tcp);
     let local = tcp.local_addr().ok()?;
+    // On a dual-stack listener an IPv4 client arrives as ::ffff:a.b.c.d;
+    // its original destination is then an IPv4 one.
+    let local = SocketAddr::new(local.ip().to_canonical(), local.port());
     let dst = match local {
         SocketAddr::V4(_) => sock.original_dst_v4(),
         SocketAddr::V6(_) => sock.original_dst_v6(),
     }
     .ok()?
     .as_socket()?;
+    let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
     // Not redirected: the "original" destination is the listener itself,
     // and connecting to it would loop.
     (dst != local).then_some(dst)
@@ -269,7 +273,10 @@ mod tests {
             Resource::Upstream(Upstream {
                 service: "db.shop:5432".into(),
                 listen: None,
-                addresses: vec!["10.96.0.10:5432".parse().unwrap()],
+                addresses: vec![
+                    "10.96.0.10:5432".parse().unwrap(),
+                    "[fd00::10]:5432".parse().unwrap(),
+                ],
                 endpoints: vec![Endpoint {
                     address: "10.0.0.5:4143".parse().unwrap(),
                     identity: "spiffe://td/ns/shop/sa/db".into(),
@@ -343,6 +350,15 @@ mod tests {
         }
         assert_eq!(
             route(&c, "93.184.216.34:443".parse().unwrap()),
+            OutboundRoute::Passthrough
+        );
+        // IPv6 alike: a dual-stack Service's other address.
+        assert_eq!(
+            route(&c, "[fd00::10]:5432".parse().unwrap()),
+            OutboundRoute::Service("db.shop:5432")
+        );
+        assert_eq!(
+            route(&c, "[2001:db8::1]:443".parse().unwrap()),
             OutboundRoute::Passthrough
         );
     }

@@ -110,7 +110,16 @@ pub async fn run(
     let redirect = |what: &'static str, addr: Option<SocketAddr>| async move {
         let Some(addr) = addr else { return Ok(None) };
         let bind_error = |source| StartError::Bind { what, addr, source };
-        let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+        let listener = match TcpListener::bind(addr).await {
+            Ok(l) => l,
+            // `[::]` where the namespace has IPv6 disabled: IPv4 only.
+            Err(_) if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED => {
+                let v4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port()));
+                tracing::info!(%addr, fallback = %v4, "no IPv6 here; listening on IPv4 only");
+                TcpListener::bind(v4).await.map_err(bind_error)?
+            }
+            Err(source) => return Err(bind_error(source)),
+        };
         let local = listener.local_addr().map_err(bind_error)?;
         Ok::<_, StartError>(Some((listener, local)))
     };
