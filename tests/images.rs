@@ -12,19 +12,13 @@ use std::process::Command;
 
 use serde_json::Value;
 
+#[path = "support/harness.rs"]
+mod harness;
+
+use harness::run_ok;
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn blob(layout: &Path, digest: &str) -> Value {
@@ -40,10 +34,12 @@ fn images_are_small_non_root_and_run_with_what_they_carry() {
         "building and unpacking images keeps file owners: run as root (CI does)"
     );
     let out = tempfile::tempdir().unwrap();
-    let printed = run(Command::new(repo().join("scripts/images"))
-        .args(["--profile", "debug", "--tag", "test"])
-        .arg("--out")
-        .arg(out.path()));
+    let printed = run_ok(
+        Command::new(repo().join("scripts/images"))
+            .args(["--profile", "debug", "--tag", "test"])
+            .arg("--out")
+            .arg(out.path()),
+    );
     let version = env!("CARGO_PKG_VERSION");
     for (name, uid) in [("phoenix-proxy", "2102"), ("phoenix-control-plane", "2103")] {
         assert!(printed.contains(&format!("{name}:test")), "{printed}");
@@ -71,16 +67,20 @@ fn images_are_small_non_root_and_run_with_what_they_carry() {
         // The binary runs in a chroot of the image, as its user: every
         // library it needs is in the image.
         let bundle = out.path().join(format!("{name}-bundle"));
-        run(Command::new("umoci")
-            .args(["unpack", "--image"])
-            .arg(format!("{}:test", layout.display()))
-            .arg(&bundle));
+        run_ok(
+            Command::new("umoci")
+                .args(["unpack", "--image"])
+                .arg(format!("{}:test", layout.display()))
+                .arg(&bundle),
+        );
         let rootfs = bundle.join("rootfs");
-        let printed = run(Command::new("chroot")
-            .arg(format!("--userspec={uid}:{uid}"))
-            .arg(&rootfs)
-            .arg(format!("/usr/local/bin/{name}"))
-            .arg("--version"));
+        let printed = run_ok(
+            Command::new("chroot")
+                .arg(format!("--userspec={uid}:{uid}"))
+                .arg(&rootfs)
+                .arg(format!("/usr/local/bin/{name}"))
+                .arg("--version"),
+        );
         assert!(printed.contains(version), "{name} --version: {printed}");
     }
 
@@ -88,14 +88,18 @@ fn images_are_small_non_root_and_run_with_what_they_carry() {
     // runtime gives the container /dev; the chroot gets /dev/null by hand.
     let rootfs = out.path().join("phoenix-proxy-bundle/rootfs");
     std::fs::create_dir_all(rootfs.join("dev")).unwrap();
-    run(Command::new("mknod")
-        .arg(rootfs.join("dev/null"))
-        .args(["c", "1", "3"]));
-    run(Command::new("chmod")
-        .arg("666")
-        .arg(rootfs.join("dev/null")));
+    run_ok(
+        Command::new("mknod")
+            .arg(rootfs.join("dev/null"))
+            .args(["c", "1", "3"]),
+    );
+    run_ok(
+        Command::new("chmod")
+            .arg("666")
+            .arg(rootfs.join("dev/null")),
+    );
     let ns = format!("phx-img-{:06x}", rand::random::<u32>() & 0xff_ffff);
-    run(Command::new("ip").args(["netns", "add", &ns]));
+    run_ok(Command::new("ip").args(["netns", "add", &ns]));
     let result = Command::new("ip")
         .args(["netns", "exec", &ns, "chroot"])
         .arg(&rootfs)

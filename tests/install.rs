@@ -14,7 +14,7 @@ mod harness;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use harness::bin;
+use harness::{bin, run_ok};
 use serde_json::Value;
 
 fn repo() -> PathBuf {
@@ -33,17 +33,6 @@ fn helm() -> PathBuf {
     path
 }
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn template(chart: &str, set: &[&str]) -> String {
     let mut cmd = Command::new(helm());
     cmd.args(["template", chart])
@@ -52,7 +41,7 @@ fn template(chart: &str, set: &[&str]) -> String {
     for s in set {
         cmd.args(["--set", s]);
     }
-    run(&mut cmd)
+    run_ok(&mut cmd)
 }
 
 fn docs(yaml: &str) -> Vec<Value> {
@@ -86,13 +75,15 @@ fn golden(name: &str, actual: &str) {
 #[test]
 fn charts_lint_render_as_the_goldens_and_equal_phoenix_install() {
     for chart in ["phoenix-crds", "phoenix"] {
-        run(Command::new(helm())
-            .args(["lint", "--strict"])
-            .arg(repo().join("charts").join(chart)));
+        run_ok(
+            Command::new(helm())
+                .args(["lint", "--strict"])
+                .arg(repo().join("charts").join(chart)),
+        );
         golden(&format!("{chart}.yaml"), &template(chart, &[]));
     }
     let helm_objects = docs(&(template("phoenix-crds", &[]) + &template("phoenix", &[])));
-    let install = run(Command::new(bin("phoenix")).args(["install"]));
+    let install = run_ok(Command::new(bin("phoenix")).args(["install"]));
     let ours = docs(&install);
     assert_eq!(
         ours.len(),
@@ -136,15 +127,17 @@ fn chart_values_are_documented_and_change_what_they_say() {
     assert!(custom.iter().any(|d| d["kind"] == "PodMonitor"));
     let deployment = custom.iter().find(|d| d["kind"] == "Deployment").unwrap();
     assert_eq!(deployment["spec"]["replicas"], 3);
-    let notes = run(Command::new(helm())
-        .args([
-            "install",
-            "phoenix",
-            "--dry-run=client",
-            "--namespace",
-            "phoenix-system",
-        ])
-        .arg(repo().join("charts/phoenix")));
+    let notes = run_ok(
+        Command::new(helm())
+            .args([
+                "install",
+                "phoenix",
+                "--dry-run=client",
+                "--namespace",
+                "phoenix-system",
+            ])
+            .arg(repo().join("charts/phoenix")),
+    );
     assert!(
         notes.contains("phoenix.dev/inject=enabled"),
         "NOTES.txt says what to run next"
@@ -152,9 +145,11 @@ fn chart_values_are_documented_and_change_what_they_say() {
 }
 
 fn validate(file: &Path) {
-    run(Command::new("kubernetes-validate")
-        .args(["-k", "1.33.0", "--strict", "--quiet"])
-        .arg(file));
+    run_ok(
+        Command::new("kubernetes-validate")
+            .args(["-k", "1.33.0", "--strict", "--quiet"])
+            .arg(file),
+    );
 }
 
 #[test]
@@ -191,10 +186,12 @@ fn rendered_and_injected_manifests_are_valid_kubernetes() {
     .unwrap();
     let instance = dir.path().join("meshconfig.json");
     std::fs::write(&instance, serde_json::to_vec(custom[0]).unwrap()).unwrap();
-    run(Command::new("check-jsonschema")
-        .arg("--schemafile")
-        .arg(&schema)
-        .arg(&instance));
+    run_ok(
+        Command::new("check-jsonschema")
+            .arg("--schemafile")
+            .arg(&schema)
+            .arg(&instance),
+    );
     // What the injector makes of real manifests is still valid Kubernetes.
     let anchor = dir.path().join("ca.crt");
     std::fs::write(
@@ -203,11 +200,13 @@ fn rendered_and_injected_manifests_are_valid_kubernetes() {
     )
     .unwrap();
     for case in ["pod", "deployment", "cronjob"] {
-        let injected = run(Command::new(bin("phoenix"))
-            .args(["inject", "--trust-anchor"])
-            .arg(&anchor)
-            .arg("-f")
-            .arg(repo().join(format!("control-plane/tests/golden/inject/{case}.yaml"))));
+        let injected = run_ok(
+            Command::new(bin("phoenix"))
+                .args(["inject", "--trust-anchor"])
+                .arg(&anchor)
+                .arg("-f")
+                .arg(repo().join(format!("control-plane/tests/golden/inject/{case}.yaml"))),
+        );
         let file = dir.path().join(format!("{case}.yaml"));
         std::fs::write(&file, injected).unwrap();
         validate(&file);

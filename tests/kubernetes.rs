@@ -375,16 +375,7 @@ fn helm_install_injects_pods_and_phoenix_check_passes() {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/helm/helm")
         });
     let charts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("charts");
-    let run = |cmd: &mut Command| {
-        let out = cmd.env("KUBECONFIG", &cluster.kubeconfig).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{cmd:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let run = |cmd: &mut Command| harness::run_ok(cmd.env("KUBECONFIG", &cluster.kubeconfig));
     run(Command::new(&helm)
         .args(["upgrade", "--install", "phoenix-crds"])
         .arg(charts.join("phoenix-crds"))

@@ -219,6 +219,11 @@ fn rotate_files(
         next.save(state_dir)?;
         Ok(next)
     })();
+    rotation_outcome(result)
+}
+
+/// Prints what a rotation scheduled (exit 0), or why it was refused (exit 64).
+fn rotation_outcome(result: anyhow::Result<phoenix_control_plane::roots::Schedule>) -> ExitCode {
     match result {
         Ok(next) => {
             print_rotation(&next);
@@ -370,16 +375,7 @@ async fn rotate_secret(args: &KubeArgs, overlap: std::time::Duration) -> ExitCod
         anyhow::Ok(next)
     }
     .await;
-    match result {
-        Ok(next) => {
-            print_rotation(&next);
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("phoenix-control-plane: rotate-ca: {}", chain(&error));
-            ExitCode::from(EXIT_CONFIG)
-        }
-    }
+    rotation_outcome(result)
 }
 
 /// The multi-threaded runtime both modes run on.

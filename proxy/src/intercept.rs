@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::{EndpointConfig, ProxyConfig};
 use crate::metrics::{Direction, PlaintextDecision};
-use crate::outbound::{self, Route};
+use crate::outbound::{self, Route, reset};
 use crate::state::Shared;
 
 /// Buffer per direction of a plain-TCP relay (passthrough): small, since
@@ -246,11 +246,6 @@ async fn plain_relay(mut tcp: TcpStream, dst: SocketAddr, connect_timeout: Durat
         PLAIN_BUFFER,
     )
     .await;
-}
-
-fn reset(tcp: TcpStream) {
-    let _ = tcp.set_zero_linger();
-    drop(tcp);
 }
 
 #[cfg(test)]

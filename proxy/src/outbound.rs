@@ -292,7 +292,7 @@ async fn connect_peer(
 }
 
 /// Closes `tcp` with a reset, so the app sees the failure at once.
-fn reset(tcp: TcpStream) {
+pub(crate) fn reset(tcp: TcpStream) {
     let _ = tcp.set_zero_linger();
     drop(tcp);
 }

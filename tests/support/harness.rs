@@ -439,3 +439,15 @@ pub fn ping(c: &mut TcpStream, msg: &[u8]) {
     c.read_exact(&mut buf).unwrap();
     assert_eq!(buf, msg);
 }
+
+/// Runs `cmd`, asserting it succeeds; its stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
