@@ -99,6 +99,18 @@ fn inject_one(injector: &Injector, doc: &mut Value) -> anyhow::Result<()> {
     if annotations.get(inject::INJECT).map(String::as_str) == Some("disabled") {
         return Ok(());
     }
+    if template.pointer("/spec/hostNetwork") == Some(&Value::Bool(true)) {
+        // Its rules would capture the node's TCP: left as it is, as
+        // `linkerd inject` does.
+        eprintln!(
+            "phoenix inject: skipping {} {}: hostNetwork pods are not meshed",
+            doc["kind"].as_str().unwrap_or_default(),
+            doc.pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        );
+        return Ok(());
+    }
     let patch = injector.patch(doc, base)?;
     json_patch::patch(doc, &patch)?;
     Ok(())

@@ -125,6 +125,14 @@ pub enum InjectError {
     /// A built container does not serialize (never in practice).
     #[error("cannot encode the injected containers")]
     Encode(#[source] serde_json::Error),
+    /// The pod uses the node's network namespace.
+    #[error(
+        "the pod has hostNetwork: true, and its rules would redirect the whole node's TCP; annotate it phoenix.dev/inject: disabled"
+    )]
+    HostNetwork,
+    /// A patch path is not a JSON pointer (never with the paths built here).
+    #[error("invalid patch path {0}")]
+    Path(String),
 }
 
 /// Whether a pod with `annotations` in a namespace with `namespace_labels`
@@ -433,6 +441,11 @@ impl Injector {
         if has("initContainers", PROXY_CONTAINER) || has("containers", PROXY_CONTAINER) {
             return Ok(Patch(Vec::new()));
         }
+        // A host-network pod shares the node's network namespace: init
+        // would redirect the whole node's TCP (the kubelet's included).
+        if spec.get("hostNetwork") == Some(&Value::Bool(true)) {
+            return Err(InjectError::HostNetwork);
+        }
         let annotations = template_annotations(template);
         let proxy = serde_json::to_value(self.proxy(&annotations)?).map_err(InjectError::Encode)?;
         let init = serde_json::to_value(self.init(&annotations)?).map_err(InjectError::Encode)?;
@@ -440,11 +453,10 @@ impl Injector {
         let run_volume =
             serde_json::to_value(Self::init_run_volume()).map_err(InjectError::Encode)?;
         let mut ops = Vec::new();
-        let mut add = |path: String, value: Value| {
-            ops.push(PatchOperation::Add(AddOperation {
-                path: PointerBuf::parse(&path).unwrap_or_default(),
-                value,
-            }));
+        let mut bad_path = None;
+        let mut add = |path: String, value: Value| match PointerBuf::parse(&path) {
+            Ok(path) => ops.push(PatchOperation::Add(AddOperation { path, value })),
+            Err(_) => bad_path = Some(path),
         };
         let escape = |key: &str| key.replace('~', "~0").replace('/', "~1");
         match template.get("metadata").filter(|m| m.is_object()) {
@@ -480,6 +492,9 @@ impl Injector {
             add(format!("{base}/spec/volumes/-"), run_volume);
         } else {
             add(format!("{base}/spec/volumes"), json!([volume, run_volume]));
+        }
+        if let Some(path) = bad_path {
+            return Err(InjectError::Path(path));
         }
         Ok(Patch(ops))
     }

@@ -169,6 +169,17 @@ fn the_webhook_patches_pods_that_ask_and_refuses_what_it_cannot_inject() {
     let r = response(&admission::review(&admission_review(plain), &injector(), enabled).unwrap());
     assert!(r.allowed && r.patch.is_none(), "disabled wins");
 
+    // A host-network pod is refused: its rules would capture the node's TCP.
+    let mut host = load("pod");
+    host["spec"]["hostNetwork"] = json!(true);
+    let r = response(&admission::review(&admission_review(host), &injector(), none).unwrap());
+    assert!(!r.allowed);
+    assert!(
+        r.result.message.contains("hostNetwork"),
+        "{}",
+        r.result.message
+    );
+
     // Invalid Phoenix annotations refuse the pod with the reason.
     let mut bad = load("pod");
     bad["metadata"]["annotations"]["phoenix.dev/skip-outbound-ports"] = json!("smtp");

@@ -107,12 +107,20 @@ pub async fn serve_inbound(
 /// The inbound mode for plain TCP to `dst`: that of the service the app
 /// serves there when it overrides the mesh's, else the mesh's.
 pub fn inbound_mode(config: &ProxyConfig, dst: SocketAddr) -> InboundMode {
-    config
+    // Several services may name the same port: the strictest one wins.
+    let overrides: Vec<InboundMode> = config
         .inbound
         .values()
-        .find(|i| crate::inbound::serves(i.target, dst))
-        .and_then(|i| i.inbound_mode)
-        .unwrap_or(config.mesh.inbound_mode)
+        .filter(|i| crate::inbound::serves(i.target, dst))
+        .filter_map(|i| i.inbound_mode)
+        .collect();
+    if overrides.contains(&InboundMode::Strict) {
+        InboundMode::Strict
+    } else if overrides.is_empty() {
+        config.mesh.inbound_mode
+    } else {
+        InboundMode::Permissive
+    }
 }
 
 /// What the inbound redirect listener does with plain TCP from `client`
@@ -285,6 +293,20 @@ mod tests {
                 allow: None,
                 inbound_mode: Some(InboundMode::Permissive),
             }),
+            // Two services on one port, one strict: strict wins, whatever
+            // the names' order.
+            Resource::Inbound(phoenix_api::snapshot::Inbound {
+                service: "a-open.shop:81".into(),
+                target: "0.0.0.0:8081".parse().unwrap(),
+                allow: None,
+                inbound_mode: Some(InboundMode::Permissive),
+            }),
+            Resource::Inbound(phoenix_api::snapshot::Inbound {
+                service: "b-closed.shop:81".into(),
+                target: "0.0.0.0:8081".parse().unwrap(),
+                allow: None,
+                inbound_mode: Some(InboundMode::Strict),
+            }),
         ];
         let snap = Snapshot {
             version: 1,
@@ -303,6 +325,10 @@ mod tests {
         );
         assert_eq!(
             inbound_mode(&c, "10.0.0.5:9090".parse().unwrap()),
+            InboundMode::Strict
+        );
+        assert_eq!(
+            inbound_mode(&c, "10.0.0.5:8081".parse().unwrap()),
             InboundMode::Strict
         );
     }

@@ -29,6 +29,9 @@ use crate::inject::Injector;
 /// Largest AdmissionReview accepted (a pod is a few KiB; the API server
 /// caps requests at 3 MiB).
 const MAX_BODY: usize = 4 * 1024 * 1024;
+/// How long a client may take for the TLS handshake or the request body
+/// (the API server's own webhook timeout is 10 s).
+const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Path the webhook configuration names.
 pub const PATH: &str = "/inject";
 
@@ -68,16 +71,26 @@ pub fn tls_config(credentials: Arc<Credentials>) -> Result<rustls::ServerConfig,
 pub async fn serve(listener: TcpListener, tls: rustls::ServerConfig, webhook: Arc<Webhook>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     loop {
-        let Ok((tcp, peer)) = listener.accept().await else {
-            continue;
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(error) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(%error, "webhook accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let acceptor = acceptor.clone();
         let webhook = webhook.clone();
         tokio::spawn(async move {
-            let stream = match acceptor.accept(tcp).await {
-                Ok(s) => s,
-                Err(error) => {
+            let stream = match tokio::time::timeout(IO_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(error)) => {
                     tracing::debug!(%peer, %error, "webhook TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "webhook TLS handshake timed out");
                     return;
                 }
             };
@@ -105,9 +118,20 @@ async fn handle(req: Request<Incoming>, webhook: &Webhook) -> Response<Full<Byte
             format!("POST an AdmissionReview to {PATH}"),
         );
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
+    let body = match tokio::time::timeout(
+        IO_TIMEOUT,
+        Limited::new(req.into_body(), MAX_BODY).collect(),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b.to_bytes(),
         Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the AdmissionReview did not arrive within {IO_TIMEOUT:?}"),
+            );
+        }
+        Ok(Err(_)) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the AdmissionReview exceeds {MAX_BODY} bytes"),
