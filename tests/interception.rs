@@ -146,7 +146,7 @@ fn mesh(mode: &str) -> String {
          \x20   upstreams: [{{service: web}}, {{service: banner}}]\n\
          \x20 - name: server\n\
          \x20   serve:\n\
-         \x20     - {{service: web, target: \"{SERVER_IP}:8080\", allow: [client]}}\n\
+         \x20     - {{service: web, target: \"{SERVER_IP}:8080\"}}\n\
          \x20     - {{service: banner, target: \"{SERVER_IP}:2525\", allow: [client], inboundMode: permissive}}\n"
     )
 }

@@ -107,16 +107,22 @@ pub async fn serve_inbound(
 /// The inbound mode for plain TCP to `dst`: that of the service the app
 /// serves there when it overrides the mesh's, else the mesh's.
 pub fn inbound_mode(config: &ProxyConfig, dst: SocketAddr) -> InboundMode {
-    // Several services may name the same port: the strictest one wins.
-    let overrides: Vec<InboundMode> = config
+    // Several services may name the same port: the strictest one wins. A
+    // service that lists its clients (an allow-list) is strict unless it
+    // says otherwise: a plain-TCP client has no identity to be on the list.
+    let modes: Vec<InboundMode> = config
         .inbound
         .values()
         .filter(|i| crate::inbound::serves(i.target, dst))
-        .filter_map(|i| i.inbound_mode)
+        .map(|i| match (i.inbound_mode, &i.allow) {
+            (Some(mode), _) => mode,
+            (None, Some(_)) => InboundMode::Strict,
+            (None, None) => config.mesh.inbound_mode,
+        })
         .collect();
-    if overrides.contains(&InboundMode::Strict) {
+    if modes.contains(&InboundMode::Strict) {
         InboundMode::Strict
-    } else if overrides.is_empty() {
+    } else if modes.is_empty() {
         config.mesh.inbound_mode
     } else {
         InboundMode::Permissive
@@ -313,6 +319,33 @@ mod tests {
             resources: resources.into_iter().map(|r| (r.key(), r)).collect(),
         };
         ProxyConfig::try_from(&snap).unwrap()
+    }
+
+    #[test]
+    fn an_allow_listed_service_is_strict_in_a_permissive_mesh() {
+        let mut c = config();
+        c.mesh.inbound_mode = InboundMode::Permissive;
+        c.inbound.insert(
+            "db.shop:5432".into(),
+            crate::config::InboundConfig {
+                target: "0.0.0.0:5432".parse().unwrap(),
+                allow: Some(crate::config::AllowList::default()),
+                inbound_mode: None,
+            },
+        );
+        assert_eq!(
+            inbound_mode(&c, "10.0.0.5:5432".parse().unwrap()),
+            InboundMode::Strict
+        );
+        // Explicitly permissive stays so; unlisted ports follow the mesh.
+        assert_eq!(
+            inbound_mode(&c, "10.0.0.5:8080".parse().unwrap()),
+            InboundMode::Permissive
+        );
+        assert_eq!(
+            inbound_mode(&c, "10.0.0.5:9999".parse().unwrap()),
+            InboundMode::Permissive
+        );
     }
 
     #[test]
