@@ -10,7 +10,7 @@
 //! (`TryFrom`) before anything uses them.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +35,13 @@ impl Resource {
     /// This resource as a proxy speaking `wire_version` can read it: the
     /// mesh settings lose the fields older proxies do not know.
     pub fn for_wire(mut self, wire_version: u32) -> Self {
+        if wire_version < crate::control::WIRE_VERSION_DUAL_STACK {
+            match &mut self {
+                Resource::Upstream(u) => u.endpoints.iter_mut().for_each(|e| e.other_ips.clear()),
+                Resource::Inbound(i) => i.other_ips.clear(),
+                Resource::Mesh(_) => {}
+            }
+        }
         if wire_version < crate::control::WIRE_VERSION_MESH_V3 {
             match &mut self {
                 Resource::Mesh(m) => {
@@ -146,6 +153,11 @@ pub struct Endpoint {
     pub address: SocketAddr,
     /// The SPIFFE ID the peer must present.
     pub identity: String,
+    /// The pod's addresses in its other IP families (a dual-stack pod is
+    /// one endpoint, reached on `address`): an intercepted connection to
+    /// one of them is to this pod too, and goes to its proxy (wire version 4).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_ips: Vec<IpAddr>,
 }
 
 /// A service this proxy's app serves.
@@ -156,6 +168,11 @@ pub struct Inbound {
     pub service: String,
     /// Where the app listens.
     pub target: SocketAddr,
+    /// The pod's addresses in its other IP families: a client that dialled
+    /// one of them at the target's port reaches the app there too (wire
+    /// version 4).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_ips: Vec<IpAddr>,
     /// SPIFFE IDs allowed to connect; `None` admits every identity of the
     /// trust domain. `spiffe://<td>/ns/<namespace>/sa/*` admits every
     /// service account of that namespace.
@@ -208,7 +225,7 @@ pub enum DeltaError {
 impl Snapshot {
     /// This snapshot as a proxy speaking `wire_version` can read it.
     pub fn for_wire(mut self, wire_version: u32) -> Self {
-        if wire_version < crate::control::WIRE_VERSION_MESH_V3 {
+        if wire_version < crate::control::WIRE_VERSION {
             self.resources = std::mem::take(&mut self.resources)
                 .into_iter()
                 .map(|(k, r)| (k, r.for_wire(wire_version)))
@@ -281,6 +298,7 @@ mod tests {
             endpoints: vec![Endpoint {
                 address: SocketAddr::from(([127, 0, 0, 1], port)),
                 identity: "spiffe://td/ns/default/sa/db".into(),
+                other_ips: vec![],
             }],
         })
     }

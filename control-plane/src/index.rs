@@ -46,6 +46,7 @@ pub fn snapshot_for(
                 registrations.get(&peer.name).map(|address| Endpoint {
                     address: *address,
                     identity: peer.identity.to_string(),
+                    other_ips: vec![],
                 })
             })
             .collect();
@@ -63,6 +64,7 @@ pub fn snapshot_for(
         put(Resource::Inbound(Inbound {
             service: service.clone(),
             target: serve.target,
+            other_ips: vec![],
             allow: serve
                 .allow
                 .as_ref()

@@ -176,6 +176,18 @@ impl Proxy {
     }
 }
 
+/// Whether the serving proxy `server` lets the workload `(ns, sa)` call
+/// `service` (the proxy's matching: exact SPIFFE ID or `.../sa/*`).
+fn admits(server: &Proxy, service: &str, ns: &str, sa: &str) -> bool {
+    let inbound = server.inbound(service).expect("the server serves it");
+    inbound.allow.as_ref().is_none_or(|list| {
+        list.iter().any(|entry| {
+            *entry == format!("spiffe://{TD}/ns/{ns}/sa/{sa}")
+                || *entry == format!("spiffe://{TD}/ns/{ns}/sa/*")
+        })
+    })
+}
+
 /// `shop`: web (client) and db (two pods, named target port).
 fn shop() -> Index {
     let mut index = Index::new(TD, 1000);
@@ -417,7 +429,7 @@ fn unmeshed_endpoints_are_not_sent_and_a_fully_unmeshed_service_is_left_alone() 
 }
 
 #[test]
-fn a_traffic_policy_limits_who_is_sent_the_service_and_who_may_call_it() {
+fn a_traffic_policy_limits_who_may_call_and_every_client_still_knows_the_service() {
     let mut index = shop();
     pod(&mut index, "batch", "job-0", "cron", "10.0.2.1", true);
     index.commit();
@@ -437,14 +449,15 @@ fn a_traffic_policy_limits_who_is_sent_the_service_and_who_may_call_it() {
         json!({"targetRef": {"kind": "Service", "name": "db"}, "allow": [{"serviceAccount": "web"}]}),
     );
     index.commit().unwrap();
-    cron.sync(&index).unwrap();
     assert!(
-        cron.upstream("db.shop:5432").is_none(),
-        "a denied client is not sent the endpoints"
+        cron.sync(&index).is_none(),
+        "a denied client keeps the Service: its connections go over mTLS and are refused there, never out in plain TCP"
     );
-    web.sync(&index).unwrap();
+    assert!(cron.upstream("db.shop:5432").is_some());
     assert!(web.upstream("db.shop:5432").is_some());
     db0.sync(&index).unwrap();
+    assert!(admits(&db0, "db.shop:5432", "shop", "web"));
+    assert!(!admits(&db0, "db.shop:5432", "batch", "cron"));
     assert_eq!(
         db0.inbound("db.shop:5432").unwrap().allow,
         Some(vec!["spiffe://cluster.local/ns/shop/sa/web".to_owned()])
@@ -506,11 +519,9 @@ fn a_traffic_policy_limits_who_is_sent_the_service_and_who_may_call_it() {
     // Deleting the first lets the second take over: the batch namespace.
     index.apply_policy(key("shop", "db"), None);
     index.commit().unwrap();
-    cron.sync(&index).unwrap();
-    web.sync(&index).unwrap();
-    assert!(cron.upstream("db.shop:5432").is_some());
-    assert!(web.upstream("db.shop:5432").is_none());
     db0.sync(&index).unwrap();
+    assert!(admits(&db0, "db.shop:5432", "batch", "cron"));
+    assert!(!admits(&db0, "db.shop:5432", "shop", "web"));
     assert_eq!(
         db0.inbound("db.shop:5432").unwrap().allow,
         Some(vec!["spiffe://cluster.local/ns/batch/sa/*".to_owned()])
@@ -541,11 +552,12 @@ fn default_policies_from_mesh_config_and_namespace_annotation() {
     );
     index.commit().unwrap();
     let mut cron = Proxy::new("batch", "cron", ip("10.0.2.1"));
-    let mut web = Proxy::new("shop", "web", ip("10.0.0.9"));
+    let mut db0 = Proxy::new("shop", "db", ip("10.0.0.5"));
     cron.sync(&index);
-    web.sync(&index);
-    assert!(cron.upstream("db.shop:5432").is_none());
-    assert!(web.upstream("db.shop:5432").is_some());
+    db0.sync(&index);
+    assert!(cron.upstream("db.shop:5432").is_some(), "known, so not plain");
+    assert!(!admits(&db0, "db.shop:5432", "batch", "cron"));
+    assert!(admits(&db0, "db.shop:5432", "shop", "web"));
 
     let ns: Namespace = serde_json::from_value(json!({
         "metadata": {"name": "shop", "annotations": {"phoenix.dev/default-policy": "deny"}}
@@ -553,9 +565,9 @@ fn default_policies_from_mesh_config_and_namespace_annotation() {
     .unwrap();
     index.apply_namespace("shop", Some(records::namespace(&ns)));
     index.commit().unwrap();
-    web.sync(&index).unwrap();
+    db0.sync(&index).unwrap();
     assert!(
-        web.upstream("db.shop:5432").is_none(),
+        !admits(&db0, "db.shop:5432", "shop", "web"),
         "the namespace denies by default"
     );
 
@@ -678,7 +690,7 @@ fn an_address_alone_does_not_claim_a_pod() {
 }
 
 #[test]
-fn a_dual_stack_pod_is_one_endpoint_on_its_primary_family() {
+fn a_dual_stack_pod_is_one_endpoint_on_its_primary_family_and_known_by_every_address() {
     let mut index = Index::new(TD, 1);
     let svc: Service = serde_json::from_value(json!({
         "metadata": {"namespace": "shop", "name": "db"},
@@ -720,10 +732,15 @@ fn a_dual_stack_pod_is_one_endpoint_on_its_primary_family() {
         vec!["10.0.0.5:4143"],
         "one endpoint, on the pod's primary address"
     );
+    let fd00_5: IpAddr = "fd00::5".parse().unwrap();
     assert_eq!(
-        db0.inbound("db.shop:5432").unwrap().target.to_string(),
-        "10.0.0.5:15432"
+        up.endpoints[0].other_ips,
+        vec![fd00_5],
+        "a connection to its IPv6 address is to this pod too"
     );
+    let inbound = db0.inbound("db.shop:5432").unwrap();
+    assert_eq!(inbound.target.to_string(), "10.0.0.5:15432");
+    assert_eq!(inbound.other_ips, vec![fd00_5]);
     // Without the primary family's slice, the other family still serves.
     index.apply_slice(key("shop", "db-v4"), None);
     index.commit().unwrap();
@@ -731,6 +748,20 @@ fn a_dual_stack_pod_is_one_endpoint_on_its_primary_family() {
     let up = db0.upstream("db.shop:5432").unwrap();
     assert_eq!(up.endpoints.len(), 1);
     assert_eq!(up.endpoints[0].address.to_string(), "[fd00::5]:4143");
+    assert_eq!(up.endpoints[0].other_ips, vec![ip("10.0.0.5").unwrap()]);
+    assert_eq!(
+        db0.inbound("db.shop:5432").unwrap().target.to_string(),
+        "[fd00::5]:15432"
+    );
+
+    // Proxies of wire version 3 get neither (they would refuse the field).
+    let Update::Snapshot(old) = index.update(&mut Subscriber::new("shop", "db", ip("10.0.0.5"))).unwrap() else {
+        panic!("a first update is a snapshot");
+    };
+    let old = old.for_wire(3);
+    let json = serde_json::to_string(&old).unwrap();
+    assert!(!json.contains("otherIps"), "{json}");
+    assert!(json.contains("fd00::5"), "the address itself stays: {json}");
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //! stays in force.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use phoenix_api::SpiffeId;
@@ -71,6 +71,15 @@ pub struct EndpointConfig {
     pub address: SocketAddr,
     /// The identity it must present.
     pub identity: SpiffeId,
+    /// The pod's addresses in its other IP families (dual-stack).
+    pub other_ips: Vec<IpAddr>,
+}
+
+impl EndpointConfig {
+    /// Whether a connection to `ip` is to this endpoint's pod.
+    pub fn is_pod_ip(&self, ip: IpAddr) -> bool {
+        self.address.ip() == ip || self.other_ips.contains(&ip)
+    }
 }
 
 /// A service the app serves.
@@ -78,10 +87,33 @@ pub struct EndpointConfig {
 pub struct InboundConfig {
     /// Where the app listens.
     pub target: SocketAddr,
+    /// The pod's addresses in its other IP families (dual-stack).
+    pub other_ips: Vec<IpAddr>,
     /// Who may call it; `None`: any identity of the trust domain.
     pub allow: Option<AllowList>,
     /// Its override of the mesh's inbound mode (plain TCP from outside).
     pub inbound_mode: Option<phoenix_api::snapshot::InboundMode>,
+}
+
+impl InboundConfig {
+    /// Where to connect for a client that dialled `dst` (intercepted), if
+    /// the app serves it: `dst` itself when it is one of the pod's other
+    /// addresses at the target's port (the app may listen on that family
+    /// alone), else the target when it is `dst`, or the same port on a
+    /// wildcard or loopback listener (apps commonly bind 0.0.0.0 while
+    /// clients dial the pod IP).
+    pub fn reached_at(&self, dst: SocketAddr) -> Option<SocketAddr> {
+        let ip = self.target.ip();
+        if self.target.port() != dst.port() {
+            None
+        } else if ip == dst.ip() || ip.is_unspecified() || ip.is_loopback() {
+            Some(self.target)
+        } else if self.other_ips.contains(&dst.ip()) {
+            Some(dst)
+        } else {
+            None
+        }
+    }
 }
 
 /// Identities allowed to call a service.
@@ -149,6 +181,16 @@ pub enum ConfigError {
     /// The trust bundle holds no usable CA certificate.
     #[error("mesh setting `trustBundlePem` is not a usable PEM bundle of CA certificates")]
     TrustBundle(#[source] phoenix_tls::handshake::TlsConfigError),
+    /// An address in `otherIps` is unspecified or one the resource already names.
+    #[error(
+        "resource `{key}` lists {ip} in otherIps: it must be another concrete address of the same pod"
+    )]
+    OtherIp {
+        /// The resource.
+        key: String,
+        /// The address.
+        ip: IpAddr,
+    },
     /// An upstream lists the same endpoint address twice.
     #[error("upstream `{service}` lists the same endpoint address twice")]
     DuplicateEndpoint {
@@ -191,7 +233,11 @@ impl TryFrom<&Snapshot> for ProxyConfig {
                     let endpoints = endpoints
                         .iter()
                         .map(|e| {
-                            let snapshot::Endpoint { address, identity } = e;
+                            let snapshot::Endpoint {
+                                address,
+                                identity,
+                                other_ips,
+                            } = e;
                             if !seen.insert(*address) {
                                 return Err(ConfigError::DuplicateEndpoint {
                                     service: service.clone(),
@@ -200,6 +246,7 @@ impl TryFrom<&Snapshot> for ProxyConfig {
                             Ok(EndpointConfig {
                                 address: *address,
                                 identity: parse_id(key, identity)?,
+                                other_ips: other_ips_of(key, address.ip(), other_ips)?,
                             })
                         })
                         .collect::<Result<_, _>>()?;
@@ -218,6 +265,7 @@ impl TryFrom<&Snapshot> for ProxyConfig {
                     let snapshot::Inbound {
                         service,
                         target,
+                        other_ips,
                         allow,
                         inbound_mode,
                     } = i;
@@ -226,6 +274,7 @@ impl TryFrom<&Snapshot> for ProxyConfig {
                         service.clone(),
                         InboundConfig {
                             target: *target,
+                            other_ips: other_ips_of(key, target.ip(), other_ips)?,
                             allow,
                             inbound_mode: *inbound_mode,
                         },
@@ -244,6 +293,20 @@ impl TryFrom<&Snapshot> for ProxyConfig {
             snapshot: snap.clone(),
         })
     }
+}
+
+/// A dual-stack pod's other addresses: concrete, distinct, not `primary`.
+fn other_ips_of(key: &str, primary: IpAddr, ips: &[IpAddr]) -> Result<Vec<IpAddr>, ConfigError> {
+    let mut seen = BTreeSet::from([primary]);
+    for ip in ips {
+        if ip.is_unspecified() || ip.is_multicast() || !seen.insert(*ip) {
+            return Err(ConfigError::OtherIp {
+                key: key.to_owned(),
+                ip: *ip,
+            });
+        }
+    }
+    Ok(ips.to_vec())
 }
 
 fn mesh_config(m: &snapshot::MeshSettings) -> Result<MeshConfig, ConfigError> {
@@ -428,6 +491,7 @@ mod tests {
             endpoints: vec![Endpoint {
                 address: "127.0.0.1:4143".parse().unwrap(),
                 identity: identity.into(),
+                other_ips: vec![],
             }],
         })
     }
@@ -444,6 +508,7 @@ mod tests {
             Resource::Inbound(Inbound {
                 service: "web".into(),
                 target: "127.0.0.1:8080".parse().unwrap(),
+                other_ips: vec![],
                 allow: Some(vec!["spiffe://phoenix.local/ns/default/sa/client".into()]),
                 inbound_mode: None,
             }),
@@ -532,6 +597,7 @@ mod tests {
             Resource::Inbound(Inbound {
                 service: "db".into(),
                 target: "127.0.0.1:5432".parse().unwrap(),
+                other_ips: vec![],
                 allow: Some(vec!["spiffe://other.td/ns/batch/sa/*".into()]),
                 inbound_mode: None,
             }),
@@ -540,6 +606,26 @@ mod tests {
             ProxyConfig::try_from(&snap),
             Err(ConfigError::ForeignTrustDomain { .. })
         ));
+    }
+
+    #[test]
+    fn other_pod_addresses_must_be_concrete_and_new() {
+        let with = |ips: &[&str]| {
+            let Resource::Upstream(mut u) =
+                upstream("db", "127.0.0.1:0", "spiffe://phoenix.local/ns/default/sa/db")
+            else {
+                unreachable!()
+            };
+            u.endpoints[0].other_ips = ips.iter().map(|i| i.parse().unwrap()).collect();
+            ProxyConfig::try_from(&snap(vec![mesh(), Resource::Upstream(u)]))
+        };
+        let c = with(&["::1"]).unwrap();
+        assert!(c.upstreams["db"].endpoints[0].is_pod_ip("::1".parse().unwrap()));
+        for bad in [&["::"][..], &["127.0.0.1"], &["::1", "::1"], &["ff02::1"]] {
+            let e = with(bad).unwrap_err();
+            assert!(matches!(e, ConfigError::OtherIp { .. }), "{bad:?}: {e}");
+            assert!(e.to_string().contains("otherIps"), "{e}");
+        }
     }
 
     #[test]

@@ -413,6 +413,7 @@ mod tests {
                 endpoints: vec![Endpoint {
                     address: "127.0.0.1:9".parse().unwrap(),
                     identity: identity.into(),
+                    other_ips: vec![],
                 }],
             }),
         ];

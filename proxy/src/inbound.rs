@@ -155,11 +155,17 @@ async fn stream(
     // the client's app dialled (intercepted): only ports this pod serves are
     // reachable, each under its service's allow-list.
     let found = match (request.service.as_deref(), request.original_dst) {
-        (Some(name), _) => config.inbound.get_key_value(name),
-        (None, Some(dst)) => config.inbound.iter().find(|(_, i)| serves(i.target, dst)),
+        (Some(name), _) => config
+            .inbound
+            .get_key_value(name)
+            .map(|(s, i)| (s, i, i.target)),
+        (None, Some(dst)) => config
+            .inbound
+            .iter()
+            .find_map(|(s, i)| Some((s, i, i.reached_at(dst)?))),
         (None, None) => None,
     };
-    let Some((service, inbound)) = found else {
+    let Some((service, inbound, target)) = found else {
         let asked = request.service.as_deref().unwrap_or_default();
         tracing::info!(%client, service = asked, original_dst = ?request.original_dst, connection = id, "no such service here");
         return respond_and_close(shared, send, recv, Status::NoRoute).await;
@@ -183,17 +189,17 @@ async fn stream(
     }
     let tcp = match tokio::time::timeout(
         config.mesh.connect_timeout,
-        TcpStream::connect(inbound.target),
+        TcpStream::connect(target),
     )
     .await
     {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(error)) => {
-            tracing::info!(service, target = %inbound.target, connection = id, %error, "upstream refused");
+            tracing::info!(service, %target, connection = id, %error, "upstream refused");
             return respond_and_close(shared, send, recv, Status::UpstreamRefused).await;
         }
         Err(_) => {
-            tracing::info!(service, target = %inbound.target, connection = id, "upstream connect timed out");
+            tracing::info!(service, %target, connection = id, "upstream connect timed out");
             return respond_and_close(shared, send, recv, Status::UpstreamRefused).await;
         }
     };
@@ -215,15 +221,6 @@ async fn stream(
     {
         tracing::debug!(connection = id, %error, "connection ended abnormally");
     }
-}
-
-/// Whether an app listening on `target` is what a client dialling `dst`
-/// reaches: the same address, or the same port on a wildcard or loopback
-/// listener (apps commonly bind 0.0.0.0 while clients dial the pod IP).
-pub fn serves(target: std::net::SocketAddr, dst: std::net::SocketAddr) -> bool {
-    target == dst
-        || (target.port() == dst.port()
-            && (target.ip().is_unspecified() || target.ip().is_loopback()))
 }
 
 /// Why a stream's header could not be read.

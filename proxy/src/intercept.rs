@@ -77,7 +77,7 @@ pub fn route(config: &ProxyConfig, dst: SocketAddr) -> OutboundRoute<'_> {
         if let Some(endpoint) = upstream
             .endpoints
             .iter()
-            .find(|e| e.address.ip() == dst.ip())
+            .find(|e| e.is_pod_ip(dst.ip()))
         {
             return OutboundRoute::Pod {
                 service: name,
@@ -113,7 +113,7 @@ pub fn inbound_mode(config: &ProxyConfig, dst: SocketAddr) -> InboundMode {
     let modes: Vec<InboundMode> = config
         .inbound
         .values()
-        .filter(|i| crate::inbound::serves(i.target, dst))
+        .filter(|i| i.reached_at(dst).is_some())
         .map(|i| match (i.inbound_mode, &i.allow) {
             (Some(mode), _) => mode,
             (None, Some(_)) => InboundMode::Strict,
@@ -289,6 +289,7 @@ mod tests {
                 endpoints: vec![Endpoint {
                     address: "10.0.0.5:4143".parse().unwrap(),
                     identity: "spiffe://td/ns/shop/sa/db".into(),
+                    other_ips: vec!["fd00::5".parse().unwrap()],
                 }],
                 connect_timeout_ms: None,
                 idle_timeout_ms: None,
@@ -296,6 +297,7 @@ mod tests {
             Resource::Inbound(phoenix_api::snapshot::Inbound {
                 service: "legacy.shop:80".into(),
                 target: "0.0.0.0:8080".parse().unwrap(),
+                other_ips: vec![],
                 allow: None,
                 inbound_mode: Some(InboundMode::Permissive),
             }),
@@ -304,12 +306,14 @@ mod tests {
             Resource::Inbound(phoenix_api::snapshot::Inbound {
                 service: "a-open.shop:81".into(),
                 target: "0.0.0.0:8081".parse().unwrap(),
+                other_ips: vec![],
                 allow: None,
                 inbound_mode: Some(InboundMode::Permissive),
             }),
             Resource::Inbound(phoenix_api::snapshot::Inbound {
                 service: "b-closed.shop:81".into(),
                 target: "0.0.0.0:8081".parse().unwrap(),
+                other_ips: vec![],
                 allow: None,
                 inbound_mode: Some(InboundMode::Strict),
             }),
@@ -329,6 +333,7 @@ mod tests {
             "db.shop:5432".into(),
             crate::config::InboundConfig {
                 target: "0.0.0.0:5432".parse().unwrap(),
+                other_ips: vec![],
                 allow: Some(crate::config::AllowList::default()),
                 inbound_mode: None,
             },
@@ -415,5 +420,42 @@ mod tests {
             route(&c, "[2001:db8::1]:443".parse().unwrap()),
             OutboundRoute::Passthrough
         );
+        // A dual-stack pod's other address is that pod, not the outside.
+        match route(&c, "[fd00::5]:15432".parse().unwrap()) {
+            OutboundRoute::Pod { endpoint, .. } => {
+                assert_eq!(endpoint.address, "10.0.0.5:4143".parse().unwrap());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_dual_stack_pod_applies_its_service_mode_on_every_address() {
+        let mut c = config();
+        c.mesh.inbound_mode = InboundMode::Permissive;
+        c.inbound.insert(
+            "db.shop:5432".into(),
+            crate::config::InboundConfig {
+                target: "10.0.0.5:15432".parse().unwrap(),
+                other_ips: vec!["fd00::5".parse().unwrap()],
+                allow: None,
+                inbound_mode: Some(InboundMode::Strict),
+            },
+        );
+        for dst in ["10.0.0.5:15432", "[fd00::5]:15432"] {
+            assert_eq!(inbound_mode(&c, dst.parse().unwrap()), InboundMode::Strict, "{dst}");
+        }
+        let db = &c.inbound["db.shop:5432"];
+        // Dialled on IPv6, the app is reached on IPv6 (it may listen there alone).
+        assert_eq!(
+            db.reached_at("[fd00::5]:15432".parse().unwrap()),
+            Some("[fd00::5]:15432".parse().unwrap())
+        );
+        assert_eq!(
+            db.reached_at("10.0.0.5:15432".parse().unwrap()),
+            Some("10.0.0.5:15432".parse().unwrap())
+        );
+        assert_eq!(db.reached_at("[fd00::5]:22".parse().unwrap()), None);
+        assert_eq!(db.reached_at("[fd00::6]:15432".parse().unwrap()), None);
     }
 }

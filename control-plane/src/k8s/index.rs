@@ -11,12 +11,14 @@
 //! target ports and allow-lists) are kept per pod and diffed only when one of
 //! that pod's Services changed.
 //!
-//! Who receives what: a proxy is sent every Service its workload may call
-//! (the Service's audience, from its TrafficPolicy, its namespace's
-//! `phoenix.dev/default-policy` annotation, or MeshConfig's `defaultPolicy`),
-//! so a denied client never learns the endpoints. Under the default
-//! (`allow-mesh`) that is every meshed Service, which transparent
-//! interception needs: any connection of the app may go to any Service.
+//! Who receives what: every proxy is sent every Service with a meshed
+//! endpoint, whatever its policy, as Linkerd and Istio do. Authorization is
+//! enforced where it cannot be bypassed, by the serving pod's proxy on the
+//! caller's verified identity (`Inbound::allow`). A client outside a
+//! Service's audience must still know the Service: transparent interception
+//! routes the app's connection by its original destination, and a ClusterIP
+//! or pod IP the proxy does not know would leave as plain TCP (its first
+//! bytes in clear). Known, it goes over mutual TLS and is refused there.
 //! Services with no meshed endpoint are not sent at all (their traffic
 //! passes through as it would without a mesh).
 //!
@@ -39,7 +41,6 @@ use crate::crd::mesh_config::MeshConfigSpec;
 struct Published {
     resource: Arc<Resource>,
     json: Arc<str>,
-    audience: Audience,
 }
 
 /// One upsert of a plan: a shared resource, or one of the proxy's own.
@@ -393,7 +394,7 @@ impl Index {
             let mut settings = self.mesh.settings.clone();
             settings.trust_bundle_pem = self.trust_bundle.clone();
             let resource = Resource::Mesh(settings);
-            self.publish(resource, Audience::Mesh, next);
+            self.publish(resource, next);
         }
         for service in std::mem::take(&mut self.dirty) {
             self.rebuild(&service, next);
@@ -503,8 +504,7 @@ impl Index {
             let mut upserts: Vec<(String, Item<'_>)> = self
                 .published
                 .iter()
-                .filter(|(_, p)| self.visible(p, sub))
-                .map(|(k, p)| (k.clone(), Item::Shared(p)))
+                                .map(|(k, p)| (k.clone(), Item::Shared(p)))
                 .collect();
             sub.inbound = self.inbound_of(pod.as_ref());
             upserts.extend(
@@ -534,7 +534,7 @@ impl Index {
         let mut removals = Vec::new();
         for (_, key) in self.log.range((sub.seen + 1, String::new())..) {
             match self.published.get(key) {
-                Some(p) if self.visible(p, sub) => upserts.push((key.clone(), Item::Shared(p))),
+                Some(p) => upserts.push((key.clone(), Item::Shared(p))),
                 _ => removals.push(key.clone()),
             }
         }
@@ -664,10 +664,6 @@ impl Index {
         self.mesh_configs.iter().map(|(k, (g, _))| (k, *g))
     }
 
-    fn visible(&self, p: &Published, sub: &Subscriber) -> bool {
-        p.audience.admits(&sub.namespace, &sub.service_account)
-    }
-
     /// The pod `sub` runs in: the meshed pod with its IP, if that pod runs
     /// as the subscriber's own identity (an address alone proves nothing).
     fn resolve_pod(&self, sub: &Subscriber) -> Option<ObjectKey> {
@@ -743,10 +739,12 @@ impl Index {
                 .collect();
             for port in &record.ports {
                 let name = format!("{}.{}:{}", service.name, service.namespace, port.port);
-                // One address per pod: a dual-stack Service has a slice per
+                // One endpoint per pod: a dual-stack Service has a slice per
                 // family, and the pod's proxy is reached (and serves) on its
                 // primary IP's family; another family is used only when the
-                // Service has no slice in the primary one.
+                // Service has no slice in the primary one. The pod's other
+                // addresses go along, so a connection dialled to any of
+                // them is known to be this pod's.
                 let mut chosen: BTreeMap<&ObjectKey, (IpAddr, u16, bool, bool, &PodRecord)> =
                     BTreeMap::new();
                 for slice in &slices {
@@ -782,12 +780,15 @@ impl Index {
                 let mut ready = BTreeSet::new();
                 let mut terminating = BTreeSet::new();
                 for (pod_key, (ip, target_port, is_ready, is_terminating, pod)) in chosen {
+                    let other_ips: Vec<IpAddr> =
+                        pod.ips.iter().copied().filter(|o| *o != ip).collect();
                     pod_inbound
                         .entry(pod_key.clone())
                         .or_default()
                         .push(Resource::Inbound(Inbound {
                             service: name.clone(),
                             target: SocketAddr::new(ip, target_port),
+                            other_ips: other_ips.clone(),
                             allow: allow.clone(),
                             inbound_mode: policy.and_then(|p| p.inbound_mode),
                         }));
@@ -797,6 +798,7 @@ impl Index {
                             "spiffe://{td}/ns/{}/sa/{}",
                             pod_key.namespace, pod.service_account
                         ),
+                        other_ips,
                     };
                     if is_ready {
                         ready.insert(e);
@@ -829,7 +831,7 @@ impl Index {
             }
         }
         for resource in upstreams {
-            self.publish(resource, audience.clone(), version);
+            self.publish(resource, version);
         }
         if !new_keys.is_empty() {
             self.keys_by_service.insert(service.clone(), new_keys);
@@ -867,11 +869,10 @@ impl Index {
         }
     }
 
-    fn publish(&mut self, resource: Resource, audience: Audience, version: u64) {
+    fn publish(&mut self, resource: Resource, version: u64) {
         let key = resource.key();
         if let Some(p) = self.published.get(&key)
             && *p.resource == resource
-            && p.audience == audience
         {
             return;
         }
@@ -881,7 +882,6 @@ impl Index {
             Published {
                 resource: Arc::new(resource),
                 json,
-                audience,
             },
         );
         self.log_change(key, version);

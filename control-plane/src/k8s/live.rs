@@ -124,7 +124,7 @@ impl Live {
         wire_version: u32,
     ) -> Option<(Vec<u8>, bool)> {
         let index = self.lock();
-        let (frame, delta) = if wire_version >= phoenix_api::control::WIRE_VERSION_MESH_V3 {
+        let (frame, delta) = if wire_version >= phoenix_api::control::WIRE_VERSION {
             index.update_frame(&mut subscription.sub)?
         } else {
             // Older proxies: typed messages with the newer fields removed

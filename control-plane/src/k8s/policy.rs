@@ -1,6 +1,7 @@
 //! Phoenix's resources validated into what the index uses: the mesh
 //! settings from MeshConfig, per-Service policies from TrafficPolicy, and
-//! the audience of a Service (who may call it, and so who is sent it).
+//! the audience of a Service (who may call it: the allow-list its serving
+//! proxies enforce).
 
 use std::time::Duration;
 

@@ -217,8 +217,15 @@ pub fn pod(pod: &Pod) -> Option<PodRecord> {
         .pod_ips
         .iter()
         .flatten()
-        .filter_map(|p| p.ip.parse().ok())
-        .collect();
+        .filter_map(|p| p.ip.parse::<IpAddr>().ok())
+        // Concrete and distinct: proxies refuse a repeated or wildcard address.
+        .filter(|ip| !ip.is_unspecified() && !ip.is_multicast())
+        .fold(Vec::new(), |mut ips, ip| {
+            if !ips.contains(&ip) {
+                ips.push(ip);
+            }
+            ips
+        });
     if ips.is_empty() {
         ips.extend(
             status
