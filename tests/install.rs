@@ -124,9 +124,37 @@ fn chart_values_are_documented_and_change_what_they_say() {
         &["meshConfig=false", "podMonitor.enabled=true", "replicas=3"],
     ));
     assert!(!custom.iter().any(|d| d["kind"] == "MeshConfig"));
-    assert!(custom.iter().any(|d| d["kind"] == "PodMonitor"));
     let deployment = custom.iter().find(|d| d["kind"] == "Deployment").unwrap();
     assert_eq!(deployment["spec"]["replicas"], 3);
+    assert!(custom.iter().any(|d| d["kind"] == "PodDisruptionBudget"));
+    let single = docs(&template("phoenix", &["replicas=1"]));
+    assert!(
+        !single.iter().any(|d| d["kind"] == "PodDisruptionBudget"),
+        "one replica: a PDB would block every drain"
+    );
+    // The PodMonitors name ports the scraped pods have: the control plane's
+    // admin port, and the injected proxy's.
+    let monitor = |name: &str| {
+        let m = custom
+            .iter()
+            .find(|d| d["kind"] == "PodMonitor" && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("PodMonitor {name}"));
+        m["spec"]["podMetricsEndpoints"][0]["port"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let cp_ports: Vec<&str> = deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(cp_ports.contains(&monitor("phoenix-control-plane").as_str()));
+    let injected =
+        std::fs::read_to_string(repo().join("control-plane/tests/golden/inject/pod.patch.json"))
+            .unwrap();
+    assert!(injected.contains(&format!("\"name\": \"{}\"", monitor("phoenix-proxies"))));
     let notes = run_ok(
         Command::new(helm())
             .args([

@@ -156,8 +156,8 @@ fn python(t: &Topology, pod: &str, name: &str, code: &str) -> Proc {
     Proc::spawn(name, t.command(pod, &["python3", "-u", "-c", code]))
 }
 
-/// The proxy of `pod`, as the injector would run it: its own UID, the
-/// redirect listeners on the ports init programmed.
+/// The proxy of `pod`, as the injector runs it: its own UID, its addresses,
+/// the redirect listeners on the ports init programmed.
 fn proxy(t: &Topology, pod: &str, token: &str, anchor: &Path) -> Proc {
     let mut cmd = t.command(
         pod,
@@ -178,11 +178,14 @@ fn proxy(t: &Topology, pod: &str, token: &str, anchor: &Path) -> Proc {
         ])
         .arg("--trust-anchor")
         .arg(anchor)
-        .args(["--inbound", "0.0.0.0:4143", "--admin", "0.0.0.0:4191"])
-        .args(["--outbound-redirect", "0.0.0.0:4140"])
-        .args(["--inbound-redirect", "0.0.0.0:4141"])
-        // The node plays the kubelet: its probes pass even in strict mode.
-        .args(["--probe-sources", NODE_IP])
+        // The injector's addresses: `[::]` serves both families (here,
+        // IPv4 clients arrive on the dual-stack sockets as ::ffff:a.b.c.d).
+        .args(["--inbound", "[::]:4143", "--admin", "[::]:4191"])
+        .args(["--outbound-redirect", "[::]:4140"])
+        .args(["--inbound-redirect", "[::]:4141"])
+        // The node plays the kubelet: its probes of the app's port 8080
+        // pass even in strict mode (the injector lists the probed ports).
+        .args(["--probe-sources", NODE_IP, "--probe-ports", "8080"])
         .env("PHOENIX_TOKEN", token);
     Proc::spawn(&format!("proxy-{pod}"), cmd)
 }
@@ -378,9 +381,15 @@ fn intercepted_tcp_crosses_the_mesh_encrypted_and_outsiders_follow_the_inbound_m
         Duration::from_secs(20),
         "the client knows the server",
         || {
-            let config = t.get(&format!("http://{CLIENT_IP}:4191/config"))?;
+            // The config dump is for loopback clients (port-forward, exec).
+            let config = curl(&t, "a", "http://127.0.0.1:4191/config")?;
             config.contains(&format!("{SERVER_IP}:4143")).then_some(())
         },
+    );
+    assert_eq!(
+        t.get(&format!("http://{CLIENT_IP}:4191/config")),
+        None,
+        "/config is not served beyond the pod"
     );
 
     // Meshed traffic, captured on the client pod's interface.
@@ -506,6 +515,17 @@ fn intercepted_tcp_crosses_the_mesh_encrypted_and_outsiders_follow_the_inbound_m
         &[("direction", "inbound"), ("decision", "probe")],
     );
     assert_eq!(probes, 1.0);
+    // The node reaches only the probed port: another app port stays closed.
+    let server_refused = || {
+        metric(
+            &t.get(&format!("http://{SERVER_IP}:4191/metrics")).unwrap(),
+            "tcp_plaintext_total",
+            &[("direction", "inbound"), ("decision", "refused")],
+        )
+    };
+    let before = server_refused();
+    assert_eq!(t.get(&format!("http://{SERVER_IP}:9000/")), None);
+    assert_eq!(server_refused(), before + 1.0, "refused, not a probe");
     // ...and outsiders are passed in permissive mode (the mesh file is reloaded live).
     std::fs::write(&mesh_path, mesh("permissive")).unwrap();
     eventually(

@@ -17,8 +17,8 @@ use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements, SecurityContext,
-    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
+    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -130,6 +130,14 @@ pub enum InjectError {
         "the pod has hostNetwork: true, and its rules would redirect the whole node's TCP; annotate it phoenix.dev/inject: disabled"
     )]
     HostNetwork,
+    /// An app container runs as the proxy's UID, whose traffic init exempts.
+    #[error(
+        "container {container} runs as UID {PROXY_UID}, the proxy's: its traffic would bypass the proxy (and leave in clear); run it as another user or annotate the pod phoenix.dev/inject: disabled"
+    )]
+    ProxyUid {
+        /// The container.
+        container: String,
+    },
     /// A patch path is not a JSON pointer (never with the paths built here).
     #[error("invalid patch path {0}")]
     Path(String),
@@ -220,9 +228,97 @@ fn join(ports: &[u16]) -> String {
         .join(",")
 }
 
+/// The app ports the kubelet probes: the `httpGet`, `tcpSocket` and `grpc`
+/// ports of every container's liveness, readiness and startup probes (named
+/// ports resolved in their container), sorted, without the proxy's admin
+/// port. Only these are open in clear to the node in strict mode.
+pub fn probe_ports(spec: &Value) -> Vec<u16> {
+    let mut out = std::collections::BTreeSet::new();
+    let containers = ["containers", "initContainers"]
+        .into_iter()
+        .filter_map(|list| spec.get(list).and_then(Value::as_array))
+        .flatten();
+    for container in containers {
+        let named = |name: &str| {
+            container
+                .get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .find(|p| p.get("name").and_then(Value::as_str) == Some(name))
+                .and_then(|p| p.get("containerPort"))
+                .and_then(Value::as_u64)
+        };
+        for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+            for handler in ["httpGet", "tcpSocket", "grpc"] {
+                let port = match container.pointer(&format!("/{probe}/{handler}/port")) {
+                    Some(Value::Number(n)) => n.as_u64(),
+                    Some(Value::String(s)) => s.parse().ok().or_else(|| named(s)),
+                    _ => None,
+                };
+                if let Some(port) = port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0) {
+                    out.insert(port);
+                }
+            }
+        }
+    }
+    out.remove(&ADMIN_PORT);
+    out.into_iter().collect()
+}
+
+/// Refuses a pod whose app would run as the proxy's UID: init exempts that
+/// UID's traffic from redirection, so it would leave unmeshed.
+fn check_uids(spec: &Value) -> Result<(), InjectError> {
+    let uid = |v: Option<&Value>| v.and_then(|sc| sc.get("runAsUser")).and_then(Value::as_i64);
+    let pod_uid = uid(spec.get("securityContext"));
+    let containers = ["containers", "initContainers", "ephemeralContainers"]
+        .into_iter()
+        .filter_map(|list| spec.get(list).and_then(Value::as_array))
+        .flatten();
+    for container in containers {
+        if uid(container.get("securityContext")).or(pod_uid) == Some(PROXY_UID) {
+            return Err(InjectError::ProxyUid {
+                container: container
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("(unnamed)")
+                    .to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The `RuntimeDefault` seccomp profile (Pod Security `restricted` asks for it).
+fn runtime_default_seccomp() -> Option<SeccompProfile> {
+    Some(SeccompProfile {
+        type_: "RuntimeDefault".to_owned(),
+        localhost_profile: None,
+    })
+}
+
+fn field_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.to_owned(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
 impl Injector {
-    /// The proxy container (a native sidecar).
-    pub fn proxy(&self, annotations: &BTreeMap<String, String>) -> Result<Container, InjectError> {
+    /// The proxy container (a native sidecar); `probe_ports` are the app's
+    /// (see [`probe_ports`]).
+    pub fn proxy(
+        &self,
+        annotations: &BTreeMap<String, String>,
+        probe_ports: &[u16],
+    ) -> Result<Container, InjectError> {
         use self::annotations as a;
         let env = |name: &str, value: &str| EnvVar {
             name: name.to_owned(),
@@ -258,37 +354,35 @@ impl Injector {
             image_pull_policy: Some("IfNotPresent".to_owned()),
             // A native sidecar: started before the app, stopped after it.
             restart_policy: Some("Always".to_owned()),
-            env: Some(vec![
-                env("PHOENIX_CONTROL_PLANE", &self.control_plane),
-                env(
-                    "PHOENIX_CONTROL_PLANE_IDENTITY",
-                    &self.control_plane_identity,
-                ),
-                env("PHOENIX_TRUST_ANCHOR_PEM", &self.trust_bundle_pem),
-                env("PHOENIX_TOKEN_FILE", &format!("{TOKEN_DIR}/token")),
-                env("PHOENIX_INBOUND", &format!("0.0.0.0:{QUIC_PORT}")),
-                env("PHOENIX_ADMIN", &format!("0.0.0.0:{ADMIN_PORT}")),
-                // Dual-stack listeners: init redirects IPv6 too when the
-                // pod has it (the proxy falls back to IPv4 where it has not).
-                env(
-                    "PHOENIX_OUTBOUND_REDIRECT",
-                    &format!("[::]:{OUTBOUND_PORT}"),
-                ),
-                env("PHOENIX_INBOUND_REDIRECT", &format!("[::]:{INBOUND_PORT}")),
-                // The kubelet probes from the node's address: its plain TCP
-                // passes even in strict mode.
-                EnvVar {
-                    name: "PHOENIX_PROBE_SOURCES".to_owned(),
-                    value: None,
-                    value_from: Some(EnvVarSource {
-                        field_ref: Some(ObjectFieldSelector {
-                            field_path: "status.hostIP".to_owned(),
-                            api_version: None,
-                        }),
-                        ..EnvVarSource::default()
-                    }),
-                },
-            ]),
+            env: Some({
+                let mut vars = vec![
+                    env("PHOENIX_CONTROL_PLANE", &self.control_plane),
+                    env(
+                        "PHOENIX_CONTROL_PLANE_IDENTITY",
+                        &self.control_plane_identity,
+                    ),
+                    env("PHOENIX_TRUST_ANCHOR_PEM", &self.trust_bundle_pem),
+                    env("PHOENIX_TOKEN_FILE", &format!("{TOKEN_DIR}/token")),
+                    // `[::]`: both families (IPv6-primary and dual-stack
+                    // pods); the proxy falls back to IPv4 where the kernel
+                    // has no IPv6. Init redirects IPv6 too when the pod has it.
+                    env("PHOENIX_INBOUND", &format!("[::]:{QUIC_PORT}")),
+                    env("PHOENIX_ADMIN", &format!("[::]:{ADMIN_PORT}")),
+                    env(
+                        "PHOENIX_OUTBOUND_REDIRECT",
+                        &format!("[::]:{OUTBOUND_PORT}"),
+                    ),
+                    env("PHOENIX_INBOUND_REDIRECT", &format!("[::]:{INBOUND_PORT}")),
+                ];
+                if !probe_ports.is_empty() {
+                    // The kubelet probes from the node's addresses: its plain
+                    // TCP to the probed ports (and no other) passes even in
+                    // strict mode.
+                    vars.push(field_env("PHOENIX_PROBE_SOURCES", "status.hostIPs"));
+                    vars.push(env("PHOENIX_PROBE_PORTS", &join(probe_ports)));
+                }
+                vars
+            }),
             ports: Some(vec![
                 ContainerPort {
                     name: Some("phoenix-quic".to_owned()),
@@ -323,6 +417,7 @@ impl Injector {
                     drop: Some(vec!["ALL".to_owned()]),
                     add: None,
                 }),
+                seccomp_profile: runtime_default_seccomp(),
                 ..SecurityContext::default()
             }),
             volume_mounts: Some(vec![VolumeMount {
@@ -383,6 +478,7 @@ impl Injector {
                     add: Some(vec!["NET_ADMIN".to_owned(), "NET_RAW".to_owned()]),
                     drop: Some(vec!["ALL".to_owned()]),
                 }),
+                seccomp_profile: runtime_default_seccomp(),
                 ..SecurityContext::default()
             }),
             ..Container::default()
@@ -446,8 +542,10 @@ impl Injector {
         if spec.get("hostNetwork") == Some(&Value::Bool(true)) {
             return Err(InjectError::HostNetwork);
         }
+        check_uids(spec)?;
         let annotations = template_annotations(template);
-        let proxy = serde_json::to_value(self.proxy(&annotations)?).map_err(InjectError::Encode)?;
+        let proxy = serde_json::to_value(self.proxy(&annotations, &probe_ports(spec))?)
+            .map_err(InjectError::Encode)?;
         let init = serde_json::to_value(self.init(&annotations)?).map_err(InjectError::Encode)?;
         let volume = serde_json::to_value(Self::token_volume()).map_err(InjectError::Encode)?;
         let run_volume =
@@ -557,14 +655,17 @@ mod tests {
             "{e}"
         );
         let e = i
-            .proxy(&map(&[(annotations::MEMORY_LIMIT, "lots")]))
+            .proxy(&map(&[(annotations::MEMORY_LIMIT, "lots")]), &[])
             .unwrap_err();
         assert!(e.to_string().contains("not a quantity"), "{e}");
         let c = i
-            .proxy(&map(&[
-                (annotations::MEMORY_LIMIT, "128Mi"),
-                (annotations::CPU_REQUEST, "0.5"),
-            ]))
+            .proxy(
+                &map(&[
+                    (annotations::MEMORY_LIMIT, "128Mi"),
+                    (annotations::CPU_REQUEST, "0.5"),
+                ]),
+                &[],
+            )
             .unwrap();
         let r = c.resources.unwrap();
         assert_eq!(r.limits.unwrap()["memory"], Quantity("128Mi".into()));

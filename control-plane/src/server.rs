@@ -318,7 +318,7 @@ impl Server {
         // The pod is found by the address the proxy reports (its pod IP;
         // a proxy bound to 0.0.0.0 is taken at the address it connects
         // from) and must run as the certificate's identity. A proxy outside
-        // the cluster matches no pod and gets only what its identity may call.
+        // the cluster matches no pod: it gets the Services, no inbound.
         let ip = if inbound.ip().is_unspecified() {
             conn.remote_address().ip().to_canonical()
         } else {

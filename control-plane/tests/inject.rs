@@ -114,6 +114,69 @@ fn manifests_are_injected_as_the_goldens_say_and_only_once() {
     }
 }
 
+#[test]
+fn only_the_apps_probe_ports_are_open_to_the_kubelet() {
+    let spec = json!({
+        "initContainers": [{"name": "sidecar", "restartPolicy": "Always",
+                            "startupProbe": {"grpc": {"port": 9090}}}],
+        "containers": [
+            {"name": "web", "ports": [{"name": "http", "containerPort": 8080}],
+             "readinessProbe": {"httpGet": {"path": "/", "port": "http"}},
+             "livenessProbe": {"httpGet": {"path": "/", "port": "8081"}}},
+            // Exec probes open nothing; an unknown port name resolves to nothing.
+            {"name": "worker", "livenessProbe": {"exec": {"command": ["true"]}},
+             "readinessProbe": {"tcpSocket": {"port": "nope"}}},
+            // The proxy's admin port is not the app's.
+            {"name": "odd", "startupProbe": {"httpGet": {"port": 4191}}},
+        ]
+    });
+    assert_eq!(inject::probe_ports(&spec), vec![8080, 8081, 9090]);
+
+    let mut pod = load("pod");
+    let patch = injector().patch(&pod, "").unwrap();
+    json_patch::patch(&mut pod, &patch).unwrap();
+    let proxy = &pod["spec"]["initContainers"][1];
+    let env: BTreeMap<&str, &Value> = proxy["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e))
+        .collect();
+    assert_eq!(env["PHOENIX_PROBE_PORTS"]["value"], "80");
+    assert_eq!(
+        env["PHOENIX_PROBE_SOURCES"]["valueFrom"]["fieldRef"]["fieldPath"], "status.hostIPs",
+        "every node address (dual-stack nodes probe from either)"
+    );
+    // No probes: nothing is open to the node.
+    let mut quiet = load("pod");
+    quiet["spec"]["containers"][0]
+        .as_object_mut()
+        .unwrap()
+        .retain(|k, _| !k.ends_with("Probe"));
+    let quiet_patch = injector().patch(&quiet, "").unwrap();
+    json_patch::patch(&mut quiet, &quiet_patch).unwrap();
+    let names: Vec<&str> = quiet["spec"]["initContainers"][1]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert!(!names.contains(&"PHOENIX_PROBE_SOURCES"), "{names:?}");
+    // Both injected containers run under the runtime's default seccomp profile.
+    for c in pod["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(2)
+    {
+        assert_eq!(
+            c["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+            "{}",
+            c["name"]
+        );
+    }
+}
+
 fn admission_review(pod: Value) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "apiVersion": "admission.k8s.io/v1",
@@ -180,6 +243,31 @@ fn the_webhook_patches_pods_that_ask_and_refuses_what_it_cannot_inject() {
         r.result.message
     );
 
+    // An app running as the proxy's UID would bypass it (init exempts that
+    // UID): refused, whether the pod or the container sets it.
+    for at in [
+        "/spec/securityContext",
+        "/spec/containers/0/securityContext",
+    ] {
+        let mut same_uid = load("pod");
+        let (parent, _) = at.rsplit_once('/').unwrap();
+        same_uid.pointer_mut(parent).unwrap()["securityContext"] = json!({"runAsUser": 2102});
+        let r =
+            response(&admission::review(&admission_review(same_uid), &injector(), none).unwrap());
+        assert!(!r.allowed, "{at}");
+        assert!(
+            r.result.message.contains("container web runs as UID 2102"),
+            "{}",
+            r.result.message
+        );
+    }
+    // A container's own user overrides the pod's.
+    let mut overridden = load("pod");
+    overridden["spec"]["securityContext"] = json!({"runAsUser": 2102});
+    overridden["spec"]["containers"][0]["securityContext"] = json!({"runAsUser": 1000});
+    let r = response(&admission::review(&admission_review(overridden), &injector(), none).unwrap());
+    assert!(r.allowed && r.patch.is_some());
+
     // Invalid Phoenix annotations refuse the pod with the reason.
     let mut bad = load("pod");
     bad["metadata"]["annotations"]["phoenix.dev/skip-outbound-ports"] = json!("smtp");
@@ -236,7 +324,6 @@ async fn the_webhook_answers_over_https_with_a_certificate_for_its_service() {
     let port = listener.local_addr().unwrap().port();
     let hook = Arc::new(Webhook {
         injector: arc_swap::ArcSwap::from_pointee(injector()),
-        namespace_labels: Box::new(|_| BTreeMap::new()),
     });
     let tls = webhook::tls_config(credentials).unwrap();
     let server = tokio::spawn(webhook::serve(listener, tls, hook));
@@ -248,6 +335,12 @@ async fn the_webhook_answers_over_https_with_a_certificate_for_its_service() {
     std::fs::write(&review, admission_review(load("pod"))).unwrap();
     let garbage = dir.path().join("garbage.json");
     std::fs::write(&garbage, "{\"kind\": 7").unwrap();
+    // A pod that asks nothing itself: its namespace's label decides, as the
+    // API server's selector routed it (one webhook entry per path).
+    let mut plain = load("pod");
+    plain["metadata"]["annotations"] = json!({});
+    let unasked = dir.path().join("unasked.json");
+    std::fs::write(&unasked, admission_review(plain)).unwrap();
     // curl: a real TLS client verifying the chain and the DNS name.
     let curl = move |method: &str, path: &str, body: Option<&std::path::Path>| {
         let mut c = std::process::Command::new("curl");
@@ -273,12 +366,14 @@ async fn the_webhook_answers_over_https_with_a_certificate_for_its_service() {
         let (body, code) = text.rsplit_once('\n').unwrap();
         (code.parse::<u16>().unwrap_or(0), body.to_owned())
     };
-    let (r, g, m, n) = tokio::task::spawn_blocking(move || {
+    let (r, g, m, n, by_ns, by_pod) = tokio::task::spawn_blocking(move || {
         (
             curl("POST", "/inject", Some(&review)),
             curl("POST", "/inject", Some(&garbage)),
             curl("GET", "/inject", None),
             curl("POST", "/elsewhere", None),
+            curl("POST", webhook::NAMESPACE_PATH, Some(&unasked)),
+            curl("POST", webhook::PATH, Some(&unasked)),
         )
     })
     .await
@@ -286,6 +381,16 @@ async fn the_webhook_answers_over_https_with_a_certificate_for_its_service() {
     assert_eq!(r.0, 200, "{}", r.1);
     let resp = response(r.1.as_bytes());
     assert!(resp.allowed && resp.patch.is_some());
+    let resp = response(by_ns.1.as_bytes());
+    assert!(
+        resp.allowed && resp.patch.is_some(),
+        "an enabled namespace's pod is injected"
+    );
+    let resp = response(by_pod.1.as_bytes());
+    assert!(
+        resp.allowed && resp.patch.is_none(),
+        "neither the pod nor its namespace asks"
+    );
     assert_eq!(g.0, 400);
     assert!(g.1.contains("AdmissionReview"), "{}", g.1);
     assert_eq!(m.0, 405);

@@ -555,7 +555,10 @@ fn default_policies_from_mesh_config_and_namespace_annotation() {
     let mut db0 = Proxy::new("shop", "db", ip("10.0.0.5"));
     cron.sync(&index);
     db0.sync(&index);
-    assert!(cron.upstream("db.shop:5432").is_some(), "known, so not plain");
+    assert!(
+        cron.upstream("db.shop:5432").is_some(),
+        "known, so not plain"
+    );
     assert!(!admits(&db0, "db.shop:5432", "batch", "cron"));
     assert!(admits(&db0, "db.shop:5432", "shop", "web"));
 
@@ -755,7 +758,10 @@ fn a_dual_stack_pod_is_one_endpoint_on_its_primary_family_and_known_by_every_add
     );
 
     // Proxies of wire version 3 get neither (they would refuse the field).
-    let Update::Snapshot(old) = index.update(&mut Subscriber::new("shop", "db", ip("10.0.0.5"))).unwrap() else {
+    let Update::Snapshot(old) = index
+        .update(&mut Subscriber::new("shop", "db", ip("10.0.0.5")))
+        .unwrap()
+    else {
         panic!("a first update is a snapshot");
     };
     let old = old.for_wire(3);

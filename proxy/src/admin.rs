@@ -2,6 +2,11 @@
 //!
 //! Shared by the proxy and the control plane: each supplies a [`AdminState`]
 //! that says whether it is ready and what its config dump is.
+//!
+//! The port listens on the pod's address for the kubelet's probes and
+//! Prometheus, so `/config` (every Service, endpoint and identity the
+//! proxy knows) is served to loopback clients only, as Linkerd serves its
+//! `/env.json`: `kubectl port-forward` and `kubectl exec` arrive there.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -31,16 +36,17 @@ pub trait AdminState: Send + Sync + 'static {
 /// Serves admin requests on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, registry: Arc<Registry>, state: Arc<dyn AdminState>) {
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
+        let Ok((tcp, peer)) = listener.accept().await else {
             continue;
         };
+        let local_peer = peer.ip().to_canonical().is_loopback();
         let registry = registry.clone();
         let state = state.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let registry = registry.clone();
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&req, &registry, state.as_ref())) }
+                async move { Ok::<_, Infallible>(route(&req, &registry, state.as_ref(), local_peer)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), service)
@@ -53,6 +59,7 @@ fn route(
     req: &Request<Incoming>,
     registry: &Registry,
     state: &dyn AdminState,
+    local_peer: bool,
 ) -> Response<Full<Bytes>> {
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n");
@@ -87,7 +94,11 @@ fn route(
                 Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n"),
             }
         }
-        "/config" => json(StatusCode::OK, &state.config_dump()),
+        "/config" if local_peer => json(StatusCode::OK, &state.config_dump()),
+        "/config" => text(
+            StatusCode::FORBIDDEN,
+            "/config is served to loopback clients only; use kubectl port-forward (or exec) and ask 127.0.0.1\n",
+        ),
         _ => text(
             StatusCode::NOT_FOUND,
             "not found; try /live, /ready, /metrics or /config\n",

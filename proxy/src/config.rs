@@ -611,9 +611,11 @@ mod tests {
     #[test]
     fn other_pod_addresses_must_be_concrete_and_new() {
         let with = |ips: &[&str]| {
-            let Resource::Upstream(mut u) =
-                upstream("db", "127.0.0.1:0", "spiffe://phoenix.local/ns/default/sa/db")
-            else {
+            let Resource::Upstream(mut u) = upstream(
+                "db",
+                "127.0.0.1:0",
+                "spiffe://phoenix.local/ns/default/sa/db",
+            ) else {
                 unreachable!()
             };
             u.endpoints[0].other_ips = ips.iter().map(|i| i.parse().unwrap()).collect();

@@ -187,22 +187,18 @@ async fn stream(
             .inc();
         return respond_and_close(shared, send, recv, Status::Denied).await;
     }
-    let tcp = match tokio::time::timeout(
-        config.mesh.connect_timeout,
-        TcpStream::connect(target),
-    )
-    .await
-    {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(error)) => {
-            tracing::info!(service, %target, connection = id, %error, "upstream refused");
-            return respond_and_close(shared, send, recv, Status::UpstreamRefused).await;
-        }
-        Err(_) => {
-            tracing::info!(service, %target, connection = id, "upstream connect timed out");
-            return respond_and_close(shared, send, recv, Status::UpstreamRefused).await;
-        }
-    };
+    let tcp =
+        match tokio::time::timeout(config.mesh.connect_timeout, TcpStream::connect(target)).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(error)) => {
+                tracing::info!(service, %target, connection = id, %error, "upstream refused");
+                return respond_and_close(shared, send, recv, Status::UpstreamRefused).await;
+            }
+            Err(_) => {
+                tracing::info!(service, %target, connection = id, "upstream connect timed out");
+                return respond_and_close(shared, send, recv, Status::UpstreamRefused).await;
+            }
+        };
     let _ = tcp.set_nodelay(true);
     let mut response = Vec::with_capacity(16);
     ConnectResponse {

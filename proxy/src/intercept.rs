@@ -74,11 +74,7 @@ pub fn route(config: &ProxyConfig, dst: SocketAddr) -> OutboundRoute<'_> {
         return OutboundRoute::Service(name);
     }
     for (name, upstream) in &config.upstreams {
-        if let Some(endpoint) = upstream
-            .endpoints
-            .iter()
-            .find(|e| e.is_pod_ip(dst.ip()))
-        {
+        if let Some(endpoint) = upstream.endpoints.iter().find(|e| e.is_pod_ip(dst.ip())) {
             return OutboundRoute::Pod {
                 service: name,
                 endpoint,
@@ -94,14 +90,14 @@ pub async fn serve_outbound(shared: Arc<Shared>, listener: TcpListener) {
 }
 
 /// Accepts redirected inbound (plain TCP) connections until the task is
-/// dropped; plain TCP from `probe_sources` (the kubelet) passes even in
+/// dropped; plain TCP of the kubelet's probes (`probes`) passes even in
 /// strict mode.
 pub async fn serve_inbound(
     shared: Arc<Shared>,
     listener: TcpListener,
-    probe_sources: Arc<Vec<IpAddr>>,
+    probes: Arc<ProbeExemption>,
 ) {
-    accept_loop(shared, listener, Direction::inbound, probe_sources).await;
+    accept_loop(shared, listener, Direction::inbound, probes).await;
 }
 
 /// The inbound mode for plain TCP to `dst`: that of the service the app
@@ -129,18 +125,36 @@ pub fn inbound_mode(config: &ProxyConfig, dst: SocketAddr) -> InboundMode {
     }
 }
 
-/// What the inbound redirect listener does with plain TCP from `client`
-/// (pure: tested without sockets).
+/// The kubelet's plain-TCP probes, passed even in strict mode: from the
+/// node's addresses, to the ports the app's probes name, nothing else. The
+/// node is not a workload with an identity; a port the app serves but does
+/// not probe stays closed to it (and to anything else on the node).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProbeExemption {
+    /// The node's addresses (the pod's `status.hostIPs`).
+    pub sources: Vec<IpAddr>,
+    /// The app's probe ports.
+    pub ports: Vec<u16>,
+}
+
+impl ProbeExemption {
+    /// Whether plain TCP from `client` to `dst` is a probe.
+    pub fn covers(&self, client: IpAddr, dst: SocketAddr) -> bool {
+        self.ports.contains(&dst.port()) && self.sources.contains(&client.to_canonical())
+    }
+}
+
+/// What the inbound redirect listener does with plain TCP from `client` to
+/// `dst` (pure: tested without sockets).
 pub fn inbound_decision(
     mode: InboundMode,
     client: IpAddr,
-    probe_sources: &[IpAddr],
+    dst: SocketAddr,
+    probes: &ProbeExemption,
 ) -> PlaintextDecision {
     match mode {
         InboundMode::Permissive => PlaintextDecision::permitted,
-        InboundMode::Strict if probe_sources.contains(&client.to_canonical()) => {
-            PlaintextDecision::probe
-        }
+        InboundMode::Strict if probes.covers(client, dst) => PlaintextDecision::probe,
         InboundMode::Strict => PlaintextDecision::refused,
     }
 }
@@ -149,20 +163,20 @@ async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
     direction: Direction,
-    probe_sources: Arc<Vec<IpAddr>>,
+    probes: Arc<ProbeExemption>,
 ) {
     loop {
         match listener.accept().await {
             Ok((tcp, client)) => {
                 let _ = tcp.set_nodelay(true);
                 let shared = shared.clone();
-                let probe_sources = probe_sources.clone();
+                let probes = probes.clone();
                 tokio::spawn(async move {
                     let _active = shared.track();
                     match direction {
                         Direction::outbound => outbound_connection(&shared, tcp, client).await,
                         Direction::inbound => {
-                            inbound_connection(&shared, tcp, client, &probe_sources).await
+                            inbound_connection(&shared, tcp, client, &probes).await
                         }
                     }
                 });
@@ -218,7 +232,7 @@ async fn inbound_connection(
     shared: &Arc<Shared>,
     tcp: TcpStream,
     client: SocketAddr,
-    probe_sources: &[IpAddr],
+    probes: &ProbeExemption,
 ) {
     let Some(dst) = original_dst(&tcp) else {
         tracing::info!(%client, "connection to the inbound redirect port was not redirected; resetting");
@@ -228,7 +242,7 @@ async fn inbound_connection(
         return reset(tcp);
     };
     let mode = inbound_mode(&config, dst);
-    let decision = inbound_decision(mode, client.ip(), probe_sources);
+    let decision = inbound_decision(mode, client.ip(), dst, probes);
     shared.metrics.plaintext(Direction::inbound, decision);
     if decision == PlaintextDecision::refused {
         tracing::info!(%client, %dst, "plain TCP from outside the mesh refused (strict)");
@@ -372,17 +386,47 @@ mod tests {
     }
 
     #[test]
-    fn strict_mode_refuses_outsiders_but_not_the_kubelet() {
+    fn strict_mode_refuses_outsiders_but_not_the_kubelets_probes() {
         let kubelet: IpAddr = "10.0.0.1".parse().unwrap();
         let outsider: IpAddr = "10.0.0.9".parse().unwrap();
-        let d = |mode, ip| inbound_decision(mode, ip, &[kubelet]);
-        assert_eq!(d(InboundMode::Strict, outsider), PlaintextDecision::refused);
-        assert_eq!(d(InboundMode::Strict, kubelet), PlaintextDecision::probe);
-        // An IPv4 client on a dual-stack socket arrives as ::ffff:a.b.c.d.
-        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        assert_eq!(d(InboundMode::Strict, mapped), PlaintextDecision::probe);
+        let probes = ProbeExemption {
+            sources: vec![kubelet, "fd00::1".parse().unwrap()],
+            ports: vec![8080],
+        };
+        let probe_port: SocketAddr = "10.0.0.5:8080".parse().unwrap();
+        let d = |mode, ip, dst| inbound_decision(mode, ip, dst, &probes);
         assert_eq!(
-            d(InboundMode::Permissive, outsider),
+            d(InboundMode::Strict, outsider, probe_port),
+            PlaintextDecision::refused
+        );
+        assert_eq!(
+            d(InboundMode::Strict, kubelet, probe_port),
+            PlaintextDecision::probe
+        );
+        // The node reaches the probe ports only, not the rest of the app.
+        assert_eq!(
+            d(
+                InboundMode::Strict,
+                kubelet,
+                "10.0.0.5:5432".parse().unwrap()
+            ),
+            PlaintextDecision::refused
+        );
+        // An IPv4 client on a dual-stack socket arrives as ::ffff:a.b.c.d;
+        // a dual-stack node probes from either of its addresses.
+        for ip in ["::ffff:10.0.0.1", "fd00::1"] {
+            assert_eq!(
+                d(InboundMode::Strict, ip.parse().unwrap(), probe_port),
+                PlaintextDecision::probe,
+                "{ip}"
+            );
+        }
+        assert_eq!(
+            d(
+                InboundMode::Permissive,
+                outsider,
+                "10.0.0.5:5432".parse().unwrap()
+            ),
             PlaintextDecision::permitted
         );
     }
@@ -443,7 +487,11 @@ mod tests {
             },
         );
         for dst in ["10.0.0.5:15432", "[fd00::5]:15432"] {
-            assert_eq!(inbound_mode(&c, dst.parse().unwrap()), InboundMode::Strict, "{dst}");
+            assert_eq!(
+                inbound_mode(&c, dst.parse().unwrap()),
+                InboundMode::Strict,
+                "{dst}"
+            );
         }
         let db = &c.inbound["db.shop:5432"];
         // Dialled on IPv6, the app is reached on IPv6 (it may listen there alone).

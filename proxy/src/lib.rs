@@ -93,35 +93,46 @@ pub async fn run(
         &[ALPN_TUNNEL],
         settings.transport.server_transport(),
     )?;
-    let endpoint =
-        phoenix_tls::endpoint::bind(settings.inbound, &settings.transport, Some(default_server))
-            .map_err(|source| StartError::Bind {
-                what: "inbound QUIC endpoint",
-                addr: settings.inbound,
-                source,
-            })?;
-    let admin = TcpListener::bind(settings.admin)
-        .await
-        .map_err(|source| StartError::Bind {
-            what: "admin listener",
-            addr: settings.admin,
-            source,
-        })?;
-    let redirect = |what: &'static str, addr: Option<SocketAddr>| async move {
-        let Some(addr) = addr else { return Ok(None) };
+    // `[::]` listens on both families (IPv6-primary and dual-stack pods);
+    // where the kernel has no IPv6 at all, IPv4 alone.
+    let v4_fallback = |addr: SocketAddr| {
+        (addr.ip() == std::net::Ipv6Addr::UNSPECIFIED)
+            .then(|| SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port())))
+    };
+    let bind_quic =
+        |addr| phoenix_tls::endpoint::bind(addr, &settings.transport, Some(default_server.clone()));
+    let endpoint = match (bind_quic(settings.inbound), v4_fallback(settings.inbound)) {
+        (Ok(endpoint), _) => Ok(endpoint),
+        (Err(_), Some(v4)) => {
+            tracing::info!(addr = %settings.inbound, fallback = %v4, "no IPv6 here; QUIC on IPv4 only");
+            bind_quic(v4)
+        }
+        (Err(error), None) => Err(error),
+    }
+    .map_err(|source| StartError::Bind {
+        what: "inbound QUIC endpoint",
+        addr: settings.inbound,
+        source,
+    })?;
+    let bind_tcp = |what: &'static str, addr: SocketAddr| async move {
         let bind_error = |source| StartError::Bind { what, addr, source };
-        let listener = match TcpListener::bind(addr).await {
-            Ok(l) => l,
-            // `[::]` where the namespace has IPv6 disabled: IPv4 only.
-            Err(_) if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED => {
-                let v4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port()));
-                tracing::info!(%addr, fallback = %v4, "no IPv6 here; listening on IPv4 only");
+        let listener = match (TcpListener::bind(addr).await, v4_fallback(addr)) {
+            (Ok(l), _) => l,
+            (Err(_), Some(v4)) => {
+                tracing::info!(what, %addr, fallback = %v4, "no IPv6 here; listening on IPv4 only");
                 TcpListener::bind(v4).await.map_err(bind_error)?
             }
-            Err(source) => return Err(bind_error(source)),
+            (Err(source), None) => return Err(bind_error(source)),
         };
         let local = listener.local_addr().map_err(bind_error)?;
-        Ok::<_, StartError>(Some((listener, local)))
+        Ok::<_, StartError>((listener, local))
+    };
+    let (admin, admin_addr) = bind_tcp("admin listener", settings.admin).await?;
+    let redirect = |what: &'static str, addr: Option<SocketAddr>| async move {
+        match addr {
+            Some(addr) => bind_tcp(what, addr).await.map(Some),
+            None => Ok(None),
+        }
     };
     let outbound_redirect =
         redirect("outbound redirect listener", settings.outbound_redirect).await?;
@@ -132,11 +143,7 @@ pub async fn run(
             addr: settings.inbound,
             source,
         })?,
-        admin: admin.local_addr().map_err(|source| StartError::Bind {
-            what: "admin listener",
-            addr: settings.admin,
-            source,
-        })?,
+        admin: admin_addr,
         outbound_redirect: outbound_redirect.as_ref().map(|(_, a)| *a),
         inbound_redirect: inbound_redirect.as_ref().map(|(_, a)| *a),
     };
@@ -164,7 +171,7 @@ pub async fn run(
         tasks.spawn(intercept::serve_inbound(
             shared.clone(),
             listener,
-            Arc::new(settings.probe_sources.clone()),
+            Arc::new(settings.probes.clone()),
         ));
     }
     tasks.spawn(control::certificates(

@@ -53,11 +53,17 @@ pub struct Args {
     /// `phoenix-proxy init` (e.g. 0.0.0.0:4141); off when absent.
     #[arg(long, env = "PHOENIX_INBOUND_REDIRECT")]
     pub inbound_redirect: Option<SocketAddr>,
-    /// Addresses whose plain TCP is passed even in strict mode: the node's
-    /// kubelet, so liveness and readiness probes keep working (the injector
-    /// passes the pod's `status.hostIP`). Comma-separated.
+    /// Addresses whose plain TCP to a probe port is passed even in strict
+    /// mode: the node's kubelet, so liveness and readiness probes keep
+    /// working (the injector passes the pod's `status.hostIPs`).
+    /// Comma-separated.
     #[arg(long, env = "PHOENIX_PROBE_SOURCES", value_delimiter = ',')]
     pub probe_sources: Vec<std::net::IpAddr>,
+    /// The app ports the kubelet probes (the injector lists the ports of
+    /// the app's httpGet, tcpSocket and grpc probes): the only ports the
+    /// probe sources reach in clear. Comma-separated.
+    #[arg(long, env = "PHOENIX_PROBE_PORTS", value_delimiter = ',')]
+    pub probe_ports: Vec<u16>,
     /// Key exchange towards the control plane: pq-only or pq-preferred.
     #[arg(long, env = "PHOENIX_KEY_EXCHANGE", default_value = "pq-only", value_parser = parse_kx)]
     pub key_exchange: KeyExchange,
@@ -100,8 +106,8 @@ pub struct Settings {
     pub outbound_redirect: Option<SocketAddr>,
     /// Redirected inbound TCP listener (interception).
     pub inbound_redirect: Option<SocketAddr>,
-    /// Plain-TCP sources passed in strict mode (the kubelet).
-    pub probe_sources: Vec<std::net::IpAddr>,
+    /// Plain TCP passed in strict mode: the kubelet's probes.
+    pub probes: crate::intercept::ProbeExemption,
     /// Drain grace period.
     pub drain_grace: Duration,
     /// QUIC transport settings.
@@ -193,7 +199,10 @@ impl Args {
             admin: self.admin,
             outbound_redirect: self.outbound_redirect,
             inbound_redirect: self.inbound_redirect,
-            probe_sources: self.probe_sources,
+            probes: crate::intercept::ProbeExemption {
+                sources: self.probe_sources,
+                ports: self.probe_ports,
+            },
             drain_grace: self.drain_grace,
             transport: TransportSettings {
                 max_udp_payload: self.max_udp_payload,

@@ -305,15 +305,6 @@ impl Index {
         }
     }
 
-    /// The labels of namespace `name` the injector looks at.
-    pub fn namespace_labels(&self, name: &str) -> BTreeMap<String, String> {
-        self.namespaces
-            .get(name)
-            .and_then(|n| n.inject.clone())
-            .map(|v| BTreeMap::from([(crate::inject::INJECT.to_owned(), v)]))
-            .unwrap_or_default()
-    }
-
     /// Sets or deletes a TrafficPolicy.
     pub fn apply_policy(&mut self, key: ObjectKey, record: Option<PolicyRecord>) {
         if self.policies.get(&key) == record.as_ref() {
@@ -504,7 +495,7 @@ impl Index {
             let mut upserts: Vec<(String, Item<'_>)> = self
                 .published
                 .iter()
-                                .map(|(k, p)| (k.clone(), Item::Shared(p)))
+                .map(|(k, p)| (k.clone(), Item::Shared(p)))
                 .collect();
             sub.inbound = self.inbound_of(pod.as_ref());
             upserts.extend(

@@ -36,7 +36,7 @@ impl Default for Values {
             version: env!("CARGO_PKG_VERSION").into(),
             control_plane_image: "ghcr.io/phoenix-mesh/phoenix-control-plane".into(),
             proxy_image: "ghcr.io/phoenix-mesh/phoenix-proxy".into(),
-            replicas: 1,
+            replicas: 2,
             trust_domain: "cluster.local".into(),
             failure_policy: "Fail".into(),
         }
@@ -109,6 +109,11 @@ pub fn control_plane(v: &Values) -> Vec<Value> {
                 "spec": {
                     "serviceAccountName": NAME,
                     "securityContext": {"runAsNonRoot": true, "runAsUser": CONTROL_PLANE_UID, "runAsGroup": CONTROL_PLANE_UID, "seccompProfile": {"type": "RuntimeDefault"}},
+                    // Replicas on different nodes where there are several.
+                    "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+                        "weight": 100,
+                        "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": selector}},
+                    }]}},
                     "containers": [{
                         "name": NAME,
                         "image": format!("{}:{}", v.control_plane_image, v.version),
@@ -142,18 +147,29 @@ pub fn control_plane(v: &Values) -> Vec<Value> {
             },
         },
     }));
-    out.push(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": WEBHOOK_CONFIG, "labels": labels(v)},
-        "webhooks": [{
-            "name": "inject.phoenix.dev",
+    if v.replicas > 1 {
+        // One stays up through node drains: with failurePolicy Fail,
+        // meshed namespaces admit no pod while none is.
+        out.push(json!({
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": {"name": NAME, "namespace": ns, "labels": labels(v)},
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": selector}},
+        }));
+    }
+    // Two entries; the API server picks by the namespace's label as it
+    // admits the pod (see `webhook.rs`). Never the control plane's own
+    // namespace (its pods must start when the webhook is down) nor the
+    // system's.
+    let entry = |name: &str, path: &str, operator: &str, values: &[&str]| {
+        json!({
+            "name": name,
             "admissionReviewVersions": ["v1"],
             "sideEffects": "None",
             "failurePolicy": v.failure_policy,
             "reinvocationPolicy": "Never",
             "timeoutSeconds": 10,
-            "clientConfig": {"service": {"name": NAME, "namespace": ns, "path": "/inject", "port": 443}},
+            "clientConfig": {"service": {"name": NAME, "namespace": ns, "path": path, "port": 443}},
             "rules": [{
                 "operations": ["CREATE"],
                 "apiGroups": [""],
@@ -161,14 +177,20 @@ pub fn control_plane(v: &Values) -> Vec<Value> {
                 "resources": ["pods"],
                 "scope": "Namespaced",
             }],
-            // Never the control plane's own namespace (its pods must start
-            // when the webhook is down) nor the system's; a namespace
-            // labelled `disabled` is skipped before the call.
             "namespaceSelector": {"matchExpressions": [
                 {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "kube-node-lease", ns]},
-                {"key": inject::INJECT, "operator": "NotIn", "values": ["disabled"]},
+                {"key": inject::INJECT, "operator": operator, "values": values},
             ]},
-        }],
+        })
+    };
+    out.push(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": WEBHOOK_CONFIG, "labels": labels(v)},
+        "webhooks": [
+            entry("namespace.inject.phoenix.dev", super::webhook::NAMESPACE_PATH, "In", &["enabled"]),
+            entry("pod.inject.phoenix.dev", super::webhook::PATH, "NotIn", &["enabled", "disabled"]),
+        ],
     }));
     out.push(json!({
         "apiVersion": "phoenix.dev/v1alpha1",

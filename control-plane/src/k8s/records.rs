@@ -114,8 +114,6 @@ pub struct NamespaceRecord {
     pub default_policy: Option<DefaultPolicy>,
     /// The annotation's value when it is not one (reported, then ignored).
     pub invalid_default_policy: Option<String>,
-    /// The `phoenix.dev/inject` label (`enabled` / `disabled`), for the webhook.
-    pub inject: Option<String>,
 }
 
 /// The Service's record; `None` for an ExternalName Service (no endpoints to mesh).
@@ -266,6 +264,5 @@ pub fn namespace(ns: &Namespace) -> NamespaceRecord {
     NamespaceRecord {
         default_policy,
         invalid_default_policy: value.filter(|_| default_policy.is_none()).cloned(),
-        inject: ns.labels().get(crate::inject::INJECT).cloned(),
     }
 }

@@ -289,10 +289,8 @@ pub async fn run(
             version: env!("CARGO_PKG_VERSION").to_owned(),
         };
         let credentials = Arc::new(Credentials::default());
-        let labels = live.clone();
         let webhook = Arc::new(Webhook {
             injector: arc_swap::ArcSwap::from_pointee(injector),
-            namespace_labels: Box::new(move |ns| labels.read(|i| i.namespace_labels(ns))),
         });
         let tls = super::webhook::tls_config(credentials.clone())?;
         tasks.spawn(super::webhook::serve(listener, tls, webhook.clone()));

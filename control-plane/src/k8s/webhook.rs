@@ -1,5 +1,14 @@
-//! The injection webhook's HTTPS listener: `POST /inject` with an
-//! AdmissionReview, answered by [`crate::admission::review`].
+//! The injection webhook's HTTPS listener: `POST /inject` and
+//! `POST /inject/namespace` with an AdmissionReview, answered by
+//! [`crate::admission::review`].
+//!
+//! The webhook configuration has one entry per path, and the API server's
+//! `namespaceSelector` decides which one a pod goes to: pods of namespaces
+//! labelled `phoenix.dev/inject=enabled` come to `/inject/namespace`, pods of
+//! namespaces with neither `enabled` nor `disabled` come to `/inject` (where
+//! the pod's own annotation decides). The API server reads the label as it
+//! admits the pod, so a namespace labelled a moment ago is honoured; a
+//! watch cache here could still miss it.
 //!
 //! The API server verifies our certificate against the `caBundle` of the
 //! MutatingWebhookConfiguration, which the control plane keeps equal to the
@@ -24,7 +33,7 @@ use phoenix_tls::Credentials;
 use tokio::net::TcpListener;
 
 use crate::admission;
-use crate::inject::Injector;
+use crate::inject::{INJECT, Injector};
 
 /// Largest AdmissionReview accepted (a pod is a few KiB; the API server
 /// caps requests at 3 MiB).
@@ -32,20 +41,17 @@ const MAX_BODY: usize = 4 * 1024 * 1024;
 /// How long a client may take for the TLS handshake or the request body
 /// (the API server's own webhook timeout is 10 s).
 const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// Path the webhook configuration names.
+/// Path of pods whose namespace asks for nothing (the pod's annotation decides).
 pub const PATH: &str = "/inject";
+/// Path of pods whose namespace is labelled `phoenix.dev/inject=enabled`.
+pub const NAMESPACE_PATH: &str = "/inject/namespace";
 
 /// What the webhook answers with: the injector (its trust bundle follows
-/// root rotations) and the namespaces' `phoenix.dev/inject` labels.
+/// root rotations).
 pub struct Webhook {
     /// The injector in force.
     pub injector: ArcSwap<Injector>,
-    /// Labels of a namespace by name (from the watched Namespaces).
-    pub namespace_labels: NamespaceLabels,
 }
-
-/// Looks up a namespace's labels.
-pub type NamespaceLabels = Box<dyn Fn(&str) -> BTreeMap<String, String> + Send + Sync>;
 
 /// Why the webhook cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -106,16 +112,21 @@ pub async fn serve(listener: TcpListener, tls: rustls::ServerConfig, webhook: Ar
 }
 
 async fn handle(req: Request<Incoming>, webhook: &Webhook) -> Response<Full<Bytes>> {
-    if req.uri().path() != PATH {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("not found; the webhook serves POST {PATH}"),
-        );
-    }
+    // What the namespace asks, as the API server's selector saw it.
+    let namespace_enabled = match req.uri().path() {
+        PATH => false,
+        NAMESPACE_PATH => true,
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("not found; the webhook serves POST {PATH} and {NAMESPACE_PATH}"),
+            );
+        }
+    };
     if req.method() != Method::POST {
         return error(
             StatusCode::METHOD_NOT_ALLOWED,
-            format!("POST an AdmissionReview to {PATH}"),
+            format!("POST an AdmissionReview to {PATH} or {NAMESPACE_PATH}"),
         );
     }
     let body = match tokio::time::timeout(
@@ -139,7 +150,14 @@ async fn handle(req: Request<Incoming>, webhook: &Webhook) -> Response<Full<Byte
         }
     };
     let injector = webhook.injector.load();
-    match admission::review(&body, &injector, &webhook.namespace_labels) {
+    let labels = |_: &str| {
+        let mut labels = BTreeMap::new();
+        if namespace_enabled {
+            labels.insert(INJECT.to_owned(), "enabled".to_owned());
+        }
+        labels
+    };
+    match admission::review(&body, &injector, labels) {
         Ok(out) => Response::builder()
             .header(CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(out)))
