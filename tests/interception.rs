@@ -23,45 +23,103 @@ const NODE_IP: &str = "10.77.0.1";
 const CLIENT_IP: &str = "10.77.0.2";
 const SERVER_IP: &str = "10.77.0.3";
 const OUTSIDER_IP: &str = "10.77.0.4";
+/// The web service's virtual address, like a ClusterIP: nothing answers
+/// there; only the client proxy's routing by original destination reaches it.
+const WEB_VIP: &str = "10.96.0.10:80";
 /// The UID the proxies run as (`phoenix-proxy init --proxy-uid`'s default).
 const PROXY_UID: &str = "2102";
+
+/// IPv6 addresses of the IPv6-only variant (node, client, server).
+const V6: [(&str, &str); 3] = [("node", "fd77::1"), ("a", "fd77::2"), ("b", "fd77::3")];
 
 /// Pods as network namespaces on one bridge, removed on drop. Names are
 /// unique per run, so runs can overlap.
 struct Topology {
     id: String,
+    ipv6: bool,
 }
 
 impl Topology {
+    /// IPv4 pods a, b, c with IPv6 disabled (no neighbour discovery noise).
     fn new() -> Self {
+        Self::build(false)
+    }
+
+    /// IPv6-only pods a and b (and c, unaddressed).
+    fn new_v6() -> Self {
+        Self::build(true)
+    }
+
+    /// The address of `pod` (`node`, `a`, `b`) in this topology's family.
+    fn ip(&self, pod: &str) -> &'static str {
+        let table: &[(&str, &str)] = if self.ipv6 {
+            &V6
+        } else {
+            &[
+                ("node", NODE_IP),
+                ("a", CLIENT_IP),
+                ("b", SERVER_IP),
+                ("c", OUTSIDER_IP),
+            ]
+        };
+        table
+            .iter()
+            .find(|(p, _)| *p == pod)
+            .map(|(_, ip)| *ip)
+            .unwrap()
+    }
+
+    /// `ip` as the host part of a URL or socket address.
+    fn host(&self, pod: &str) -> String {
+        if self.ipv6 {
+            format!("[{}]", self.ip(pod))
+        } else {
+            self.ip(pod).to_owned()
+        }
+    }
+
+    fn build(ipv6: bool) -> Self {
         assert!(
             rustix::process::geteuid().is_root(),
             "the interception test needs root (network namespaces and iptables); CI runs as root"
         );
         let id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
-        let t = Self { id };
+        let t = Self { id, ipv6 };
+        // IPv6 addresses without duplicate detection: usable at once.
+        let cidr = |pod: &str| -> Vec<String> {
+            if ipv6 {
+                vec![format!("{}/64", t.ip(pod)), "nodad".into()]
+            } else {
+                vec![format!("{}/24", t.ip(pod))]
+            }
+        };
         let node = t.ns("node");
         run(&["ip", "netns", "add", &node]);
         t.exec("node", &["ip", "link", "set", "lo", "up"]);
         t.exec("node", &["ip", "link", "add", "br0", "type", "bridge"]);
-        t.exec(
-            "node",
-            &["ip", "addr", "add", &format!("{NODE_IP}/24"), "dev", "br0"],
-        );
+        let mut add = vec!["ip", "addr", "add"];
+        let node_cidr = cidr("node");
+        add.extend(node_cidr.iter().map(String::as_str));
+        add.extend(["dev", "br0"]);
+        t.exec("node", &add);
         t.exec("node", &["ip", "link", "set", "br0", "up"]);
-        for (pod, ip) in [("a", CLIENT_IP), ("b", SERVER_IP), ("c", OUTSIDER_IP)] {
+        let pods: &[&str] = if ipv6 { &["a", "b"] } else { &["a", "b", "c"] };
+        for &pod in pods {
             let name = t.ns(pod);
             run(&["ip", "netns", "add", &name]);
-            // Neighbour discovery and router solicitations would only add noise.
-            for scope in ["all", "default"] {
-                t.exec(
-                    pod,
-                    &[
-                        "sysctl",
-                        "-qw",
-                        &format!("net.ipv6.conf.{scope}.disable_ipv6=1"),
-                    ],
-                );
+            // Neighbour discovery and router solicitations would only add
+            // noise to the IPv4 capture; the IPv6 variant ignores it.
+            if !ipv6 {
+                for scope in ["all", "default"] {
+                    t.exec(
+                        pod,
+                        &[
+                            "sysctl",
+                            "-qw",
+                            &format!("net.ipv6.conf.{scope}.disable_ipv6=1"),
+                        ],
+                    );
+                }
             }
             let host_end = format!("v{pod}{}", t.id);
             run(&[
@@ -73,11 +131,14 @@ impl Topology {
                 &["ip", "link", "set", &host_end, "master", "br0", "up"],
             );
             t.exec(pod, &["ip", "link", "set", "lo", "up"]);
-            t.exec(
-                pod,
-                &["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
-            );
+            let mut add = vec!["ip", "addr", "add"];
+            let pod_cidr = cidr(pod);
+            add.extend(pod_cidr.iter().map(String::as_str));
+            add.extend(["dev", "eth0"]);
+            t.exec(pod, &add);
             t.exec(pod, &["ip", "link", "set", "eth0", "up"]);
+            // As in a cluster, Service addresses are routed off the pod.
+            t.exec(pod, &["ip", "route", "add", "default", "via", t.ip("node")]);
         }
         t
     }
@@ -107,7 +168,7 @@ impl Topology {
     /// A GET from the node (where the admin ports are reachable).
     fn get(&self, url: &str) -> Option<String> {
         let out = self
-            .command("node", &["curl", "-sf", "--max-time", "5", url])
+            .command("node", &["curl", "-gsf", "--max-time", "5", url])
             .output()
             .ok()?;
         out.status
@@ -143,7 +204,7 @@ fn mesh(mode: &str) -> String {
          controlPlane: {{listen: \"{NODE_IP}:4180\", admin: \"{NODE_IP}:9990\"}}\n\
          workloads:\n\
          \x20 - name: client\n\
-         \x20   upstreams: [{{service: web}}, {{service: banner}}]\n\
+         \x20   upstreams: [{{service: web, addresses: [\"{WEB_VIP}\"]}}, {{service: banner}}]\n\
          \x20 - name: server\n\
          \x20   serve:\n\
          \x20     - {{service: web, target: \"{SERVER_IP}:8080\"}}\n\
@@ -171,7 +232,7 @@ fn proxy(t: &Topology, pod: &str, token: &str, anchor: &Path) -> Proc {
         ],
     );
     cmd.arg(bin("phoenix-proxy"))
-        .args(["--control-plane", &format!("{NODE_IP}:4180")])
+        .args(["--control-plane", &format!("{}:4180", t.host("node"))])
         .args([
             "--control-plane-identity",
             "spiffe://phoenix.local/ns/phoenix/sa/control-plane",
@@ -185,7 +246,7 @@ fn proxy(t: &Topology, pod: &str, token: &str, anchor: &Path) -> Proc {
         .args(["--inbound-redirect", "[::]:4141"])
         // The node plays the kubelet: its probes of the app's port 8080
         // pass even in strict mode (the injector lists the probed ports).
-        .args(["--probe-sources", NODE_IP, "--probe-ports", "8080"])
+        .args(["--probe-sources", t.ip("node"), "--probe-ports", "8080"])
         .env("PHOENIX_TOKEN", token);
     Proc::spawn(&format!("proxy-{pod}"), cmd)
 }
@@ -193,7 +254,7 @@ fn proxy(t: &Topology, pod: &str, token: &str, anchor: &Path) -> Proc {
 /// curl from `pod`: the body, or `None` when the connection failed.
 fn curl(t: &Topology, pod: &str, url: &str) -> Option<String> {
     let out = t
-        .command(pod, &["curl", "-sf", "--max-time", "5", url])
+        .command(pod, &["curl", "-gsf", "--max-time", "5", url])
         .output()
         .unwrap();
     out.status
@@ -398,6 +459,10 @@ fn intercepted_tcp_crosses_the_mesh_encrypted_and_outsiders_follow_the_inbound_m
     let body = curl(&t, "a", &format!("http://{SERVER_IP}:8080/index.txt"))
         .expect("curl through the mesh");
     assert_eq!(body, secret.repeat(1000), "the bytes arrive intact");
+    // The Service's virtual address: balanced over its endpoints, by name.
+    let by_vip = curl(&t, "a", &format!("http://{WEB_VIP}/index.txt"))
+        .expect("curl to the service's virtual address");
+    assert_eq!(by_vip, secret.repeat(1000));
     // The server-first service answers first, with no detection delay.
     let banner = python(
         &t,
@@ -414,8 +479,10 @@ fn intercepted_tcp_crosses_the_mesh_encrypted_and_outsiders_follow_the_inbound_m
         "220 phoenix-test ESMTP ready"
     );
     let ms: u64 = banner.line(Duration::from_secs(5)).parse().unwrap();
+    // Protocol detection waits seconds for the client (5 to 10 in other
+    // meshes); a loaded CI machine still answers well within 3.
     assert!(
-        ms < 1000,
+        ms < 3000,
         "the banner took {ms} ms: something waited for the client to speak"
     );
     rustix::process::kill_process(
@@ -464,7 +531,10 @@ fn intercepted_tcp_crosses_the_mesh_encrypted_and_outsiders_follow_the_inbound_m
         "tunnel_streams_total",
         &[("direction", "inbound"), ("status", "connected")],
     );
-    assert!(streams >= 2.0, "web and banner streams: {streams}");
+    assert!(
+        streams >= 3.0,
+        "web (pod and VIP) and banner streams: {streams}"
+    );
 
     // Outside the mesh: plain TCP out of a meshed pod passes through, counted.
     let plain = curl(&t, "a", &format!("http://{OUTSIDER_IP}:9090/index.txt"));
@@ -622,4 +692,154 @@ fn init_covers_ipv6_when_the_namespace_has_it() {
         stderr.contains("would bypass the proxy") && stderr.contains("--ipv6 off"),
         "{stderr}"
     );
+}
+
+/// The same mesh on IPv6-only pods: init programs ip6tables, the proxies
+/// listen on `[::]` as injected, and the app's TCP to the server's pod
+/// address and to a Service's IPv6 virtual address crosses only as QUIC.
+#[test]
+fn ipv6_pods_are_meshed_like_ipv4_ones() {
+    let t = Topology::new_v6();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let vip = "[fd00::10]:80";
+    let mesh_path = dir.path().join("mesh.yaml");
+    std::fs::write(
+        &mesh_path,
+        format!(
+            "trustDomain: phoenix.local\n\
+             stateDir: state\n\
+             inboundMode: strict\n\
+             controlPlane: {{listen: \"{node}:4180\", admin: \"{node}:9990\"}}\n\
+             workloads:\n\
+             \x20 - name: client\n\
+             \x20   upstreams: [{{service: web, addresses: [\"{vip}\"]}}]\n\
+             \x20 - name: server\n\
+             \x20   serve: [{{service: web, target: \"{server}:8080\"}}]\n",
+            node = t.host("node"),
+            server = t.host("b"),
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("state")).unwrap();
+    let tokens: Vec<(String, String)> = ["client", "server"]
+        .iter()
+        .map(|w| {
+            (
+                format!("token-{w}-{}", rand::random::<u64>()),
+                w.to_string(),
+            )
+        })
+        .collect();
+    phoenix_control_plane::tokens::Tokens::from_pairs(tokens.iter().cloned())
+        .write(&dir.path().join("state/tokens.json"))
+        .unwrap();
+    let secret = format!("phoenix-v6-secret-{:016x}", rand::random::<u64>());
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.txt"), secret.repeat(1000)).unwrap();
+    let _web = Proc::spawn(
+        "http.server-v6",
+        t.command(
+            "b",
+            &[
+                "python3",
+                "-m",
+                "http.server",
+                "8080",
+                "--bind",
+                "::",
+                "--directory",
+                www.to_str().unwrap(),
+            ],
+        ),
+    );
+    let mut cp_cmd = t.command("node", &[]);
+    cp_cmd
+        .arg(bin("phoenix-control-plane"))
+        .arg("--mesh")
+        .arg(&mesh_path);
+    let cp = Proc::spawn("control-plane-v6", cp_cmd);
+    let bound: serde_json::Value = serde_json::from_str(&cp.line(Duration::from_secs(30))).unwrap();
+    let anchor = PathBuf::from(bound["trustAnchor"].as_str().unwrap());
+    for pod in ["a", "b"] {
+        t.exec(pod, &[bin("phoenix-proxy").to_str().unwrap(), "init"]);
+        let v6_rules =
+            String::from_utf8_lossy(&t.exec(pod, &["ip6tables-save", "-t", "nat"]).stdout)
+                .into_owned();
+        assert!(
+            v6_rules.contains("--to-ports 4140") && v6_rules.contains("--to-ports 4141"),
+            "{pod}: {v6_rules}"
+        );
+    }
+    let token = |w: &str| tokens.iter().find(|(_, n)| n == w).unwrap().0.clone();
+    let _pa = proxy(&t, "a", &token("client"), &anchor);
+    let _pb = proxy(&t, "b", &token("server"), &anchor);
+    for pod in ["a", "b"] {
+        eventually(Duration::from_secs(30), "proxy ready", || {
+            t.get(&format!("http://{}:4191/ready", t.host(pod)))
+                .map(|_| ())
+        });
+    }
+    eventually(
+        Duration::from_secs(20),
+        "the client knows the server",
+        || {
+            let config = curl(&t, "a", "http://127.0.0.1:4191/config")?;
+            config
+                .contains(&format!("{}:4143", t.host("b")))
+                .then_some(())
+        },
+    );
+
+    let pcap = dir.path().join("a6.pcap");
+    let mut tcpdump = capture(&t, "a", &pcap);
+    let body = curl(&t, "a", &format!("http://{}:8080/index.txt", t.host("b")))
+        .expect("curl to the server's IPv6 pod address through the mesh");
+    assert_eq!(body, secret.repeat(1000), "the bytes arrive intact");
+    let by_vip = curl(&t, "a", &format!("http://{vip}/index.txt"))
+        .expect("curl to the service's IPv6 virtual address");
+    assert_eq!(by_vip, secret.repeat(1000));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(tcpdump.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    tcpdump.wait().unwrap();
+    // Neighbour discovery is ICMPv6; TCP must not appear at all.
+    let tcp = packets(&pcap, "tcp");
+    assert!(
+        tcp.is_empty(),
+        "TCP crossed the client pod's interface: {tcp:?}"
+    );
+    let quic = packets(
+        &pcap,
+        &format!("ip6 and udp and port 4143 and host {}", t.ip("b")),
+    );
+    assert!(!quic.is_empty(), "QUIC to the server proxy");
+    let wire = std::fs::read(&pcap).unwrap();
+    assert!(
+        !wire.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "the app's payload appeared in clear on the wire"
+    );
+    for (pod, side) in [("a", "client"), ("b", "server")] {
+        let text = t
+            .get(&format!("http://{}:4191/metrics", t.host(pod)))
+            .unwrap();
+        let n = metric(
+            &text,
+            "tls_handshakes_total",
+            &[
+                ("side", side),
+                ("kx_group", "X25519MLKEM768"),
+                ("result", "success"),
+            ],
+        );
+        assert!(n >= 1.0, "{side}: {n} X25519MLKEM768 handshakes");
+    }
+    drop(cp);
 }

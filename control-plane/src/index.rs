@@ -54,7 +54,7 @@ pub fn snapshot_for(
         put(Resource::Upstream(Upstream {
             service: service.clone(),
             listen: upstream.listen,
-            addresses: vec![],
+            addresses: upstream.addresses.clone(),
             connect_timeout_ms: upstream.connect_timeout.map(|d| d.as_millis() as u64),
             idle_timeout_ms: upstream.idle_timeout.map(|d| d.as_millis() as u64),
             endpoints,

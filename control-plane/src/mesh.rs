@@ -105,6 +105,11 @@ pub struct UpstreamFile {
     /// connections reach the proxy by interception (`phoenix-proxy init`).
     #[serde(default)]
     pub listen: Option<SocketAddr>,
+    /// The service's virtual addresses, as a Kubernetes ClusterIP and port:
+    /// with interception, an app's connection to one goes to this service
+    /// (balanced over its endpoints).
+    #[serde(default)]
+    pub addresses: Vec<Spanned<SocketAddr>>,
     /// Per-service connect timeout (default: the mesh's `connectTimeout`).
     #[serde(default)]
     pub connect_timeout: Option<Spanned<String>>,
@@ -182,6 +187,8 @@ pub struct Workload {
 pub struct UpstreamSpec {
     /// Where the proxy listens for the app (none: interception).
     pub listen: Option<SocketAddr>,
+    /// Virtual addresses whose intercepted connections go to this service.
+    pub addresses: Vec<SocketAddr>,
     /// Per-service connect timeout.
     pub connect_timeout: Option<Duration>,
     /// Idle timeout of its connections.
@@ -271,6 +278,12 @@ pub enum Problem {
     /// A duration that cannot be parsed or is out of range.
     #[error("{0}; e.g. 30s, 5m or 24h")]
     Duration(String),
+    /// A virtual address that cannot be dialled.
+    #[error("a service's virtual address needs a concrete IP and a port, e.g. 10.96.0.10:80")]
+    VirtualAddress,
+    /// One virtual address for two services.
+    #[error("address {0} is already the virtual address of service `{1}` for this workload")]
+    VirtualAddressInUse(SocketAddr, String),
     /// An empty cipher suite list.
     #[error(
         "list at least one cipher suite (TLS13_AES_256_GCM_SHA384, TLS13_AES_128_GCM_SHA256, TLS13_CHACHA20_POLY1305_SHA256)"
@@ -452,6 +465,7 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
         claim(admin, format!("workloads[{i}].admin"), line, at("admin"))?;
 
         let mut upstreams = BTreeMap::new();
+        let mut virtual_addresses: BTreeMap<SocketAddr, String> = BTreeMap::new();
         for (j, u) in w.upstreams.iter().enumerate() {
             let uline = u.service.referenced.line();
             let field = at(&format!("upstreams[{j}].service"));
@@ -470,8 +484,23 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
                     })
                     .transpose()
             };
+            for (k, a) in u.addresses.iter().enumerate() {
+                let addr = a.value;
+                let field = at(&format!("upstreams[{j}].addresses[{k}]"));
+                if addr.port() == 0 || addr.ip().is_unspecified() || addr.ip().is_multicast() {
+                    return Err(invalid(a.referenced.line(), field, Problem::VirtualAddress));
+                }
+                if let Some(other) = virtual_addresses.insert(addr, u.service.value.clone()) {
+                    return Err(invalid(
+                        a.referenced.line(),
+                        field,
+                        Problem::VirtualAddressInUse(addr, other),
+                    ));
+                }
+            }
             let spec = UpstreamSpec {
                 listen: u.listen,
+                addresses: u.addresses.iter().map(|a| a.value).collect(),
                 connect_timeout: optional(
                     "connectTimeout",
                     &u.connect_timeout,
@@ -708,5 +737,35 @@ workloads:
         assert_eq!(line, 5);
         assert_eq!(field, "workloads[0].upstreams[0].idleTimeout");
         assert!(matches!(problem, Problem::Duration(_)));
+    }
+
+    #[test]
+    fn virtual_addresses_are_concrete_and_one_service_each() {
+        let with = |addresses: &str| {
+            format!(
+                "trustDomain: td\nworkloads:\n  - name: web\n    upstreams:\n      - {{service: db, addresses: {addresses}}}\n      - {{service: cache, addresses: [\"10.96.0.11:6379\"]}}\n  - name: db\n    serve: [{{service: db, target: 127.0.0.1:1}}, {{service: cache, target: 127.0.0.1:2}}]\n"
+            )
+        };
+        let mesh = parse(&with(r#"["10.96.0.10:5432", "[fd00::10]:5432"]"#)).unwrap();
+        assert_eq!(
+            mesh.workloads["web"].upstreams["db"].addresses,
+            vec![
+                "10.96.0.10:5432".parse().unwrap(),
+                "[fd00::10]:5432".parse().unwrap()
+            ]
+        );
+        for (bad, expected) in [
+            (r#"["10.96.0.10:0"]"#, Problem::VirtualAddress),
+            (r#"["0.0.0.0:80"]"#, Problem::VirtualAddress),
+            (
+                r#"["10.96.0.11:6379"]"#,
+                Problem::VirtualAddressInUse("10.96.0.11:6379".parse().unwrap(), "db".into()),
+            ),
+        ] {
+            let (line, field, problem) = problem(&with(bad));
+            assert_eq!(problem, expected, "{bad}");
+            assert!(field.contains(".addresses["), "{field}");
+            assert!(line == 5 || line == 6, "{line}");
+        }
     }
 }
