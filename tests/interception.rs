@@ -26,6 +26,10 @@ const OUTSIDER_IP: &str = "10.77.0.4";
 /// The web service's virtual address, like a ClusterIP: nothing answers
 /// there; only the client proxy's routing by original destination reaches it.
 const WEB_VIP: &str = "10.96.0.10:80";
+/// A service whose allow-list does not name the client.
+const PRIVATE_VIP: &str = "10.96.0.11:80";
+/// A server port init leaves alone (`--skip-inbound-ports`).
+const SKIPPED_PORT: &str = "9100";
 /// The UID the proxies run as (`phoenix-proxy init --proxy-uid`'s default).
 const PROXY_UID: &str = "2102";
 
@@ -204,11 +208,12 @@ fn mesh(mode: &str) -> String {
          controlPlane: {{listen: \"{NODE_IP}:4180\", admin: \"{NODE_IP}:9990\"}}\n\
          workloads:\n\
          \x20 - name: client\n\
-         \x20   upstreams: [{{service: web, addresses: [\"{WEB_VIP}\"]}}, {{service: banner}}]\n\
+         \x20   upstreams: [{{service: web, addresses: [\"{WEB_VIP}\"]}}, {{service: banner}}, {{service: private, addresses: [\"{PRIVATE_VIP}\"]}}]\n\
          \x20 - name: server\n\
          \x20   serve:\n\
          \x20     - {{service: web, target: \"{SERVER_IP}:8080\"}}\n\
-         \x20     - {{service: banner, target: \"{SERVER_IP}:2525\", allow: [client], inboundMode: permissive}}\n"
+         \x20     - {{service: banner, target: \"{SERVER_IP}:2525\", allow: [client], inboundMode: permissive}}\n\
+         \x20     - {{service: private, target: \"{SERVER_IP}:9000\", allow: [ops]}}\n"
     )
 }
 
@@ -404,6 +409,24 @@ fn intercepted_tcp_crosses_the_mesh_encrypted_and_outsiders_follow_the_inbound_m
         ),
     );
 
+    // An app port of the server that init leaves alone.
+    let _skipped_web = Proc::spawn(
+        "skipped-http",
+        t.command(
+            "b",
+            &[
+                "python3",
+                "-m",
+                "http.server",
+                SKIPPED_PORT,
+                "--bind",
+                "0.0.0.0",
+                "--directory",
+                &www_str,
+            ],
+        ),
+    );
+
     // Control plane on the node; init and the proxies in the meshed pods.
     let mut cp_cmd = t.command("node", &[]);
     cp_cmd
@@ -413,13 +436,19 @@ fn intercepted_tcp_crosses_the_mesh_encrypted_and_outsiders_follow_the_inbound_m
     let cp = Proc::spawn("control-plane", cp_cmd);
     let bound: serde_json::Value = serde_json::from_str(&cp.line(Duration::from_secs(30))).unwrap();
     let anchor = PathBuf::from(bound["trustAnchor"].as_str().unwrap());
+    let proxy_bin = bin("phoenix-proxy");
     for pod in ["a", "b"] {
-        let out = t.exec(pod, &[bin("phoenix-proxy").to_str().unwrap(), "init"]);
+        let mut init = vec![proxy_bin.to_str().unwrap(), "init"];
+        if pod == "b" {
+            // As the annotation phoenix.dev/skip-inbound-ports does.
+            init.extend(["--skip-inbound-ports", SKIPPED_PORT]);
+        }
+        let out = t.exec(pod, &init);
         let printed = String::from_utf8_lossy(&out.stdout);
         assert!(printed.contains("-j REDIRECT --to-ports 4140"), "{printed}");
         // Idempotent: a second run leaves the same table.
         let before = t.exec(pod, &["iptables-save", "-t", "nat"]).stdout;
-        t.exec(pod, &[bin("phoenix-proxy").to_str().unwrap(), "init"]);
+        t.exec(pod, &init);
         let after = t.exec(pod, &["iptables-save", "-t", "nat"]).stdout;
         let rules = |b: &[u8]| -> Vec<String> {
             String::from_utf8_lossy(b)
@@ -463,6 +492,10 @@ fn intercepted_tcp_crosses_the_mesh_encrypted_and_outsiders_follow_the_inbound_m
     let by_vip = curl(&t, "a", &format!("http://{WEB_VIP}/index.txt"))
         .expect("curl to the service's virtual address");
     assert_eq!(by_vip, secret.repeat(1000));
+    // A service that does not admit the client: its proxy still knows the
+    // address, so the connection goes over mutual TLS and is refused there
+    // (no plain TCP leaves; the capture below checks).
+    assert_eq!(curl(&t, "a", &format!("http://{PRIVATE_VIP}/")), None);
     // The server-first service answers first, with no detection delay.
     let banner = python(
         &t,
@@ -535,6 +568,18 @@ fn intercepted_tcp_crosses_the_mesh_encrypted_and_outsiders_follow_the_inbound_m
         streams >= 3.0,
         "web (pod and VIP) and banner streams: {streams}"
     );
+    let denied = metric(
+        &server_metrics,
+        "authz_deny_total",
+        &[
+            ("service", "private"),
+            ("client_id", "spiffe://phoenix.local/ns/default/sa/client"),
+        ],
+    );
+    assert_eq!(
+        denied, 1.0,
+        "the denied client was refused by the server proxy"
+    );
 
     // Outside the mesh: plain TCP out of a meshed pod passes through, counted.
     let plain = curl(&t, "a", &format!("http://{OUTSIDER_IP}:9090/index.txt"));
@@ -596,6 +641,18 @@ fn intercepted_tcp_crosses_the_mesh_encrypted_and_outsiders_follow_the_inbound_m
     let before = server_refused();
     assert_eq!(t.get(&format!("http://{SERVER_IP}:9000/")), None);
     assert_eq!(server_refused(), before + 1.0, "refused, not a probe");
+    // A skipped port is the app's alone, even in strict mode: init does not
+    // redirect it, so the proxy neither sees nor counts it.
+    assert_eq!(
+        curl(
+            &t,
+            "c",
+            &format!("http://{SERVER_IP}:{SKIPPED_PORT}/index.txt")
+        )
+        .as_deref(),
+        Some(secret.repeat(1000).as_str())
+    );
+    assert_eq!(server_refused(), before + 1.0);
     // ...and outsiders are passed in permissive mode (the mesh file is reloaded live).
     std::fs::write(&mesh_path, mesh("permissive")).unwrap();
     eventually(
@@ -842,4 +899,35 @@ fn ipv6_pods_are_meshed_like_ipv4_ones() {
         assert!(n >= 1.0, "{side}: {n} X25519MLKEM768 handshakes");
     }
     drop(cp);
+}
+
+/// Without NET_ADMIN, init says what it needs and exits 77 (the injector's
+/// init container has the capability; a hand-made one may not).
+#[test]
+fn init_without_net_admin_exits_77_naming_the_capability() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "the interception test needs root (network namespaces and iptables); CI runs as root"
+    );
+    let ns = format!("phx-77-{:06x}", rand::random::<u32>() & 0xff_ffff);
+    run(&["ip", "netns", "add", &ns]);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .args([
+            "setpriv",
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+        ])
+        .args(["--inh-caps=-all"])
+        .arg(bin("phoenix-proxy"))
+        .arg("init")
+        .output()
+        .unwrap();
+    let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+    assert_eq!(out.status.code(), Some(77), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("NET_ADMIN"), "{stderr}");
 }

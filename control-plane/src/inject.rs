@@ -432,8 +432,8 @@ impl Injector {
 
     /// The init container that programs the pod's network namespace.
     pub fn init(&self, annotations: &BTreeMap<String, String>) -> Result<Container, InjectError> {
-        let mut skip_in = vec![ADMIN_PORT];
-        skip_in.extend(ports(annotations, annotations::SKIP_INBOUND_PORTS)?);
+        // Init never redirects the admin port (`--admin-port`, 4191).
+        let skip_in = ports(annotations, annotations::SKIP_INBOUND_PORTS)?;
         let skip_out = ports(annotations, annotations::SKIP_OUTBOUND_PORTS)?;
         let mut args = vec![
             "init".to_owned(),
@@ -443,9 +443,13 @@ impl Injector {
             OUTBOUND_PORT.to_string(),
             "--inbound-port".to_owned(),
             INBOUND_PORT.to_string(),
-            "--skip-inbound-ports".to_owned(),
-            join(&skip_in),
+            "--admin-port".to_owned(),
+            ADMIN_PORT.to_string(),
         ];
+        if !skip_in.is_empty() {
+            args.push("--skip-inbound-ports".to_owned());
+            args.push(join(&skip_in));
+        }
         if !skip_out.is_empty() {
             args.push("--skip-outbound-ports".to_owned());
             args.push(join(&skip_out));

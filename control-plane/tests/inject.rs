@@ -339,6 +339,8 @@ async fn the_webhook_answers_over_https_with_a_certificate_for_its_service() {
     // API server's selector routed it (one webhook entry per path).
     let mut plain = load("pod");
     plain["metadata"]["annotations"] = json!({});
+    let huge = dir.path().join("huge.json");
+    std::fs::write(&huge, vec![b' '; 5 * 1024 * 1024]).unwrap();
     let unasked = dir.path().join("unasked.json");
     std::fs::write(&unasked, admission_review(plain)).unwrap();
     // curl: a real TLS client verifying the chain and the DNS name.
@@ -366,7 +368,7 @@ async fn the_webhook_answers_over_https_with_a_certificate_for_its_service() {
         let (body, code) = text.rsplit_once('\n').unwrap();
         (code.parse::<u16>().unwrap_or(0), body.to_owned())
     };
-    let (r, g, m, n, by_ns, by_pod) = tokio::task::spawn_blocking(move || {
+    let (r, g, m, n, by_ns, by_pod, big) = tokio::task::spawn_blocking(move || {
         (
             curl("POST", "/inject", Some(&review)),
             curl("POST", "/inject", Some(&garbage)),
@@ -374,6 +376,7 @@ async fn the_webhook_answers_over_https_with_a_certificate_for_its_service() {
             curl("POST", "/elsewhere", None),
             curl("POST", webhook::NAMESPACE_PATH, Some(&unasked)),
             curl("POST", webhook::PATH, Some(&unasked)),
+            curl("POST", webhook::PATH, Some(&huge)),
         )
     })
     .await
@@ -394,6 +397,7 @@ async fn the_webhook_answers_over_https_with_a_certificate_for_its_service() {
     assert_eq!(g.0, 400);
     assert!(g.1.contains("AdmissionReview"), "{}", g.1);
     assert_eq!(m.0, 405);
+    assert_eq!(big.0, 413, "a body over 4 MiB is refused: {}", big.1);
     assert_eq!(n.0, 404);
     server.abort();
 }

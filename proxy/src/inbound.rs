@@ -3,6 +3,7 @@
 //! (per stream, so a policy change applies to the next stream), and is
 //! connected to the local app.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -15,9 +16,70 @@ use phoenix_tls::handshake::{ClientAuth, HandshakeFailure, peer_identity};
 use phoenix_tls::kx::group_name;
 use tokio::net::TcpStream;
 
+use crate::config::{InboundConfig, ProxyConfig};
 use crate::metrics::{DenyLabels, Direction, GaugeGuard, Outcome, QuicLabels, Side};
 use crate::relay::{self, Start};
 use crate::state::Shared;
+
+/// What an inbound stream gets.
+#[derive(Debug, PartialEq, Eq)]
+pub enum InboundRoute<'a> {
+    /// Connect to the app at `target` for `service`.
+    Connect {
+        /// The service.
+        service: &'a str,
+        /// Where the app listens.
+        target: SocketAddr,
+    },
+    /// This pod serves nothing there.
+    NoRoute,
+    /// `service`'s allow-list does not name the client.
+    Denied {
+        /// The first service that refuses.
+        service: &'a str,
+    },
+}
+
+/// The route of a stream from `client` (pure: tested without sockets).
+///
+/// By name (the client knew the service), under that service's allow-list;
+/// or by the pod address and port the client's app dialled (intercepted):
+/// only ports this pod serves are reachable, and when several services
+/// share the port, every one of them must admit the client (the strictest
+/// wins, as for plain TCP's inbound mode), so dialling the pod directly
+/// never bypasses a service's policy.
+pub fn route<'a>(
+    config: &'a ProxyConfig,
+    service: Option<&str>,
+    original_dst: Option<SocketAddr>,
+    client: &SpiffeId,
+) -> InboundRoute<'a> {
+    let reached: Vec<(&'a str, &'a InboundConfig, SocketAddr)> = match (service, original_dst) {
+        (Some(name), _) => config
+            .inbound
+            .get_key_value(name)
+            .map(|(s, i)| (s.as_str(), i, i.target))
+            .into_iter()
+            .collect(),
+        (None, Some(dst)) => config
+            .inbound
+            .iter()
+            .filter_map(|(s, i)| Some((s.as_str(), i, i.reached_at(dst)?)))
+            .collect(),
+        (None, None) => Vec::new(),
+    };
+    let admits = |i: &InboundConfig| match &i.allow {
+        Some(allow) => allow.admits(client),
+        None => client.trust_domain() == config.mesh.trust_domain,
+    };
+    if let Some((service, ..)) = reached.iter().find(|(_, i, _)| !admits(i)) {
+        return InboundRoute::Denied { service };
+    }
+    match reached.first() {
+        Some(&(service, _, target)) => InboundRoute::Connect { service, target },
+        None => InboundRoute::NoRoute,
+    }
+}
 
 /// How long a peer has to send a complete header on a new stream.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -151,42 +213,31 @@ async fn stream(
     let Some(config) = shared.config.load_full() else {
         return respond_and_close(shared, send, recv, Status::NoRoute).await;
     };
-    // By name (the client knew the service), or by the pod address and port
-    // the client's app dialled (intercepted): only ports this pod serves are
-    // reachable, each under its service's allow-list.
-    let found = match (request.service.as_deref(), request.original_dst) {
-        (Some(name), _) => config
-            .inbound
-            .get_key_value(name)
-            .map(|(s, i)| (s, i, i.target)),
-        (None, Some(dst)) => config
-            .inbound
-            .iter()
-            .find_map(|(s, i)| Some((s, i, i.reached_at(dst)?))),
-        (None, None) => None,
+    let (service, target) = match route(
+        &config,
+        request.service.as_deref(),
+        request.original_dst,
+        &client,
+    ) {
+        InboundRoute::Connect { service, target } => (service, target),
+        InboundRoute::NoRoute => {
+            let asked = request.service.as_deref().unwrap_or_default();
+            tracing::info!(%client, service = asked, original_dst = ?request.original_dst, connection = id, "no such service here");
+            return respond_and_close(shared, send, recv, Status::NoRoute).await;
+        }
+        InboundRoute::Denied { service } => {
+            tracing::info!(%client, service, connection = id, "denied by the service's allow-list");
+            shared
+                .metrics
+                .authz_deny
+                .get_or_create(&DenyLabels {
+                    service: service.to_owned(),
+                    client_id: client.to_string(),
+                })
+                .inc();
+            return respond_and_close(shared, send, recv, Status::Denied).await;
+        }
     };
-    let Some((service, inbound, target)) = found else {
-        let asked = request.service.as_deref().unwrap_or_default();
-        tracing::info!(%client, service = asked, original_dst = ?request.original_dst, connection = id, "no such service here");
-        return respond_and_close(shared, send, recv, Status::NoRoute).await;
-    };
-    let service = service.as_str();
-    let allowed = match &inbound.allow {
-        Some(allow) => allow.admits(client),
-        None => client.trust_domain() == config.mesh.trust_domain,
-    };
-    if !allowed {
-        tracing::info!(%client, service, connection = id, "denied by the service's allow-list");
-        shared
-            .metrics
-            .authz_deny
-            .get_or_create(&DenyLabels {
-                service: service.to_owned(),
-                client_id: client.to_string(),
-            })
-            .inc();
-        return respond_and_close(shared, send, recv, Status::Denied).await;
-    }
     let tcp =
         match tokio::time::timeout(config.mesh.connect_timeout, TcpStream::connect(target)).await {
             Ok(Ok(tcp)) => tcp,

@@ -42,9 +42,13 @@ pub struct InitArgs {
     /// Port of the proxy's inbound redirect listener (`--inbound-redirect`).
     #[arg(long, default_value_t = 4141)]
     pub inbound_port: u16,
-    /// Inbound TCP ports not redirected, comma-separated (the proxy's admin
-    /// port by default, so probes of /ready reach it).
-    #[arg(long, value_delimiter = ',', default_value = "4191")]
+    /// The proxy's admin port: never redirected, so the kubelet's probes of
+    /// /ready and Prometheus reach the proxy itself, whatever else is skipped.
+    #[arg(long, default_value_t = 4191)]
+    pub admin_port: u16,
+    /// Further inbound TCP ports not redirected, comma-separated (the app's
+    /// own, e.g. a port it must serve in clear).
+    #[arg(long, value_delimiter = ',')]
     pub skip_inbound_ports: Vec<u16>,
     /// Outbound TCP ports not redirected, comma-separated.
     #[arg(long, value_delimiter = ',')]
@@ -190,7 +194,13 @@ pub enum InitError {
 /// jumps into them).
 pub fn rules(args: &InitArgs) -> Vec<String> {
     let mut r = Vec::new();
+    let mut skipped = vec![args.admin_port];
     for port in &args.skip_inbound_ports {
+        if !skipped.contains(port) {
+            skipped.push(*port);
+        }
+    }
+    for port in &skipped {
         r.push(format!(
             "-A {INBOUND_CHAIN} -p tcp -m tcp --dport {port} -j RETURN"
         ));
@@ -410,6 +420,18 @@ mod tests {
                 .collect::<Vec<_>>(),
             [
                 "-A PHOENIX_INBOUND -p tcp -m tcp --dport 4191 -j RETURN",
+                "-A PHOENIX_INBOUND -p tcp -j REDIRECT --to-ports 4141",
+            ]
+        );
+        // Skipping app ports keeps the admin port skipped (listed once).
+        let r = rules(&args(&["--skip-inbound-ports", "9100,4191"]));
+        assert_eq!(
+            r.iter()
+                .filter(|l| l.contains(INBOUND_CHAIN))
+                .collect::<Vec<_>>(),
+            [
+                "-A PHOENIX_INBOUND -p tcp -m tcp --dport 4191 -j RETURN",
+                "-A PHOENIX_INBOUND -p tcp -m tcp --dport 9100 -j RETURN",
                 "-A PHOENIX_INBOUND -p tcp -j REDIRECT --to-ports 4141",
             ]
         );

@@ -474,6 +474,69 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_address_is_reached_only_under_every_policy_of_its_port() {
+        use crate::inbound::{InboundRoute, route as inbound_route};
+        let mut c = config();
+        let web: phoenix_api::SpiffeId = "spiffe://td/ns/shop/sa/web".parse().unwrap();
+        let ops: phoenix_api::SpiffeId = "spiffe://td/ns/shop/sa/ops".parse().unwrap();
+        // Two services on port 5432; one lets only ops in.
+        for (name, allow) in [("db.shop:5432", None), ("db-admin.shop:5432", Some(&ops))] {
+            c.inbound.insert(
+                name.into(),
+                crate::config::InboundConfig {
+                    target: "10.0.0.5:5432".parse().unwrap(),
+                    other_ips: vec![],
+                    allow: allow.map(|id| crate::config::AllowList {
+                        ids: [id.clone()].into(),
+                        namespaces: Default::default(),
+                    }),
+                    inbound_mode: None,
+                },
+            );
+        }
+        let dst = Some("10.0.0.5:5432".parse().unwrap());
+        // By name, each service's own list.
+        assert_eq!(
+            inbound_route(&c, Some("db.shop:5432"), None, &web),
+            InboundRoute::Connect {
+                service: "db.shop:5432",
+                target: "10.0.0.5:5432".parse().unwrap()
+            }
+        );
+        assert_eq!(
+            inbound_route(&c, Some("db-admin.shop:5432"), None, &web),
+            InboundRoute::Denied {
+                service: "db-admin.shop:5432"
+            }
+        );
+        // By pod address, every service of the port must admit the client.
+        assert_eq!(
+            inbound_route(&c, None, dst, &web),
+            InboundRoute::Denied {
+                service: "db-admin.shop:5432"
+            }
+        );
+        assert!(matches!(
+            inbound_route(&c, None, dst, &ops),
+            InboundRoute::Connect { .. }
+        ));
+        assert_eq!(
+            inbound_route(&c, None, Some("10.0.0.5:22".parse().unwrap()), &ops),
+            InboundRoute::NoRoute
+        );
+        assert_eq!(
+            inbound_route(&c, Some("nope"), None, &ops),
+            InboundRoute::NoRoute
+        );
+        // Another trust domain is never "the mesh".
+        let stranger: phoenix_api::SpiffeId = "spiffe://other/ns/shop/sa/web".parse().unwrap();
+        assert!(matches!(
+            inbound_route(&c, Some("db.shop:5432"), None, &stranger),
+            InboundRoute::Denied { .. }
+        ));
+    }
+
+    #[test]
     fn a_dual_stack_pod_applies_its_service_mode_on_every_address() {
         let mut c = config();
         c.mesh.inbound_mode = InboundMode::Permissive;

@@ -129,6 +129,14 @@ async fn handle(req: Request<Incoming>, webhook: &Webhook) -> Response<Full<Byte
             format!("POST an AdmissionReview to {PATH} or {NAMESPACE_PATH}"),
         );
     }
+    // A declared length over the limit is refused before reading a byte
+    // (with `Expect: 100-continue`, before the client sends it).
+    if hyper::body::Body::size_hint(req.body()).lower() > MAX_BODY as u64 {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the AdmissionReview exceeds {MAX_BODY} bytes"),
+        );
+    }
     let body = match tokio::time::timeout(
         IO_TIMEOUT,
         Limited::new(req.into_body(), MAX_BODY).collect(),
