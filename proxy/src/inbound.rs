@@ -217,7 +217,7 @@ async fn stream(
         &config,
         request.service.as_deref(),
         request.original_dst,
-        &client,
+        client,
     ) {
         InboundRoute::Connect { service, target } => (service, target),
         InboundRoute::NoRoute => {
