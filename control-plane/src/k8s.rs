@@ -11,6 +11,7 @@ pub mod index;
 pub mod install;
 pub mod leader;
 pub mod live;
+pub mod network_policy;
 pub mod policy;
 pub mod rbac;
 pub mod records;

@@ -612,9 +612,15 @@ async fn phoenix_check_reports_each_problem_with_its_fix() {
                     "spec": {"trustDomain": "cluster.local"}})),
                 ("GET", "/api/v1/pods") => ok(json!({
                     "apiVersion": "v1", "kind": "PodList", "metadata": {},
-                    "items": [{"metadata": {"name": "web-0", "namespace": "shop"},
+                    "items": [{"metadata": {"name": "web-0", "namespace": "shop", "labels": {"app": "web", "phoenix.dev/meshed": "true"}},
                                "spec": {"containers": []},
                                "status": {"initContainerStatuses": [{"name": "phoenix-proxy", "ready": true, "restartCount": 0, "image": "p", "imageID": ""}]}}]})),
+                // A policy written for the app's TCP port: QUIC is not let in.
+                ("GET", "/apis/networking.k8s.io/v1/networkpolicies") => ok(json!({
+                    "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicyList", "metadata": {},
+                    "items": [{"metadata": {"name": "web-http", "namespace": "shop"},
+                               "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                                        "ingress": [{"ports": [{"protocol": "TCP", "port": 8080}]}]}}]})),
                 ("GET", "/api/v1/namespaces/shop/pods/web-0:4191/proxy/metrics") => {
                     send.send_response(Response::builder().status(StatusCode::OK).body(Body::from(
                         "tls_handshakes_total{side=\"client\",kx_group=\"X25519MLKEM768\",result=\"success\"} 5\n\
@@ -660,6 +666,14 @@ async fn phoenix_check_reports_each_problem_with_its_fix() {
     assert_eq!(
         (pq.status, pq.detail.as_str()),
         (Status::Ok, "X25519MLKEM768: 5")
+    );
+    let policies = status("NetworkPolicies let proxies reach each other (UDP 4143)");
+    assert_eq!(policies.status, Status::Fail);
+    assert!(
+        policies.detail.contains("shop/web-0 (ingress: shop/web-http)")
+            && policies.detail.contains("protocol: UDP"),
+        "{}",
+        policies.detail
     );
     let udp = status("proxies reach each other over UDP");
     assert_eq!(udp.status, Status::Warn);

@@ -6,8 +6,9 @@
 //! the control plane, the webhook (configured, and injecting a dry-run pod),
 //! the MeshConfig (a warning while `permissive`), and every meshed proxy:
 //! ready, which key-exchange groups its handshakes used, and whether
-//! handshakes time out (a NetworkPolicy that allows TCP but not UDP silently
-//! breaks QUIC).
+//! handshakes time out, and whether NetworkPolicies open UDP 4143 to and
+//! from meshed pods (a policy written for the app's TCP port silently breaks
+//! QUIC; see [`super::network_policy`]).
 
 use std::collections::BTreeMap;
 
@@ -17,6 +18,7 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
@@ -475,6 +477,7 @@ async fn proxies(client: &kube::Client, r: &mut Report) {
             ),
         );
     }
+    network_policies(client, &list, r).await;
     let mut groups: BTreeMap<String, f64> = BTreeMap::new();
     let mut timeouts = 0.0;
     let mut unreadable = 0;
@@ -531,6 +534,55 @@ async fn proxies(client: &kube::Client, r: &mut Report) {
         } else {
             String::new()
         },
+    );
+}
+
+/// NetworkPolicies that open some traffic to or from meshed pods but not
+/// the proxies' UDP port.
+async fn network_policies(client: &kube::Client, meshed: &[Pod], r: &mut Report) {
+    const CHECK: &str = "NetworkPolicies let proxies reach each other (UDP 4143)";
+    let policies: Api<NetworkPolicy> = Api::all(client.clone());
+    let list = match policies.list(&ListParams::default()).await {
+        Ok(l) => l.items,
+        Err(error) => {
+            return r.push(
+                "phoenix-data-plane",
+                CHECK,
+                Status::Warn,
+                format!(
+                    "cannot list NetworkPolicies ({error}); check them for UDP {} by hand",
+                    inject::QUIC_PORT
+                ),
+            );
+        }
+    };
+    let blocked = super::network_policy::blocked(&list, meshed, inject::QUIC_PORT, "phoenix-quic");
+    if blocked.is_empty() {
+        return r.push("phoenix-data-plane", CHECK, Status::Ok, String::new());
+    }
+    let shown: Vec<String> = blocked
+        .iter()
+        .take(5)
+        .map(|b| {
+            format!(
+                "{} ({}: {})",
+                b.pod,
+                b.direction.as_str(),
+                b.policies.join(", ")
+            )
+        })
+        .collect();
+    let more = blocked.len().saturating_sub(shown.len());
+    r.push(
+        "phoenix-data-plane",
+        CHECK,
+        Status::Fail,
+        format!(
+            "{}{}: meshed traffic crosses as QUIC on UDP {port}, which these policies do not open; add `- protocol: UDP` / `port: {port}` to their ports (ingress and egress)",
+            shown.join("; "),
+            if more > 0 { format!(" and {more} more") } else { String::new() },
+            port = inject::QUIC_PORT,
+        ),
     );
 }
 
