@@ -670,7 +670,9 @@ async fn phoenix_check_reports_each_problem_with_its_fix() {
     let policies = status("NetworkPolicies let proxies reach each other (UDP 4143)");
     assert_eq!(policies.status, Status::Fail);
     assert!(
-        policies.detail.contains("shop/web-0 (ingress: shop/web-http)")
+        policies
+            .detail
+            .contains("shop/web-0 (ingress: shop/web-http)")
             && policies.detail.contains("protocol: UDP"),
         "{}",
         policies.detail

@@ -220,7 +220,7 @@ mod tests {
                    "ingress": [{"ports": [{"port": 8080}]}]}),
         );
         let found = blocked(
-            &[tcp_only.clone()],
+            std::slice::from_ref(&tcp_only),
             &[web.clone(), db.clone(), other.clone()],
             4143,
             "phoenix-quic",
@@ -250,7 +250,7 @@ mod tests {
             assert_eq!(
                 blocked(
                     &[tcp_only.clone(), quic],
-                    &[web.clone()],
+                    std::slice::from_ref(&web),
                     4143,
                     "phoenix-quic"
                 ),
@@ -265,7 +265,7 @@ mod tests {
             json!({"podSelector": {}, "ingress": [{"ports": [{"port": 4143}]}]}),
         );
         assert_eq!(
-            blocked(&[wrong], &[web.clone()], 4143, "phoenix-quic").len(),
+            blocked(&[wrong], std::slice::from_ref(&web), 4143, "phoenix-quic").len(),
             1
         );
         let open = policy(
@@ -276,7 +276,7 @@ mod tests {
         assert_eq!(
             blocked(
                 &[tcp_only.clone(), open],
-                &[web.clone()],
+                std::slice::from_ref(&web),
                 4143,
                 "phoenix-quic"
             ),
@@ -289,7 +289,7 @@ mod tests {
             json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
         );
         assert_eq!(
-            blocked(&[deny], &[web.clone()], 4143, "phoenix-quic"),
+            blocked(&[deny], std::slice::from_ref(&web), 4143, "phoenix-quic"),
             vec![]
         );
         // Egress rules that open DNS only cut the client proxy off its peers.
