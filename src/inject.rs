@@ -17,11 +17,6 @@ pub struct InjectArgs {
     /// Manifests to inject (YAML, several documents allowed); `-` reads stdin.
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<PathBuf>,
-    /// The mesh roots proxies trust until the control plane sends its
-    /// bundle (the control plane's `trust-bundle.crt`; in a cluster the
-    /// `ca.crt` of the `phoenix-ca` Secret).
-    #[arg(long)]
-    trust_anchor: PathBuf,
     /// The proxy image.
     #[arg(long, default_value = concat!("ghcr.io/phoenix-mesh/phoenix-proxy:", env!("CARGO_PKG_VERSION")))]
     image: String,
@@ -52,13 +47,10 @@ pub fn run(args: &InjectArgs) -> ExitCode {
 
 fn inject_all(args: &InjectArgs) -> anyhow::Result<String> {
     use anyhow::Context;
-    let pem = std::fs::read_to_string(&args.trust_anchor)
-        .with_context(|| format!("cannot read --trust-anchor {}", args.trust_anchor.display()))?;
     let injector = Injector {
         image: args.image.clone(),
         control_plane: args.control_plane.clone(),
         control_plane_identity: args.control_plane_identity.clone(),
-        trust_bundle_pem: pem,
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
     let mut out = String::new();

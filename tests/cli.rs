@@ -229,12 +229,6 @@ fn sigterm_stops_up_cleanly() {
 #[test]
 fn inject_adds_the_proxy_to_workloads_once() {
     let dir = tempfile::tempdir().unwrap();
-    let anchor = dir.path().join("ca.crt");
-    std::fs::write(
-        &anchor,
-        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
-    )
-    .unwrap();
     let manifests = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("control-plane/tests/golden/inject/deployment.yaml");
     let service = dir.path().join("svc.yaml");
@@ -245,7 +239,7 @@ fn inject_adds_the_proxy_to_workloads_once() {
     .unwrap();
     let inject = |files: &[&std::path::Path]| {
         let mut cmd = Command::new(bin("phoenix"));
-        cmd.arg("inject").arg("--trust-anchor").arg(&anchor);
+        cmd.arg("inject");
         for f in files {
             cmd.arg("-f").arg(f);
         }
@@ -280,8 +274,7 @@ fn inject_adds_the_proxy_to_workloads_once() {
     );
     // A missing file is a config error with its name.
     let out = Command::new(bin("phoenix"))
-        .args(["inject", "-f", "/nonexistent.yaml", "--trust-anchor"])
-        .arg(&anchor)
+        .args(["inject", "-f", "/nonexistent.yaml"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));

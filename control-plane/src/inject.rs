@@ -16,9 +16,10 @@ use std::collections::BTreeMap;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
-    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    Capabilities, ConfigMapProjection, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, KeyToPath, ObjectFieldSelector, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume,
+    VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -39,6 +40,11 @@ pub const INIT_CONTAINER: &str = "phoenix-init";
 pub const TOKEN_VOLUME: &str = "phoenix-token";
 /// Where the token is mounted in the proxy.
 pub const TOKEN_DIR: &str = "/var/run/secrets/phoenix";
+/// The ConfigMap every namespace holds the mesh roots in (written by the
+/// control plane's leader), projected next to the token.
+pub const TRUST_CONFIG_MAP: &str = "phoenix-trust-bundle";
+/// Its key (and the file's name in [`TOKEN_DIR`]).
+pub const TRUST_KEY: &str = "ca.crt";
 /// A writable /run for the init container (legacy iptables takes its lock
 /// file there; the root filesystem is read-only).
 pub const INIT_RUN_VOLUME: &str = "phoenix-init-run";
@@ -80,8 +86,6 @@ pub struct Injector {
     pub control_plane: String,
     /// The control plane's SPIFFE ID.
     pub control_plane_identity: String,
-    /// Roots the proxy trusts until the control plane sends its bundle.
-    pub trust_bundle_pem: String,
     /// The Phoenix version (the `phoenix.dev/injected` value).
     pub version: String,
 }
@@ -361,7 +365,9 @@ impl Injector {
                         "PHOENIX_CONTROL_PLANE_IDENTITY",
                         &self.control_plane_identity,
                     ),
-                    env("PHOENIX_TRUST_ANCHOR_PEM", &self.trust_bundle_pem),
+                    // The roots in force, from the namespace's ConfigMap
+                    // (current at every container start, unlike a copy).
+                    env("PHOENIX_TRUST_ANCHOR", &format!("{TOKEN_DIR}/{TRUST_KEY}")),
                     env("PHOENIX_TOKEN_FILE", &format!("{TOKEN_DIR}/token")),
                     // `[::]`: both families (IPv6-primary and dual-stack
                     // pods); the proxy falls back to IPv4 where the kernel
@@ -501,19 +507,36 @@ impl Injector {
         }
     }
 
-    /// The projected ServiceAccount token volume.
+    /// The proxy's credentials volume: the projected ServiceAccount token,
+    /// and the namespace's trust bundle (the roots in force when the
+    /// container starts; the ConfigMap must exist, so a pod waits for the
+    /// control plane to write it rather than start without roots).
     pub fn token_volume() -> Volume {
         Volume {
             name: TOKEN_VOLUME.to_owned(),
             projected: Some(ProjectedVolumeSource {
-                sources: Some(vec![VolumeProjection {
-                    service_account_token: Some(ServiceAccountTokenProjection {
-                        audience: Some(TOKEN_AUDIENCE.to_owned()),
-                        expiration_seconds: Some(3600),
-                        path: "token".to_owned(),
-                    }),
-                    ..VolumeProjection::default()
-                }]),
+                sources: Some(vec![
+                    VolumeProjection {
+                        service_account_token: Some(ServiceAccountTokenProjection {
+                            audience: Some(TOKEN_AUDIENCE.to_owned()),
+                            expiration_seconds: Some(3600),
+                            path: "token".to_owned(),
+                        }),
+                        ..VolumeProjection::default()
+                    },
+                    VolumeProjection {
+                        config_map: Some(ConfigMapProjection {
+                            name: TRUST_CONFIG_MAP.to_owned(),
+                            items: Some(vec![KeyToPath {
+                                key: TRUST_KEY.to_owned(),
+                                path: TRUST_KEY.to_owned(),
+                                mode: None,
+                            }]),
+                            optional: Some(false),
+                        }),
+                        ..VolumeProjection::default()
+                    },
+                ]),
                 ..ProjectedVolumeSource::default()
             }),
             ..Volume::default()
@@ -648,7 +671,6 @@ mod tests {
             image: "img".into(),
             control_plane: "cp:4180".into(),
             control_plane_identity: "spiffe://td/ns/p/sa/cp".into(),
-            trust_bundle_pem: "pem".into(),
             version: "0.1.0".into(),
         };
         let e = i

@@ -18,6 +18,7 @@ pub mod records;
 pub mod run;
 pub mod status;
 pub mod token_review;
+pub mod trust_bundle;
 pub mod watch;
 pub mod webhook;
 pub mod webhook_config;

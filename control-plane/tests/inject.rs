@@ -21,7 +21,6 @@ fn injector() -> Injector {
         control_plane: "phoenix-control-plane.phoenix-system.svc:4180".into(),
         control_plane_identity: "spiffe://cluster.local/ns/phoenix-system/sa/phoenix-control-plane"
             .into(),
-        trust_bundle_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
         version: "0.1.0".into(),
     }
 }

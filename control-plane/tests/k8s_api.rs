@@ -462,6 +462,73 @@ async fn the_webhook_ca_bundle_follows_the_mesh_roots() {
 }
 
 #[tokio::test]
+async fn every_namespace_gets_the_mesh_roots_in_a_config_map() {
+    use phoenix_control_plane::k8s::trust_bundle::ensure;
+    let (client, mut server) = mock();
+    let path = "/api/v1/namespaces/shop/configmaps/phoenix-trust-bundle";
+    let old = "-----BEGIN CERTIFICATE-----\nOLD\n-----END CERTIFICATE-----\n";
+    let new = "-----BEGIN CERTIFICATE-----\nNEW\n-----END CERTIFICATE-----\n";
+    let run = |bundle: &'static str| {
+        let c = client.clone();
+        tokio::spawn(async move { ensure(c, "shop", bundle).await })
+    };
+
+    // Absent: created, with the roots under ca.crt.
+    let task = run(old);
+    let (req, send) = next(&mut server).await;
+    assert_eq!((req.method(), req.uri().path()), (&Method::GET, path));
+    respond(send, StatusCode::NOT_FOUND, status_body(404, "NotFound"));
+    let (req, send) = next(&mut server).await;
+    assert_eq!(
+        (req.method(), req.uri().path()),
+        (&Method::POST, "/api/v1/namespaces/shop/configmaps")
+    );
+    let mut created = body_json(req).await;
+    assert_eq!(created["metadata"]["name"], "phoenix-trust-bundle");
+    assert_eq!(created["data"]["ca.crt"], old);
+    created["metadata"]["resourceVersion"] = json!("7");
+    respond(send, StatusCode::CREATED, created.clone());
+    assert!(task.await.unwrap().unwrap(), "created");
+
+    // Current: read, nothing written.
+    let task = run(old);
+    let (_, send) = next(&mut server).await;
+    respond(send, StatusCode::OK, created.clone());
+    assert!(!task.await.unwrap().unwrap());
+
+    // After a rotation: replaced, conditional on the version read.
+    let task = run(new);
+    let (_, send) = next(&mut server).await;
+    respond(send, StatusCode::OK, created.clone());
+    let (req, send) = next(&mut server).await;
+    assert_eq!((req.method(), req.uri().path()), (&Method::PUT, path));
+    let written = body_json(req).await;
+    assert_eq!(written["metadata"]["resourceVersion"], "7");
+    assert_eq!(written["data"]["ca.crt"], new);
+    respond(send, StatusCode::OK, written);
+    assert!(task.await.unwrap().unwrap());
+
+    // Two writers creating at once: the loser's 409 is not an error.
+    let task = run(new);
+    let (_, send) = next(&mut server).await;
+    respond(send, StatusCode::NOT_FOUND, status_body(404, "NotFound"));
+    let (_, send) = next(&mut server).await;
+    respond(
+        send,
+        StatusCode::CONFLICT,
+        status_body(409, "AlreadyExists"),
+    );
+    assert!(!task.await.unwrap().unwrap());
+
+    // Forbidden (RBAC): an error naming the object.
+    let task = run(new);
+    let (_, send) = next(&mut server).await;
+    respond(send, StatusCode::FORBIDDEN, status_body(403, "Forbidden"));
+    let e = task.await.unwrap().unwrap_err();
+    assert!(e.to_string().contains("shop/phoenix-trust-bundle"), "{e}");
+}
+
+#[tokio::test]
 async fn the_leader_takes_the_lease_and_writes_policy_status() {
     use phoenix_control_plane::crd::TrafficPolicy;
     use phoenix_control_plane::k8s::policy::PolicyRecord;

@@ -305,6 +305,11 @@ impl Index {
         }
     }
 
+    /// Every namespace seen (where the trust-bundle ConfigMap belongs).
+    pub fn namespace_names(&self) -> Vec<String> {
+        self.namespaces.keys().cloned().collect()
+    }
+
     /// Sets or deletes a TrafficPolicy.
     pub fn apply_policy(&mut self, key: ObjectKey, record: Option<PolicyRecord>) {
         if self.policies.get(&key) == record.as_ref() {

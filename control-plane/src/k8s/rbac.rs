@@ -64,6 +64,13 @@ const CLUSTER_RULES: &[Rule] = &[
         why: "the injection webhook's caBundle, kept equal to the mesh roots (k8s/webhook_config.rs)",
     },
     Rule {
+        group: "",
+        resources: &["configmaps"],
+        names: &[],
+        verbs: &["get", "create", "update"],
+        why: "the mesh roots in every namespace, for injected proxies to start from (k8s/trust_bundle.rs)",
+    },
+    Rule {
         group: "authentication.k8s.io",
         resources: &["tokenreviews"],
         names: &[],

@@ -257,6 +257,13 @@ pub async fn run(
         live.clone(),
         lead.clone(),
     ));
+    let (phases, phase_rx) = tokio::sync::watch::channel(phase.clone());
+    tasks.spawn(super::trust_bundle::run(
+        client.clone(),
+        live.clone(),
+        phase_rx.clone(),
+        lead.clone(),
+    ));
 
     let admin_state = Arc::new(KubeAdmin {
         lead,
@@ -268,7 +275,6 @@ pub async fn run(
         live: live.clone(),
         reviewer: Reviewer::new(client.clone()),
     }));
-    let (phases, phase_rx) = tokio::sync::watch::channel(phase.clone());
     if let Some(addr) = settings.webhook_listen {
         let listener = TcpListener::bind(addr)
             .await
@@ -285,7 +291,6 @@ pub async fn run(
             image: settings.proxy_image.clone(),
             control_plane: format!("{svc}.{ns}.svc:{}", settings.listen.port()),
             control_plane_identity: cp_identity.to_string(),
-            trust_bundle_pem: phase.bundle.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         };
         let credentials = Arc::new(Credentials::default());
@@ -293,13 +298,12 @@ pub async fn run(
             injector: arc_swap::ArcSwap::from_pointee(injector),
         });
         let tls = super::webhook::tls_config(credentials.clone())?;
-        tasks.spawn(super::webhook::serve(listener, tls, webhook.clone()));
+        tasks.spawn(super::webhook::serve(listener, tls, webhook));
         tasks.spawn(follow_roots(
             client.clone(),
             settings.webhook_config.clone(),
             phase_rx.clone(),
             admin_state.lead.clone(),
-            webhook,
             credentials,
             cp_identity,
             dns,
@@ -363,15 +367,14 @@ pub async fn run(
 }
 
 /// Keeps the webhook in step with the mesh roots: its certificate from the
-/// root that signs, the injector's bundle, and (on the leader) the
-/// configuration's `caBundle`, re-checked every minute.
+/// root that signs and (on the leader) the configuration's `caBundle`,
+/// re-checked every minute.
 #[allow(clippy::too_many_arguments)]
 async fn follow_roots(
     client: kube::Client,
     config_name: String,
     mut phases: tokio::sync::watch::Receiver<Phase>,
     mut lead: tokio::sync::watch::Receiver<bool>,
-    webhook: Arc<Webhook>,
     credentials: Arc<Credentials>,
     identity: SpiffeId,
     dns: Vec<String>,
@@ -389,11 +392,6 @@ async fn follow_roots(
                     tracing::error!(%error, "cannot issue the webhook certificate; retrying")
                 }
             }
-        }
-        if webhook.injector.load().trust_bundle_pem != phase.bundle {
-            let mut next = (**webhook.injector.load()).clone();
-            next.trust_bundle_pem = phase.bundle.clone();
-            webhook.injector.store(Arc::new(next));
         }
         if *lead.borrow_and_update() {
             match super::webhook_config::ensure_ca_bundle(
