@@ -252,6 +252,8 @@ fn proxy(t: &Topology, pod: &str, token: &str, anchor: &Path) -> Proc {
         // The node plays the kubelet: its probes of the app's port 8080
         // pass even in strict mode (the injector lists the probed ports).
         .args(["--probe-sources", t.ip("node"), "--probe-ports", "8080"])
+        // status.podIPs, as the injector passes it.
+        .args(["--pod-ips", t.ip(pod)])
         .env("PHOENIX_TOKEN", token);
     Proc::spawn(&format!("proxy-{pod}"), cmd)
 }
@@ -496,6 +498,21 @@ fn intercepted_tcp_crosses_the_mesh_encrypted_and_outsiders_follow_the_inbound_m
     // address, so the connection goes over mutual TLS and is refused there
     // (no plain TCP leaves; the capture below checks).
     assert_eq!(curl(&t, "a", &format!("http://{PRIVATE_VIP}/")), None);
+    // Ports no service lists are still the pod's: an app's extra port and
+    // the proxy's own admin port (a meshed Prometheus scrapes both), over
+    // the mesh like the rest.
+    assert_eq!(
+        curl(
+            &t,
+            "a",
+            &format!("http://{SERVER_IP}:{SKIPPED_PORT}/index.txt")
+        )
+        .as_deref(),
+        Some(secret.repeat(1000).as_str())
+    );
+    let scraped = curl(&t, "a", &format!("http://{SERVER_IP}:4191/metrics"))
+        .expect("a meshed client scrapes the server proxy");
+    assert!(scraped.contains("tls_handshakes_total"));
     // The server-first service answers first, with no detection delay.
     let banner = python(
         &t,

@@ -380,6 +380,9 @@ impl Injector {
                     ),
                     env("PHOENIX_INBOUND_REDIRECT", &format!("[::]:{INBOUND_PORT}")),
                 ];
+                // Its own addresses: where meshed clients may reach ports
+                // no Service lists (metrics scrapes of the app and proxy).
+                vars.push(field_env("PHOENIX_POD_IPS", "status.podIPs"));
                 if !probe_ports.is_empty() {
                     // The kubelet probes from the node's addresses: its plain
                     // TCP to the probed ports (and no other) passes even in

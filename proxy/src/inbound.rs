@@ -3,7 +3,7 @@
 //! (per stream, so a policy change applies to the next stream), and is
 //! connected to the local app.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -42,17 +42,22 @@ pub enum InboundRoute<'a> {
 
 /// The route of a stream from `client` (pure: tested without sockets).
 ///
-/// By name (the client knew the service), under that service's allow-list;
-/// or by the pod address and port the client's app dialled (intercepted):
-/// only ports this pod serves are reachable, and when several services
-/// share the port, every one of them must admit the client (the strictest
-/// wins, as for plain TCP's inbound mode), so dialling the pod directly
-/// never bypasses a service's policy.
+/// By name (the client knew the service), under that service's allow-list.
+/// Or by the pod address and port the client's app dialled (intercepted):
+/// a port some services serve admits the client when one of them does
+/// (the client could name that one: Kubernetes policies are per Service,
+/// and a port two Services expose is as open as the more open one); a port
+/// no service lists (an app's metrics port, the proxy's own admin port, a
+/// headless StatefulSet peer port) is reached at one of the pod's own
+/// addresses (`pod_ips`) by any identity of the trust domain, as it is
+/// reachable in plain TCP without a mesh. Never anything else: not
+/// loopback, not another host.
 pub fn route<'a>(
     config: &'a ProxyConfig,
     service: Option<&str>,
     original_dst: Option<SocketAddr>,
     client: &SpiffeId,
+    pod_ips: &[IpAddr],
 ) -> InboundRoute<'a> {
     let reached: Vec<(&'a str, &'a InboundConfig, SocketAddr)> = match (service, original_dst) {
         (Some(name), _) => config
@@ -72,14 +77,28 @@ pub fn route<'a>(
         Some(allow) => allow.admits(client),
         None => client.trust_domain() == config.mesh.trust_domain,
     };
-    if let Some((service, ..)) = reached.iter().find(|(_, i, _)| !admits(i)) {
-        return InboundRoute::Denied { service };
-    }
-    match reached.first() {
-        Some(&(service, _, target)) => InboundRoute::Connect { service, target },
-        None => InboundRoute::NoRoute,
+    let in_mesh = client.trust_domain() == config.mesh.trust_domain;
+    match (reached.iter().find(|(_, i, _)| admits(i)), reached.first()) {
+        (Some(&(service, _, target)), _) => InboundRoute::Connect { service, target },
+        (None, Some(&(service, ..))) => InboundRoute::Denied { service },
+        (None, None) => match original_dst {
+            Some(dst) if service.is_none() && pod_ips.contains(&dst.ip().to_canonical()) => {
+                if in_mesh {
+                    InboundRoute::Connect {
+                        service: UNLISTED,
+                        target: dst,
+                    }
+                } else {
+                    InboundRoute::Denied { service: UNLISTED }
+                }
+            }
+            _ => InboundRoute::NoRoute,
+        },
     }
 }
+
+/// The `service` label of streams to a port of this pod no service lists.
+pub const UNLISTED: &str = "unlisted";
 
 /// How long a peer has to send a complete header on a new stream.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -213,11 +232,21 @@ async fn stream(
     let Some(config) = shared.config.load_full() else {
         return respond_and_close(shared, send, recv, Status::NoRoute).await;
     };
+    // The pod's addresses: given, and those its services are served at.
+    let mut pod_ips = shared.pod_ips.clone();
+    for i in config.inbound.values() {
+        pod_ips.extend(i.other_ips.iter().copied());
+        let ip = i.target.ip();
+        if !ip.is_unspecified() && !ip.is_loopback() {
+            pod_ips.push(ip);
+        }
+    }
     let (service, target) = match route(
         &config,
         request.service.as_deref(),
         request.original_dst,
         client,
+        &pod_ips,
     ) {
         InboundRoute::Connect { service, target } => (service, target),
         InboundRoute::NoRoute => {

@@ -474,64 +474,99 @@ mod tests {
     }
 
     #[test]
-    fn a_pod_address_is_reached_only_under_every_policy_of_its_port() {
-        use crate::inbound::{InboundRoute, route as inbound_route};
+    fn a_pod_address_is_reached_under_its_services_policies_or_as_an_unlisted_port() {
+        use crate::inbound::{InboundRoute, UNLISTED, route as inbound_route};
         let mut c = config();
         let web: phoenix_api::SpiffeId = "spiffe://td/ns/shop/sa/web".parse().unwrap();
         let ops: phoenix_api::SpiffeId = "spiffe://td/ns/shop/sa/ops".parse().unwrap();
-        // Two services on port 5432; one lets only ops in.
-        for (name, allow) in [("db.shop:5432", None), ("db-admin.shop:5432", Some(&ops))] {
+        let batch: phoenix_api::SpiffeId = "spiffe://td/ns/batch/sa/cron".parse().unwrap();
+        let only = |id: &phoenix_api::SpiffeId| {
+            Some(crate::config::AllowList {
+                ids: [id.clone()].into(),
+                namespaces: Default::default(),
+            })
+        };
+        // Port 5432 behind two Services: one for ops only, one for web only.
+        for (name, allow) in [
+            ("db-admin.shop:5432", only(&ops)),
+            ("db.shop:5432", only(&web)),
+        ] {
             c.inbound.insert(
                 name.into(),
                 crate::config::InboundConfig {
                     target: "10.0.0.5:5432".parse().unwrap(),
                     other_ips: vec![],
-                    allow: allow.map(|id| crate::config::AllowList {
-                        ids: [id.clone()].into(),
-                        namespaces: Default::default(),
-                    }),
+                    allow,
                     inbound_mode: None,
                 },
             );
         }
-        let dst = Some("10.0.0.5:5432".parse().unwrap());
+        let pod: Vec<IpAddr> = vec!["10.0.0.5".parse().unwrap()];
+        let r = |service, dst: Option<&str>, client| {
+            inbound_route(&c, service, dst.map(|d| d.parse().unwrap()), client, &pod)
+        };
+        let at_5432 = "10.0.0.5:5432".parse().unwrap();
         // By name, each service's own list.
         assert_eq!(
-            inbound_route(&c, Some("db.shop:5432"), None, &web),
+            r(Some("db.shop:5432"), None, &web),
             InboundRoute::Connect {
                 service: "db.shop:5432",
-                target: "10.0.0.5:5432".parse().unwrap()
+                target: at_5432
             }
         );
         assert_eq!(
-            inbound_route(&c, Some("db-admin.shop:5432"), None, &web),
+            r(Some("db-admin.shop:5432"), None, &web),
             InboundRoute::Denied {
                 service: "db-admin.shop:5432"
             }
         );
-        // By pod address, every service of the port must admit the client.
+        // By pod address, a service of the port that admits the client.
         assert_eq!(
-            inbound_route(&c, None, dst, &web),
+            r(None, Some("10.0.0.5:5432"), &web),
+            InboundRoute::Connect {
+                service: "db.shop:5432",
+                target: at_5432
+            }
+        );
+        assert_eq!(
+            r(None, Some("10.0.0.5:5432"), &ops),
+            InboundRoute::Connect {
+                service: "db-admin.shop:5432",
+                target: at_5432
+            }
+        );
+        assert_eq!(
+            r(None, Some("10.0.0.5:5432"), &batch),
             InboundRoute::Denied {
                 service: "db-admin.shop:5432"
             }
         );
-        assert!(matches!(
-            inbound_route(&c, None, dst, &ops),
-            InboundRoute::Connect { .. }
-        ));
+        // A port no service lists (a metrics port), at the pod's own
+        // address: any mesh identity, as plain TCP could without a mesh.
         assert_eq!(
-            inbound_route(&c, None, Some("10.0.0.5:22".parse().unwrap()), &ops),
-            InboundRoute::NoRoute
+            r(None, Some("10.0.0.5:9100"), &batch),
+            InboundRoute::Connect {
+                service: UNLISTED,
+                target: "10.0.0.5:9100".parse().unwrap()
+            }
         );
+        let stranger: phoenix_api::SpiffeId = "spiffe://other/ns/shop/sa/web".parse().unwrap();
         assert_eq!(
-            inbound_route(&c, Some("nope"), None, &ops),
+            r(None, Some("10.0.0.5:9100"), &stranger),
+            InboundRoute::Denied { service: UNLISTED }
+        );
+        // Never loopback, another host, or an unknown service name.
+        for dst in ["127.0.0.1:9100", "10.0.0.6:9100"] {
+            assert_eq!(r(None, Some(dst), &web), InboundRoute::NoRoute, "{dst}");
+        }
+        assert_eq!(r(Some("nope"), None, &ops), InboundRoute::NoRoute);
+        assert_eq!(
+            r(Some("nope"), Some("10.0.0.5:9100"), &ops),
             InboundRoute::NoRoute
         );
         // Another trust domain is never "the mesh".
-        let stranger: phoenix_api::SpiffeId = "spiffe://other/ns/shop/sa/web".parse().unwrap();
         assert!(matches!(
-            inbound_route(&c, Some("db.shop:5432"), None, &stranger),
+            inbound_route(&c, Some("legacy.shop:80"), None, &stranger, &pod),
             InboundRoute::Denied { .. }
         ));
     }

@@ -149,12 +149,13 @@ pub async fn run(
     };
     on_bound(&bound);
 
-    let shared = Arc::new(Shared::new(
-        tls,
-        settings.transport.clone(),
-        endpoint,
-        metrics,
-    ));
+    let mut shared = Shared::new(tls, settings.transport.clone(), endpoint, metrics);
+    shared.pod_ips = settings
+        .pod_ips
+        .iter()
+        .map(|ip| ip.to_canonical())
+        .collect();
+    let shared = Arc::new(shared);
     let listeners = Arc::new(Listeners::default());
     let admin_state = Arc::new(ProxyAdmin {
         shared: shared.clone(),

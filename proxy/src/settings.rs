@@ -59,6 +59,11 @@ pub struct Args {
     /// Comma-separated.
     #[arg(long, env = "PHOENIX_PROBE_SOURCES", value_delimiter = ',')]
     pub probe_sources: Vec<std::net::IpAddr>,
+    /// The pod's own addresses (the injector passes `status.podIPs`): a
+    /// meshed client may reach a port of the app no service lists at one
+    /// of them (metrics ports, the proxy's admin port). Comma-separated.
+    #[arg(long, env = "PHOENIX_POD_IPS", value_delimiter = ',')]
+    pub pod_ips: Vec<std::net::IpAddr>,
     /// The app ports the kubelet probes (the injector lists the ports of
     /// the app's httpGet, tcpSocket and grpc probes): the only ports the
     /// probe sources reach in clear. Comma-separated.
@@ -108,6 +113,8 @@ pub struct Settings {
     pub inbound_redirect: Option<SocketAddr>,
     /// Plain TCP passed in strict mode: the kubelet's probes.
     pub probes: crate::intercept::ProbeExemption,
+    /// The pod's own addresses.
+    pub pod_ips: Vec<std::net::IpAddr>,
     /// Drain grace period.
     pub drain_grace: Duration,
     /// QUIC transport settings.
@@ -199,6 +206,7 @@ impl Args {
             admin: self.admin,
             outbound_redirect: self.outbound_redirect,
             inbound_redirect: self.inbound_redirect,
+            pod_ips: self.pod_ips,
             probes: crate::intercept::ProbeExemption {
                 sources: self.probe_sources,
                 ports: self.probe_ports,

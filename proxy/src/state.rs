@@ -34,6 +34,9 @@ pub struct Shared {
     next_connection_id: AtomicU64,
     /// Tunnelled connections in progress, for draining on shutdown.
     pub active: watch::Sender<usize>,
+    /// The pod's own addresses (`--pod-ips`): where a meshed client may
+    /// reach a port no service lists.
+    pub pod_ips: Vec<std::net::IpAddr>,
 }
 
 impl Shared {
@@ -54,6 +57,7 @@ impl Shared {
             metrics,
             next_connection_id: AtomicU64::new(rand_seed()),
             active: watch::channel(0).0,
+            pod_ips: Vec::new(),
         }
     }
 
