@@ -87,8 +87,8 @@ fn inject_one(injector: &Injector, doc: &mut Value) -> anyhow::Result<()> {
     let Some(template) = doc.pointer(base) else {
         anyhow::bail!("a {} without a pod template", doc["kind"]);
     };
-    let annotations = inject::template_annotations(template);
-    if annotations.get(inject::INJECT).map(String::as_str) == Some("disabled") {
+    let asks = inject::template_asks(template);
+    if asks.get(inject::INJECT).map(String::as_str) == Some("disabled") {
         return Ok(());
     }
     if template.pointer("/spec/hostNetwork") == Some(&Value::Bool(true)) {

@@ -119,6 +119,27 @@ fn chart_values_are_documented_and_change_what_they_say() {
         .find(|d| d["kind"] == "MutatingWebhookConfiguration")
         .unwrap();
     assert_eq!(webhook["webhooks"][0]["failurePolicy"], "Ignore");
+    // By default the entries that pods ask by label fail closed; the
+    // annotation catch-all never does (it sees every unlabelled pod).
+    let defaults = docs(&template("phoenix", &[]));
+    let hooks = &defaults
+        .iter()
+        .find(|d| d["kind"] == "MutatingWebhookConfiguration")
+        .unwrap()["webhooks"];
+    let policies: Vec<(&str, &str)> = hooks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["name"].as_str().unwrap(), h["failurePolicy"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        policies,
+        [
+            ("namespace.inject.phoenix.dev", "Fail"),
+            ("pod.inject.phoenix.dev", "Fail"),
+            ("inject.phoenix.dev", "Ignore"),
+        ]
+    );
     let custom = docs(&template(
         "phoenix",
         &["meshConfig=false", "podMonitor.enabled=true", "replicas=3"],

@@ -62,7 +62,7 @@ fn respond(
         .as_deref()
         .map(&namespace_labels)
         .unwrap_or_default();
-    match inject::decide(&inject::template_annotations(&pod), &labels) {
+    match inject::decide(&inject::template_asks(&pod), &labels) {
         Decision::Skip(why) => {
             tracing::debug!(uid = %request.uid, why, "not injecting");
             allowed

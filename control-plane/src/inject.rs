@@ -181,6 +181,21 @@ pub fn template_annotations(template: &Value) -> BTreeMap<String, String> {
     string_map(template.pointer("/metadata/annotations"))
 }
 
+/// What the pod asks, for [`decide`]: its annotations, with the
+/// `phoenix.dev/inject` label taken as the annotation (the label is what
+/// webhook selectors can see, so it is the form that fails closed); a
+/// `disabled` on either wins.
+pub fn template_asks(template: &Value) -> BTreeMap<String, String> {
+    let mut asks = template_annotations(template);
+    let label = string_map(template.pointer("/metadata/labels")).remove(INJECT);
+    if let Some(label) = label
+        && (label == "disabled" || !asks.contains_key(INJECT))
+    {
+        asks.insert(INJECT.to_owned(), label);
+    }
+    asks
+}
+
 fn ports(
     annotations: &BTreeMap<String, String>,
     annotation: &'static str,
@@ -666,6 +681,27 @@ mod tests {
         assert!(matches!(decide(&none, &none), Decision::Skip(_)));
         let done = map(&[(INJECT, "enabled"), (INJECTED, "0.1.0")]);
         assert_eq!(decide(&done, &on), Decision::Skip("already injected"));
+        // The pod's label counts as the annotation; disabled wins there too.
+        let pod = |labels: Value, annotations: Value| {
+            template_asks(
+                &serde_json::json!({"metadata": {"labels": labels, "annotations": annotations}}),
+            )
+        };
+        let asks = pod(
+            serde_json::json!({INJECT: "enabled"}),
+            serde_json::json!({}),
+        );
+        assert_eq!(decide(&asks, &none), Decision::Inject);
+        let asks = pod(
+            serde_json::json!({INJECT: "disabled"}),
+            serde_json::json!({INJECT: "enabled"}),
+        );
+        assert!(matches!(decide(&asks, &on), Decision::Skip(_)));
+        let asks = pod(
+            serde_json::json!({INJECT: "enabled"}),
+            serde_json::json!({INJECT: "disabled"}),
+        );
+        assert!(matches!(decide(&asks, &on), Decision::Skip(_)));
     }
 
     #[test]

@@ -351,7 +351,9 @@ async fn webhook_dry_run(client: &kube::Client, r: &mut Report) {
     const CHECK: &str = "the webhook injects pods (server-side dry run)";
     let pod: Pod = match serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"generateName": "phoenix-check-", "annotations": {inject::INJECT: "enabled"}},
+        // The label: the form whose webhook entry fails closed, so an
+        // unreachable webhook shows as the API server's error.
+        "metadata": {"generateName": "phoenix-check-", "labels": {inject::INJECT: "enabled"}},
         "spec": {"containers": [{"name": "check", "image": "phoenix-check"}]},
     })) {
         Ok(p) => p,

@@ -157,19 +157,24 @@ pub fn control_plane(v: &Values) -> Vec<Value> {
             "spec": {"minAvailable": 1, "selector": {"matchLabels": selector}},
         }));
     }
-    // Two entries; the API server picks by the namespace's label as it
-    // admits the pod (see `webhook.rs`). Never the control plane's own
+    // Three entries; the API server picks by labels as it admits the pod
+    // (see the chart's webhook.yaml). Never the control plane's own
     // namespace (its pods must start when the webhook is down) nor the
-    // system's.
-    let entry = |name: &str, path: &str, operator: &str, values: &[&str]| {
+    // system's. The annotation catch-all is Ignore: failing closed there
+    // would stop every pod of the cluster while the control plane is down.
+    let entry = |name: &str,
+                 path: &str,
+                 policy: &str,
+                 ns: (&str, &[&str]),
+                 pod: (&str, &[&str])| {
         json!({
             "name": name,
             "admissionReviewVersions": ["v1"],
             "sideEffects": "None",
-            "failurePolicy": v.failure_policy,
+            "failurePolicy": policy,
             "reinvocationPolicy": "Never",
             "timeoutSeconds": 10,
-            "clientConfig": {"service": {"name": NAME, "namespace": ns, "path": path, "port": 443}},
+            "clientConfig": {"service": {"name": NAME, "namespace": v.namespace, "path": path, "port": 443}},
             "rules": [{
                 "operations": ["CREATE"],
                 "apiGroups": [""],
@@ -178,18 +183,23 @@ pub fn control_plane(v: &Values) -> Vec<Value> {
                 "scope": "Namespaced",
             }],
             "namespaceSelector": {"matchExpressions": [
-                {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "kube-node-lease", ns]},
-                {"key": inject::INJECT, "operator": operator, "values": values},
+                {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "kube-node-lease", v.namespace]},
+                {"key": inject::INJECT, "operator": ns.0, "values": ns.1},
+            ]},
+            "objectSelector": {"matchExpressions": [
+                {"key": inject::INJECT, "operator": pod.0, "values": pod.1},
             ]},
         })
     };
+    let asked_nothing: (&str, &[&str]) = ("NotIn", &["enabled", "disabled"]);
     out.push(json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
         "metadata": {"name": WEBHOOK_CONFIG, "labels": labels(v)},
         "webhooks": [
-            entry("namespace.inject.phoenix.dev", super::webhook::NAMESPACE_PATH, "In", &["enabled"]),
-            entry("pod.inject.phoenix.dev", super::webhook::PATH, "NotIn", &["enabled", "disabled"]),
+            entry("namespace.inject.phoenix.dev", super::webhook::NAMESPACE_PATH, &v.failure_policy, ("In", &["enabled"]), ("NotIn", &["disabled"])),
+            entry("pod.inject.phoenix.dev", super::webhook::PATH, &v.failure_policy, asked_nothing, ("In", &["enabled"])),
+            entry("inject.phoenix.dev", super::webhook::PATH, "Ignore", asked_nothing, asked_nothing),
         ],
     }));
     out.push(json!({
