@@ -130,7 +130,12 @@ fn chart_values_are_documented_and_change_what_they_say() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|h| (h["name"].as_str().unwrap(), h["failurePolicy"].as_str().unwrap()))
+        .map(|h| {
+            (
+                h["name"].as_str().unwrap(),
+                h["failurePolicy"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         policies,

@@ -739,7 +739,7 @@ async fn phoenix_check_reports_each_problem_with_its_fix() {
     assert!(
         policies
             .detail
-            .contains("shop/web-0 (ingress: shop/web-http)")
+            .contains("shop/web-0 (ingress UDP 4143: shop/web-http)")
             && policies.detail.contains("protocol: UDP"),
         "{}",
         policies.detail

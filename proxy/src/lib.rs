@@ -94,20 +94,28 @@ pub async fn run(
         settings.transport.server_transport(),
     )?;
     // `[::]` listens on both families (IPv6-primary and dual-stack pods);
-    // where the kernel has no IPv6 at all, IPv4 alone.
-    let v4_fallback = |addr: SocketAddr| {
-        (addr.ip() == std::net::Ipv6Addr::UNSPECIFIED)
-            .then(|| SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port())))
+    // where the kernel has no IPv6 at all (EAFNOSUPPORT, EADDRNOTAVAIL),
+    // IPv4 alone. Any other error (the port taken) is an error.
+    let v4_fallback = |addr: SocketAddr, error: &std::io::Error| {
+        let no_ipv6 = [
+            rustix::io::Errno::AFNOSUPPORT.raw_os_error(),
+            rustix::io::Errno::ADDRNOTAVAIL.raw_os_error(),
+        ];
+        (addr.ip() == std::net::Ipv6Addr::UNSPECIFIED
+            && error.raw_os_error().is_some_and(|e| no_ipv6.contains(&e)))
+        .then(|| SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port())))
     };
     let bind_quic =
         |addr| phoenix_tls::endpoint::bind(addr, &settings.transport, Some(default_server.clone()));
-    let endpoint = match (bind_quic(settings.inbound), v4_fallback(settings.inbound)) {
-        (Ok(endpoint), _) => Ok(endpoint),
-        (Err(_), Some(v4)) => {
-            tracing::info!(addr = %settings.inbound, fallback = %v4, "no IPv6 here; QUIC on IPv4 only");
-            bind_quic(v4)
-        }
-        (Err(error), None) => Err(error),
+    let endpoint = match bind_quic(settings.inbound) {
+        Ok(endpoint) => Ok(endpoint),
+        Err(error) => match v4_fallback(settings.inbound, &error) {
+            Some(v4) => {
+                tracing::info!(addr = %settings.inbound, fallback = %v4, "no IPv6 here; QUIC on IPv4 only");
+                bind_quic(v4)
+            }
+            None => Err(error),
+        },
     }
     .map_err(|source| StartError::Bind {
         what: "inbound QUIC endpoint",
@@ -116,13 +124,15 @@ pub async fn run(
     })?;
     let bind_tcp = |what: &'static str, addr: SocketAddr| async move {
         let bind_error = |source| StartError::Bind { what, addr, source };
-        let listener = match (TcpListener::bind(addr).await, v4_fallback(addr)) {
-            (Ok(l), _) => l,
-            (Err(_), Some(v4)) => {
-                tracing::info!(what, %addr, fallback = %v4, "no IPv6 here; listening on IPv4 only");
-                TcpListener::bind(v4).await.map_err(bind_error)?
-            }
-            (Err(source), None) => return Err(bind_error(source)),
+        let listener = match TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(source) => match v4_fallback(addr, &source) {
+                Some(v4) => {
+                    tracing::info!(what, %addr, fallback = %v4, "no IPv6 here; listening on IPv4 only");
+                    TcpListener::bind(v4).await.map_err(bind_error)?
+                }
+                None => return Err(bind_error(source)),
+            },
         };
         let local = listener.local_addr().map_err(bind_error)?;
         Ok::<_, StartError>((listener, local))

@@ -118,6 +118,10 @@ pub fn bind(
     server: Option<quinn::ServerConfig>,
 ) -> std::io::Result<quinn::Endpoint> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        // `[::]` serves IPv4 peers too, whatever the host's bindv6only.
+        socket.set_only_v6(false)?;
+    }
     set_buffers(&socket, settings.socket_buffer);
     socket.bind(&addr.into())?;
     socket.set_nonblocking(true)?;

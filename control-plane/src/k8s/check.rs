@@ -28,6 +28,8 @@ use crate::crd::MeshConfig;
 use crate::crd::mesh_config::InboundMode;
 use crate::inject;
 
+/// The control plane's QUIC port (proxies subscribe there).
+const CONTROL_PORT: u16 = 4180;
 /// Oldest Kubernetes with native sidecars on by default.
 pub const MIN_MINOR: u32 = 29;
 /// Meshed pods whose metrics are read (the first ones listed).
@@ -558,7 +560,13 @@ async fn network_policies(client: &kube::Client, meshed: &[Pod], r: &mut Report)
             );
         }
     };
-    let blocked = super::network_policy::blocked(&list, meshed, inject::QUIC_PORT, "phoenix-quic");
+    let blocked = super::network_policy::blocked(
+        &list,
+        meshed,
+        inject::QUIC_PORT,
+        "phoenix-quic",
+        CONTROL_PORT,
+    );
     if blocked.is_empty() {
         return r.push("phoenix-data-plane", CHECK, Status::Ok, String::new());
     }
@@ -567,9 +575,10 @@ async fn network_policies(client: &kube::Client, meshed: &[Pod], r: &mut Report)
         .take(5)
         .map(|b| {
             format!(
-                "{} ({}: {})",
+                "{} ({} UDP {}: {})",
                 b.pod,
                 b.direction.as_str(),
+                b.port,
                 b.policies.join(", ")
             )
         })
@@ -580,10 +589,10 @@ async fn network_policies(client: &kube::Client, meshed: &[Pod], r: &mut Report)
         CHECK,
         Status::Fail,
         format!(
-            "{}{}: meshed traffic crosses as QUIC on UDP {port}, which these policies do not open; add `- protocol: UDP` / `port: {port}` to their ports (ingress and egress)",
+            "{}{}: meshed traffic crosses as QUIC on UDP {quic} (and proxies subscribe to the control plane on UDP {CONTROL_PORT}), which these policies do not open; add `- protocol: UDP` with that port to their ports. Opening UDP {quic} to the peers they admit lets those peers reach every port of the pod the mesh serves (each still under its service's allow-list)",
             shown.join("; "),
             if more > 0 { format!(" and {more} more") } else { String::new() },
-            port = inject::QUIC_PORT,
+            quic = inject::QUIC_PORT,
         ),
     );
 }

@@ -35,13 +35,16 @@ impl Direction {
     }
 }
 
-/// A meshed pod whose policies open some ports but not the proxies' UDP port.
+/// A meshed pod whose policies open some ports but not a UDP port the
+/// proxies need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Blocked {
     /// `namespace/name` of the pod.
     pub pod: String,
     /// Which way.
     pub direction: Direction,
+    /// The UDP port not opened: peers' QUIC, or (egress) the control plane's.
+    pub port: u16,
     /// The policies that select it that way (`namespace/name`).
     pub policies: Vec<String>,
 }
@@ -131,12 +134,15 @@ fn opens(port: &NetworkPolicyPort, quic: u16, quic_name: &str) -> bool {
 }
 
 /// The meshed `pods` whose NetworkPolicies open some traffic but not UDP
-/// `quic` (the proxies' port, named `quic_name` in injected pods).
+/// `quic` (the proxies' port, named `quic_name` in injected pods; a pod's
+/// `phoenix.dev/quic-port` annotation overrides it for its ingress) or, for
+/// egress, UDP `control` (the control plane, where proxies subscribe).
 pub fn blocked(
     policies: &[NetworkPolicy],
     pods: &[Pod],
     quic: u16,
     quic_name: &str,
+    control: u16,
 ) -> Vec<Blocked> {
     let mut out = Vec::new();
     for pod in pods {
@@ -147,6 +153,13 @@ pub fn blocked(
             continue;
         };
         let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let own_quic = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(super::QUIC_PORT_ANNOTATION))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(quic);
         let selecting: Vec<&NetworkPolicy> = policies
             .iter()
             .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
@@ -168,20 +181,27 @@ pub fn blocked(
                 // Unrestricted, or isolated on purpose (nothing opens).
                 continue;
             }
-            let quic_open = all_rules.iter().any(|ports| match ports {
-                None => true,
-                Some(ports) => ports.iter().any(|p| opens(p, quic, quic_name)),
-            });
-            if !quic_open {
-                out.push(Blocked {
-                    pod: format!("{ns}/{name}"),
-                    direction,
-                    policies: that_way
-                        .iter()
-                        .filter_map(|p| p.metadata.name.as_deref())
-                        .map(|n| format!("{ns}/{n}"))
-                        .collect(),
+            let needed: &[u16] = match direction {
+                Direction::Ingress => &[own_quic],
+                Direction::Egress => &[quic, control],
+            };
+            for &port in needed {
+                let open = all_rules.iter().any(|ports| match ports {
+                    None => true,
+                    Some(ports) => ports.iter().any(|p| opens(p, port, quic_name)),
                 });
+                if !open {
+                    out.push(Blocked {
+                        pod: format!("{ns}/{name}"),
+                        direction,
+                        port,
+                        policies: that_way
+                            .iter()
+                            .filter_map(|p| p.metadata.name.as_deref())
+                            .map(|n| format!("{ns}/{n}"))
+                            .collect(),
+                    });
+                }
             }
         }
     }
@@ -224,12 +244,14 @@ mod tests {
             &[web.clone(), db.clone(), other.clone()],
             4143,
             "phoenix-quic",
+            4180,
         );
         assert_eq!(
             found,
             vec![Blocked {
                 pod: "shop/web-0".into(),
                 direction: Direction::Ingress,
+                port: 4143,
                 policies: vec!["shop/web-from-frontend".into()],
             }]
         );
@@ -252,7 +274,8 @@ mod tests {
                     &[tcp_only.clone(), quic],
                     std::slice::from_ref(&web),
                     4143,
-                    "phoenix-quic"
+                    "phoenix-quic",
+                    4180
                 ),
                 vec![],
                 "{port}"
@@ -265,7 +288,14 @@ mod tests {
             json!({"podSelector": {}, "ingress": [{"ports": [{"port": 4143}]}]}),
         );
         assert_eq!(
-            blocked(&[wrong], std::slice::from_ref(&web), 4143, "phoenix-quic").len(),
+            blocked(
+                &[wrong],
+                std::slice::from_ref(&web),
+                4143,
+                "phoenix-quic",
+                4180
+            )
+            .len(),
             1
         );
         let open = policy(
@@ -278,7 +308,8 @@ mod tests {
                 &[tcp_only.clone(), open],
                 std::slice::from_ref(&web),
                 4143,
-                "phoenix-quic"
+                "phoenix-quic",
+                4180
             ),
             vec![]
         );
@@ -289,7 +320,13 @@ mod tests {
             json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
         );
         assert_eq!(
-            blocked(&[deny], std::slice::from_ref(&web), 4143, "phoenix-quic"),
+            blocked(
+                &[deny],
+                std::slice::from_ref(&web),
+                4143,
+                "phoenix-quic",
+                4180
+            ),
             vec![]
         );
         // Egress rules that open DNS only cut the client proxy off its peers.
@@ -300,12 +337,53 @@ mod tests {
                    "policyTypes": ["Egress"],
                    "egress": [{"ports": [{"protocol": "UDP", "port": 53}]}]}),
         );
-        let found = blocked(&[egress], &[web, db], 4143, "phoenix-quic");
-        assert_eq!(found.len(), 1);
-        assert_eq!(
-            (found[0].pod.as_str(), found[0].direction),
-            ("shop/db-0", Direction::Egress)
+        let found = blocked(
+            &[egress.clone()],
+            &[web, db.clone()],
+            4143,
+            "phoenix-quic",
+            4180,
         );
+        let what: Vec<_> = found
+            .iter()
+            .map(|b| (b.pod.as_str(), b.direction, b.port))
+            .collect();
+        assert_eq!(
+            what,
+            [
+                ("shop/db-0", Direction::Egress, 4143),
+                ("shop/db-0", Direction::Egress, 4180)
+            ],
+            "cut off from its peers and from the control plane"
+        );
+        // Opening peers' QUIC but not the control plane still strands it.
+        let quic_out = policy(
+            "shop",
+            "quic-out",
+            json!({"podSelector": {}, "policyTypes": ["Egress"],
+                   "egress": [{"ports": [{"protocol": "UDP", "port": 4143}]}]}),
+        );
+        let found = blocked(
+            &[egress, quic_out],
+            std::slice::from_ref(&db),
+            4143,
+            "phoenix-quic",
+            4180,
+        );
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].port, 4180);
+        // A pod's own QUIC port (annotation) is the one its ingress needs.
+        let mut moved = pod("shop", "web-1", json!({"app": "web"}));
+        moved.metadata.annotations =
+            Some([("phoenix.dev/quic-port".to_owned(), "5143".to_owned())].into());
+        let only_4143 = policy(
+            "shop",
+            "quic-in",
+            json!({"podSelector": {}, "ingress": [{"ports": [{"protocol": "UDP", "port": 4143}]}]}),
+        );
+        let found = blocked(&[only_4143], &[moved], 4143, "phoenix-quic", 4180);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].port, 5143);
     }
 
     #[test]
