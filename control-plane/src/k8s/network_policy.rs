@@ -338,7 +338,7 @@ mod tests {
                    "egress": [{"ports": [{"protocol": "UDP", "port": 53}]}]}),
         );
         let found = blocked(
-            &[egress.clone()],
+            std::slice::from_ref(&egress),
             &[web, db.clone()],
             4143,
             "phoenix-quic",
