@@ -768,6 +768,17 @@ fn a_dual_stack_pod_is_one_endpoint_on_its_primary_family_and_known_by_every_add
     let json = serde_json::to_string(&old).unwrap();
     assert!(!json.contains("otherIps"), "{json}");
     assert!(json.contains("fd00::5"), "the address itself stays: {json}");
+    // The encoded frame a version 3 proxy is sent (shared encodings cached
+    // per version) says the same.
+    let (frame, false) = index
+        .update_frame_for(&mut Subscriber::new("shop", "db", ip("10.0.0.5")), 3)
+        .unwrap()
+    else {
+        panic!("a first frame is a snapshot");
+    };
+    let decoded: phoenix_api::control::Response =
+        phoenix_api::control::decode_body(&frame[4..]).unwrap();
+    assert_eq!(decoded, phoenix_api::control::Response::Snapshot(old));
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! handled). An invalid snapshot is refused whole and the last good config
 //! stays in force.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -28,6 +28,45 @@ pub struct ProxyConfig {
     pub inbound: BTreeMap<String, InboundConfig>,
     /// The snapshot this was built from: deltas apply to it, `/config` shows it.
     pub snapshot: Snapshot,
+    /// Lookup tables for intercepted connections, built once per config:
+    /// every proxy knows every meshed Service, so a per-connection scan of
+    /// all endpoints would cost each passthrough connection as much.
+    pub routes: RouteIndex,
+}
+
+/// Where an intercepted connection's original destination leads.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteIndex {
+    /// A service's virtual address → the service.
+    pub by_address: HashMap<SocketAddr, String>,
+    /// A meshed pod's address (any family) → the first service (by name)
+    /// it is an endpoint of, and its index in that service's endpoints.
+    pub by_pod_ip: HashMap<IpAddr, (String, usize)>,
+}
+
+impl RouteIndex {
+    fn build(upstreams: &BTreeMap<String, UpstreamConfig>) -> Self {
+        let mut index = Self::default();
+        for (name, upstream) in upstreams {
+            for address in &upstream.addresses {
+                index
+                    .by_address
+                    .entry(*address)
+                    .or_insert_with(|| name.clone());
+            }
+            for (i, endpoint) in upstream.endpoints.iter().enumerate() {
+                let ips = std::iter::once(endpoint.address.ip())
+                    .chain(endpoint.other_ips.iter().copied());
+                for ip in ips {
+                    index
+                        .by_pod_ip
+                        .entry(ip)
+                        .or_insert_with(|| (name.clone(), i));
+                }
+            }
+        }
+        index
+    }
 }
 
 /// Mesh-wide settings.
@@ -288,6 +327,7 @@ impl TryFrom<&Snapshot> for ProxyConfig {
         Ok(ProxyConfig {
             version: *version,
             mesh,
+            routes: RouteIndex::build(&upstreams),
             upstreams,
             inbound,
             snapshot: snap.clone(),

@@ -66,20 +66,27 @@ pub enum OutboundRoute<'a> {
 
 /// The route to `dst` under `config` (pure: tested without sockets).
 pub fn route(config: &ProxyConfig, dst: SocketAddr) -> OutboundRoute<'_> {
-    if let Some((name, _)) = config
-        .upstreams
-        .iter()
-        .find(|(_, u)| u.addresses.contains(&dst))
+    let routes = &config.routes;
+    if let Some((name, _)) = routes
+        .by_address
+        .get(&dst)
+        .and_then(|name| config.upstreams.get_key_value(name))
     {
         return OutboundRoute::Service(name);
     }
-    for (name, upstream) in &config.upstreams {
-        if let Some(endpoint) = upstream.endpoints.iter().find(|e| e.is_pod_ip(dst.ip())) {
-            return OutboundRoute::Pod {
-                service: name,
-                endpoint,
-            };
-        }
+    if let Some((name, endpoint)) =
+        routes
+            .by_pod_ip
+            .get(&dst.ip().to_canonical())
+            .and_then(|(name, i)| {
+                let (name, upstream) = config.upstreams.get_key_value(name)?;
+                Some((name, upstream.endpoints.get(*i)?))
+            })
+    {
+        return OutboundRoute::Pod {
+            service: name,
+            endpoint,
+        };
     }
     OutboundRoute::Passthrough
 }

@@ -41,6 +41,19 @@ use crate::crd::mesh_config::MeshConfigSpec;
 struct Published {
     resource: Arc<Resource>,
     json: Arc<str>,
+    /// Its encoding for wire version 3 proxies, when that differs (a
+    /// dual-stack pod's `otherIps` stripped): right after a control-plane
+    /// upgrade every proxy is one, and each change is still encoded once.
+    json_v3: Option<Arc<str>>,
+}
+
+impl Published {
+    fn json_for(&self, wire_version: u32) -> &str {
+        match &self.json_v3 {
+            Some(old) if wire_version < phoenix_api::control::WIRE_VERSION_DUAL_STACK => old,
+            _ => &self.json,
+        }
+    }
 }
 
 /// One upsert of a plan: a shared resource, or one of the proxy's own.
@@ -435,6 +448,18 @@ impl Index {
     ///
     /// [`update`]: Index::update
     pub fn update_frame(&self, sub: &mut Subscriber) -> Option<(Vec<u8>, bool)> {
+        self.update_frame_for(sub, phoenix_api::control::WIRE_VERSION)
+    }
+
+    /// [`update_frame`] for a proxy speaking `wire_version` (3 or later:
+    /// older ones take the typed path, see `Live::next_frame`).
+    ///
+    /// [`update_frame`]: Index::update_frame
+    pub fn update_frame_for(
+        &self,
+        sub: &mut Subscriber,
+        wire_version: u32,
+    ) -> Option<(Vec<u8>, bool)> {
         let plan = self.plan(sub)?;
         let mut out = Vec::with_capacity(64 + plan.upserts.len() * 512);
         out.extend_from_slice(&[0; 4]);
@@ -459,8 +484,13 @@ impl Index {
             push_json_string(&mut out, key);
             out.push(b':');
             match item {
-                Item::Shared(p) => out.extend_from_slice(p.json.as_bytes()),
-                Item::Own(r) => out.extend_from_slice(encode(r).as_bytes()),
+                Item::Shared(p) => out.extend_from_slice(p.json_for(wire_version).as_bytes()),
+                Item::Own(r) if wire_version >= phoenix_api::control::WIRE_VERSION => {
+                    out.extend_from_slice(encode(r).as_bytes())
+                }
+                Item::Own(r) => {
+                    out.extend_from_slice(encode(&r.clone().for_wire(wire_version)).as_bytes())
+                }
             }
         }
         out.push(b'}');
@@ -873,11 +903,16 @@ impl Index {
             return;
         }
         let json = encode(&resource);
+        let old = resource
+            .clone()
+            .for_wire(phoenix_api::control::WIRE_VERSION_MESH_V3);
+        let json_v3 = (old != resource).then(|| encode(&old));
         self.published.insert(
             key.clone(),
             Published {
                 resource: Arc::new(resource),
                 json,
+                json_v3,
             },
         );
         self.log_change(key, version);

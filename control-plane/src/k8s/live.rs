@@ -124,8 +124,8 @@ impl Live {
         wire_version: u32,
     ) -> Option<(Vec<u8>, bool)> {
         let index = self.lock();
-        let (frame, delta) = if wire_version >= phoenix_api::control::WIRE_VERSION {
-            index.update_frame(&mut subscription.sub)?
+        let (frame, delta) = if wire_version >= phoenix_api::control::WIRE_VERSION_MESH_V3 {
+            index.update_frame_for(&mut subscription.sub, wire_version)?
         } else {
             // Older proxies: typed messages with the newer fields removed
             // (and full snapshots only, for version 1), encoded for them.
