@@ -217,6 +217,95 @@ fn mesh(mode: &str) -> String {
     )
 }
 
+/// A mesh file's directory: readable by the proxies' UID, with a state
+/// directory holding one random bootstrap token per workload, and a web
+/// root serving `secret` a thousand times.
+struct MeshDir {
+    dir: tempfile::TempDir,
+    tokens: Vec<(String, String)>,
+    secret: String,
+}
+
+impl MeshDir {
+    fn new(mesh: &str, workloads: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("mesh.yaml"), mesh).unwrap();
+        std::fs::create_dir_all(dir.path().join("state")).unwrap();
+        let tokens: Vec<(String, String)> = workloads
+            .iter()
+            .map(|w| {
+                (
+                    format!("token-{w}-{}", rand::random::<u64>()),
+                    w.to_string(),
+                )
+            })
+            .collect();
+        phoenix_control_plane::tokens::Tokens::from_pairs(tokens.iter().cloned())
+            .write(&dir.path().join("state/tokens.json"))
+            .unwrap();
+        let secret = format!("phoenix-secret-{:016x}", rand::random::<u64>());
+        std::fs::create_dir_all(dir.path().join("www")).unwrap();
+        std::fs::write(dir.path().join("www/index.txt"), secret.repeat(1000)).unwrap();
+        Self {
+            dir,
+            tokens,
+            secret,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn token(&self, workload: &str) -> String {
+        self.tokens
+            .iter()
+            .find(|(_, w)| w == workload)
+            .unwrap()
+            .0
+            .clone()
+    }
+
+    /// Python's http.server in `pod`, serving the web root on `bind`:`port`.
+    fn web(&self, t: &Topology, pod: &str, port: &str, bind: &str) -> Proc {
+        let root = self.path("www");
+        Proc::spawn(
+            &format!("http.server-{pod}-{port}"),
+            t.command(
+                pod,
+                &[
+                    "python3",
+                    "-m",
+                    "http.server",
+                    port,
+                    "--bind",
+                    bind,
+                    "--directory",
+                    root.to_str().unwrap(),
+                ],
+            ),
+        )
+    }
+
+    /// The control plane in file mode on the node, and the trust anchor it wrote.
+    fn control_plane(&self, t: &Topology) -> (Proc, PathBuf) {
+        let mut cmd = t.command("node", &[]);
+        cmd.arg(bin("phoenix-control-plane"))
+            .arg("--mesh")
+            .arg(self.path("mesh.yaml"));
+        let cp = Proc::spawn("control-plane", cmd);
+        let bound: serde_json::Value =
+            serde_json::from_str(&cp.line(Duration::from_secs(30))).unwrap();
+        let anchor = PathBuf::from(bound["trustAnchor"].as_str().unwrap());
+        (cp, anchor)
+    }
+}
+
 /// A Python program as an unmodified app in `pod`.
 fn python(t: &Topology, pod: &str, name: &str, code: &str) -> Proc {
     Proc::spawn(name, t.command(pod, &["python3", "-u", "-c", code]))
@@ -337,51 +426,11 @@ fn packets(file: &Path, filter: &str) -> Vec<String> {
 #[test]
 fn intercepted_tcp_crosses_the_mesh_encrypted_and_outsiders_follow_the_inbound_mode() {
     let t = Topology::new();
-    let dir = tempfile::tempdir().unwrap();
-    // The proxies run as their own UID and read the trust bundle from here.
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let mesh_path = dir.path().join("mesh.yaml");
-    std::fs::write(&mesh_path, mesh("strict")).unwrap();
-    std::fs::create_dir_all(dir.path().join("state")).unwrap();
-    let tokens: Vec<(String, String)> = ["client", "server"]
-        .iter()
-        .map(|w| {
-            (
-                format!("token-{w}-{}", rand::random::<u64>()),
-                w.to_string(),
-            )
-        })
-        .collect();
-    phoenix_control_plane::tokens::Tokens::from_pairs(tokens.iter().cloned())
-        .write(&dir.path().join("state/tokens.json"))
-        .unwrap();
-
+    let m = MeshDir::new(&mesh("strict"), &["client", "server"]);
+    let mesh_path = m.path("mesh.yaml");
+    let secret = m.secret.clone();
     // The apps: unmodified, listening on every address of their pod.
-    let secret = format!("phoenix-secret-{:016x}", rand::random::<u64>());
-    let www = dir.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("index.txt"), secret.repeat(1000)).unwrap();
-    let www_str = www.to_str().unwrap().to_owned();
-    let _web = Proc::spawn(
-        "http.server",
-        t.command(
-            "b",
-            &[
-                "python3",
-                "-m",
-                "http.server",
-                "8080",
-                "--bind",
-                "0.0.0.0",
-                "--directory",
-                &www_str,
-            ],
-        ),
-    );
+    let _web = m.web(&t, "b", "8080", "0.0.0.0");
     // Server-first, like SMTP or MySQL: it speaks before the client does.
     let _banner = python(
         &t,
@@ -394,50 +443,12 @@ fn intercepted_tcp_crosses_the_mesh_encrypted_and_outsiders_follow_the_inbound_m
          \x20   c, _ = s.accept(); c.sendall(b'220 phoenix-test ESMTP ready\\r\\n'); c.close()\n",
     );
     // A plain service outside the mesh.
-    let _outside_web = Proc::spawn(
-        "outside-http",
-        t.command(
-            "c",
-            &[
-                "python3",
-                "-m",
-                "http.server",
-                "9090",
-                "--bind",
-                "0.0.0.0",
-                "--directory",
-                &www_str,
-            ],
-        ),
-    );
-
+    let _outside_web = m.web(&t, "c", "9090", "0.0.0.0");
     // An app port of the server that init leaves alone.
-    let _skipped_web = Proc::spawn(
-        "skipped-http",
-        t.command(
-            "b",
-            &[
-                "python3",
-                "-m",
-                "http.server",
-                SKIPPED_PORT,
-                "--bind",
-                "0.0.0.0",
-                "--directory",
-                &www_str,
-            ],
-        ),
-    );
+    let _skipped_web = m.web(&t, "b", SKIPPED_PORT, "0.0.0.0");
 
     // Control plane on the node; init and the proxies in the meshed pods.
-    let mut cp_cmd = t.command("node", &[]);
-    cp_cmd
-        .arg(bin("phoenix-control-plane"))
-        .arg("--mesh")
-        .arg(&mesh_path);
-    let cp = Proc::spawn("control-plane", cp_cmd);
-    let bound: serde_json::Value = serde_json::from_str(&cp.line(Duration::from_secs(30))).unwrap();
-    let anchor = PathBuf::from(bound["trustAnchor"].as_str().unwrap());
+    let (cp, anchor) = m.control_plane(&t);
     let proxy_bin = bin("phoenix-proxy");
     for pod in ["a", "b"] {
         let mut init = vec![proxy_bin.to_str().unwrap(), "init"];
@@ -461,9 +472,8 @@ fn intercepted_tcp_crosses_the_mesh_encrypted_and_outsiders_follow_the_inbound_m
         };
         assert_eq!(rules(&before), rules(&after), "init is idempotent");
     }
-    let token = |w: &str| tokens.iter().find(|(_, n)| n == w).unwrap().0.clone();
-    let _pa = proxy(&t, "a", &token("client"), &anchor);
-    let _pb = proxy(&t, "b", &token("server"), &anchor);
+    let _pa = proxy(&t, "a", &m.token("client"), &anchor);
+    let _pb = proxy(&t, "b", &m.token("server"), &anchor);
     for ip in [CLIENT_IP, SERVER_IP] {
         eventually(Duration::from_secs(30), "proxy ready", || {
             t.get(&format!("http://{ip}:4191/ready")).map(|_| ())
@@ -485,7 +495,7 @@ fn intercepted_tcp_crosses_the_mesh_encrypted_and_outsiders_follow_the_inbound_m
     );
 
     // Meshed traffic, captured on the client pod's interface.
-    let pcap = dir.path().join("a.pcap");
+    let pcap = m.path("a.pcap");
     let mut tcpdump = capture(&t, "a", &pcap);
     let body = curl(&t, "a", &format!("http://{SERVER_IP}:8080/index.txt"))
         .expect("curl through the mesh");
@@ -774,17 +784,9 @@ fn init_covers_ipv6_when_the_namespace_has_it() {
 #[test]
 fn ipv6_pods_are_meshed_like_ipv4_ones() {
     let t = Topology::new_v6();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
     let vip = "[fd00::10]:80";
-    let mesh_path = dir.path().join("mesh.yaml");
-    std::fs::write(
-        &mesh_path,
-        format!(
+    let m = MeshDir::new(
+        &format!(
             "trustDomain: phoenix.local\n\
              stateDir: state\n\
              inboundMode: strict\n\
@@ -797,49 +799,11 @@ fn ipv6_pods_are_meshed_like_ipv4_ones() {
             node = t.host("node"),
             server = t.host("b"),
         ),
-    )
-    .unwrap();
-    std::fs::create_dir_all(dir.path().join("state")).unwrap();
-    let tokens: Vec<(String, String)> = ["client", "server"]
-        .iter()
-        .map(|w| {
-            (
-                format!("token-{w}-{}", rand::random::<u64>()),
-                w.to_string(),
-            )
-        })
-        .collect();
-    phoenix_control_plane::tokens::Tokens::from_pairs(tokens.iter().cloned())
-        .write(&dir.path().join("state/tokens.json"))
-        .unwrap();
-    let secret = format!("phoenix-v6-secret-{:016x}", rand::random::<u64>());
-    let www = dir.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("index.txt"), secret.repeat(1000)).unwrap();
-    let _web = Proc::spawn(
-        "http.server-v6",
-        t.command(
-            "b",
-            &[
-                "python3",
-                "-m",
-                "http.server",
-                "8080",
-                "--bind",
-                "::",
-                "--directory",
-                www.to_str().unwrap(),
-            ],
-        ),
+        &["client", "server"],
     );
-    let mut cp_cmd = t.command("node", &[]);
-    cp_cmd
-        .arg(bin("phoenix-control-plane"))
-        .arg("--mesh")
-        .arg(&mesh_path);
-    let cp = Proc::spawn("control-plane-v6", cp_cmd);
-    let bound: serde_json::Value = serde_json::from_str(&cp.line(Duration::from_secs(30))).unwrap();
-    let anchor = PathBuf::from(bound["trustAnchor"].as_str().unwrap());
+    let secret = m.secret.clone();
+    let _web = m.web(&t, "b", "8080", "::");
+    let (cp, anchor) = m.control_plane(&t);
     for pod in ["a", "b"] {
         t.exec(pod, &[bin("phoenix-proxy").to_str().unwrap(), "init"]);
         let v6_rules =
@@ -850,9 +814,8 @@ fn ipv6_pods_are_meshed_like_ipv4_ones() {
             "{pod}: {v6_rules}"
         );
     }
-    let token = |w: &str| tokens.iter().find(|(_, n)| n == w).unwrap().0.clone();
-    let _pa = proxy(&t, "a", &token("client"), &anchor);
-    let _pb = proxy(&t, "b", &token("server"), &anchor);
+    let _pa = proxy(&t, "a", &m.token("client"), &anchor);
+    let _pb = proxy(&t, "b", &m.token("server"), &anchor);
     for pod in ["a", "b"] {
         eventually(Duration::from_secs(30), "proxy ready", || {
             t.get(&format!("http://{}:4191/ready", t.host(pod)))
@@ -870,7 +833,7 @@ fn ipv6_pods_are_meshed_like_ipv4_ones() {
         },
     );
 
-    let pcap = dir.path().join("a6.pcap");
+    let pcap = m.path("a6.pcap");
     let mut tcpdump = capture(&t, "a", &pcap);
     let body = curl(&t, "a", &format!("http://{}:8080/index.txt", t.host("b")))
         .expect("curl to the server's IPv6 pod address through the mesh");
