@@ -83,10 +83,7 @@ impl Topology {
     }
 
     fn build(ipv6: bool) -> Self {
-        assert!(
-            rustix::process::geteuid().is_root(),
-            "the interception test needs root (network namespaces and iptables); CI runs as root"
-        );
+        require_root();
         let id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
         let t = Self { id, ipv6 };
         // IPv6 addresses without duplicate detection: usable at once.
@@ -215,6 +212,29 @@ fn mesh(mode: &str) -> String {
          \x20     - {{service: banner, target: \"{SERVER_IP}:2525\", allow: [client], inboundMode: permissive}}\n\
          \x20     - {{service: private, target: \"{SERVER_IP}:9000\", allow: [ops]}}\n"
     )
+}
+
+/// The interception tests program network namespaces and iptables.
+fn require_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "the interception test needs root (network namespaces and iptables); CI runs as root"
+    );
+}
+
+/// A proxy's metrics show at least one successful X25519MLKEM768 handshake
+/// on `side` ("client" or "server").
+fn assert_pq_handshakes(metrics: &str, side: &str) {
+    let n = metric(
+        metrics,
+        "tls_handshakes_total",
+        &[
+            ("side", side),
+            ("kx_group", "X25519MLKEM768"),
+            ("result", "success"),
+        ],
+    );
+    assert!(n >= 1.0, "{side}: {n} X25519MLKEM768 handshakes");
 }
 
 /// A mesh file's directory: readable by the proxies' UID, with a state
@@ -575,16 +595,7 @@ fn intercepted_tcp_crosses_the_mesh_encrypted_and_outsiders_follow_the_inbound_m
     let client_metrics = t.get(&format!("http://{CLIENT_IP}:4191/metrics")).unwrap();
     let server_metrics = t.get(&format!("http://{SERVER_IP}:4191/metrics")).unwrap();
     for (text, side) in [(&client_metrics, "client"), (&server_metrics, "server")] {
-        let n = metric(
-            text,
-            "tls_handshakes_total",
-            &[
-                ("side", side),
-                ("kx_group", "X25519MLKEM768"),
-                ("result", "success"),
-            ],
-        );
-        assert!(n >= 1.0, "{side}: {n} X25519MLKEM768 handshakes");
+        assert_pq_handshakes(text, side);
     }
     let streams = metric(
         &server_metrics,
@@ -701,10 +712,7 @@ fn intercepted_tcp_crosses_the_mesh_encrypted_and_outsiders_follow_the_inbound_m
 /// namespace with IPv6 but no ip6tables is refused rather than half-covered.
 #[test]
 fn init_covers_ipv6_when_the_namespace_has_it() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "the interception test needs root (network namespaces and iptables); CI runs as root"
-    );
+    require_root();
     let init = bin("phoenix-proxy");
     let ns = |suffix: &str| format!("phx-v6-{:06x}-{suffix}", rand::random::<u32>() & 0xff_ffff);
     let exec = |ns: &str, args: &[&str], path: Option<&Path>| {
@@ -867,16 +875,7 @@ fn ipv6_pods_are_meshed_like_ipv4_ones() {
         let text = t
             .get(&format!("http://{}:4191/metrics", t.host(pod)))
             .unwrap();
-        let n = metric(
-            &text,
-            "tls_handshakes_total",
-            &[
-                ("side", side),
-                ("kx_group", "X25519MLKEM768"),
-                ("result", "success"),
-            ],
-        );
-        assert!(n >= 1.0, "{side}: {n} X25519MLKEM768 handshakes");
+        assert_pq_handshakes(&text, side);
     }
     drop(cp);
 }
@@ -885,10 +884,7 @@ fn ipv6_pods_are_meshed_like_ipv4_ones() {
 /// init container has the capability; a hand-made one may not).
 #[test]
 fn init_without_net_admin_exits_77_naming_the_capability() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "the interception test needs root (network namespaces and iptables); CI runs as root"
-    );
+    require_root();
     let ns = format!("phx-77-{:06x}", rand::random::<u32>() & 0xff_ffff);
     run(&["ip", "netns", "add", &ns]);
     let out = Command::new("ip")

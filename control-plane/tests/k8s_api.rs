@@ -54,6 +54,18 @@ fn respond(send: SendResponse<Response<Body>>, status: StatusCode, body: Value) 
     );
 }
 
+/// Another writer wins: the GET finds nothing, the create gets 409.
+async fn lose_create_race(server: &mut Server) {
+    let (_, send) = next(server).await;
+    respond(send, StatusCode::NOT_FOUND, status_body(404, "NotFound"));
+    let (_, send) = next(server).await;
+    respond(
+        send,
+        StatusCode::CONFLICT,
+        status_body(409, "AlreadyExists"),
+    );
+}
+
 fn status_body(code: u16, reason: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
            "message": format!("scripted {reason}"), "reason": reason, "code": code})
@@ -240,14 +252,7 @@ async fn the_ca_root_secret_is_created_once_and_reloaded_after() {
     let race = tokio::spawn(async move {
         ca_secret::load_or_create(client, "phoenix-system", "phoenix-ca", "cluster.local").await
     });
-    let (_, send) = next(&mut server).await;
-    respond(send, StatusCode::NOT_FOUND, status_body(404, "NotFound"));
-    let (_, send) = next(&mut server).await;
-    respond(
-        send,
-        StatusCode::CONFLICT,
-        status_body(409, "AlreadyExists"),
-    );
+    lose_create_race(&mut server).await;
     let (req, send) = next(&mut server).await;
     assert_eq!(
         (req.method(), req.uri().path()),
@@ -510,14 +515,7 @@ async fn every_namespace_gets_the_mesh_roots_in_a_config_map() {
 
     // Two writers creating at once: the loser's 409 is not an error.
     let task = run(new);
-    let (_, send) = next(&mut server).await;
-    respond(send, StatusCode::NOT_FOUND, status_body(404, "NotFound"));
-    let (_, send) = next(&mut server).await;
-    respond(
-        send,
-        StatusCode::CONFLICT,
-        status_body(409, "AlreadyExists"),
-    );
+    lose_create_race(&mut server).await;
     assert!(!task.await.unwrap().unwrap());
 
     // Forbidden (RBAC): an error naming the object.
