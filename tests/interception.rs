@@ -237,6 +237,22 @@ fn assert_pq_handshakes(metrics: &str, side: &str) {
     assert!(n >= 1.0, "{side}: {n} X25519MLKEM768 handshakes");
 }
 
+/// Stops tcpdump (SIGTERM flushes the file) and asserts that no TCP at all
+/// crossed the captured interface: meshed traffic is UDP to the QUIC port.
+fn stop_capture_asserting_no_tcp(mut tcpdump: std::process::Child, pcap: &Path) {
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(tcpdump.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    tcpdump.wait().unwrap();
+    let tcp = packets(pcap, "tcp");
+    assert!(
+        tcp.is_empty(),
+        "TCP crossed the client pod's interface: {tcp:?}"
+    );
+}
+
 /// A mesh file's directory: readable by the proxies' UID, with a state
 /// directory holding one random bootstrap token per workload, and a web
 /// root serving `secret` a thousand times.
@@ -516,7 +532,7 @@ fn intercepted_tcp_crosses_the_mesh_encrypted_and_outsiders_follow_the_inbound_m
 
     // Meshed traffic, captured on the client pod's interface.
     let pcap = m.path("a.pcap");
-    let mut tcpdump = capture(&t, "a", &pcap);
+    let tcpdump = capture(&t, "a", &pcap);
     let body = curl(&t, "a", &format!("http://{SERVER_IP}:8080/index.txt"))
         .expect("curl through the mesh");
     assert_eq!(body, secret.repeat(1000), "the bytes arrive intact");
@@ -565,17 +581,7 @@ fn intercepted_tcp_crosses_the_mesh_encrypted_and_outsiders_follow_the_inbound_m
         ms < 3000,
         "the banner took {ms} ms: something waited for the client to speak"
     );
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(tcpdump.id() as i32).unwrap(),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
-    tcpdump.wait().unwrap();
-    let tcp = packets(&pcap, "tcp");
-    assert!(
-        tcp.is_empty(),
-        "TCP crossed the client pod's interface: {tcp:?}"
-    );
+    stop_capture_asserting_no_tcp(tcpdump, &pcap);
     let quic = packets(&pcap, &format!("udp and host {SERVER_IP} and port 4143"));
     let quic_bytes: usize = quic
         .iter()
@@ -842,25 +848,15 @@ fn ipv6_pods_are_meshed_like_ipv4_ones() {
     );
 
     let pcap = m.path("a6.pcap");
-    let mut tcpdump = capture(&t, "a", &pcap);
+    let tcpdump = capture(&t, "a", &pcap);
     let body = curl(&t, "a", &format!("http://{}:8080/index.txt", t.host("b")))
         .expect("curl to the server's IPv6 pod address through the mesh");
     assert_eq!(body, secret.repeat(1000), "the bytes arrive intact");
     let by_vip = curl(&t, "a", &format!("http://{vip}/index.txt"))
         .expect("curl to the service's IPv6 virtual address");
     assert_eq!(by_vip, secret.repeat(1000));
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(tcpdump.id() as i32).unwrap(),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
-    tcpdump.wait().unwrap();
     // Neighbour discovery is ICMPv6; TCP must not appear at all.
-    let tcp = packets(&pcap, "tcp");
-    assert!(
-        tcp.is_empty(),
-        "TCP crossed the client pod's interface: {tcp:?}"
-    );
+    stop_capture_asserting_no_tcp(tcpdump, &pcap);
     let quic = packets(
         &pcap,
         &format!("ip6 and udp and port 4143 and host {}", t.ip("b")),
