@@ -21,10 +21,25 @@ use phoenix_proxy::process::EXIT_CONFIG;
 
 /// Phoenix: a post-quantum service mesh.
 #[derive(Debug, Parser)]
-#[command(name = "phoenix", version, about)]
+#[command(name = "phoenix", version)]
+#[cfg_attr(
+    feature = "kubernetes",
+    command(about = "Phoenix service mesh CLI: up, demo, inject, install, check")
+)]
+#[cfg_attr(
+    not(feature = "kubernetes"),
+    command(
+        about = "Phoenix service mesh CLI: up, demo (built without Kubernetes: the default features add inject, install, check)"
+    )
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log format of this command: `text` (coloured only on a terminal,
+    /// never with `NO_COLOR`) or `json`. The processes `phoenix up` starts
+    /// inherit `PHOENIX_LOG_FORMAT`.
+    #[arg(long, env = "PHOENIX_LOG_FORMAT", value_enum, global = true)]
+    log_format: Option<phoenix_proxy::process::LogFormat>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -77,7 +92,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    phoenix_proxy::process::init_tracing(false, "warn");
+    phoenix_proxy::process::init_tracing(cli.log_format.unwrap_or_default(), "warn");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -11,18 +11,16 @@
 
 #[path = "support/harness.rs"]
 mod harness;
+#[path = "support/netns.rs"]
+mod netns;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use harness::{Proc, bin, eventually, metric};
+use netns::*;
 
-const NODE_IP: &str = "10.77.0.1";
-const CLIENT_IP: &str = "10.77.0.2";
-const SERVER_IP: &str = "10.77.0.3";
-const OUTSIDER_IP: &str = "10.77.0.4";
 /// The web service's virtual address, like a ClusterIP: nothing answers
 /// there; only the client proxy's routing by original destination reaches it.
 const WEB_VIP: &str = "10.96.0.10:80";
@@ -30,172 +28,6 @@ const WEB_VIP: &str = "10.96.0.10:80";
 const PRIVATE_VIP: &str = "10.96.0.11:80";
 /// A server port init leaves alone (`--skip-inbound-ports`).
 const SKIPPED_PORT: &str = "9100";
-/// The UID the proxies run as (`phoenix-proxy init --proxy-uid`'s default).
-const PROXY_UID: &str = "2102";
-
-/// IPv6 addresses of the IPv6-only variant (node, client, server).
-const V6: [(&str, &str); 3] = [("node", "fd77::1"), ("a", "fd77::2"), ("b", "fd77::3")];
-
-/// Pods as network namespaces on one bridge, removed on drop. Names are
-/// unique per run, so runs can overlap.
-struct Topology {
-    id: String,
-    ipv6: bool,
-}
-
-impl Topology {
-    /// IPv4 pods a, b, c with IPv6 disabled (no neighbour discovery noise).
-    fn new() -> Self {
-        Self::build(false)
-    }
-
-    /// IPv6-only pods a and b (and c, unaddressed).
-    fn new_v6() -> Self {
-        Self::build(true)
-    }
-
-    /// The address of `pod` (`node`, `a`, `b`) in this topology's family.
-    fn ip(&self, pod: &str) -> &'static str {
-        let table: &[(&str, &str)] = if self.ipv6 {
-            &V6
-        } else {
-            &[
-                ("node", NODE_IP),
-                ("a", CLIENT_IP),
-                ("b", SERVER_IP),
-                ("c", OUTSIDER_IP),
-            ]
-        };
-        table
-            .iter()
-            .find(|(p, _)| *p == pod)
-            .map(|(_, ip)| *ip)
-            .unwrap()
-    }
-
-    /// `ip` as the host part of a URL or socket address.
-    fn host(&self, pod: &str) -> String {
-        if self.ipv6 {
-            format!("[{}]", self.ip(pod))
-        } else {
-            self.ip(pod).to_owned()
-        }
-    }
-
-    fn build(ipv6: bool) -> Self {
-        require_root();
-        let id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
-        let t = Self { id, ipv6 };
-        // IPv6 addresses without duplicate detection: usable at once.
-        let cidr = |pod: &str| -> Vec<String> {
-            if ipv6 {
-                vec![format!("{}/64", t.ip(pod)), "nodad".into()]
-            } else {
-                vec![format!("{}/24", t.ip(pod))]
-            }
-        };
-        let node = t.ns("node");
-        run(&["ip", "netns", "add", &node]);
-        t.exec("node", &["ip", "link", "set", "lo", "up"]);
-        t.exec("node", &["ip", "link", "add", "br0", "type", "bridge"]);
-        let mut add = vec!["ip", "addr", "add"];
-        let node_cidr = cidr("node");
-        add.extend(node_cidr.iter().map(String::as_str));
-        add.extend(["dev", "br0"]);
-        t.exec("node", &add);
-        t.exec("node", &["ip", "link", "set", "br0", "up"]);
-        let pods: &[&str] = if ipv6 { &["a", "b"] } else { &["a", "b", "c"] };
-        for &pod in pods {
-            let name = t.ns(pod);
-            run(&["ip", "netns", "add", &name]);
-            // Neighbour discovery and router solicitations would only add
-            // noise to the IPv4 capture; the IPv6 variant ignores it.
-            if !ipv6 {
-                for scope in ["all", "default"] {
-                    t.exec(
-                        pod,
-                        &[
-                            "sysctl",
-                            "-qw",
-                            &format!("net.ipv6.conf.{scope}.disable_ipv6=1"),
-                        ],
-                    );
-                }
-            }
-            let host_end = format!("v{pod}{}", t.id);
-            run(&[
-                "ip", "link", "add", &host_end, "netns", &node, "type", "veth", "peer", "name",
-                "eth0", "netns", &name,
-            ]);
-            t.exec(
-                "node",
-                &["ip", "link", "set", &host_end, "master", "br0", "up"],
-            );
-            t.exec(pod, &["ip", "link", "set", "lo", "up"]);
-            let mut add = vec!["ip", "addr", "add"];
-            let pod_cidr = cidr(pod);
-            add.extend(pod_cidr.iter().map(String::as_str));
-            add.extend(["dev", "eth0"]);
-            t.exec(pod, &add);
-            t.exec(pod, &["ip", "link", "set", "eth0", "up"]);
-            // As in a cluster, Service addresses are routed off the pod.
-            t.exec(pod, &["ip", "route", "add", "default", "via", t.ip("node")]);
-        }
-        t
-    }
-
-    fn ns(&self, pod: &str) -> String {
-        format!("phx-{}-{pod}", self.id)
-    }
-
-    /// `ip netns exec <pod> args...`, whose exec replaces `ip`: killing
-    /// the child kills the program itself.
-    fn command(&self, pod: &str, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns(pod)]).args(args);
-        c
-    }
-
-    fn exec(&self, pod: &str, args: &[&str]) -> Output {
-        let out = self.command(pod, args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?} in {pod}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    /// A GET from the node (where the admin ports are reachable).
-    fn get(&self, url: &str) -> Option<String> {
-        let out = self
-            .command("node", &["curl", "-gsf", "--max-time", "5", url])
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for pod in ["a", "b", "c", "node"] {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.ns(pod)])
-                .output();
-        }
-    }
-}
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn mesh(mode: &str) -> String {
     format!(
@@ -212,45 +44,6 @@ fn mesh(mode: &str) -> String {
          \x20     - {{service: banner, target: \"{SERVER_IP}:2525\", allow: [client], inboundMode: permissive}}\n\
          \x20     - {{service: private, target: \"{SERVER_IP}:9000\", allow: [ops]}}\n"
     )
-}
-
-/// The interception tests program network namespaces and iptables.
-fn require_root() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "the interception test needs root (network namespaces and iptables); CI runs as root"
-    );
-}
-
-/// A proxy's metrics show at least one successful X25519MLKEM768 handshake
-/// on `side` ("client" or "server").
-fn assert_pq_handshakes(metrics: &str, side: &str) {
-    let n = metric(
-        metrics,
-        "tls_handshakes_total",
-        &[
-            ("side", side),
-            ("kx_group", "X25519MLKEM768"),
-            ("result", "success"),
-        ],
-    );
-    assert!(n >= 1.0, "{side}: {n} X25519MLKEM768 handshakes");
-}
-
-/// Stops tcpdump (SIGTERM flushes the file) and asserts that no TCP at all
-/// crossed the captured interface: meshed traffic is UDP to the QUIC port.
-fn stop_capture_asserting_no_tcp(mut tcpdump: std::process::Child, pcap: &Path) {
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(tcpdump.id() as i32).unwrap(),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
-    tcpdump.wait().unwrap();
-    let tcp = packets(pcap, "tcp");
-    assert!(
-        tcp.is_empty(),
-        "TCP crossed the client pod's interface: {tcp:?}"
-    );
 }
 
 /// A mesh file's directory: readable by the proxies' UID, with a state
@@ -342,11 +135,6 @@ impl MeshDir {
     }
 }
 
-/// A Python program as an unmodified app in `pod`.
-fn python(t: &Topology, pod: &str, name: &str, code: &str) -> Proc {
-    Proc::spawn(name, t.command(pod, &["python3", "-u", "-c", code]))
-}
-
 /// The proxy of `pod`, as the injector runs it: its own UID, its addresses,
 /// the redirect listeners on the ports init programmed.
 fn proxy(t: &Topology, pod: &str, token: &str, anchor: &Path) -> Proc {
@@ -381,82 +169,6 @@ fn proxy(t: &Topology, pod: &str, token: &str, anchor: &Path) -> Proc {
         .args(["--pod-ips", t.ip(pod)])
         .env("PHOENIX_TOKEN", token);
     Proc::spawn(&format!("proxy-{pod}"), cmd)
-}
-
-/// curl from `pod`: the body, or `None` when the connection failed.
-fn curl(t: &Topology, pod: &str, url: &str) -> Option<String> {
-    let out = t
-        .command(pod, &["curl", "-gsf", "--max-time", "5", url])
-        .output()
-        .unwrap();
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Starts tcpdump on `pod`'s eth0, writing to `file`; returns once it captures.
-fn capture(t: &Topology, pod: &str, file: &Path) -> std::process::Child {
-    let mut child = t
-        // -Z root: Debian's tcpdump otherwise drops to its own user, which
-        // may not write into the test's directory; --immediate-mode: hand
-        // over every packet at once, not in blocks a SIGTERM may lose.
-        .command(
-            pod,
-            &[
-                "tcpdump",
-                "-Z",
-                "root",
-                "--immediate-mode",
-                "-i",
-                "eth0",
-                "-n",
-                "-U",
-                "-s",
-                "0",
-                "-w",
-            ],
-        )
-        .arg(file)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let started = Instant::now();
-    loop {
-        let line = lines.next().expect("tcpdump ended").unwrap();
-        if line.contains("listening on") {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "tcpdump did not start"
-        );
-    }
-    // Keep draining stderr so tcpdump never blocks on it.
-    std::thread::spawn(move || for _ in lines {});
-    child
-}
-
-/// The packets in `file` that match `filter`, one summary line each.
-fn packets(file: &Path, filter: &str) -> Vec<String> {
-    let out = Command::new("tcpdump")
-        .args(["-n", "-r"])
-        .arg(file)
-        .arg(filter)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "tcpdump -r: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
 }
 
 #[test]

@@ -18,6 +18,10 @@
 
 #[path = "support/harness.rs"]
 mod harness;
+#[path = "support/netns.rs"]
+mod netns;
+#[path = "support/service_traffic.rs"]
+mod service_traffic;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -446,4 +450,95 @@ fn helm_install_injects_pods_and_phoenix_check_passes() {
         String::from_utf8_lossy(&check.stdout)
     );
     run(Command::new(&helm).args(["uninstall", "phoenix", "--namespace", &system]));
+}
+
+/// The cluster as the Kubernetes-mode traffic test's API: real objects,
+/// real TokenRequest tokens, ClusterIPs the API server allocates.
+impl service_traffic::MeshApi for Cluster {
+    fn namespace(&mut self, base: &str) -> String {
+        Cluster::namespace(self, &format!("phoenix-test-{base}"))
+    }
+
+    fn apply(&mut self, obj: serde_json::Value) -> serde_json::Value {
+        use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+        let api_version = obj["apiVersion"].as_str().unwrap().to_owned();
+        let kind = obj["kind"].as_str().unwrap().to_owned();
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", &api_version));
+        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &kind));
+        let ns = obj["metadata"]["namespace"].as_str().unwrap().to_owned();
+        let name = obj["metadata"]["name"].as_str().unwrap().to_owned();
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &ns, &resource);
+        let mut body = obj.clone();
+        if kind == "Service" {
+            // The API server allocates ClusterIPs from its own range.
+            let spec = body["spec"].as_object_mut().unwrap();
+            spec.remove("clusterIP");
+            spec.remove("clusterIPs");
+        }
+        if kind == "Pod" {
+            // Set through the status subresource below: no kubelet runs it.
+            body.as_object_mut().unwrap().remove("status");
+            if let Ok(sa) = obj["spec"]["serviceAccountName"].as_str().ok_or(()) {
+                let sas: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &ns);
+                let account: ServiceAccount =
+                    serde_json::from_value(json!({"metadata": {"name": sa}})).unwrap();
+                let _ = self.run(sas.create(&PostParams::default(), &account));
+            }
+        }
+        let dynamic: DynamicObject = serde_json::from_value(body).unwrap();
+        let mut stored = self
+            .run(api.create(&PostParams::default(), &dynamic))
+            .unwrap();
+        if kind == "Pod" {
+            stored = self
+                .run(api.patch_status(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": obj["status"]})),
+                ))
+                .unwrap();
+        }
+        serde_json::to_value(stored).unwrap()
+    }
+
+    fn token(&mut self, namespace: &str, service_account: &str) -> String {
+        Cluster::token(self, namespace, service_account, "phoenix")
+    }
+
+    fn kubeconfig(&self, _dir: &std::path::Path) -> (PathBuf, std::net::SocketAddr) {
+        let kc = Kubeconfig::read_from(&self.kubeconfig).unwrap();
+        let current = kc.current_context.clone().unwrap();
+        let context = kc.contexts.iter().find(|c| c.name == current).unwrap();
+        let cluster_name = context.context.as_ref().unwrap().cluster.clone();
+        let cluster = kc.clusters.iter().find(|c| c.name == cluster_name).unwrap();
+        let server = cluster.cluster.as_ref().unwrap().server.clone().unwrap();
+        let authority = server
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .trim_end_matches('/');
+        let addr: std::net::SocketAddr = authority.parse().unwrap_or_else(|_| {
+            panic!("the traffic test forwards the API server into the node namespace: it must be on this machine's loopback as IP:port (kind, k3d), not {server}")
+        });
+        assert!(
+            addr.ip().is_loopback(),
+            "API server {addr} is not on loopback"
+        );
+        (self.kubeconfig.clone(), addr)
+    }
+
+    fn unexpected(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Service traffic through proxies whose control plane reads a real API
+/// server: the same test as tests/kubernetes_mode.rs runs on the stand-in.
+/// Needs root (network namespaces) besides the cluster.
+#[test]
+#[ignore = "needs cluster"]
+fn service_traffic_crosses_the_mesh_on_a_real_cluster() {
+    netns::require_root();
+    let mut cluster = Cluster::connect();
+    cluster.apply_crds();
+    service_traffic::service_traffic_crosses_the_mesh(&mut cluster);
 }

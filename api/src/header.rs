@@ -23,8 +23,18 @@
 //! version. Types `0x00..=0x7f` are *critical*: a decoder that does not know
 //! one rejects the frame, because ignoring it could change where bytes go.
 //! Types `0x80..=0xff` are advisory and skipped when unknown.
+//!
+//! | type | field | value |
+//! |---|---|---|
+//! | `0x01` | service host | the DNS part of a [`ServiceName`] |
+//! | `0x02` | original destination | family (4 or 6), address, port |
+//! | `0x03` | connection id | u64, big-endian |
+//! | `0x04` | service port | u16, big-endian: the port of a service-port name such as Kubernetes' `web.shop:80` (critical: ignoring it would reach another port's service) |
+//! | `0x10` | status | one byte, a [`Status`] |
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use crate::service::{self, ServiceName, ServiceNameError};
 
 /// The two magic bytes that start every frame.
 pub const MAGIC: [u8; 2] = *b"PX";
@@ -32,8 +42,8 @@ pub const MAGIC: [u8; 2] = *b"PX";
 pub const VERSION: u8 = 1;
 /// Largest field block accepted; a frame that claims more is refused at once.
 pub const MAX_BODY_LEN: usize = 4096;
-/// Longest service name (a DNS name).
-pub const MAX_SERVICE_LEN: usize = 253;
+/// Longest service name's host part (a DNS name).
+pub const MAX_SERVICE_LEN: usize = service::MAX_HOST_LEN;
 
 const PREFIX_LEN: usize = 6;
 const KIND_REQUEST: u8 = 0x01;
@@ -42,13 +52,16 @@ const KIND_RESPONSE: u8 = 0x02;
 const FIELD_SERVICE: u8 = 0x01;
 const FIELD_ORIGINAL_DST: u8 = 0x02;
 const FIELD_CONNECTION_ID: u8 = 0x03;
+const FIELD_SERVICE_PORT: u8 = 0x04;
 const FIELD_STATUS: u8 = 0x10;
 
 /// What the outbound proxy asks of the inbound proxy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectRequest {
-    /// Service name, when the app used an explicit outbound listener.
-    pub service: Option<String>,
+    /// The service the app asked for: named when the app used an explicit
+    /// outbound listener or dialled a service's virtual address (a
+    /// ClusterIP), absent when it dialled a pod's own address.
+    pub service: Option<ServiceName>,
     /// The address the app dialled, when its connection was intercepted.
     pub original_dst: Option<SocketAddr>,
     /// Identifies the connection in both proxies' logs.
@@ -136,11 +149,12 @@ pub enum HeaderError {
         /// Its length on the wire.
         len: usize,
     },
-    /// The service name is empty, too long, or not a DNS name.
-    #[error(
-        "service name is empty, longer than {MAX_SERVICE_LEN} bytes, or not lowercase DNS characters"
-    )]
-    InvalidService,
+    /// The service field is not a service name's host part.
+    #[error("invalid service name in the header")]
+    InvalidService(#[source] ServiceNameError),
+    /// A service port field without the service it belongs to.
+    #[error("connect request has a service port but no service name")]
+    PortWithoutService,
     /// The original-destination field has an unknown address family.
     #[error("original destination has unknown address family {0}")]
     InvalidAddressFamily(u8),
@@ -164,17 +178,18 @@ pub type Decoded<T> = Result<Option<(T, usize)>, HeaderError>;
 impl ConnectRequest {
     /// Appends the encoded frame to `out`.
     ///
-    /// Fails only when the request itself is invalid (no destination, or a
-    /// service name that the decoder would refuse), so a proxy can never send
-    /// a header its peer cannot read.
+    /// Fails only when the request names no destination: a [`ServiceName`]
+    /// always encodes, so a proxy never sends a header its peer cannot read.
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), HeaderError> {
         if self.service.is_none() && self.original_dst.is_none() {
             return Err(HeaderError::MissingDestination);
         }
         let start = begin_frame(out, KIND_REQUEST);
         if let Some(service) = &self.service {
-            validate_service(service.as_bytes())?;
-            put_field(out, FIELD_SERVICE, service.as_bytes());
+            put_field(out, FIELD_SERVICE, service.host().as_bytes());
+            if let Some(port) = service.port() {
+                put_field(out, FIELD_SERVICE_PORT, &port.to_be_bytes());
+            }
         }
         if let Some(dst) = self.original_dst {
             let mut value = Vec::with_capacity(19);
@@ -213,16 +228,26 @@ pub fn decode_request(buf: &[u8]) -> Decoded<ConnectRequest> {
     let Some((body, used)) = split_frame(buf, KIND_REQUEST)? else {
         return Ok(None);
     };
-    let mut service = None;
+    let mut host = None;
+    let mut port = None;
     let mut original_dst = None;
     let mut connection_id = None;
     for field in Fields::new(body) {
         let (ty, value) = field?;
         match ty {
             FIELD_SERVICE => {
-                validate_service(value)?;
-                let name = std::str::from_utf8(value).map_err(|_| HeaderError::InvalidService)?;
-                set_once(&mut service, ty, name.to_owned())?;
+                service::check_host(value).map_err(HeaderError::InvalidService)?;
+                // check_host admits ASCII only, so this never fails.
+                let name = std::str::from_utf8(value)
+                    .map_err(|_| HeaderError::InvalidService(ServiceNameError::Empty))?;
+                set_once(&mut host, ty, name)?;
+            }
+            FIELD_SERVICE_PORT => {
+                let bytes: [u8; 2] = value.try_into().map_err(|_| HeaderError::BadFieldLength {
+                    field: ty,
+                    len: value.len(),
+                })?;
+                set_once(&mut port, ty, u16::from_be_bytes(bytes))?;
             }
             FIELD_ORIGINAL_DST => set_once(&mut original_dst, ty, decode_addr(value)?)?,
             FIELD_CONNECTION_ID => {
@@ -235,6 +260,13 @@ pub fn decode_request(buf: &[u8]) -> Decoded<ConnectRequest> {
             _ => skip_unknown(ty)?,
         }
     }
+    let service = match (host, port) {
+        (Some(host), port) => {
+            Some(ServiceName::new(host, port).map_err(HeaderError::InvalidService)?)
+        }
+        (None, Some(_)) => return Err(HeaderError::PortWithoutService),
+        (None, None) => None,
+    };
     if service.is_none() && original_dst.is_none() {
         return Err(HeaderError::MissingDestination);
     }
@@ -288,7 +320,7 @@ fn begin_frame(out: &mut Vec<u8>, kind: u8) -> usize {
 
 fn end_frame(out: &mut [u8], start: usize) {
     // Encoders only write fields bounded well below MAX_BODY_LEN (a service
-    // name is at most 253 bytes), so the length always fits in u16.
+    // name's host is at most 253 bytes), so the length always fits in u16.
     let len = (out.len() - start - 2) as u16;
     out[start..start + 2].copy_from_slice(&len.to_be_bytes());
 }
@@ -381,19 +413,6 @@ fn skip_unknown(ty: u8) -> Result<(), HeaderError> {
     }
 }
 
-fn validate_service(name: &[u8]) -> Result<(), HeaderError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_SERVICE_LEN
-        && name
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(b));
-    if ok {
-        Ok(())
-    } else {
-        Err(HeaderError::InvalidService)
-    }
-}
-
 fn decode_addr(value: &[u8]) -> Result<SocketAddr, HeaderError> {
     let bad_len = || HeaderError::BadFieldLength {
         field: FIELD_ORIGINAL_DST,
@@ -425,7 +444,7 @@ mod tests {
 
     fn request() -> ConnectRequest {
         ConnectRequest {
-            service: Some("db".into()),
+            service: Some("db".parse().unwrap()),
             original_dst: Some("10.0.0.7:5432".parse().unwrap()),
             connection_id: 42,
         }
@@ -519,7 +538,7 @@ mod tests {
     #[test]
     fn duplicate_and_missing_fields() {
         let mut bytes = encoded(&ConnectRequest {
-            service: Some("db".into()),
+            service: Some("db".parse().unwrap()),
             original_dst: None,
             connection_id: 1,
         });
@@ -550,7 +569,7 @@ mod tests {
     }
 
     #[test]
-    fn encoder_refuses_what_the_decoder_would() {
+    fn encoder_refuses_a_request_without_destination() {
         let mut out = Vec::new();
         let none = ConnectRequest {
             service: None,
@@ -558,18 +577,60 @@ mod tests {
             connection_id: 1,
         };
         assert_eq!(none.encode(&mut out), Err(HeaderError::MissingDestination));
-        let bad = ConnectRequest {
-            service: Some("DB; rm -rf".into()),
+    }
+
+    #[test]
+    fn kubernetes_service_port_names_round_trip_as_host_and_port() {
+        let req = ConnectRequest {
+            service: Some("web.shop:80".parse().unwrap()),
             original_dst: None,
-            connection_id: 1,
+            connection_id: 7,
         };
-        assert_eq!(bad.encode(&mut out), Err(HeaderError::InvalidService));
-        let long = ConnectRequest {
-            service: Some("a".repeat(MAX_SERVICE_LEN + 1)),
-            original_dst: None,
-            connection_id: 1,
+        let bytes = encoded(&req);
+        assert_eq!(decode_request(&bytes).unwrap().unwrap().0, req);
+        // The port is its own field: the host field holds no `:`.
+        let host_field = [&[FIELD_SERVICE, 0, 8][..], b"web.shop"].concat();
+        assert!(bytes.windows(host_field.len()).any(|w| w == host_field));
+        assert!(
+            bytes
+                .windows(5)
+                .any(|w| w == [FIELD_SERVICE_PORT, 0, 2, 0, 80])
+        );
+    }
+
+    #[test]
+    fn decoder_refuses_bad_service_fields() {
+        // A host with a `:` (what an old encoder would have needed).
+        assert_eq!(
+            decode_request(b"PX\x01\x01\x00\x0a\x01\x00\x07db.s:80"),
+            Err(HeaderError::InvalidService(ServiceNameError::BadChar(':')))
+        );
+        // A port without a host, and a port of the wrong size or zero.
+        let id = [FIELD_CONNECTION_ID, 0, 8, 0, 0, 0, 0, 0, 0, 0, 1];
+        let frame = |fields: &[&[u8]]| {
+            let body: Vec<u8> = fields.concat();
+            let mut out = b"PX\x01\x01".to_vec();
+            out.extend_from_slice(&(body.len() as u16).to_be_bytes());
+            out.extend_from_slice(&body);
+            out
         };
-        assert_eq!(long.encode(&mut out), Err(HeaderError::InvalidService));
+        let dst = [FIELD_ORIGINAL_DST, 0, 7, 4, 10, 0, 0, 1, 0, 80];
+        assert_eq!(
+            decode_request(&frame(&[&dst, &[FIELD_SERVICE_PORT, 0, 2, 0, 80], &id])),
+            Err(HeaderError::PortWithoutService)
+        );
+        let db = [FIELD_SERVICE, 0, 2, b'd', b'b'];
+        assert_eq!(
+            decode_request(&frame(&[&db, &[FIELD_SERVICE_PORT, 0, 1, 80], &id])),
+            Err(HeaderError::BadFieldLength {
+                field: FIELD_SERVICE_PORT,
+                len: 1
+            })
+        );
+        assert_eq!(
+            decode_request(&frame(&[&db, &[FIELD_SERVICE_PORT, 0, 2, 0, 0], &id])),
+            Err(HeaderError::InvalidService(ServiceNameError::BadPort))
+        );
     }
 
     #[test]

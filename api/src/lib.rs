@@ -3,15 +3,18 @@
 //! Everything that crosses a process boundary and must stay compatible across
 //! versions lives here, and nothing else: the tunnel header that starts every
 //! proxied stream ([`header`]), the control-plane messages ([`control`]), the
-//! config snapshots they carry ([`snapshot`]) and workload identities
-//! ([`identity`]). The crate does no I/O: the codecs are pure functions over
-//! bytes, so they are fuzzed and tested without sockets.
+//! config snapshots they carry ([`snapshot`]), workload identities
+//! ([`identity`]) and service names ([`service`]). The crate does no I/O:
+//! the codecs are pure functions over bytes, so they are fuzzed and tested
+//! without sockets.
 
 pub mod control;
 pub mod duration;
 pub mod header;
 pub mod identity;
+pub mod service;
 pub mod snapshot;
 pub mod tls_policy;
 
 pub use identity::SpiffeId;
+pub use service::ServiceName;

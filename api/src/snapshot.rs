@@ -14,6 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+use crate::service::ServiceName;
 use crate::tls_policy::{CipherSuite, KeyExchange};
 
 /// Key of the mesh-wide settings resource.
@@ -125,8 +126,10 @@ impl InboundMode {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Upstream {
-    /// Service name.
-    pub service: String,
+    /// Service name (its text form on the wire; a snapshot naming a service
+    /// that does not parse is refused whole, since the tunnel header could
+    /// not carry it).
+    pub service: ServiceName,
     /// Where the proxy listens for the app's connections to this service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
@@ -164,8 +167,8 @@ pub struct Endpoint {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Inbound {
-    /// Service name.
-    pub service: String,
+    /// Service name, as client proxies name it in the tunnel header.
+    pub service: ServiceName,
     /// Where the app listens.
     pub target: SocketAddr,
     /// The pod's addresses in its other IP families: a client that dialled
@@ -290,7 +293,7 @@ mod tests {
 
     fn upstream(service: &str, port: u16) -> Resource {
         Resource::Upstream(Upstream {
-            service: service.into(),
+            service: service.parse().unwrap(),
             listen: Some("127.0.0.1:1000".parse().unwrap()),
             addresses: vec![],
             connect_timeout_ms: None,
@@ -308,6 +311,21 @@ mod tests {
             version,
             resources: resources.into_iter().map(|r| (r.key(), r)).collect(),
         }
+    }
+
+    #[test]
+    fn a_snapshot_naming_a_service_outside_the_grammar_is_refused() {
+        let mut json = serde_json::to_value(snapshot(1, vec![upstream("web.shop:80", 1)])).unwrap();
+        let good: Snapshot = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(good.resources.len(), 1);
+        json["resources"]["upstream/web.shop:80"]["service"] = "web.shop:80:1".into();
+        let error = serde_json::from_value::<Snapshot>(json).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("invalid service name `web.shop:80:1`"),
+            "{error}"
+        );
     }
 
     #[test]

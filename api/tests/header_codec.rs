@@ -28,6 +28,10 @@ fn golden(name: &str, bytes: &[u8]) {
         })
         .collect();
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "UPDATE_GOLDEN is refused in CI: goldens are compared there, never rewritten"
+        );
         std::fs::write(&path, &hex).unwrap();
     }
     let want = std::fs::read_to_string(&path)
@@ -39,7 +43,7 @@ fn golden(name: &str, bytes: &[u8]) {
 fn golden_request_service() {
     let mut out = Vec::new();
     ConnectRequest {
-        service: Some("db".into()),
+        service: Some("db".parse().unwrap()),
         original_dst: None,
         connection_id: 0x0102_0304_0506_0708,
     }
@@ -53,7 +57,7 @@ fn golden_request_service() {
 fn golden_request_original_dst() {
     let mut out = Vec::new();
     ConnectRequest {
-        service: Some("web.default".into()),
+        service: Some("web.default".parse().unwrap()),
         original_dst: Some("10.96.0.10:8080".parse().unwrap()),
         connection_id: 7,
     }
@@ -61,6 +65,25 @@ fn golden_request_original_dst() {
     .unwrap();
     golden("request_original_dst.hex", &out);
     assert!(decode_request(&out).unwrap().is_some());
+}
+
+/// The request a client proxy sends for a connection to a Kubernetes
+/// Service's ClusterIP: the index names the upstream `<name>.<ns>:<port>`,
+/// and the header carries host and port as two fields. (This shape was
+/// unencodable once, and every ClusterIP connection was reset.)
+#[test]
+fn golden_request_kubernetes_service_port() {
+    let mut out = Vec::new();
+    ConnectRequest {
+        service: Some(phoenix_api::ServiceName::kubernetes("web", "shop", 80).unwrap()),
+        original_dst: None,
+        connection_id: 9,
+    }
+    .encode(&mut out)
+    .unwrap();
+    golden("request_kubernetes_service.hex", &out);
+    let (decoded, _) = decode_request(&out).unwrap().unwrap();
+    assert_eq!(decoded.service.unwrap().to_string(), "web.shop:80");
 }
 
 #[test]
@@ -77,8 +100,13 @@ fn golden_responses() {
     golden("responses.hex", &out);
 }
 
-fn service_name() -> impl Strategy<Value = String> {
-    "[a-z0-9][a-z0-9.-]{0,60}"
+/// Names of both shapes, file mode's (`db`) and Kubernetes' (`web.shop:80`).
+fn service_name() -> impl Strategy<Value = phoenix_api::ServiceName> {
+    (
+        "[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?){0,3}",
+        proptest::option::of(1u16..),
+    )
+        .prop_map(|(host, port)| phoenix_api::ServiceName::new(&host, port).unwrap())
 }
 
 proptest! {

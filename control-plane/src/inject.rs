@@ -394,6 +394,9 @@ impl Injector {
                         &format!("[::]:{OUTBOUND_PORT}"),
                     ),
                     env("PHOENIX_INBOUND_REDIRECT", &format!("[::]:{INBOUND_PORT}")),
+                    // JSON lines for the cluster's log collectors (and no
+                    // escape codes in `kubectl logs`).
+                    env("PHOENIX_LOG_FORMAT", "json"),
                 ];
                 // Its own addresses: where meshed clients may reach ports
                 // no Service lists (metrics scrapes of the app and proxy).

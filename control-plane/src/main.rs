@@ -30,8 +30,12 @@ struct Args {
     /// State directory (overrides stateDir).
     #[arg(long, env = "PHOENIX_STATE_DIR")]
     state_dir: Option<PathBuf>,
-    /// Log as JSON lines.
-    #[arg(long, env = "PHOENIX_LOG_JSON")]
+    /// Log format: `text` (coloured only on a terminal, never with
+    /// `NO_COLOR`) or `json` (one object per line; the Helm chart sets it).
+    #[arg(long, env = "PHOENIX_LOG_FORMAT", value_enum, global = true)]
+    log_format: Option<process::LogFormat>,
+    /// Same as `--log-format json` (kept for earlier charts).
+    #[arg(long, env = "PHOENIX_LOG_JSON", hide = true, global = true)]
     log_json: bool,
     /// Exit when the parent process dies (set by `phoenix up`).
     #[arg(long, env = "PHOENIX_DIE_WITH_PARENT", hide = true)]
@@ -137,7 +141,11 @@ fn main() -> ExitCode {
         Some(Command::Crds) => return print_crds(),
         #[cfg(feature = "kubernetes")]
         Some(Command::Kubernetes(k)) => {
-            return run_kubernetes(k, args.log_json, args.die_with_parent);
+            return run_kubernetes(
+                k,
+                process::LogFormat::resolve(args.log_format, args.log_json),
+                args.die_with_parent,
+            );
         }
         Some(Command::RotateCa(r)) => Some(r),
         None => None,
@@ -146,7 +154,10 @@ fn main() -> ExitCode {
         eprintln!("phoenix-control-plane: no mesh file: pass --mesh FILE (or set PHOENIX_MESH)");
         return ExitCode::from(EXIT_CONFIG);
     };
-    process::init_tracing(args.log_json, "info");
+    process::init_tracing(
+        process::LogFormat::resolve(args.log_format, args.log_json),
+        "info",
+    );
     if args.die_with_parent && !process::die_with_parent() {
         return ExitCode::FAILURE;
     }
@@ -280,9 +291,13 @@ fn print_crds() -> ExitCode {
 }
 
 #[cfg(feature = "kubernetes")]
-fn run_kubernetes(args: KubeArgs, log_json: bool, die_with_parent: bool) -> ExitCode {
+fn run_kubernetes(
+    args: KubeArgs,
+    log_format: process::LogFormat,
+    die_with_parent: bool,
+) -> ExitCode {
     use phoenix_control_plane::k8s::run::{self, KubeSettings};
-    process::init_tracing(log_json, "info");
+    process::init_tracing(log_format, "info");
     if die_with_parent && !process::die_with_parent() {
         return ExitCode::FAILURE;
     }

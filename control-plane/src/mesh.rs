@@ -10,10 +10,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use phoenix_api::SpiffeId;
 use phoenix_api::identity::is_dns_label;
+use phoenix_api::service::ServiceNameError;
 use phoenix_api::snapshot::InboundMode;
 use phoenix_api::tls_policy::{CipherSuite, KeyExchange};
+use phoenix_api::{ServiceName, SpiffeId};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
@@ -176,9 +177,9 @@ pub struct Workload {
     /// Proxy admin address.
     pub admin: SocketAddr,
     /// Upstreams by service.
-    pub upstreams: BTreeMap<String, UpstreamSpec>,
+    pub upstreams: BTreeMap<ServiceName, UpstreamSpec>,
     /// Served services.
-    pub serve: BTreeMap<String, Serve>,
+    pub serve: BTreeMap<ServiceName, Serve>,
 }
 
 /// A validated upstream.
@@ -260,9 +261,11 @@ pub enum Problem {
         "identity {0} is already used by workload `{1}`; give each workload its own serviceAccount"
     )]
     DuplicateIdentity(String, String),
-    /// A service name that is not a DNS name.
-    #[error("service names are lowercase DNS names (letters, digits, `-`, `.`)")]
-    ServiceName,
+    /// A service name that does not parse.
+    #[error(
+        "{0}; service names are lowercase DNS names (letters, digits, `-`, `.`), optionally with `:port`, e.g. `db` or `web.shop:80`"
+    )]
+    ServiceName(ServiceNameError),
     /// An upstream nobody serves.
     #[error("no workload serves service `{0}`; add it to some workload's `serve` list")]
     UnservedService(String),
@@ -426,7 +429,7 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
 
     let mut workloads = BTreeMap::new();
     let mut identities: BTreeMap<SpiffeId, String> = BTreeMap::new();
-    let mut served: BTreeSet<String> = BTreeSet::new();
+    let mut served: BTreeSet<ServiceName> = BTreeSet::new();
     for (i, w) in workload_files.iter().enumerate() {
         let line = w.name.referenced.line();
         let at = |f: &str| format!("workloads[{i}].{f}");
@@ -469,9 +472,11 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
         for (j, u) in w.upstreams.iter().enumerate() {
             let uline = u.service.referenced.line();
             let field = at(&format!("upstreams[{j}].service"));
-            if !is_service_name(&u.service.value) {
-                return Err(invalid(uline, field, Problem::ServiceName));
-            }
+            let service: ServiceName = u
+                .service
+                .value
+                .parse()
+                .map_err(|e| invalid(uline, field.clone(), Problem::ServiceName(e)))?;
             let optional = |field: &str, v: &Option<Spanned<String>>, min: Duration| {
                 v.as_ref()
                     .map(|v| {
@@ -508,7 +513,7 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
                 )?,
                 idle_timeout: optional("idleTimeout", &u.idle_timeout, Duration::from_millis(100))?,
             };
-            if upstreams.insert(u.service.value.clone(), spec).is_some() {
+            if upstreams.insert(service, spec).is_some() {
                 return Err(invalid(
                     uline,
                     field,
@@ -528,9 +533,11 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
         for (j, s) in w.serve.iter().enumerate() {
             let sline = s.service.referenced.line();
             let field = at(&format!("serve[{j}].service"));
-            if !is_service_name(&s.service.value) {
-                return Err(invalid(sline, field, Problem::ServiceName));
-            }
+            let service: ServiceName = s
+                .service
+                .value
+                .parse()
+                .map_err(|e| invalid(sline, field.clone(), Problem::ServiceName(e)))?;
             let allow = match &s.allow {
                 None => None,
                 Some(entries) => {
@@ -550,7 +557,7 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
             };
             if serve
                 .insert(
-                    s.service.value.clone(),
+                    service.clone(),
                     Serve {
                         target: s.target,
                         allow,
@@ -565,7 +572,7 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
                     Problem::DuplicateService(s.service.value.clone()),
                 ));
             }
-            served.insert(s.service.value.clone());
+            served.insert(service);
         }
         workloads.insert(
             name.clone(),
@@ -581,7 +588,7 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
     }
     for (i, w) in workload_files.iter().enumerate() {
         for (j, u) in w.upstreams.iter().enumerate() {
-            if !served.contains(&u.service.value) {
+            if !served.contains(u.service.value.as_str()) {
                 return Err(invalid(
                     u.service.referenced.line(),
                     format!("workloads[{i}].upstreams[{j}].service"),
@@ -604,13 +611,6 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
         control_admin,
         workloads,
     })
-}
-
-fn is_service_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= phoenix_api::header::MAX_SERVICE_LEN
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
 }
 
 fn resolve_allow(entry: &str, td: &str, namespace: &str) -> Option<SpiffeId> {

@@ -900,3 +900,101 @@ fn deltas_always_add_up_to_the_fresh_view() {
     let deltas: usize = proxies.iter().map(|p| p.deltas.len()).sum();
     assert!(deltas > 100, "the run must exercise deltas, got {deltas}");
 }
+
+/// Every upstream and inbound name the index can emit goes into a tunnel
+/// header and comes out as the same service: the names of the longest
+/// Service and namespace Kubernetes allows, one-letter ones, digits and
+/// hyphens, the lowest and highest ports, two Services of one name in two
+/// namespaces, and two ports of one Service. (The index once named upstreams
+/// in a form the header refused, and every ClusterIP connection was reset.)
+#[test]
+fn every_name_the_index_emits_encodes_in_a_tunnel_header() {
+    use phoenix_api::header::{ConnectRequest, decode_request};
+    let long_name = format!("s{}", "-9".repeat(31)); // 63: a DNS-1035 label's limit
+    let long_ns = format!("n{}", "a".repeat(62)); // 63: a namespace's limit
+    let cases: Vec<(String, String, Vec<u16>)> = vec![
+        (long_name.clone(), long_ns.clone(), vec![65535]),
+        ("a".into(), "b".into(), vec![1]),
+        ("web-2".into(), "shop".into(), vec![80, 443]),
+        ("web-2".into(), "team-0".into(), vec![80]),
+    ];
+    let mut index = Index::new(TD, 1000);
+    let mut names = std::collections::BTreeSet::new();
+    for (n, (name, ns, ports)) in cases.iter().enumerate() {
+        let pod_ip = format!("10.0.1.{}", n + 1);
+        let pod_name = format!("{name}-0");
+        let port_list = |target: bool| -> serde_json::Value {
+            ports
+                .iter()
+                .enumerate()
+                .map(|(i, port)| {
+                    let target_port = 8080 + i as u16;
+                    if target {
+                        json!({"name": format!("p{port}"), "port": target_port, "protocol": "TCP"})
+                    } else {
+                        json!({"name": format!("p{port}"), "port": port, "targetPort": target_port})
+                    }
+                })
+                .collect()
+        };
+        service(
+            &mut index,
+            ns,
+            name,
+            &format!("10.96.1.{}", n + 1),
+            port_list(false),
+        );
+        slice(
+            &mut index,
+            ns,
+            &format!("{name}-1"),
+            name,
+            port_list(true),
+            &[(&pod_name, &pod_ip, true, false)],
+        );
+        pod(&mut index, ns, &pod_name, "app", &pod_ip, true);
+        names.extend(ports.iter().map(|port| format!("{name}.{ns}:{port}")));
+    }
+    index.commit().unwrap();
+    // Every proxy gets every meshed Service.
+    let mut client = Proxy::new("shop", "client", ip("10.0.2.1"));
+    client.sync(&index);
+    let mut emitted = std::collections::BTreeSet::new();
+    let mut servers = Vec::new();
+    for (n, (name, ns, ports)) in cases.iter().enumerate() {
+        let mut server = Proxy::new(ns, "app", ip(&format!("10.0.1.{}", n + 1)));
+        server.sync(&index);
+        for port in ports {
+            let inbound = server
+                .inbound(&format!("{name}.{ns}:{port}"))
+                .expect("the pod serves its Service port");
+            servers.push(inbound.service.clone());
+        }
+    }
+    for resource in client.view().resources.values() {
+        if let Resource::Upstream(u) = resource {
+            emitted.insert(u.service.clone());
+        }
+    }
+    assert_eq!(
+        emitted
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<std::collections::BTreeSet<_>>(),
+        names,
+        "one upstream per Service port, named <name>.<namespace>:<port>"
+    );
+    for service in emitted.iter().chain(&servers) {
+        let mut bytes = Vec::new();
+        ConnectRequest {
+            service: Some(service.clone()),
+            original_dst: None,
+            connection_id: 1,
+        }
+        .encode(&mut bytes)
+        .unwrap();
+        let (decoded, used) = decode_request(&bytes).unwrap().unwrap();
+        assert_eq!(used, bytes.len());
+        assert_eq!(decoded.service.as_ref(), Some(service), "{service}");
+    }
+}

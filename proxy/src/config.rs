@@ -10,9 +10,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use phoenix_api::SpiffeId;
 use phoenix_api::identity::IdentityError;
 use phoenix_api::snapshot::{self, MESH_KEY, Resource, Snapshot};
+use phoenix_api::{ServiceName, SpiffeId};
 use phoenix_tls::handshake::TlsPolicy;
 
 /// A whole, validated config at one version.
@@ -23,9 +23,9 @@ pub struct ProxyConfig {
     /// Mesh-wide settings.
     pub mesh: MeshConfig,
     /// Services the app calls, by name.
-    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    pub upstreams: BTreeMap<ServiceName, UpstreamConfig>,
     /// Services the app serves, by name.
-    pub inbound: BTreeMap<String, InboundConfig>,
+    pub inbound: BTreeMap<ServiceName, InboundConfig>,
     /// The snapshot this was built from: deltas apply to it, `/config` shows it.
     pub snapshot: Snapshot,
     /// Lookup tables for intercepted connections, built once per config:
@@ -38,14 +38,14 @@ pub struct ProxyConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RouteIndex {
     /// A service's virtual address → the service.
-    pub by_address: HashMap<SocketAddr, String>,
+    pub by_address: HashMap<SocketAddr, ServiceName>,
     /// A meshed pod's address (any family) → the first service (by name)
     /// it is an endpoint of, and its index in that service's endpoints.
-    pub by_pod_ip: HashMap<IpAddr, (String, usize)>,
+    pub by_pod_ip: HashMap<IpAddr, (ServiceName, usize)>,
 }
 
 impl RouteIndex {
-    fn build(upstreams: &BTreeMap<String, UpstreamConfig>) -> Self {
+    fn build(upstreams: &BTreeMap<ServiceName, UpstreamConfig>) -> Self {
         let mut index = Self::default();
         for (name, upstream) in upstreams {
             for address in &upstream.addresses {
@@ -279,7 +279,7 @@ impl TryFrom<&Snapshot> for ProxyConfig {
                             } = e;
                             if !seen.insert(*address) {
                                 return Err(ConfigError::DuplicateEndpoint {
-                                    service: service.clone(),
+                                    service: service.to_string(),
                                 });
                             }
                             Ok(EndpointConfig {
@@ -429,8 +429,8 @@ fn allow_list(key: &str, entries: &[String]) -> Result<AllowList, ConfigError> {
 
 fn check_trust_domain(
     td: &str,
-    upstreams: &BTreeMap<String, UpstreamConfig>,
-    inbound: &BTreeMap<String, InboundConfig>,
+    upstreams: &BTreeMap<ServiceName, UpstreamConfig>,
+    inbound: &BTreeMap<ServiceName, InboundConfig>,
 ) -> Result<(), ConfigError> {
     for (service, u) in upstreams {
         if u.endpoints.iter().any(|e| e.identity.trust_domain() != td) {
@@ -453,16 +453,18 @@ fn check_trust_domain(
     Ok(())
 }
 
-fn check_listen_conflicts(upstreams: &BTreeMap<String, UpstreamConfig>) -> Result<(), ConfigError> {
+fn check_listen_conflicts(
+    upstreams: &BTreeMap<ServiceName, UpstreamConfig>,
+) -> Result<(), ConfigError> {
     let mut by_addr: BTreeMap<SocketAddr, &str> = BTreeMap::new();
     for (service, u) in upstreams {
         let Some(listen) = u.listen.filter(|l| l.port() != 0) else {
             continue;
         };
-        if let Some(first) = by_addr.insert(listen, service) {
+        if let Some(first) = by_addr.insert(listen, service.as_str()) {
             return Err(ConfigError::ListenConflict {
                 first: first.to_owned(),
-                second: service.clone(),
+                second: service.to_string(),
                 address: listen,
             });
         }
@@ -523,7 +525,7 @@ mod tests {
 
     fn upstream(service: &str, listen: &str, identity: &str) -> Resource {
         Resource::Upstream(Upstream {
-            service: service.into(),
+            service: service.parse().unwrap(),
             listen: Some(listen.parse().unwrap()),
             addresses: vec![],
             connect_timeout_ms: None,
@@ -546,7 +548,7 @@ mod tests {
                 "spiffe://phoenix.local/ns/default/sa/db",
             ),
             Resource::Inbound(Inbound {
-                service: "web".into(),
+                service: "web".parse().unwrap(),
                 target: "127.0.0.1:8080".parse().unwrap(),
                 other_ips: vec![],
                 allow: Some(vec!["spiffe://phoenix.local/ns/default/sa/client".into()]),
@@ -635,7 +637,7 @@ mod tests {
         let snap = snap(vec![
             mesh(),
             Resource::Inbound(Inbound {
-                service: "db".into(),
+                service: "db".parse().unwrap(),
                 target: "127.0.0.1:5432".parse().unwrap(),
                 other_ips: vec![],
                 allow: Some(vec!["spiffe://other.td/ns/batch/sa/*".into()]),

@@ -268,7 +268,20 @@ async fn subscription(
     // The last snapshot received, valid or not: deltas apply to it, and a
     // later delta may turn a refused snapshot valid again.
     let mut wire: Option<Snapshot> = None;
-    while let Some(msg) = read_frame::<Response>(&mut recv).await? {
+    loop {
+        let msg = match read_frame::<Response>(&mut recv).await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => break,
+            // A snapshot or delta this proxy cannot read (a service name
+            // outside the grammar, a field it does not know): refused like
+            // an invalid one, counted, and the last good config stays.
+            Err(ControlError::Frame(error @ control::FrameError::Json(_))) => {
+                shared.metrics.config_refused.inc();
+                tracing::error!(error = %crate::process::error_chain(&error), "config refused: cannot read the control plane's message; keeping the last good config");
+                return Err(ControlError::Frame(error));
+            }
+            Err(error) => return Err(error),
+        };
         backoff.reset();
         let next = match msg {
             Response::Snapshot(s) => s,
@@ -405,7 +418,7 @@ mod tests {
                 trust_bundle_pem: None,
             }),
             Resource::Upstream(Upstream {
-                service: "db".into(),
+                service: "db".parse().unwrap(),
                 listen: Some("127.0.0.1:0".parse().unwrap()),
                 addresses: vec![],
                 connect_timeout_ms: None,

@@ -17,7 +17,7 @@ use phoenix_tls::kx::group_name;
 use tokio::net::TcpStream;
 
 use crate::config::{InboundConfig, ProxyConfig};
-use crate::metrics::{DenyLabels, Direction, GaugeGuard, Outcome, QuicLabels, Side};
+use crate::metrics::{DenyLabels, Direction, GaugeGuard, Outcome, QuicLabels, Side, StreamFailure};
 use crate::relay::{self, Start};
 use crate::state::Shared;
 
@@ -222,7 +222,14 @@ async fn stream(
     let (request, initial) = match read_request(&mut recv).await {
         Ok(r) => r,
         Err(error) => {
-            tracing::warn!(%client, %error, "bad tunnel header; resetting stream");
+            if matches!(error, RequestError::Header(_)) {
+                shared
+                    .metrics
+                    .stream_failed(Direction::inbound, StreamFailure::bad_request);
+                tracing::warn!(%client, error = %crate::process::error_chain(&error), "bad tunnel header; resetting stream");
+            } else {
+                tracing::debug!(%client, %error, "stream ended before its tunnel header; resetting");
+            }
             let _ = send.reset(relay::RESET_CODE);
             let _ = recv.stop(relay::RESET_CODE);
             return;
@@ -243,14 +250,21 @@ async fn stream(
     }
     let (service, target) = match route(
         &config,
-        request.service.as_deref(),
+        request
+            .service
+            .as_ref()
+            .map(phoenix_api::ServiceName::as_str),
         request.original_dst,
         client,
         &pod_ips,
     ) {
         InboundRoute::Connect { service, target } => (service, target),
         InboundRoute::NoRoute => {
-            let asked = request.service.as_deref().unwrap_or_default();
+            let asked = request
+                .service
+                .as_ref()
+                .map(phoenix_api::ServiceName::as_str)
+                .unwrap_or_default();
             tracing::info!(%client, service = asked, original_dst = ?request.original_dst, connection = id, "no such service here");
             return respond_and_close(shared, send, recv, Status::NoRoute).await;
         }

@@ -16,6 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use phoenix_api::ServiceName;
 use phoenix_api::snapshot::InboundMode;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -52,11 +53,11 @@ pub fn original_dst(tcp: &TcpStream) -> Option<SocketAddr> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum OutboundRoute<'a> {
     /// A service's virtual address: any of its endpoints.
-    Service(&'a str),
+    Service(&'a ServiceName),
     /// A meshed pod's address: that pod's proxy, which connects to `dst`.
     Pod {
         /// The upstream the pod serves (its timeouts apply).
-        service: &'a str,
+        service: &'a ServiceName,
         /// The pod's proxy.
         endpoint: &'a EndpointConfig,
     },
@@ -301,7 +302,7 @@ mod tests {
                 trust_bundle_pem: None,
             }),
             Resource::Upstream(Upstream {
-                service: "db.shop:5432".into(),
+                service: "db.shop:5432".parse().unwrap(),
                 listen: None,
                 addresses: vec![
                     "10.96.0.10:5432".parse().unwrap(),
@@ -316,7 +317,7 @@ mod tests {
                 idle_timeout_ms: None,
             }),
             Resource::Inbound(phoenix_api::snapshot::Inbound {
-                service: "legacy.shop:80".into(),
+                service: "legacy.shop:80".parse().unwrap(),
                 target: "0.0.0.0:8080".parse().unwrap(),
                 other_ips: vec![],
                 allow: None,
@@ -325,14 +326,14 @@ mod tests {
             // Two services on one port, one strict: strict wins, whatever
             // the names' order.
             Resource::Inbound(phoenix_api::snapshot::Inbound {
-                service: "a-open.shop:81".into(),
+                service: "a-open.shop:81".parse().unwrap(),
                 target: "0.0.0.0:8081".parse().unwrap(),
                 other_ips: vec![],
                 allow: None,
                 inbound_mode: Some(InboundMode::Permissive),
             }),
             Resource::Inbound(phoenix_api::snapshot::Inbound {
-                service: "b-closed.shop:81".into(),
+                service: "b-closed.shop:81".parse().unwrap(),
                 target: "0.0.0.0:8081".parse().unwrap(),
                 other_ips: vec![],
                 allow: None,
@@ -351,7 +352,7 @@ mod tests {
         let mut c = config();
         c.mesh.inbound_mode = InboundMode::Permissive;
         c.inbound.insert(
-            "db.shop:5432".into(),
+            "db.shop:5432".parse().unwrap(),
             crate::config::InboundConfig {
                 target: "0.0.0.0:5432".parse().unwrap(),
                 other_ips: vec![],
@@ -443,7 +444,7 @@ mod tests {
         let c = config();
         assert_eq!(
             route(&c, "10.96.0.10:5432".parse().unwrap()),
-            OutboundRoute::Service("db.shop:5432")
+            OutboundRoute::Service(&"db.shop:5432".parse().unwrap())
         );
         // Another port of the ClusterIP is not the service's.
         assert_eq!(
@@ -465,7 +466,7 @@ mod tests {
         // IPv6 alike: a dual-stack Service's other address.
         assert_eq!(
             route(&c, "[fd00::10]:5432".parse().unwrap()),
-            OutboundRoute::Service("db.shop:5432")
+            OutboundRoute::Service(&"db.shop:5432".parse().unwrap())
         );
         assert_eq!(
             route(&c, "[2001:db8::1]:443".parse().unwrap()),
@@ -499,7 +500,7 @@ mod tests {
             ("db.shop:5432", only(&web)),
         ] {
             c.inbound.insert(
-                name.into(),
+                name.parse().unwrap(),
                 crate::config::InboundConfig {
                     target: "10.0.0.5:5432".parse().unwrap(),
                     other_ips: vec![],
@@ -583,7 +584,7 @@ mod tests {
         let mut c = config();
         c.mesh.inbound_mode = InboundMode::Permissive;
         c.inbound.insert(
-            "db.shop:5432".into(),
+            "db.shop:5432".parse().unwrap(),
             crate::config::InboundConfig {
                 target: "10.0.0.5:15432".parse().unwrap(),
                 other_ips: vec!["fd00::5".parse().unwrap()],

@@ -14,7 +14,10 @@ fn main() -> ExitCode {
     }
     let args = Args::parse();
     let args_threads = args.threads.max(1);
-    process::init_tracing(args.log_json, "info");
+    process::init_tracing(
+        process::LogFormat::resolve(args.log_format, args.log_json),
+        "info",
+    );
     if args.die_with_parent && !process::die_with_parent() {
         return ExitCode::FAILURE;
     }

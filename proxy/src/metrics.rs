@@ -78,6 +78,24 @@ pub struct StreamLabels {
     pub status: String,
 }
 
+/// Why a stream ended before any tunnel status: the `status` of
+/// `tunnel_streams_total` beside the wire statuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(non_camel_case_types)]
+pub enum StreamFailure {
+    /// The tunnel header could not be encoded (outbound) or decoded
+    /// (inbound): a bug or a foreign peer, never a silent reset.
+    bad_request,
+}
+
+impl StreamFailure {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::bad_request => "bad_request",
+        }
+    }
+}
+
 /// Labels of authorization denials.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DenyLabels {
@@ -304,6 +322,16 @@ impl Metrics {
             .get_or_create(&StreamLabels {
                 direction,
                 status: status.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a stream that failed before any tunnel status.
+    pub fn stream_failed(&self, direction: Direction, failure: StreamFailure) {
+        self.tunnel_streams
+            .get_or_create(&StreamLabels {
+                direction,
+                status: failure.as_str().to_owned(),
             })
             .inc();
     }

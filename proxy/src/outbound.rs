@@ -6,13 +6,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use phoenix_api::ServiceName;
 use phoenix_api::header::{ConnectRequest, Status};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::balance;
 use crate::config::{EndpointConfig, ProxyConfig, UpstreamConfig};
-use crate::metrics::{Direction, GaugeGuard, QuicLabels};
+use crate::metrics::{Direction, GaugeGuard, QuicLabels, StreamFailure};
 use crate::relay::{self, Start};
 use crate::state::Shared;
 
@@ -22,7 +23,7 @@ const MAX_ATTEMPTS: usize = 3;
 /// The outbound listeners currently bound, by service.
 #[derive(Debug, Default)]
 pub struct Listeners {
-    bound: Mutex<BTreeMap<String, Bound>>,
+    bound: Mutex<BTreeMap<ServiceName, Bound>>,
 }
 
 #[derive(Debug)]
@@ -42,12 +43,12 @@ impl Listeners {
     /// Binds listeners for new upstreams and closes those of removed ones.
     /// Connections already accepted are not touched.
     pub async fn reconcile(&self, shared: &Arc<Shared>, config: &ProxyConfig) {
-        let wanted: BTreeMap<&String, SocketAddr> = config
+        let wanted: BTreeMap<&ServiceName, SocketAddr> = config
             .upstreams
             .iter()
             .filter_map(|(s, u)| u.listen.map(|l| (s, l)))
             .collect();
-        let to_bind: Vec<(String, SocketAddr)> = {
+        let to_bind: Vec<(ServiceName, SocketAddr)> = {
             let mut bound = self.bound.lock().unwrap_or_else(PoisonError::into_inner);
             bound.retain(|service, b| wanted.get(service) == Some(&b.configured));
             wanted
@@ -82,7 +83,7 @@ impl Listeners {
     }
 
     /// `(service, bound address)` of every listener.
-    pub fn addresses(&self) -> Vec<(String, SocketAddr)> {
+    pub fn addresses(&self) -> Vec<(ServiceName, SocketAddr)> {
         self.bound
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -100,7 +101,7 @@ impl Listeners {
     }
 }
 
-async fn accept_loop(shared: Arc<Shared>, service: String, listener: TcpListener) {
+async fn accept_loop(shared: Arc<Shared>, service: ServiceName, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((tcp, client)) => {
@@ -121,7 +122,7 @@ async fn accept_loop(shared: Arc<Shared>, service: String, listener: TcpListener
     }
 }
 
-async fn handle(shared: &Arc<Shared>, service: &str, tcp: TcpStream, client: SocketAddr) {
+async fn handle(shared: &Arc<Shared>, service: &ServiceName, tcp: TcpStream, client: SocketAddr) {
     let Some(config) = shared.config.load_full() else {
         return reset(tcp);
     };
@@ -141,7 +142,7 @@ async fn handle(shared: &Arc<Shared>, service: &str, tcp: TcpStream, client: Soc
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Route<'a> {
     /// The service (for logs, and named in the header unless `original_dst` is set).
-    pub name: &'a str,
+    pub name: &'a ServiceName,
     /// Its settings (timeouts).
     pub upstream: &'a UpstreamConfig,
     /// The peers that may take it.
@@ -169,6 +170,21 @@ pub(crate) async fn tunnel(
     if endpoints.is_empty() {
         tracing::info!(%service, connection = id, "no endpoint for service; resetting");
         shared.metrics.stream(Direction::outbound, Status::NoRoute);
+        return reset(tcp);
+    }
+    // The header first: a request that cannot be encoded is refused before
+    // a peer is dialled, logged and counted, never a silent reset.
+    let mut request = Vec::with_capacity(64);
+    let header = ConnectRequest {
+        service: original_dst.is_none().then(|| service.clone()),
+        original_dst,
+        connection_id: id,
+    };
+    if let Err(error) = header.encode(&mut request) {
+        tracing::warn!(%service, connection = id, %error, "cannot encode the tunnel header; resetting");
+        shared
+            .metrics
+            .stream_failed(Direction::outbound, StreamFailure::bad_request);
         return reset(tcp);
     }
     // Power of two choices among endpoints not set aside; one that fails
@@ -243,14 +259,8 @@ pub(crate) async fn tunnel(
             })
             .clone(),
     );
-    let mut request = Vec::with_capacity(64);
-    let encoded = ConnectRequest {
-        service: original_dst.is_none().then(|| service.to_owned()),
-        original_dst,
-        connection_id: id,
-    }
-    .encode(&mut request);
-    if encoded.is_err() || send.write_all(&request).await.is_err() {
+    if let Err(error) = send.write_all(&request).await {
+        tracing::debug!(%service, connection = id, %error, "peer stream closed before the header was sent");
         return reset(tcp);
     }
     let identity = endpoint.identity.to_string();

@@ -88,8 +88,12 @@ pub struct Args {
     /// (benches/README.md); raise it for proxies that carry many busy peers.
     #[arg(long, env = "PHOENIX_THREADS", default_value_t = 1)]
     pub threads: usize,
-    /// Log as JSON lines.
-    #[arg(long, env = "PHOENIX_LOG_JSON")]
+    /// Log format: `text` (coloured only on a terminal, never with
+    /// `NO_COLOR`) or `json` (one object per line; injected proxies use it).
+    #[arg(long, env = "PHOENIX_LOG_FORMAT", value_enum)]
+    pub log_format: Option<crate::process::LogFormat>,
+    /// Same as `--log-format json` (kept for earlier charts and pods).
+    #[arg(long, env = "PHOENIX_LOG_JSON", hide = true)]
     pub log_json: bool,
     /// Exit when the parent process dies (set by `phoenix up`).
     #[arg(long, env = "PHOENIX_DIE_WITH_PARENT", hide = true)]

@@ -28,6 +28,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use phoenix_api::ServiceName;
 use phoenix_api::snapshot::{Delta, Endpoint, Inbound, Resource, Snapshot, Upstream};
 
 use super::policy::{Audience, MeshConfigError, MeshRecord, PolicyRecord};
@@ -764,7 +765,21 @@ impl Index {
                 .filter_map(|k| self.slices.get(k))
                 .collect();
             for port in &record.ports {
-                let name = format!("{}.{}:{}", service.name, service.namespace, port.port);
+                // The one grammar of service names (phoenix_api::service):
+                // what the tunnel header carries. The API server's own
+                // validation of names makes a refusal impossible for a real
+                // Service; one that slips through is left out, loudly.
+                let name = match ServiceName::kubernetes(
+                    &service.name,
+                    &service.namespace,
+                    port.port,
+                ) {
+                    Ok(name) => name,
+                    Err(error) => {
+                        tracing::warn!(service = %service.name, namespace = %service.namespace, port = port.port, %error, "Service port left out of the mesh: its name is not a mesh service name");
+                        continue;
+                    }
+                };
                 // One endpoint per pod: a dual-stack Service has a slice per
                 // family, and the pod's proxy is reached (and serves) on its
                 // primary IP's family; another family is used only when the

@@ -125,7 +125,7 @@ pub fn control_plane(v: &Values) -> Vec<Value> {
                             env("PHOENIX_TRUST_DOMAIN", &v.trust_domain),
                             env("PHOENIX_PROXY_IMAGE", &format!("{}:{}", v.proxy_image, v.version)),
                             env("PHOENIX_WEBHOOK_CONFIG", WEBHOOK_CONFIG),
-                            env("PHOENIX_LOG_JSON", "true"),
+                            env("PHOENIX_LOG_FORMAT", "json"),
                         ],
                         "ports": [
                             {"name": "control", "containerPort": 4180, "protocol": "UDP"},

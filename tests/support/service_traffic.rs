@@ -1,0 +1,341 @@
+//! Service traffic through a meshed Kubernetes cluster, end to end: the
+//! body of tests/kubernetes_mode.rs (against the API server stand-in) and of
+//! the cluster test in tests/kubernetes.rs (against a real API server), so
+//! both modes send the same traffic and check the same things.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::harness::{Proc, bin, eventually, metric};
+use crate::netns::*;
+use serde_json::{Value, json};
+
+const TRUST_DOMAIN: &str = "cluster.local";
+const CP_NAMESPACE: &str = "phoenix-system";
+/// The control plane's QUIC port on the node (the chart's Service port).
+const CP_PORT: u16 = 4180;
+/// Two Services named `web` on port 80, in two namespaces: `web.shop:80`
+/// and `web.team:80` must not collide. (A real cluster allocates its own.)
+const SHOP_VIP: &str = "10.96.0.10";
+const TEAM_VIP: &str = "10.96.0.20";
+
+/// What the mesh is built from: the stand-in, or a real cluster.
+pub trait MeshApi {
+    /// A namespace for this run named after `base` (created).
+    fn namespace(&mut self, base: &str) -> String;
+    /// Creates `obj` and returns it as stored (a Pod's status included).
+    fn apply(&mut self, obj: Value) -> Value;
+    /// A ServiceAccount token with audience `phoenix`, as projected into pods.
+    fn token(&mut self, namespace: &str, service_account: &str) -> String;
+    /// A kubeconfig the control plane uses, and the API server's address
+    /// (on this machine's loopback: it is forwarded into the node namespace).
+    fn kubeconfig(&self, dir: &Path) -> (PathBuf, SocketAddr);
+    /// Requests the control plane made that the API did not serve.
+    fn unexpected(&self) -> Vec<String>;
+}
+
+/// A meshed pod as the injector leaves it: labelled, with its IP in status.
+/// No kubelet runs it (its node does not exist); its "containers" are the
+/// processes this test starts in the pod's network namespace.
+fn pod(ns: &str, name: &str, sa: &str, ip: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"namespace": ns, "name": name,
+                     "labels": {"app": name, "phoenix.dev/meshed": "true"}},
+        "spec": {"nodeName": "phoenix-test-node", "serviceAccountName": sa,
+                 "containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
+    })
+}
+
+/// Service `name` in `ns` on port 80 (named `http`) to target port 8080,
+/// with its ClusterIP, and the EndpointSlice that puts `pod` at `ip` behind it.
+fn service(
+    cluster: &mut dyn MeshApi,
+    ns: &str,
+    name: &str,
+    vip: &str,
+    pod: &str,
+    ip: &str,
+) -> String {
+    let svc = cluster.apply(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"namespace": ns, "name": name},
+        "spec": {"clusterIP": vip, "clusterIPs": [vip], "type": "ClusterIP",
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]},
+    }));
+    cluster.apply(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"namespace": ns, "name": format!("{name}-1"),
+                     "labels": {"kubernetes.io/service-name": name}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": true, "serving": true},
+                       "targetRef": {"kind": "Pod", "namespace": ns, "name": pod}}],
+    }));
+    svc["spec"]["clusterIP"].as_str().unwrap().to_owned()
+}
+
+/// The real control plane in Kubernetes mode, in the node namespace.
+fn control_plane(t: &Topology, cp_ns: &str, kubeconfig: &Path, state: &Path) -> (Proc, Value) {
+    let mut cmd = t.command("node", &[]);
+    cmd.arg(bin("phoenix-control-plane"))
+        .arg("kubernetes")
+        .args(["--namespace", cp_ns])
+        .args(["--service-account", "phoenix-control-plane"])
+        .args(["--trust-domain", TRUST_DOMAIN])
+        .args(["--listen", &format!("{NODE_IP}:{CP_PORT}")])
+        .args(["--admin", "127.0.0.1:0"])
+        .arg("--no-webhook")
+        .arg("--state-dir")
+        .arg(state)
+        .env("KUBECONFIG", kubeconfig)
+        .env("POD_NAME", "phoenix-control-plane-0");
+    let cp = Proc::spawn("control-plane", cmd);
+    let bound: Value = serde_json::from_str(&cp.line(Duration::from_secs(60)))
+        .expect("the control plane prints its addresses as JSON");
+    (cp, bound)
+}
+
+/// The proxy of `pod` as the injector runs it: its UID, the token file
+/// and trust anchor of its projected volume, the redirect listeners init
+/// programmed, its pod IPs, JSON logs.
+fn proxy(t: &Topology, cp_ns: &str, pod: &str, token: &str, anchor: &Path, dir: &Path) -> Proc {
+    let token_file = dir.join(format!("token-{pod}"));
+    std::fs::write(&token_file, token).unwrap();
+    let mut cmd = t.command(
+        pod,
+        &[
+            "setpriv",
+            "--reuid",
+            PROXY_UID,
+            "--regid",
+            PROXY_UID,
+            "--clear-groups",
+        ],
+    );
+    cmd.arg(bin("phoenix-proxy"))
+        .env("PHOENIX_CONTROL_PLANE", format!("{NODE_IP}:{CP_PORT}"))
+        .env(
+            "PHOENIX_CONTROL_PLANE_IDENTITY",
+            format!("spiffe://{TRUST_DOMAIN}/ns/{cp_ns}/sa/phoenix-control-plane"),
+        )
+        .env("PHOENIX_TRUST_ANCHOR", anchor)
+        .env("PHOENIX_TOKEN_FILE", &token_file)
+        .env("PHOENIX_INBOUND", "[::]:4143")
+        .env("PHOENIX_ADMIN", "[::]:4191")
+        .env("PHOENIX_OUTBOUND_REDIRECT", "[::]:4140")
+        .env("PHOENIX_INBOUND_REDIRECT", "[::]:4141")
+        .env("PHOENIX_POD_IPS", t.ip(pod))
+        .env("PHOENIX_LOG_FORMAT", "json");
+    Proc::spawn(&format!("proxy-{pod}"), cmd)
+}
+
+/// Python's http.server in `pod` on 8080, serving a file that says `body`.
+fn web(t: &Topology, pod: &str, root: &Path, body: &str) -> Proc {
+    let dir = root.join(pod);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("index.txt"), body.repeat(100)).unwrap();
+    let mut cmd = t.command(
+        pod,
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "8080",
+            "--bind",
+            "0.0.0.0",
+            "--directory",
+        ],
+    );
+    cmd.arg(&dir);
+    Proc::spawn(&format!("http.server-{pod}"), cmd)
+}
+
+/// Sends the traffic and checks what crossed, against `cluster`.
+pub fn service_traffic_crosses_the_mesh(cluster: &mut dyn MeshApi) {
+    let t = Topology::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+
+    // The cluster: client pod `curl` in shop; `web` in shop (pod b) and
+    // another `web` in team (pod c), both on port 80.
+    let cp_ns = cluster.namespace(CP_NAMESPACE);
+    let shop = cluster.namespace("shop");
+    let team = cluster.namespace("team");
+    cluster.apply(pod(&shop, "curl-0", "curl", CLIENT_IP));
+    cluster.apply(pod(&shop, "web-0", "web", SERVER_IP));
+    cluster.apply(pod(&team, "web-0", "web", OUTSIDER_IP));
+    let shop_vip = service(cluster, &shop, "web", SHOP_VIP, "web-0", SERVER_IP);
+    let team_vip = service(cluster, &team, "web", TEAM_VIP, "web-0", OUTSIDER_IP);
+
+    // The node routes ClusterIPs as kube-proxy does: DNAT to the endpoint.
+    // Meshed pods never use it (their proxy takes the connection first), so
+    // a connection that did would show up as TCP in the client's capture.
+    t.exec("node", &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    for (vip, ip) in [(&shop_vip, SERVER_IP), (&team_vip, OUTSIDER_IP)] {
+        t.exec(
+            "node",
+            &[
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-d",
+                vip,
+                "-p",
+                "tcp",
+                "--dport",
+                "80",
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &format!("{ip}:8080"),
+            ],
+        );
+    }
+
+    // The control plane in the node namespace, reaching the API server on
+    // the host's loopback through a forwarder.
+    let (kubeconfig, api) = cluster.kubeconfig(dir.path());
+    forward_into(&t.ns("node"), api, api);
+    let (cp, bound) = control_plane(&t, &cp_ns, &kubeconfig, &state);
+    let cp_admin: SocketAddr = bound["admin"].as_str().unwrap().parse().unwrap();
+    // Its admin port is on the node's loopback.
+    eventually(Duration::from_secs(60), "control plane ready", || {
+        t.get(&format!("http://{cp_admin}/ready")).map(|_| ())
+    });
+    let anchor = PathBuf::from(bound["trustAnchor"].as_str().unwrap());
+
+    // The apps, init, and the proxies.
+    let shop_body = format!("shop-{:016x}", rand::random::<u64>());
+    let team_body = format!("team-{:016x}", rand::random::<u64>());
+    let _shop_web = web(&t, "b", dir.path(), &shop_body);
+    let _team_web = web(&t, "c", dir.path(), &team_body);
+    let proxy_bin = bin("phoenix-proxy");
+    for p in ["a", "b", "c"] {
+        t.exec(p, &[proxy_bin.to_str().unwrap(), "init"]);
+    }
+    let _pa = proxy(
+        &t,
+        &cp_ns,
+        "a",
+        &cluster.token(&shop, "curl"),
+        &anchor,
+        dir.path(),
+    );
+    let _pb = proxy(
+        &t,
+        &cp_ns,
+        "b",
+        &cluster.token(&shop, "web"),
+        &anchor,
+        dir.path(),
+    );
+    let _pc = proxy(
+        &t,
+        &cp_ns,
+        "c",
+        &cluster.token(&team, "web"),
+        &anchor,
+        dir.path(),
+    );
+    for p in ["a", "b", "c"] {
+        eventually(Duration::from_secs(30), "proxy ready", || {
+            t.get(&format!("http://{}:4191/ready", t.ip(p))).map(|_| ())
+        });
+    }
+    // The client's proxy knows both Services, by their Kubernetes names.
+    let config = eventually(
+        Duration::from_secs(30),
+        "the client knows both Services",
+        || {
+            let c = t.get(&format!("http://{CLIENT_IP}:4191/config"))?;
+            (c.contains(&format!("upstream/web.{shop}:80"))
+                && c.contains(&format!("upstream/web.{team}:80")))
+            .then_some(c)
+        },
+    );
+    let config: Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(
+        config["certificate"]["identity"],
+        format!("spiffe://{TRUST_DOMAIN}/ns/{shop}/sa/curl"),
+        "the client's identity is its ServiceAccount's"
+    );
+
+    // Unmodified curl to both ClusterIPs and to a pod IP, captured.
+    let pcap = dir.path().join("client.pcap");
+    let tcpdump = capture(&t, "a", &pcap);
+    for (url, body, what) in [
+        (
+            format!("http://{shop_vip}/index.txt"),
+            &shop_body,
+            "shop's ClusterIP",
+        ),
+        (
+            format!("http://{team_vip}/index.txt"),
+            &team_body,
+            "team's ClusterIP (same port)",
+        ),
+        (
+            format!("http://{SERVER_IP}:8080/index.txt"),
+            &shop_body,
+            "a pod IP",
+        ),
+    ] {
+        let got = eventually(Duration::from_secs(20), what, || curl(&t, "a", &url));
+        assert_eq!(got, body.repeat(100), "{what}: the right Service answered");
+    }
+    stop_capture_asserting_no_tcp(tcpdump, &pcap);
+    let quic = packets(&pcap, "udp port 4143");
+    assert!(!quic.is_empty(), "the traffic crossed as QUIC");
+    for secret in [&shop_body, &team_body] {
+        let raw = std::fs::read(&pcap).unwrap();
+        assert!(
+            !raw.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "payload crossed in the clear"
+        );
+    }
+
+    // Post-quantum on every side; streams connected, none refused.
+    let metrics = |ip: &str| t.get(&format!("http://{ip}:4191/metrics")).unwrap();
+    let client = metrics(CLIENT_IP);
+    assert_pq_handshakes(&client, "client");
+    let outbound = metric(
+        &client,
+        "tunnel_streams_total",
+        &[("direction", "outbound"), ("status", "connected")],
+    );
+    assert!(outbound >= 3.0, "{outbound} outbound streams connected");
+    for ip in [SERVER_IP, OUTSIDER_IP] {
+        let server = metrics(ip);
+        assert_pq_handshakes(&server, "server");
+        let inbound = metric(
+            &server,
+            "tunnel_streams_total",
+            &[("direction", "inbound"), ("status", "connected")],
+        );
+        assert!(inbound >= 1.0, "{ip}: {inbound} inbound streams connected");
+        assert!(
+            !server.contains("status=\"bad_request\""),
+            "{ip}: a tunnel header was refused"
+        );
+    }
+    assert!(!client.contains("status=\"bad_request\""));
+    assert_eq!(
+        cluster.unexpected(),
+        Vec::<String>::new(),
+        "requests the API did not serve"
+    );
+    drop(cp);
+}
