@@ -280,3 +280,64 @@ fn inject_adds_the_proxy_to_workloads_once() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.yaml"));
 }
+
+#[test]
+fn help_lists_every_command_and_each_one_answers() {
+    let out = Command::new(bin("phoenix")).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for command in ["up", "demo", "inject", "install", "check"] {
+        assert!(
+            help.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{command} "))),
+            "`phoenix --help` lists {command}:\n{help}"
+        );
+        let sub = Command::new(bin("phoenix"))
+            .args([command, "--help"])
+            .output()
+            .unwrap();
+        assert!(
+            sub.status.success(),
+            "phoenix {command} --help: {}",
+            String::from_utf8_lossy(&sub.stderr)
+        );
+    }
+}
+
+/// The control plane's stderr while it starts and stops, with `env` set.
+fn control_plane_logs(env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mesh.yaml");
+    std::fs::write(&path, client_echo_mesh(echo_server(), "")).unwrap();
+    let mut cmd = Command::new(bin("phoenix-control-plane"));
+    cmd.arg("--mesh")
+        .arg(&path)
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .env_remove("NO_COLOR")
+        .env_remove("PHOENIX_LOG_FORMAT")
+        .env_remove("PHOENIX_LOG_JSON")
+        .envs(env.iter().copied());
+    let mut p = Proc::spawn("control-plane", cmd);
+    // Bound: it has logged its start (CA root, listeners).
+    p.line(Duration::from_secs(30));
+    p.terminate();
+    p.stderr_at_exit(Duration::from_secs(10))
+}
+
+#[test]
+fn logs_are_plain_text_in_a_pipe_and_json_lines_on_request() {
+    let text = control_plane_logs(&[]);
+    assert!(!text.trim().is_empty(), "the control plane logs its start");
+    assert!(
+        !text.contains('\u{1b}'),
+        "no colour codes when stderr is not a terminal: {text:?}"
+    );
+    let json = control_plane_logs(&[("PHOENIX_LOG_FORMAT", "json")]);
+    let lines: Vec<&str> = json.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+}

@@ -30,11 +30,12 @@
 //! | `0x02` | original destination | family (4 or 6), address, port |
 //! | `0x03` | connection id | u64, big-endian |
 //! | `0x04` | service port | u16, big-endian: the port of a service-port name such as Kubernetes' `web.shop:80` (critical: ignoring it would reach another port's service) |
+//! | `0x05` | transport | one byte, `1` = UDP; absent for TCP (critical: a proxy that predates UDP refuses the flow) |
 //! | `0x10` | status | one byte, a [`Status`] |
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::service::{self, ServiceName, ServiceNameError};
+use crate::service::{self, ServiceName, ServiceNameError, Transport};
 
 /// The two magic bytes that start every frame.
 pub const MAGIC: [u8; 2] = *b"PX";
@@ -53,6 +54,8 @@ const FIELD_SERVICE: u8 = 0x01;
 const FIELD_ORIGINAL_DST: u8 = 0x02;
 const FIELD_CONNECTION_ID: u8 = 0x03;
 const FIELD_SERVICE_PORT: u8 = 0x04;
+const FIELD_TRANSPORT: u8 = 0x05;
+const TRANSPORT_UDP: u8 = 1;
 const FIELD_STATUS: u8 = 0x10;
 
 /// What the outbound proxy asks of the inbound proxy.
@@ -152,9 +155,12 @@ pub enum HeaderError {
     /// The service field is not a service name's host part.
     #[error("invalid service name in the header")]
     InvalidService(#[source] ServiceNameError),
-    /// A service port field without the service it belongs to.
-    #[error("connect request has a service port but no service name")]
+    /// A service port or transport field without the service it belongs to.
+    #[error("connect request has a service port or transport but no service name")]
     PortWithoutService,
+    /// A transport this version does not know.
+    #[error("unknown transport {0}")]
+    UnknownTransport(u8),
     /// The original-destination field has an unknown address family.
     #[error("original destination has unknown address family {0}")]
     InvalidAddressFamily(u8),
@@ -189,6 +195,9 @@ impl ConnectRequest {
             put_field(out, FIELD_SERVICE, service.host().as_bytes());
             if let Some(port) = service.port() {
                 put_field(out, FIELD_SERVICE_PORT, &port.to_be_bytes());
+            }
+            if service.transport() == Transport::Udp {
+                put_field(out, FIELD_TRANSPORT, &[TRANSPORT_UDP]);
             }
         }
         if let Some(dst) = self.original_dst {
@@ -230,6 +239,7 @@ pub fn decode_request(buf: &[u8]) -> Decoded<ConnectRequest> {
     };
     let mut host = None;
     let mut port = None;
+    let mut transport = None;
     let mut original_dst = None;
     let mut connection_id = None;
     for field in Fields::new(body) {
@@ -249,6 +259,19 @@ pub fn decode_request(buf: &[u8]) -> Decoded<ConnectRequest> {
                 })?;
                 set_once(&mut port, ty, u16::from_be_bytes(bytes))?;
             }
+            FIELD_TRANSPORT => {
+                let t = match value {
+                    [TRANSPORT_UDP] => Transport::Udp,
+                    [other] => return Err(HeaderError::UnknownTransport(*other)),
+                    _ => {
+                        return Err(HeaderError::BadFieldLength {
+                            field: ty,
+                            len: value.len(),
+                        });
+                    }
+                };
+                set_once(&mut transport, ty, t)?;
+            }
             FIELD_ORIGINAL_DST => set_once(&mut original_dst, ty, decode_addr(value)?)?,
             FIELD_CONNECTION_ID => {
                 let bytes: [u8; 8] = value.try_into().map_err(|_| HeaderError::BadFieldLength {
@@ -260,12 +283,14 @@ pub fn decode_request(buf: &[u8]) -> Decoded<ConnectRequest> {
             _ => skip_unknown(ty)?,
         }
     }
-    let service = match (host, port) {
-        (Some(host), port) => {
-            Some(ServiceName::new(host, port).map_err(HeaderError::InvalidService)?)
-        }
-        (None, Some(_)) => return Err(HeaderError::PortWithoutService),
-        (None, None) => None,
+    let service = match (host, port, transport) {
+        (Some(host), port, transport) => Some(
+            ServiceName::new(host, port)
+                .map_err(HeaderError::InvalidService)?
+                .with_transport(transport.unwrap_or_default()),
+        ),
+        (None, None, None) => None,
+        (None, ..) => return Err(HeaderError::PortWithoutService),
     };
     if service.is_none() && original_dst.is_none() {
         return Err(HeaderError::MissingDestination);
@@ -596,6 +621,25 @@ mod tests {
                 .windows(5)
                 .any(|w| w == [FIELD_SERVICE_PORT, 0, 2, 0, 80])
         );
+    }
+
+    #[test]
+    fn a_udp_service_carries_a_critical_transport_field() {
+        let req = ConnectRequest {
+            service: Some("dns.kube-system:53/udp".parse().unwrap()),
+            original_dst: None,
+            connection_id: 3,
+        };
+        let bytes = encoded(&req);
+        assert!(
+            bytes
+                .windows(4)
+                .any(|w| w == [FIELD_TRANSPORT, 0, 1, TRANSPORT_UDP])
+        );
+        assert_eq!(decode_request(&bytes).unwrap().unwrap().0, req);
+        // TCP names carry no transport field, so their bytes are unchanged
+        // for older peers (pinned by the goldens in tests/header_codec.rs).
+        assert!(FIELD_TRANSPORT < 0x80, "critical");
     }
 
     #[test]

@@ -17,6 +17,12 @@
 //! carries the two parts as two fields, as Linkerd's transport header does,
 //! so the port is a number on the wire rather than text to re-parse. The
 //! text form `host:port` is what snapshots, `/config` and logs show.
+//!
+//! The transport is part of the name, so a Service's TCP and UDP ports of
+//! one number (DNS on 53) are two services that cannot collide: TCP is the
+//! default and has no suffix, UDP is written `host:port/udp` and travels in
+//! a critical header field (a proxy that predates UDP refuses it rather than
+//! connecting a datagram flow to a TCP port).
 
 use std::fmt;
 use std::str::FromStr;
@@ -40,6 +46,18 @@ pub struct ServiceName {
     /// The service port, when the name is one port of a service (the digits
     /// after the text's last `:`).
     port: Option<u16>,
+    /// TCP (no suffix) or UDP (`/udp`).
+    transport: Transport,
+}
+
+/// The transport a service is reached over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Transport {
+    /// Streams (the default; no suffix in the text form).
+    #[default]
+    Tcp,
+    /// Datagrams (`/udp` in the text form).
+    Udp,
 }
 
 /// Why text is not a service name. Each says what is allowed.
@@ -68,6 +86,9 @@ pub enum ServiceNameError {
     /// What follows `:` is not a port number in 1..=65535.
     #[error("the port after `:` must be a number from 1 to 65535, without leading zeros")]
     BadPort,
+    /// A `/` suffix other than `/udp` (TCP is the default and has none).
+    #[error("the only transport suffix is `/udp` (TCP services have none)")]
+    BadTransport,
 }
 
 impl ServiceName {
@@ -81,7 +102,25 @@ impl ServiceName {
             Some(port) => format!("{host}:{port}").into(),
             None => host.into(),
         };
-        Ok(Self { text, port })
+        Ok(Self {
+            text,
+            port,
+            transport: Transport::Tcp,
+        })
+    }
+
+    /// This name over `transport` (`/udp` is appended for UDP).
+    pub fn with_transport(self, transport: Transport) -> Self {
+        let host_port = self.host_and_port().to_owned();
+        let text = match transport {
+            Transport::Tcp => host_port.into(),
+            Transport::Udp => format!("{host_port}/udp").into(),
+        };
+        Self {
+            text,
+            port: self.port,
+            transport,
+        }
     }
 
     /// The name of port `port` of the Kubernetes Service `name` in
@@ -92,9 +131,22 @@ impl ServiceName {
 
     /// The DNS part.
     pub fn host(&self) -> &str {
-        match self.text.rsplit_once(':') {
+        let host_port = self.host_and_port();
+        match host_port.rsplit_once(':') {
             Some((host, _)) => host,
-            None => &self.text,
+            None => host_port,
+        }
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    fn host_and_port(&self) -> &str {
+        match self.transport {
+            Transport::Tcp => &self.text,
+            Transport::Udp => self.text.strip_suffix("/udp").unwrap_or(&self.text),
         }
     }
 
@@ -141,6 +193,11 @@ impl FromStr for ServiceName {
     type Err = ServiceNameError;
 
     fn from_str(s: &str) -> Result<Self, ServiceNameError> {
+        let (s, transport) = match s.rsplit_once('/') {
+            None => (s, Transport::Tcp),
+            Some((rest, "udp")) => (rest, Transport::Udp),
+            Some(_) => return Err(ServiceNameError::BadTransport),
+        };
         let (host, port) = match s.rsplit_once(':') {
             None => (s, None),
             Some((host, port)) => {
@@ -155,7 +212,7 @@ impl FromStr for ServiceName {
                 (host, Some(port))
             }
         };
-        Self::new(host, port)
+        Ok(Self::new(host, port)?.with_transport(transport))
     }
 }
 
@@ -216,7 +273,13 @@ mod tests {
 
     #[test]
     fn file_and_kubernetes_names_parse_and_print_back() {
-        for text in ["db", "web.shop:80", "a-b.c-d.svc:65535", "x1:1"] {
+        for text in [
+            "db",
+            "web.shop:80",
+            "a-b.c-d.svc:65535",
+            "x1:1",
+            "dns.kube-system:53/udp",
+        ] {
             let name: ServiceName = text.parse().unwrap();
             assert_eq!(name.to_string(), text);
         }
@@ -243,6 +306,9 @@ mod tests {
             ("web:080", BadPort),
             ("web:65536", BadPort),
             ("web:+1", BadPort),
+            ("web:80/tcp", BadTransport),
+            ("web:80/", BadTransport),
+            ("web/udp/udp", BadChar('/')),
         ];
         for (text, want) in cases {
             assert_eq!(text.parse::<ServiceName>(), Err(want), "{text:?}");
@@ -252,6 +318,20 @@ mod tests {
         assert_eq!(long.parse::<ServiceName>(), Err(TooLong(255)));
         assert_eq!(ServiceName::new("db", Some(0)), Err(BadPort));
         assert_eq!(ServiceName::new("db:1", None), Err(BadChar(':')));
+    }
+
+    #[test]
+    fn tcp_and_udp_on_one_port_are_two_services() {
+        let tcp: ServiceName = "dns.kube-system:53".parse().unwrap();
+        let udp: ServiceName = "dns.kube-system:53/udp".parse().unwrap();
+        assert_ne!(tcp, udp);
+        assert_eq!((tcp.host(), tcp.port()), (udp.host(), udp.port()));
+        assert_eq!(
+            (tcp.transport(), udp.transport()),
+            (Transport::Tcp, Transport::Udp)
+        );
+        assert_eq!(tcp.clone().with_transport(Transport::Udp), udp);
+        assert_eq!(udp.with_transport(Transport::Tcp), tcp);
     }
 
     #[test]
@@ -269,7 +349,7 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn any_parsed_name_prints_and_parses_back(s in "[a-z0-9.:-]{0,20}") {
+        fn any_parsed_name_prints_and_parses_back(s in "[a-z0-9.:/-]{0,20}") {
             if let Ok(name) = s.parse::<ServiceName>() {
                 proptest::prop_assert_eq!(name.to_string(), s.clone());
                 proptest::prop_assert_eq!(name.to_string().parse::<ServiceName>(), Ok(name));

@@ -100,13 +100,24 @@ fn golden_responses() {
     golden("responses.hex", &out);
 }
 
-/// Names of both shapes, file mode's (`db`) and Kubernetes' (`web.shop:80`).
+/// Names of every shape: file mode's (`db`), Kubernetes' (`web.shop:80`),
+/// and UDP ones (`dns.kube-system:53/udp`).
 fn service_name() -> impl Strategy<Value = phoenix_api::ServiceName> {
     (
         "[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?){0,3}",
         proptest::option::of(1u16..),
+        any::<bool>(),
     )
-        .prop_map(|(host, port)| phoenix_api::ServiceName::new(&host, port).unwrap())
+        .prop_map(|(host, port, udp)| {
+            let transport = if udp {
+                phoenix_api::service::Transport::Udp
+            } else {
+                phoenix_api::service::Transport::Tcp
+            };
+            phoenix_api::ServiceName::new(&host, port)
+                .unwrap()
+                .with_transport(transport)
+        })
 }
 
 proptest! {

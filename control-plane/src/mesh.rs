@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use phoenix_api::identity::is_dns_label;
-use phoenix_api::service::ServiceNameError;
+use phoenix_api::service::{ServiceNameError, Transport};
 use phoenix_api::snapshot::InboundMode;
 use phoenix_api::tls_policy::{CipherSuite, KeyExchange};
 use phoenix_api::{ServiceName, SpiffeId};
@@ -266,6 +266,11 @@ pub enum Problem {
         "{0}; service names are lowercase DNS names (letters, digits, `-`, `.`), optionally with `:port`, e.g. `db` or `web.shop:80`"
     )]
     ServiceName(ServiceNameError),
+    /// A `/udp` service: the mesh does not carry UDP yet.
+    #[error(
+        "UDP services (`/udp`) are not carried by the mesh yet; remove the suffix for a TCP service"
+    )]
+    UdpService,
     /// An upstream nobody serves.
     #[error("no workload serves service `{0}`; add it to some workload's `serve` list")]
     UnservedService(String),
@@ -477,6 +482,9 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
                 .value
                 .parse()
                 .map_err(|e| invalid(uline, field.clone(), Problem::ServiceName(e)))?;
+            if service.transport() == Transport::Udp {
+                return Err(invalid(uline, field.clone(), Problem::UdpService));
+            }
             let optional = |field: &str, v: &Option<Spanned<String>>, min: Duration| {
                 v.as_ref()
                     .map(|v| {
@@ -538,6 +546,9 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
                 .value
                 .parse()
                 .map_err(|e| invalid(sline, field.clone(), Problem::ServiceName(e)))?;
+            if service.transport() == Transport::Udp {
+                return Err(invalid(sline, field.clone(), Problem::UdpService));
+            }
             let allow = match &s.allow {
                 None => None,
                 Some(entries) => {
@@ -669,6 +680,39 @@ workloads:
         );
         let allow = db.serve["db"].allow.as_ref().unwrap();
         assert!(allow.contains(&"spiffe://phoenix.local/ns/default/sa/web".parse().unwrap()));
+    }
+
+    #[test]
+    fn service_names_take_a_port_and_refuse_what_the_header_cannot_carry() {
+        let k8s = EXAMPLE.replace("service: db", "service: db.shop:5432");
+        let mesh = parse(&k8s).unwrap();
+        assert!(mesh.workloads["db"].serve.contains_key("db.shop:5432"));
+        for (bad, want) in [
+            (
+                "db.shop:5432:1",
+                Problem::ServiceName(ServiceNameError::BadChar(':')),
+            ),
+            ("Db", Problem::ServiceName(ServiceNameError::BadChar('D'))),
+            ("db:0", Problem::ServiceName(ServiceNameError::BadPort)),
+            (
+                "db..shop",
+                Problem::ServiceName(ServiceNameError::EmptyLabel),
+            ),
+            ("dns:53/udp", Problem::UdpService),
+        ] {
+            let text = EXAMPLE.replacen("service: db", &format!("service: \"{bad}\""), 1);
+            let (line, field, p) = problem(&text);
+            assert_eq!(
+                (line, field.as_str()),
+                (5, "workloads[0].upstreams[0].service")
+            );
+            assert_eq!(p, want, "{bad}");
+        }
+        let err = parse(&EXAMPLE.replacen("service: db", "service: \"db:x\"", 1)).unwrap_err();
+        assert!(
+            err.to_string().contains("e.g. `db` or `web.shop:80`"),
+            "the error shows the grammar: {err}"
+        );
     }
 
     #[test]

@@ -76,8 +76,19 @@ pub struct Bound {
 /// for up to the configured grace period.
 pub async fn run(
     settings: Settings,
-    on_bound: impl FnOnce(&Bound),
-    shutdown: impl std::future::Future<Output = ()>,
+    on_bound: impl FnOnce(&Bound) + Send,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), StartError> {
+    run_boxed(settings, Box::new(on_bound), Box::pin(shutdown)).await
+}
+
+/// The body of `run`, not generic, so it is compiled once, in this crate: a
+/// generic async body is instantiated (with the generic code it calls) in
+/// every binary that calls it, which made the binaries' release builds slow.
+async fn run_boxed(
+    settings: Settings,
+    on_bound: Box<dyn FnOnce(&Bound) + Send + '_>,
+    shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>,
 ) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::default());
     let mut registry = Registry::default();

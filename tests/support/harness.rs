@@ -32,6 +32,8 @@ pub struct Proc {
     pub child: Child,
     lines: mpsc::Receiver<String>,
     pub stderr: Arc<Mutex<String>>,
+    /// The thread copying stderr; joined by `stderr_at_exit`.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -55,7 +57,7 @@ impl Proc {
         let stderr = Arc::new(Mutex::new(String::new()));
         let sink = stderr.clone();
         let mut err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = err.read(&mut buf) {
                 if n == 0 {
@@ -71,7 +73,17 @@ impl Proc {
             child,
             lines,
             stderr,
+            stderr_reader: Some(stderr_reader),
         }
+    }
+
+    /// Waits for exit within `timeout`, then returns all it wrote to stderr.
+    pub fn stderr_at_exit(&mut self, timeout: Duration) -> String {
+        self.wait(timeout);
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
+        self.stderr.lock().unwrap().clone()
     }
 
     /// The next stdout line, within `timeout`.

@@ -20,7 +20,6 @@ use serde::{Deserialize, Serialize};
     shortname = "meshconf",
     status = "MeshConfigStatus",
     derive = "PartialEq",
-    cel,
     validation = Rule::new("self.metadata.name == 'default'")
         .message("a mesh has one MeshConfig and it is named `default`: rename this resource to default"),
     printcolumn(name = "Trust Domain", type_ = "string", json_path = ".spec.trustDomain"),
@@ -29,6 +28,7 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Accepted", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].status"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
+#[cfg_attr(feature = "cel", kube(cel))]
 #[serde(rename_all = "camelCase")]
 pub struct MeshConfigSpec {
     /// SPIFFE trust domain of every workload identity

@@ -24,7 +24,6 @@ use super::mesh_config::InboundMode;
     namespaced,
     status = "TrafficPolicyStatus",
     derive = "PartialEq",
-    cel,
     printcolumn(name = "Target", type_ = "string", json_path = ".spec.targetRef.name"),
     printcolumn(name = "Protocol", type_ = "string", json_path = ".spec.protocol"),
     printcolumn(
@@ -38,6 +37,7 @@ use super::mesh_config::InboundMode;
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[cfg_attr(feature = "cel", kube(cel))]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficPolicySpec {
     /// The Service this policy applies to (same namespace).

@@ -118,8 +118,20 @@ pub enum KubeStartError {
 pub async fn run(
     settings: KubeSettings,
     client: kube::Client,
-    on_bound: impl FnOnce(&Bound),
-    shutdown: impl std::future::Future<Output = ()>,
+    on_bound: impl FnOnce(&Bound) + Send,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), KubeStartError> {
+    run_boxed(settings, client, Box::new(on_bound), Box::pin(shutdown)).await
+}
+
+/// The body of `run`, not generic, so it is compiled once, in this crate: a
+/// generic async body is instantiated (with the generic code it calls) in
+/// every binary that calls it, which made the binaries' release builds slow.
+async fn run_boxed(
+    settings: KubeSettings,
+    client: kube::Client,
+    on_bound: Box<dyn FnOnce(&Bound) + Send + '_>,
+    shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>,
 ) -> Result<(), KubeStartError> {
     let metrics = Arc::new(Metrics::default());
     let mut registry = Registry::default();
