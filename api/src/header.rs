@@ -639,7 +639,7 @@ mod tests {
         assert_eq!(decode_request(&bytes).unwrap().unwrap().0, req);
         // TCP names carry no transport field, so their bytes are unchanged
         // for older peers (pinned by the goldens in tests/header_codec.rs).
-        assert!(FIELD_TRANSPORT < 0x80, "critical");
+        const { assert!(FIELD_TRANSPORT < 0x80, "the transport field is critical") };
     }
 
     #[test]
