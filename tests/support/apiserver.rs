@@ -8,22 +8,25 @@
 //! - a generic object store for the kinds in [`KINDS`], one global
 //!   increasing resourceVersion, and the metadata a real server stamps
 //!   (uid, creationTimestamp, generation);
-//! - list (label and field selectors; everything in one page), watch
-//!   (chunked JSON lines after a resourceVersion, bookmarks,
-//!   `sendInitialEvents`, 410 Gone after [`ApiServer::change_unwatched`]), get,
-//!   create (409 AlreadyExists), replace (409 Conflict on a stale
-//!   resourceVersion), merge, JSON and server-side-apply patches, delete
-//!   (a Namespace takes its objects with it), the `status` subresource;
-//! - TokenReview answered from a table the test fills ([`ApiServer::add_token`]);
+//! - list (equality label selectors; everything in one page, whatever the
+//!   `limit`), watch (chunked JSON lines after a resourceVersion, or every
+//!   object first without one; bookmarks, `sendInitialEvents`, 410 Gone
+//!   after [`ApiServer::change_unwatched`]), get, create (409
+//!   AlreadyExists; 404 in a missing namespace), replace (409 Conflict on a
+//!   stale resourceVersion), merge, JSON and server-side-apply patches
+//!   (apply merges), delete (a Namespace takes its objects with it), and the
+//!   `status` subresource;
+//! - TokenReview, answered from a table the test fills ([`ApiServer::add_token`]);
 //! - `/version`.
 //!
 //! Plain HTTP on 127.0.0.1: kube-rs 5 wraps its connector in hyper-rustls
 //! `https_or_http()`, so an `http://` server in the kubeconfig needs no TLS.
 //! The test side ([`ApiServer::apply`], [`ApiServer::delete`]) writes as the
-//! cluster's own controllers and kubelet would (status included), each
-//! change reaching open watches. Every request is logged; those it does
-//! not serve are answered 404/405/415 and listed by [`ApiServer::unexpected`],
-//! so a test can assert the stand-in served everything it was asked.
+//! cluster's controllers and kubelet would (status included), each change
+//! reaching open watches. Every request is logged; what the stand-in does
+//! not serve (other paths and verbs, field and set-based selectors, dry
+//! runs, other patch types) is refused and listed by
+//! [`ApiServer::unexpected`], so a test can assert nothing went unserved.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -156,7 +159,6 @@ struct Change {
 struct TokenOwner {
     namespace: String,
     service_account: String,
-    pod: Option<String>,
     audiences: Vec<String>,
     uid: String,
 }
@@ -394,68 +396,57 @@ impl Store {
 
     /// Answers a TokenReview, or (any other review) allows everything.
     fn review(&self, kind: &Kind, request: Value) -> Value {
-        if kind.kind != "TokenReview" {
-            return json!({"apiVersion": kind.api_version, "kind": kind.kind, "metadata": {},
-                          "spec": request["spec"], "status": {"allowed": true}});
-        }
-        let token = request["spec"]["token"].as_str().unwrap_or("");
-        let wanted: Vec<String> = request["spec"]["audiences"]
+        let status = match kind.kind {
+            "TokenReview" => self.token_review(&request["spec"]),
+            _ => json!({"allowed": true}),
+        };
+        json!({"apiVersion": kind.api_version, "kind": kind.kind, "metadata": {},
+               "spec": request["spec"], "status": status})
+    }
+
+    /// As a real server: the token's ServiceAccount, and the audiences asked
+    /// for that the token has (its own when none are asked for); no common
+    /// audience is a refusal. (No pod in `extra`: the control plane reads
+    /// it but uses nothing of it.)
+    fn token_review(&self, spec: &Value) -> Value {
+        let wanted: Vec<&str> = spec["audiences"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|a| a.as_str().map(str::to_owned))
+            .filter_map(Value::as_str)
             .collect();
-        let status = match self.tokens.get(token) {
-            None => {
-                json!({"authenticated": false, "error": "[invalid bearer token, service account token has been invalidated]"})
-            }
-            Some(owner) => {
-                // As a real server: the audiences asked for that the token has
-                // (the token's own when none are asked for); none is a refusal.
-                let audiences: Vec<&String> = owner
-                    .audiences
-                    .iter()
-                    .filter(|a| wanted.is_empty() || wanted.contains(a))
-                    .collect();
-                if audiences.is_empty() {
-                    json!({"authenticated": false, "error": format!(
-                        "[invalid bearer token, token audiences {:?} is invalid for the target audiences {wanted:?}]",
-                        owner.audiences)})
-                } else {
-                    let ns = &owner.namespace;
-                    let account = self.objects.get(&Key::new(
-                        kind_named("ServiceAccount"),
-                        ns,
-                        &owner.service_account,
-                    ));
-                    let uid = account.map_or(owner.uid.clone(), |a| {
-                        a["metadata"]["uid"].as_str().unwrap_or_default().to_owned()
-                    });
-                    let mut extra = json!({});
-                    if let Some(pod) = &owner.pod {
-                        extra["authentication.kubernetes.io/pod-name"] = json!([pod]);
-                        if let Some(p) = self.objects.get(&Key::new(kind_named("Pod"), ns, pod)) {
-                            extra["authentication.kubernetes.io/pod-uid"] =
-                                json!([p["metadata"]["uid"]]);
-                        }
-                    }
-                    json!({"authenticated": true, "audiences": audiences, "user": {
-                        "username": format!("system:serviceaccount:{ns}:{}", owner.service_account),
-                        "uid": uid,
-                        "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{ns}"), "system:authenticated"],
-                        "extra": extra}})
-                }
-            }
+        let Some(owner) = self.tokens.get(spec["token"].as_str().unwrap_or("")) else {
+            return json!({"authenticated": false, "error": "[invalid bearer token]"});
         };
-        json!({"apiVersion": kind.api_version, "kind": kind.kind, "metadata": {"creationTimestamp": null},
-               "spec": request["spec"], "status": status})
+        let audiences: Vec<&String> = owner
+            .audiences
+            .iter()
+            .filter(|a| wanted.is_empty() || wanted.contains(&a.as_str()))
+            .collect();
+        if audiences.is_empty() {
+            let error = format!(
+                "[invalid bearer token, token audiences {:?} is invalid for the target audiences {wanted:?}]",
+                owner.audiences
+            );
+            return json!({"authenticated": false, "error": error});
+        }
+        let (ns, sa) = (&owner.namespace, &owner.service_account);
+        let account = self
+            .objects
+            .get(&Key::new(kind_named("ServiceAccount"), ns, sa));
+        let uid = account
+            .map_or(&json!(owner.uid), |a| &a["metadata"]["uid"])
+            .clone();
+        json!({"authenticated": true, "audiences": audiences, "user": {
+            "username": format!("system:serviceaccount:{ns}:{sa}"), "uid": uid,
+            "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{ns}"), "system:authenticated"]}})
     }
 }
 
-/// Objects are JSON objects (a body could be anything).
+/// Objects are JSON objects with object metadata (a body could be anything).
 fn not_an_object(obj: &Value) -> Result<(), Failure> {
     match obj {
-        Value::Object(_) => Ok(()),
+        Value::Object(o) if o.get("metadata").is_none_or(Value::is_object) => Ok(()),
         _ => Err(Failure::new(
             400,
             "BadRequest",
@@ -727,36 +718,11 @@ impl ApiServer {
         service_account: &str,
         audiences: &[&str],
     ) {
-        self.add_token_for(token, namespace, service_account, None, audiences);
-    }
-
-    /// As [`Self::add_token`], for a token bound to `pod` (TokenReview
-    /// names it in `extra`, as for a projected token).
-    pub fn add_pod_token(
-        &self,
-        token: &str,
-        namespace: &str,
-        service_account: &str,
-        pod: &str,
-        audiences: &[&str],
-    ) {
-        self.add_token_for(token, namespace, service_account, Some(pod), audiences);
-    }
-
-    fn add_token_for(
-        &self,
-        token: &str,
-        ns: &str,
-        sa: &str,
-        pod: Option<&str>,
-        audiences: &[&str],
-    ) {
         let mut store = self.shared.lock();
         let uid = store.uid();
         let owner = TokenOwner {
-            namespace: ns.to_owned(),
-            service_account: sa.to_owned(),
-            pod: pod.map(str::to_owned),
+            namespace: namespace.to_owned(),
+            service_account: service_account.to_owned(),
             audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
             uid,
         };
@@ -784,8 +750,8 @@ impl ApiServer {
         self.shared.lock().requests.clone()
     }
 
-    /// Requests the stand-in does not serve (answered 404, 405 or 415), and
-    /// any without the kubeconfig's token.
+    /// Requests the stand-in does not serve (answered 400, 404, 405 or
+    /// 415), and any without the kubeconfig's token (401).
     pub fn unexpected(&self) -> Vec<String> {
         self.shared.lock().unexpected.clone()
     }
@@ -996,8 +962,9 @@ fn namespace_exists(store: &Store, kind: &Kind, namespace: &str) -> Result<(), F
     Ok(())
 }
 
-/// A PATCH: merge (and strategic merge, approximated by it), JSON patch,
-/// or server-side apply (merged; it creates the object when absent).
+/// A PATCH: merge, JSON patch, or server-side apply (merged: no field
+/// ownership; it creates the object when absent). Strategic merge, which
+/// needs each kind's schema, is not served.
 fn patch(
     store: &mut Store,
     kind: &'static Kind,
@@ -1013,6 +980,7 @@ fn patch(
     let patch = parse(body)?;
     let Some(mut next) = store.objects.get(&key).cloned() else {
         if apply && part == Part::Main {
+            not_an_object(&patch)?;
             namespace_exists(store, kind, ns)?;
             let mut obj = patch;
             obj["metadata"]["name"] = json!(name);
@@ -1021,10 +989,9 @@ fn patch(
         return Err(Failure::not_found(kind, name));
     };
     match media {
-        "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+        "application/merge-patch+json" | "application/apply-patch+yaml" => {
             json_patch::merge(&mut next, &patch);
         }
-        "application/apply-patch+yaml" => json_patch::merge(&mut next, &patch),
         "application/json-patch+json" => {
             let ops: json_patch::Patch = serde_json::from_value(patch)
                 .map_err(|e| Failure::new(400, "BadRequest", e.to_string()))?;
