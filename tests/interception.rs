@@ -138,19 +138,8 @@ impl MeshDir {
 /// The proxy of `pod`, as the injector runs it: its own UID, its addresses,
 /// the redirect listeners on the ports init programmed.
 fn proxy(t: &Topology, pod: &str, token: &str, anchor: &Path) -> Proc {
-    let mut cmd = t.command(
-        pod,
-        &[
-            "setpriv",
-            "--reuid",
-            PROXY_UID,
-            "--regid",
-            PROXY_UID,
-            "--clear-groups",
-        ],
-    );
-    cmd.arg(bin("phoenix-proxy"))
-        .args(["--control-plane", &format!("{}:4180", t.host("node"))])
+    let mut cmd = t.proxy_command(pod);
+    cmd.args(["--control-plane", &format!("{}:4180", t.host("node"))])
         .args([
             "--control-plane-identity",
             "spiffe://phoenix.local/ns/phoenix/sa/control-plane",

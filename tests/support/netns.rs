@@ -144,6 +144,24 @@ impl Topology {
         c
     }
 
+    /// `phoenix-proxy` in `pod` as the injector runs it: under its own UID
+    /// (which init exempts from redirection), with no other groups.
+    pub fn proxy_command(&self, pod: &str) -> Command {
+        let mut cmd = self.command(
+            pod,
+            &[
+                "setpriv",
+                "--reuid",
+                PROXY_UID,
+                "--regid",
+                PROXY_UID,
+                "--clear-groups",
+            ],
+        );
+        cmd.arg(crate::harness::bin("phoenix-proxy"));
+        cmd
+    }
+
     pub fn exec(&self, pod: &str, args: &[&str]) -> Output {
         let out = self.command(pod, args).output().unwrap();
         assert!(

@@ -106,19 +106,8 @@ fn control_plane(t: &Topology, cp_ns: &str, kubeconfig: &Path, state: &Path) -> 
 fn proxy(t: &Topology, cp_ns: &str, pod: &str, token: &str, anchor: &Path, dir: &Path) -> Proc {
     let token_file = dir.join(format!("token-{pod}"));
     std::fs::write(&token_file, token).unwrap();
-    let mut cmd = t.command(
-        pod,
-        &[
-            "setpriv",
-            "--reuid",
-            PROXY_UID,
-            "--regid",
-            PROXY_UID,
-            "--clear-groups",
-        ],
-    );
-    cmd.arg(bin("phoenix-proxy"))
-        .env("PHOENIX_CONTROL_PLANE", format!("{NODE_IP}:{CP_PORT}"))
+    let mut cmd = t.proxy_command(pod);
+    cmd.env("PHOENIX_CONTROL_PLANE", format!("{NODE_IP}:{CP_PORT}"))
         .env(
             "PHOENIX_CONTROL_PLANE_IDENTITY",
             format!("spiffe://{TRUST_DOMAIN}/ns/{cp_ns}/sa/phoenix-control-plane"),
