@@ -513,9 +513,28 @@ async fn every_namespace_gets_the_mesh_roots_in_a_config_map() {
     respond(send, StatusCode::OK, written);
     assert!(task.await.unwrap().unwrap());
 
-    // Two writers creating at once: the loser's 409 is not an error.
+    // Two writers creating at once: the loser reads what the winner wrote
+    // (here an older leader's bundle) and replaces it; the 409 is no error,
+    // and never taken as "already current".
     let task = run(new);
     lose_create_race(&mut server).await;
+    let (req, send) = next(&mut server).await;
+    assert_eq!((req.method(), req.uri().path()), (&Method::GET, path));
+    respond(send, StatusCode::OK, created.clone());
+    let (req, send) = next(&mut server).await;
+    assert_eq!((req.method(), req.uri().path()), (&Method::PUT, path));
+    let written = body_json(req).await;
+    assert_eq!(written["data"]["ca.crt"], new);
+    respond(send, StatusCode::OK, written.clone());
+    assert!(
+        task.await.unwrap().unwrap(),
+        "the older bundle was replaced"
+    );
+    // The winner wrote the same bundle: read, nothing more written.
+    let task = run(new);
+    lose_create_race(&mut server).await;
+    let (_, send) = next(&mut server).await;
+    respond(send, StatusCode::OK, written);
     assert!(!task.await.unwrap().unwrap());
 
     // Forbidden (RBAC): an error naming the object.

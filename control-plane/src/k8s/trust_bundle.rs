@@ -43,7 +43,9 @@ pub struct TrustBundleError {
 
 /// Makes `namespace`'s copy hold `bundle`; `Ok(false)` when it already did.
 /// An update carries the version read, so a concurrent edit fails (and the
-/// next round retries).
+/// next round retries). A create that loses to another writer (a previous
+/// leader) reads again and compares: what that writer put there may be an
+/// older bundle, so it is never taken as current unread.
 pub async fn ensure(
     client: kube::Client,
     namespace: &str,
@@ -55,36 +57,45 @@ pub async fn ensure(
         source,
     };
     let data = BTreeMap::from([(KEY.to_owned(), bundle.to_owned())]);
-    match api.get_opt(CONFIG_MAP).await.map_err(error)? {
-        Some(current) if current.data.as_ref() == Some(&data) => Ok(false),
-        Some(mut current) => {
-            current.data = Some(data);
-            api.replace(CONFIG_MAP, &PostParams::default(), &current)
-                .await
-                .map_err(error)?;
-            Ok(true)
-        }
-        None => {
-            let map = ConfigMap {
-                metadata: ObjectMeta {
-                    name: Some(CONFIG_MAP.to_owned()),
-                    namespace: Some(namespace.to_owned()),
-                    labels: Some(BTreeMap::from([(
-                        "app.kubernetes.io/part-of".to_owned(),
-                        "phoenix".to_owned(),
-                    )])),
-                    ..ObjectMeta::default()
-                },
-                data: Some(data),
-                ..ConfigMap::default()
-            };
-            match api.create(&PostParams::default(), &map).await {
-                Ok(_) => Ok(true),
-                // Another writer (a previous leader) was first: next round compares.
-                Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
-                Err(source) => Err(error(source)),
+    let mut raced = false;
+    loop {
+        match api.get_opt(CONFIG_MAP).await.map_err(error)? {
+            Some(current) if current.data.as_ref() == Some(&data) => return Ok(false),
+            Some(mut current) => {
+                current.data = Some(data);
+                api.replace(CONFIG_MAP, &PostParams::default(), &current)
+                    .await
+                    .map_err(error)?;
+                return Ok(true);
             }
+            None => match api
+                .create(&PostParams::default(), &new_map(namespace, &data))
+                .await
+            {
+                Ok(_) => return Ok(true),
+                // Someone created it between our read and our create: read
+                // it once more (a second race is an error; the next round retries).
+                Err(kube::Error::Api(status)) if status.code == 409 && !raced => raced = true,
+                Err(source) => return Err(error(source)),
+            },
         }
+    }
+}
+
+/// The ConfigMap as first written, labelled as Phoenix's.
+fn new_map(namespace: &str, data: &BTreeMap<String, String>) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(CONFIG_MAP.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/part-of".to_owned(),
+                "phoenix".to_owned(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        data: Some(data.clone()),
+        ..ConfigMap::default()
     }
 }
 
