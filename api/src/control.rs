@@ -1,9 +1,9 @@
 //! Messages between a proxy and the control plane.
 //!
 //! They travel over QUIC streams (the same PQ mutual-TLS stack as the tunnel)
-//! as frames: a 4-byte big-endian length, then that many bytes of JSON. JSON
-//! keeps the contract readable with standard tools (`/config` shows the same
-//! shapes); the framing keeps a reader from buffering without bound.
+//! as frames ([`frame`](crate::frame): a 4-byte big-endian length, then
+//! that many bytes of JSON, with a limit per direction). JSON keeps the
+//! contract readable with standard tools (`/config` shows the same shapes).
 //!
 //! A proxy first asks for a certificate ([`Request::IssueCertificate`]) on a
 //! server-authenticated connection, proving who it is with a bootstrap token;
@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::frame::{Direction, FrameError, decode_body, encode_frame};
 use crate::snapshot::{Delta, Snapshot};
 
 /// The wire version this build speaks: full snapshots, then deltas, with
@@ -35,8 +36,6 @@ pub const MIN_WIRE_VERSION: u32 = 1;
 pub const ALPN_CONTROL: &[u8] = b"phoenix-control/1";
 /// ALPN protocol of tunnel connections between proxies.
 pub const ALPN_TUNNEL: &[u8] = b"phoenix-tunnel/1";
-/// Largest frame either side accepts (a snapshot of a large mesh fits).
-pub const MAX_FRAME_LEN: usize = 64 * 1024 * 1024;
 
 /// What a proxy asks of the control plane.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,65 +105,26 @@ pub enum ErrorCode {
     Internal,
 }
 
-/// Why bytes are not a frame.
-#[derive(Debug, thiserror::Error)]
-pub enum FrameError {
-    /// The frame is longer than [`MAX_FRAME_LEN`].
-    #[error("control frame of {0} bytes exceeds the {MAX_FRAME_LEN}-byte limit")]
-    TooLong(usize),
-    /// The JSON does not match the message shape.
-    #[error("control frame is not a valid message")]
-    Json(#[source] serde_json::Error),
-}
-
-/// Encodes `msg` as one frame.
-pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
-    let mut out = vec![0u8; 4];
-    serde_json::to_writer(&mut out, msg).map_err(FrameError::Json)?;
-    let len = out.len() - 4;
-    if len > MAX_FRAME_LEN {
-        return Err(FrameError::TooLong(len));
-    }
-    out[..4].copy_from_slice(&(len as u32).to_be_bytes());
-    Ok(out)
-}
-
-/// Reads the body length from a frame's 4-byte prefix.
-pub fn frame_len(prefix: [u8; 4]) -> Result<usize, FrameError> {
-    let len = u32::from_be_bytes(prefix) as usize;
-    if len > MAX_FRAME_LEN {
-        return Err(FrameError::TooLong(len));
-    }
-    Ok(len)
-}
-
-/// Decodes a frame body.
-pub fn decode_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, FrameError> {
-    serde_json::from_slice(body).map_err(FrameError::Json)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::FrameDecoder;
 
     #[test]
-    fn frames_round_trip() {
+    fn a_request_round_trips_through_its_frame() {
         let req = Request::Subscribe {
             wire_version: WIRE_VERSION,
             inbound: "127.0.0.1:4143".parse().unwrap(),
         };
-        let frame = encode_frame(&req).unwrap();
-        let len = frame_len(frame[..4].try_into().unwrap()).unwrap();
-        assert_eq!(len, frame.len() - 4);
-        assert_eq!(decode_body::<Request>(&frame[4..]).unwrap(), req);
+        let frame = encode_frame(&req, Direction::Request).unwrap();
+        let mut decoder = FrameDecoder::new(Direction::Request);
+        assert_eq!(decoder.feed(&frame).unwrap(), frame.len());
+        let body = decoder.take().unwrap();
+        assert_eq!(decode_body::<Request>(&body).unwrap(), req);
     }
 
     #[test]
-    fn oversized_and_garbage_frames_are_refused() {
-        assert!(matches!(
-            frame_len([0xff, 0xff, 0xff, 0xff]),
-            Err(FrameError::TooLong(_))
-        ));
+    fn an_unknown_message_is_refused() {
         assert!(matches!(
             decode_body::<Request>(b"{\"type\":\"launchMissiles\"}"),
             Err(FrameError::Json(_))

@@ -2,14 +2,16 @@
 //!
 //! Everything that crosses a process boundary and must stay compatible across
 //! versions lives here, and nothing else: the tunnel header that starts every
-//! proxied stream ([`header`]), the control-plane messages ([`control`]), the
-//! config snapshots they carry ([`snapshot`]), workload identities
-//! ([`identity`]) and service names ([`service`]). The crate does no I/O:
+//! proxied stream ([`header`]), the control-plane messages ([`control`]) and
+//! their framing ([`frame`]), the config snapshots they carry
+//! ([`snapshot`]), workload identities ([`identity`]) and service names
+//! ([`service`]). The crate does no I/O:
 //! the codecs are pure functions over bytes, so they are fuzzed and tested
 //! without sockets.
 
 pub mod control;
 pub mod duration;
+pub mod frame;
 pub mod header;
 pub mod identity;
 pub mod service;

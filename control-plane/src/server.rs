@@ -16,8 +16,8 @@ use phoenix_api::SpiffeId;
 use phoenix_api::control::{
     self, ALPN_CONTROL, ErrorCode, MIN_WIRE_VERSION, Request, Response, WIRE_VERSION,
 };
+use phoenix_api::frame::{Direction, FrameDecoder, FrameError};
 use phoenix_api::snapshot::Snapshot;
-use phoenix_proxy::control::read_frame;
 use phoenix_tls::TlsContext;
 use phoenix_tls::endpoint::TransportSettings;
 use phoenix_tls::handshake::{ClientAuth, HandshakeFailure, TlsPolicy, peer_identity};
@@ -138,22 +138,21 @@ impl Server {
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) {
-        let request =
-            match tokio::time::timeout(REQUEST_TIMEOUT, read_frame::<Request>(&mut recv)).await {
-                Ok(Ok(Some(r))) => r,
-                Ok(Err(error)) => {
-                    let _ = reply(
-                        &mut send,
-                        &error_response(
-                            ErrorCode::BadRequest,
-                            format!("cannot read request: {error}"),
-                        ),
-                    )
-                    .await;
-                    return;
-                }
-                _ => return,
-            };
+        let request = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut recv)).await {
+            Ok(Ok(Some(r))) => r,
+            Ok(Err(error)) => {
+                let _ = reply(
+                    &mut send,
+                    &error_response(
+                        ErrorCode::BadRequest,
+                        format!("cannot read request: {error}"),
+                    ),
+                )
+                .await;
+                return;
+            }
+            _ => return,
+        };
         match request {
             Request::IssueCertificate { token, csr_pem } => {
                 let answer = self.issue(&token, &csr_pem).await;
@@ -349,7 +348,9 @@ impl Server {
 
     /// Sends one config message and counts it.
     async fn push(&self, send: &mut quinn::SendStream, message: &Response) -> Result<(), ()> {
-        let frame = control::encode_frame(message).map_err(|_| ())?;
+        let frame = control::encode_frame(message, Direction::Response).map_err(|error| {
+            tracing::error!(error = %phoenix_proxy::process::error_chain(&error), "cannot encode a config message; the proxy resubscribes");
+        })?;
         self.push_frame(send, &frame, matches!(message, Response::Delta(_)))
             .await
     }
@@ -452,9 +453,43 @@ fn error_response(code: ErrorCode, message: String) -> Response {
     Response::Error { code, message }
 }
 
+/// Why a request could not be read.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    /// The bytes are not a request frame (too long, cut short, not JSON).
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The stream was reset or the connection lost.
+    #[error("the request stream failed")]
+    Stream,
+}
+
+/// Reads a stream's request: `None` if the client finished the stream
+/// without sending one. The request limit is small (the client may not be
+/// authenticated yet) and checked from the length prefix; the body is held
+/// only as it arrives.
+async fn read_request(recv: &mut quinn::RecvStream) -> Result<Option<Request>, ReadError> {
+    let mut frames = FrameDecoder::new(Direction::Request);
+    loop {
+        if let Some(body) = frames.take() {
+            return Ok(Some(control::decode_body(&body)?));
+        }
+        match recv.read_chunk(frames.wanted(), true).await {
+            Ok(Some(chunk)) => {
+                frames.feed(&chunk.bytes)?;
+            }
+            Ok(None) => {
+                frames.end()?;
+                return Ok(None);
+            }
+            Err(_) => return Err(ReadError::Stream),
+        }
+    }
+}
+
 /// Writes one frame; returns its size.
 async fn reply(send: &mut quinn::SendStream, msg: &Response) -> Result<usize, ()> {
-    let frame = control::encode_frame(msg).map_err(|_| ())?;
+    let frame = control::encode_frame(msg, Direction::Response).map_err(|_| ())?;
     send.write_all(&frame).await.map_err(|_| ())?;
     Ok(frame.len())
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use phoenix_api::SpiffeId;
 use phoenix_api::control::{self, ALPN_CONTROL, ErrorCode, Request, Response, WIRE_VERSION};
+use phoenix_api::frame::{Direction, FrameDecoder};
 use phoenix_api::snapshot::Snapshot;
 use phoenix_tls::credentials::{Credentials, Loaded};
 use phoenix_tls::handshake::TlsPolicy;
@@ -175,7 +176,9 @@ pub async fn obtain_certificate(
         },
     )
     .await?;
-    let answer: Response = read_frame(&mut recv).await?.ok_or(ControlError::Stream)?;
+    let answer: Response = read_frame(&mut recv, &mut FrameDecoder::new(Direction::Response))
+        .await?
+        .ok_or(ControlError::Stream)?;
     conn.close(quinn::VarInt::from_u32(0), b"done");
     match answer {
         Response::Certificate { chain_pem, .. } => {
@@ -268,8 +271,9 @@ async fn subscription(
     // The last snapshot received, valid or not: deltas apply to it, and a
     // later delta may turn a refused snapshot valid again.
     let mut wire: Option<Snapshot> = None;
+    let mut frames = FrameDecoder::new(Direction::Response);
     loop {
-        let msg = match read_frame::<Response>(&mut recv).await {
+        let msg = match read_frame::<Response>(&mut recv, &mut frames).await {
             Ok(Some(msg)) => msg,
             Ok(None) => break,
             // A snapshot or delta this proxy cannot read (a service name
@@ -330,28 +334,34 @@ async fn write_frame<T: serde::Serialize>(
     send: &mut quinn::SendStream,
     msg: &T,
 ) -> Result<(), ControlError> {
-    let frame = control::encode_frame(msg)?;
+    let frame = control::encode_frame(msg, Direction::Request)?;
     send.write_all(&frame)
         .await
         .map_err(|_| ControlError::Stream)
 }
 
-/// Reads one frame; `None` when the stream ended cleanly between frames.
-pub async fn read_frame<T: DeserializeOwned>(
+/// Reads the control plane's next message; `None` when the stream ended
+/// cleanly between frames. `frames` lives as long as the stream: it holds
+/// the part of a frame read so far, never more than the frame in progress.
+async fn read_frame<T: DeserializeOwned>(
     recv: &mut quinn::RecvStream,
+    frames: &mut FrameDecoder,
 ) -> Result<Option<T>, ControlError> {
-    let mut prefix = [0u8; 4];
-    match recv.read_exact(&mut prefix).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(_) => return Err(ControlError::Stream),
+    loop {
+        if let Some(body) = frames.take() {
+            return Ok(Some(control::decode_body(&body)?));
+        }
+        match recv.read_chunk(frames.wanted(), true).await {
+            Ok(Some(chunk)) => {
+                frames.feed(&chunk.bytes)?;
+            }
+            Ok(None) => {
+                frames.end()?;
+                return Ok(None);
+            }
+            Err(_) => return Err(ControlError::Stream),
+        }
     }
-    let len = control::frame_len(prefix)?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|_| ControlError::Stream)?;
-    Ok(Some(control::decode_body(&body)?))
 }
 
 /// Exponential backoff from 100 ms to 5 s.

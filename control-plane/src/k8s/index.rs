@@ -29,6 +29,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use phoenix_api::ServiceName;
+use phoenix_api::frame::{Direction, FrameWriter};
 use phoenix_api::snapshot::{Delta, Endpoint, Inbound, Resource, Snapshot, Upstream};
 
 use super::policy::{Audience, MeshConfigError, MeshRecord, PolicyRecord};
@@ -462,8 +463,7 @@ impl Index {
         wire_version: u32,
     ) -> Option<(Vec<u8>, bool)> {
         let plan = self.plan(sub)?;
-        let mut out = Vec::with_capacity(64 + plan.upserts.len() * 512);
-        out.extend_from_slice(&[0; 4]);
+        let mut out = FrameWriter::new(Direction::Response, 64 + plan.upserts.len() * 512);
         let version = self.version;
         match plan.from {
             None => {
@@ -506,9 +506,14 @@ impl Index {
             out.push(b']');
         }
         out.push(b'}');
-        let len = u32::try_from(out.len() - 4).ok()?;
-        out[..4].copy_from_slice(&len.to_be_bytes());
-        Some((out, plan.from.is_some()))
+        match out.finish() {
+            Ok(frame) => Some((frame, plan.from.is_some())),
+            Err(error) => {
+                // Over the proxy's limit: sending it would only be refused.
+                tracing::error!(%error, "a proxy's config does not fit in one control frame; narrow what it may reach (TrafficPolicy allow-lists, defaultPolicy)");
+                None
+            }
+        }
     }
 
     /// The whole view of `sub` at the current version (wire version 1
@@ -1011,7 +1016,7 @@ fn encode(resource: &Resource) -> Arc<str> {
         .into()
 }
 
-fn push_json_string(out: &mut Vec<u8>, s: &str) {
+fn push_json_string(out: &mut FrameWriter, s: &str) {
     // Keys are resource keys: serde_json escapes them as any string.
     match serde_json::to_string(s) {
         Ok(quoted) => out.extend_from_slice(quoted.as_bytes()),

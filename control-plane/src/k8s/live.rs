@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use tokio::sync::watch;
 
 use super::health::WatchHealth;
-use phoenix_api::control::{Response, encode_frame};
+use phoenix_api::control::{Direction, Response, encode_frame};
 
 use super::index::{Index, Subscriber, Update};
 use super::policy::MeshRecord;
@@ -144,7 +144,7 @@ impl Live {
                     (Response::Delta(d), true)
                 }
             };
-            (encode_frame(&response).ok()?, delta)
+            (encode_frame(&response, Direction::Response).ok()?, delta)
         };
         drop(index);
         self.positions
