@@ -144,7 +144,7 @@ async fn the_token_decides_the_identity_not_the_csr() {
         .one(
             false,
             &Request::IssueCertificate {
-                token: m.tokens["client"].clone(),
+                token: m.tokens["client"].clone().into(),
                 csr_pem: csr.clone(),
             },
         )
@@ -185,7 +185,7 @@ async fn the_token_decides_the_identity_not_the_csr() {
         .one(
             false,
             &Request::IssueCertificate {
-                token: m.tokens["echo"].clone(),
+                token: m.tokens["echo"].clone().into(),
                 csr_pem: "not a csr".into(),
             },
         )

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 pub use crate::frame::{Direction, FrameError, decode_body, encode_frame};
+use crate::secret::Secret;
 use crate::snapshot::{Delta, Snapshot};
 
 /// The wire version this build speaks: full snapshots, then deltas, with
@@ -45,7 +46,7 @@ pub enum Request {
     #[serde(rename_all = "camelCase")]
     IssueCertificate {
         /// Bootstrap token: names the workload, and so its identity.
-        token: String,
+        token: Secret,
         /// PKCS#10 request; only its public key is used.
         csr_pem: String,
     },

@@ -14,6 +14,7 @@ pub mod duration;
 pub mod frame;
 pub mod header;
 pub mod identity;
+pub mod secret;
 pub mod service;
 pub mod snapshot;
 pub mod tls_policy;

@@ -271,15 +271,23 @@ impl Ca {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        // One second of back-dating absorbs sub-second clock differences
-        // without distorting short test lifetimes.
         let now = SystemTime::now();
-        params.not_before = (now - Duration::from_secs(1)).into();
+        params.not_before = (now - backdate(lifetime)).into();
         params.not_after = (now + lifetime).into();
         params.serial_number = Some(random_serial());
         params.use_authority_key_identifier_extension = true;
         Ok(params)
     }
+}
+
+/// How far before issuance a leaf is valid from, so a peer whose clock is
+/// behind the control plane's still accepts it: 5 minutes, as Kubernetes'
+/// own CSR signer back-dates, for realistic lifetimes; a tenth of the
+/// lifetime (at least 1 s) for short ones, so the renewal point (two thirds
+/// of `notAfter - notBefore`) and the pool's drain point (nine tenths) stay
+/// ahead of issuance.
+fn backdate(lifetime: Duration) -> Duration {
+    (lifetime / 10).clamp(Duration::from_secs(1), Duration::from_secs(300))
 }
 
 fn random_serial() -> SerialNumber {
@@ -347,6 +355,35 @@ mod tests {
             !ca_flag,
             "a CSR asking to be a CA must not get a CA certificate"
         );
+    }
+
+    #[test]
+    fn leaves_are_back_dated_for_clock_skew_without_moving_renewal_before_issuance() {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let ca = Ca::generate("phoenix.local").unwrap();
+        let id: SpiffeId = "spiffe://phoenix.local/ns/default/sa/web".parse().unwrap();
+        for (lifetime, want) in [(86_400, 300), (3_600, 300), (600, 60), (3, 1)] {
+            let (_, csr) = csr_asking_for("web", false);
+            let issued = SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64;
+            let pem = ca.issue(&csr, &id, Duration::from_secs(lifetime)).unwrap();
+            let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+            let nb = phoenix_tls::spiffe::not_before_unix(&der).unwrap();
+            let na = phoenix_tls::spiffe::not_after_unix(&der).unwrap();
+            let back = issued - nb;
+            assert!(
+                (want - 1..=want + 1).contains(&back),
+                "{lifetime}s: back-dated {back}s, want {want}s"
+            );
+            // The proxy renews at 2/3 of the span: after issuance.
+            assert!(
+                nb + (na - nb) * 2 / 3 > issued,
+                "{lifetime}s: renewal before issuance"
+            );
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use phoenix_api::secret::Secret;
 use serde::{Deserialize, Serialize};
 
 use crate::ca::{Ca, CaError};
@@ -117,7 +118,7 @@ const MAX_UNIX: u64 = 253_402_300_799;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct StoredRoot {
     cert_pem: String,
-    key_pem: String,
+    key_pem: Secret,
     /// Unix seconds from which this root signs.
     activates_at: u64,
 }
@@ -287,12 +288,13 @@ impl Schedule {
                     key_pem,
                     activates_at,
                 } = r;
-                let ca =
-                    Ca::from_pem(&cert_pem, &key_pem).map_err(|source| RootsError::BadRoot {
+                let ca = Ca::from_pem(&cert_pem, key_pem.expose()).map_err(|source| {
+                    RootsError::BadRoot {
                         what: what.to_owned(),
                         index,
                         source,
-                    })?;
+                    }
+                })?;
                 Ok(Scheduled {
                     ca: Arc::new(ca),
                     activates_at: UNIX_EPOCH
@@ -332,7 +334,7 @@ impl Schedule {
                 .iter()
                 .map(|r| StoredRoot {
                     cert_pem: r.ca.root_pem().to_owned(),
-                    key_pem: r.ca.key_pem(),
+                    key_pem: r.ca.key_pem().into(),
                     activates_at: unix(r.activates_at),
                 })
                 .collect(),

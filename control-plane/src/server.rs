@@ -155,7 +155,7 @@ impl Server {
         };
         match request {
             Request::IssueCertificate { token, csr_pem } => {
-                let answer = self.issue(&token, &csr_pem).await;
+                let answer = self.issue(token.expose(), &csr_pem).await;
                 let _ = reply(&mut send, &answer).await;
                 let _ = send.finish();
                 let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;

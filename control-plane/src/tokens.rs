@@ -11,10 +11,20 @@ use std::path::{Path, PathBuf};
 /// File name of the tokens file in the state directory.
 pub const TOKENS_FILE: &str = "tokens.json";
 
-/// Token → workload name.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// Token → workload name. `Debug` shows the workloads, never the tokens.
+#[derive(Default, Clone, PartialEq, Eq)]
 pub struct Tokens {
     by_token: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut workloads: Vec<&str> = self.by_token.values().map(String::as_str).collect();
+        workloads.sort_unstable();
+        f.debug_struct("Tokens")
+            .field("workloads", &workloads)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why the tokens file is unusable.
@@ -97,5 +107,20 @@ impl Tokens {
             .open(&tmp)?;
         f.write_all(text.as_bytes())?;
         std::fs::rename(tmp, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_workloads_not_tokens() {
+        let tokens = Tokens::from_pairs([("s3cr3t-token".to_owned(), "web".to_owned())]);
+        let shown = format!("{tokens:?}");
+        assert!(
+            shown.contains("web") && !shown.contains("s3cr3t"),
+            "{shown}"
+        );
     }
 }

@@ -70,7 +70,9 @@ impl Failures {
         let backoff = map
             .get(&addr)
             .map_or(FIRST_BACKOFF, |(_, last)| (*last * 2).min(MAX_BACKOFF));
-        map.insert(addr, (now + backoff, backoff));
+        // Jittered, so the proxies that saw the same pod fail do not all
+        // come back to it at the same instant.
+        map.insert(addr, (now + crate::backoff::jitter(backoff), backoff));
     }
 
     /// `addr` worked: forget its failures.
@@ -111,14 +113,17 @@ mod tests {
         let a: SocketAddr = "10.0.0.1:4143".parse().unwrap();
         let t = Instant::now();
         assert!(!f.ejected(a, t));
+        // Set aside for 0.5–1 s (1 s, jittered)...
         f.failed(a, t);
-        assert!(f.ejected(a, t + Duration::from_millis(500)));
-        assert!(!f.ejected(a, t + Duration::from_millis(1500)));
+        assert!(f.ejected(a, t + Duration::from_millis(400)));
+        assert!(!f.ejected(a, t + Duration::from_millis(1001)));
+        // ...then 1–2 s the second time in a row.
         f.failed(a, t);
         assert!(
-            f.ejected(a, t + Duration::from_millis(1500)),
-            "2 s the second time"
+            f.ejected(a, t + Duration::from_millis(900)),
+            "longer the second time"
         );
+        assert!(!f.ejected(a, t + Duration::from_millis(2001)));
         f.succeeded(a);
         assert!(!f.ejected(a, t));
     }

@@ -17,11 +17,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use phoenix_api::SpiffeId;
 use phoenix_api::control::{self, ALPN_CONTROL, ErrorCode, Request, Response, WIRE_VERSION};
 use phoenix_api::frame::{Direction, FrameDecoder};
+use phoenix_api::secret::Secret;
 use phoenix_api::snapshot::Snapshot;
 use phoenix_tls::credentials::{Credentials, Loaded};
 use phoenix_tls::handshake::TlsPolicy;
 use serde::de::DeserializeOwned;
 
+use crate::backoff::Backoff;
 use crate::config::ProxyConfig;
 use crate::state::Shared;
 
@@ -43,7 +45,7 @@ pub struct ControlPlane {
 #[derive(Clone, Debug)]
 pub enum Token {
     /// Given once (file mode: `phoenix up` passes it in the environment).
-    Fixed(String),
+    Fixed(Secret),
     /// Read from a file at every request: a projected ServiceAccount token,
     /// which the kubelet rotates in place.
     File(std::path::PathBuf),
@@ -51,11 +53,11 @@ pub enum Token {
 
 impl Token {
     /// The current token.
-    pub fn read(&self) -> Result<String, ControlError> {
+    pub fn read(&self) -> Result<Secret, ControlError> {
         match self {
             Token::Fixed(t) => Ok(t.clone()),
             Token::File(path) => std::fs::read_to_string(path)
-                .map(|t| t.trim().to_owned())
+                .map(|t| Secret::new(t.trim()))
                 .map_err(|source| ControlError::TokenFile {
                     path: path.clone(),
                     source,
@@ -198,7 +200,7 @@ pub async fn obtain_certificate(
 /// Keeps a valid certificate in `shared.tls` for ever: renews at two thirds
 /// of each certificate's lifetime, retrying with backoff.
 pub async fn certificates(shared: Arc<Shared>, cp: ControlPlane) {
-    let mut backoff = Backoff::default();
+    let mut backoff = control_backoff();
     loop {
         match obtain_certificate(&shared, &cp).await {
             Ok(loaded) => {
@@ -212,7 +214,7 @@ pub async fn certificates(shared: Arc<Shared>, cp: ControlPlane) {
                 tokio::time::sleep(until_unix(renew_at)).await;
             }
             Err(error) => {
-                let wait = backoff.next();
+                let wait = backoff.next_delay();
                 tracing::warn!(%error, retry_in = ?wait, "cannot obtain a certificate");
                 tokio::time::sleep(wait).await;
             }
@@ -222,7 +224,7 @@ pub async fn certificates(shared: Arc<Shared>, cp: ControlPlane) {
 
 /// Subscribes to config for ever, applying snapshots and deltas.
 pub async fn subscribe(shared: Arc<Shared>, cp: ControlPlane, inbound: SocketAddr) {
-    let mut backoff = Backoff::default();
+    let mut backoff = control_backoff();
     loop {
         if shared.tls.credentials().current().is_none() {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -234,7 +236,7 @@ pub async fn subscribe(shared: Arc<Shared>, cp: ControlPlane, inbound: SocketAdd
                 tracing::warn!(%error, "config subscription failed; keeping the last good config")
             }
         }
-        tokio::time::sleep(backoff.next()).await;
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 
@@ -364,30 +366,9 @@ async fn read_frame<T: DeserializeOwned>(
     }
 }
 
-/// Exponential backoff from 100 ms to 5 s.
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            next: Duration::from_millis(100),
-        }
-    }
-}
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let now = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(5));
-        now
-    }
-
-    fn reset(&mut self) {
-        *self = Self::default();
-    }
+/// Retries toward the control plane: from 100 ms to 5 s, jittered.
+fn control_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
 }
 
 fn until_unix(at: i64) -> Duration {

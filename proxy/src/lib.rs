@@ -8,6 +8,7 @@
 //! [`config`] (validation), [`admin`] and [`metrics`].
 
 pub mod admin;
+pub mod backoff;
 pub mod balance;
 pub mod config;
 pub mod control;

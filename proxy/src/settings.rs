@@ -188,7 +188,7 @@ impl Args {
                 }
                 Token::File(path.clone())
             }
-            (None, Some(t)) if !t.is_empty() => Token::Fixed(t),
+            (None, Some(t)) if !t.is_empty() => Token::Fixed(t.into()),
             (None, _) => return Err(SettingsError::NoToken),
         };
         let identity: SpiffeId = self
