@@ -36,8 +36,15 @@ pub trait AdminState: Send + Sync + 'static {
 /// Serves admin requests on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, registry: Arc<Registry>, state: Arc<dyn AdminState>) {
     loop {
-        let Ok((tcp, peer)) = listener.accept().await else {
-            continue;
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // EMFILE and friends: back off instead of spinning a core
+                // (the error repeats until a descriptor is freed).
+                tracing::warn!(%error, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let local_peer = peer.ip().to_canonical().is_loopback();
         let registry = registry.clone();

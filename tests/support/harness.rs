@@ -253,8 +253,28 @@ pub fn get_full(addr: SocketAddr, path: &str) -> (u16, String, String) {
     (status, head.to_owned(), body)
 }
 
-/// Sum of the samples of `metric` whose labels include all of `want`.
+/// Sum of the samples of `metric` whose labels include all of `want`
+/// (0 when the family exists but no sample has those labels yet). A metric
+/// the text does not have at all fails the test: a renamed or unregistered
+/// metric must not read as a passing `== 0.0`. (prometheus-client leaves a
+/// labelled family out of the scrape until its first sample: a test that
+/// expects none of one says so with [`metric_or_absent`].)
 pub fn metric(text: &str, metric: &str, want: &[(&str, &str)]) -> f64 {
+    let family = ["_total", "_bucket", "_count", "_sum", "_created"]
+        .iter()
+        .find_map(|suffix| metric.strip_suffix(suffix))
+        .unwrap_or(metric);
+    let known = text.lines().any(|l| {
+        let name = l
+            .strip_prefix("# TYPE ")
+            .and_then(|t| t.split_whitespace().next())
+            .unwrap_or_else(|| l.split(['{', ' ']).next().unwrap_or(""));
+        name == metric || name == family
+    });
+    assert!(
+        known,
+        "no metric {metric} in the scrape (renamed or not registered?):\n{text}"
+    );
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
@@ -270,6 +290,19 @@ pub fn metric(text: &str, metric: &str, want: &[(&str, &str)]) -> f64 {
             .then(|| v.parse::<f64>().ok())?
         })
         .sum()
+}
+
+/// [`metric`] for a labelled family that is absent until its first sample
+/// (failure counters): 0 when absent.
+pub fn metric_or_absent(text: &str, metric_name: &str, want: &[(&str, &str)]) -> f64 {
+    let present = text
+        .lines()
+        .any(|l| l.starts_with(metric_name) && l[metric_name.len()..].starts_with(['{', ' ']));
+    if present {
+        metric(text, metric_name, want)
+    } else {
+        0.0
+    }
 }
 
 /// Waits until `workload`'s `metric` (samples with `labels`) sums to `want`.
