@@ -22,6 +22,7 @@ pub mod process;
 pub mod relay;
 pub mod settings;
 pub mod state;
+pub mod supervisor;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,6 +56,14 @@ pub enum StartError {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// A task the proxy needs ended before shutdown (a bug: it is logged).
+    #[error("the proxy's {task} task {how} before shutdown")]
+    TaskEnded {
+        /// Which task.
+        task: &'static str,
+        /// How it ended (returned, panicked).
+        how: &'static str,
     },
 }
 
@@ -196,32 +205,40 @@ async fn run_body(
         listeners: listeners.clone(),
         bound: bound.clone(),
     });
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(admin::serve(admin, Arc::new(registry), admin_state));
-    tasks.spawn(inbound::serve(shared.clone()));
+    let mut tasks = supervisor::Supervisor::default();
+    tasks.spawn(
+        "admin",
+        admin::serve(admin, Arc::new(registry), admin_state),
+    );
+    tasks.spawn("inbound", inbound::serve(shared.clone()));
     if let Some((listener, _)) = outbound_redirect {
-        tasks.spawn(intercept::serve_outbound(shared.clone(), listener));
+        tasks.spawn(
+            "outbound redirect",
+            intercept::serve_outbound(shared.clone(), listener),
+        );
     }
     if let Some((listener, _)) = inbound_redirect {
-        tasks.spawn(intercept::serve_inbound(
-            shared.clone(),
-            listener,
-            Arc::new(settings.probes.clone()),
-        ));
+        tasks.spawn(
+            "inbound redirect",
+            intercept::serve_inbound(shared.clone(), listener, Arc::new(settings.probes.clone())),
+        );
     }
-    tasks.spawn(control::certificates(
-        shared.clone(),
-        settings.control_plane.clone(),
-    ));
-    tasks.spawn(control::subscribe(
-        shared.clone(),
-        settings.control_plane.clone(),
-        bound.inbound,
-    ));
+    tasks.spawn(
+        "certificates",
+        control::certificates(shared.clone(), settings.control_plane.clone()),
+    );
+    tasks.spawn(
+        "config subscription",
+        control::subscribe(
+            shared.clone(),
+            settings.control_plane.clone(),
+            bound.inbound,
+        ),
+    );
     {
         let shared = shared.clone();
         let listeners = listeners.clone();
-        tasks.spawn(async move {
+        tasks.spawn("listener reconcile", async move {
             let mut changed = shared.config_changed.subscribe();
             loop {
                 if let Some(config) = shared.config.load_full() {
@@ -234,7 +251,18 @@ async fn run_body(
         });
     }
 
-    shutdown.await;
+    let mut shutdown = shutdown;
+    tokio::select! {
+        () = &mut shutdown => {}
+        (task, ended) = tasks.first_to_end() => {
+            // The process would limp on without it: exit non-zero instead,
+            // so the orchestrator restarts the proxy.
+            tracing::error!(task, how = ended.as_str(), "a proxy task ended before shutdown; exiting");
+            tasks.abort_all();
+            shared.endpoint.close(quinn::VarInt::from_u32(1), b"proxy task ended");
+            return Err(StartError::TaskEnded { task, how: ended.as_str() });
+        }
+    }
     tracing::info!(grace = ?settings.drain_grace, "shutting down: draining open connections");
     listeners.close_all();
     shared.endpoint.set_server_config(None);
