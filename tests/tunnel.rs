@@ -313,6 +313,8 @@ fn peer_connections_close_when_unused_but_never_under_an_idle_stream() {
     // Deliberately silent for three QUIC idle timeouts: keep-alives hold it.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(quic_open(), 1.0);
+    let peer_slots = || m.config("client")["peerSlots"].as_u64().unwrap();
+    assert_eq!(peer_slots(), 1);
     harness::ping(&mut idle, b"still-here");
 
     drop(idle);
@@ -321,6 +323,10 @@ fn peer_connections_close_when_unused_but_never_under_an_idle_stream() {
         "the unused peer connection closed",
         || (quic_open() == 0.0).then_some(()),
     );
+    // ...and the pool forgot the peer (it does not grow with pod churn).
+    eventually(Duration::from_secs(5), "the peer forgotten", || {
+        (peer_slots() == 0).then_some(())
+    });
     harness::ping(&mut TcpStream::connect(addr).unwrap(), b"reconnects");
     let handshakes = metric(
         &m.metrics("client"),

@@ -344,6 +344,9 @@ impl AdminState for ProxyAdmin {
             "peers": self.shared.pool.peers().into_iter().map(|(address, identity)| {
                 serde_json::json!({"address": address, "identity": identity})
             }).collect::<Vec<_>>(),
+            // Peers the pool holds state for (live, connecting, or failing
+            // now): falls back to 0 once their connections close.
+            "peerSlots": self.shared.pool.len(),
             "config": config.as_ref().map(|c| &c.snapshot),
         })
     }

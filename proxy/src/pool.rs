@@ -168,6 +168,11 @@ impl Pool {
                 if let ConnectError::Handshake(reason) = e {
                     guard.failed = Some((std::time::Instant::now(), reason));
                 }
+                drop(guard);
+                drop(waiting);
+                // Nobody else is waiting to share the outcome: forget the
+                // peer (a pod that went away must not stay in the map).
+                self.forget(addr, identity, None);
                 return Err(e);
             }
         };
@@ -175,8 +180,53 @@ impl Pool {
         guard.failed = None;
         drop(guard);
         drop(waiting);
-        tokio::spawn(watch(shared.clone(), conn.clone(), mesh.peer_idle_timeout));
+        tokio::spawn(watch(
+            shared.clone(),
+            (addr, identity.clone()),
+            conn.clone(),
+            mesh.peer_idle_timeout,
+        ));
         Ok(conn)
+    }
+
+    /// Drops the slot of `addr` as `identity` if nothing uses it: no caller
+    /// waiting, and no usable connection other than `closed` (the one whose
+    /// watch just ended). Without this the map would grow with every pod a
+    /// proxy ever reached.
+    fn forget(&self, addr: SocketAddr, identity: &SpiffeId, closed: Option<usize>) {
+        let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (addr, identity.clone());
+        let Some(slot) = peers.get(&key) else {
+            return;
+        };
+        if slot.waiting.load(Ordering::Acquire) > 0 {
+            return;
+        }
+        // Held: someone is connecting or reading it right now; they keep it.
+        let Ok(state) = slot.conn.try_lock() else {
+            return;
+        };
+        let unused = match &state.conn {
+            None => true,
+            Some(c) => Some(c.conn.stable_id()) == closed || !c.usable(),
+        };
+        drop(state);
+        if unused {
+            peers.remove(&key);
+        }
+    }
+
+    /// Number of peer slots held (live, connecting or just failed).
+    pub fn len(&self) -> usize {
+        self.peers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether no peer slot is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Streams open now to `addr` as `identity`, plus callers waiting for
@@ -258,8 +308,20 @@ async fn connect(
     })
 }
 
-/// Closes `peer` when idle, drains it before its peer certificate expires.
-async fn watch(shared: Arc<Shared>, peer: PeerConn, idle_timeout: Duration) {
+/// Closes `peer` when idle, drains it before its peer certificate expires,
+/// and forgets its slot once it is closed (whatever closed it).
+async fn watch(
+    shared: Arc<Shared>,
+    key: (SocketAddr, SpiffeId),
+    peer: PeerConn,
+    idle_timeout: Duration,
+) {
+    let id = peer.conn.stable_id();
+    watch_until_closed(&shared, &peer, idle_timeout).await;
+    shared.pool.forget(key.0, &key.1, Some(id));
+}
+
+async fn watch_until_closed(shared: &Arc<Shared>, peer: &PeerConn, idle_timeout: Duration) {
     let _open = GaugeGuard::new(
         shared
             .metrics
