@@ -153,7 +153,7 @@ pub async fn run(duration: Option<Duration>, json: bool) -> anyhow::Result<bool>
     }
     let started = Instant::now();
     let deadline = duration.map(|d| started + d);
-    let ctrl_c = phoenix_proxy::process::shutdown_signal();
+    let ctrl_c = phoenix_runtime::process::shutdown_signal();
     tokio::pin!(ctrl_c);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use phoenix_control_plane::inject::{self, Injector};
-use phoenix_proxy::process::EXIT_CONFIG;
+use phoenix_runtime::process::EXIT_CONFIG;
 use serde_json::Value;
 
 /// Flags of `phoenix inject`.

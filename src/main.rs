@@ -17,7 +17,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use phoenix_control_plane::mesh::Mesh;
 
-use phoenix_proxy::process::EXIT_CONFIG;
+use phoenix_runtime::process::EXIT_CONFIG;
 
 /// Phoenix: a post-quantum service mesh.
 #[derive(Debug, Parser)]
@@ -39,7 +39,7 @@ struct Cli {
     /// never with `NO_COLOR`) or `json`. The processes `phoenix up` starts
     /// inherit `PHOENIX_LOG_FORMAT`.
     #[arg(long, env = "PHOENIX_LOG_FORMAT", value_enum, global = true)]
-    log_format: Option<phoenix_proxy::process::LogFormat>,
+    log_format: Option<phoenix_runtime::process::LogFormat>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,7 +92,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    phoenix_proxy::process::init_tracing(cli.log_format.unwrap_or_default(), "warn");
+    phoenix_runtime::process::init_tracing(cli.log_format.unwrap_or_default(), "warn");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -143,7 +143,7 @@ async fn up_command(file: PathBuf, output: Output, drain_grace: Duration) -> Exi
         drain_grace,
         forward_logs: true,
     };
-    let shutdown = phoenix_proxy::process::shutdown_signal();
+    let shutdown = phoenix_runtime::process::shutdown_signal();
     tokio::pin!(shutdown);
     let started = tokio::select! {
         r = up::start(&options, &mesh) => r,

@@ -20,7 +20,8 @@ use crate::secret::Secret;
 use crate::snapshot::{Delta, Snapshot};
 
 /// The wire version this build speaks: full snapshots, then deltas, with
-/// the mesh settings' `inboundMode` and `trustBundlePem` (version 3).
+/// the mesh settings' `inboundMode` and `trustBundlePem` (version 3) and dual-stack
+/// endpoints' `otherIps` (version 4).
 pub const WIRE_VERSION: u32 = 4;
 /// The first wire version whose mesh settings carry `inboundMode` and
 /// `trustBundlePem`; older proxies get them without (they refuse unknown

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use phoenix_api::control::ALPN_CONTROL;
-use phoenix_proxy::admin::{self, AdminState};
+use phoenix_runtime::admin::{self, AdminState};
 use phoenix_tls::endpoint::TransportSettings;
 use phoenix_tls::handshake::{ClientAuth, TlsPolicy};
 use phoenix_tls::{Credentials, TlsContext};

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use phoenix_control_plane::mesh::Mesh;
 use phoenix_control_plane::{Settings, tokens};
-use phoenix_proxy::process::{self, EXIT_CONFIG};
+use phoenix_runtime::process::{self, EXIT_CONFIG};
 
 /// Phoenix control plane (file mode).
 #[derive(Debug, Parser)]

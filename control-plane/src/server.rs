@@ -254,7 +254,7 @@ impl Server {
                         crate::k8s::token_review::ReviewError::Api(_) => ErrorCode::Internal,
                         _ => ErrorCode::InvalidToken,
                     },
-                    message: phoenix_proxy::process::error_chain(&e),
+                    message: phoenix_runtime::process::error_chain(&e),
                 })?;
                 let mesh = k.live.mesh();
                 let identity = SpiffeId::workload(
@@ -349,7 +349,7 @@ impl Server {
     /// Sends one config message and counts it.
     async fn push(&self, send: &mut quinn::SendStream, message: &Response) -> Result<(), ()> {
         let frame = control::encode_frame(message, Direction::Response).map_err(|error| {
-            tracing::error!(error = %phoenix_proxy::process::error_chain(&error), "cannot encode a config message; the proxy resubscribes");
+            tracing::error!(error = %phoenix_runtime::process::error_chain(&error), "cannot encode a config message; the proxy resubscribes");
         })?;
         self.push_frame(send, &frame, matches!(message, Response::Delta(_)))
             .await

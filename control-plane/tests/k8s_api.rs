@@ -406,7 +406,7 @@ async fn a_root_rotation_is_written_conditionally_and_every_replica_reloads_it()
     respond(send, StatusCode::OK, written);
     let e = rotate.await.unwrap().unwrap_err();
     assert!(
-        phoenix_proxy::process::error_chain(&e).contains("already in progress"),
+        phoenix_runtime::process::error_chain(&e).contains("already in progress"),
         "{e}"
     );
 }

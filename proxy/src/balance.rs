@@ -72,7 +72,10 @@ impl Failures {
             .map_or(FIRST_BACKOFF, |(_, last)| (*last * 2).min(MAX_BACKOFF));
         // Jittered, so the proxies that saw the same pod fail do not all
         // come back to it at the same instant.
-        map.insert(addr, (now + crate::backoff::jitter(backoff), backoff));
+        map.insert(
+            addr,
+            (now + phoenix_runtime::backoff::jitter(backoff), backoff),
+        );
     }
 
     /// `addr` worked: forget its failures.

@@ -23,9 +23,9 @@ use phoenix_tls::credentials::{Credentials, Loaded};
 use phoenix_tls::handshake::TlsPolicy;
 use serde::de::DeserializeOwned;
 
-use crate::backoff::Backoff;
 use crate::config::ProxyConfig;
 use crate::state::Shared;
+use phoenix_runtime::backoff::Backoff;
 
 /// Where the control plane is and how to prove who we are to it.
 #[derive(Clone, Debug)]
@@ -283,7 +283,7 @@ async fn subscription(
             // an invalid one, counted, and the last good config stays.
             Err(ControlError::Frame(error @ control::FrameError::Json(_))) => {
                 shared.metrics.config_refused.inc();
-                tracing::error!(error = %crate::process::error_chain(&error), "config refused: cannot read the control plane's message; keeping the last good config");
+                tracing::error!(error = %phoenix_runtime::process::error_chain(&error), "config refused: cannot read the control plane's message; keeping the last good config");
                 return Err(ControlError::Frame(error));
             }
             Err(error) => return Err(error),

@@ -226,7 +226,7 @@ async fn stream(
                 shared
                     .metrics
                     .stream_failed(Direction::inbound, StreamFailure::bad_request);
-                tracing::warn!(%client, error = %crate::process::error_chain(&error), "bad tunnel header; resetting stream");
+                tracing::warn!(%client, error = %phoenix_runtime::process::error_chain(&error), "bad tunnel header; resetting stream");
             } else {
                 tracing::debug!(%client, %error, "stream ended before its tunnel header; resetting");
             }

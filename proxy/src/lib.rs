@@ -7,8 +7,6 @@
 //! [`control`] (certificates and config from the control plane),
 //! [`config`] (validation), [`admin`] and [`metrics`].
 
-pub mod admin;
-pub mod backoff;
 pub mod balance;
 pub mod config;
 pub mod control;
@@ -18,11 +16,9 @@ pub mod intercept;
 pub mod metrics;
 pub mod outbound;
 pub mod pool;
-pub mod process;
 pub mod relay;
 pub mod settings;
 pub mod state;
-pub mod supervisor;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,11 +30,12 @@ use phoenix_tls::{Credentials, TlsContext};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use crate::admin::AdminState;
 use crate::metrics::Metrics;
 use crate::outbound::Listeners;
 use crate::settings::Settings;
 use crate::state::Shared;
+use phoenix_runtime::admin::{self, AdminState};
+use phoenix_runtime::supervisor;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]

@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use phoenix_proxy::process::{self, EXIT_CONFIG};
 use phoenix_proxy::settings::{Args, ENV_TOKEN};
+use phoenix_runtime::process::{self, EXIT_CONFIG};
 
 fn main() -> ExitCode {
     // `phoenix-proxy init` (the pod's init container) shares the binary but

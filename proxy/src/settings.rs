@@ -91,7 +91,7 @@ pub struct Args {
     /// Log format: `text` (coloured only on a terminal, never with
     /// `NO_COLOR`) or `json` (one object per line; injected proxies use it).
     #[arg(long, env = "PHOENIX_LOG_FORMAT", value_enum)]
-    pub log_format: Option<crate::process::LogFormat>,
+    pub log_format: Option<phoenix_runtime::process::LogFormat>,
     /// Same as `--log-format json` (kept for earlier charts and pods).
     #[arg(long, env = "PHOENIX_LOG_JSON", hide = true)]
     pub log_json: bool,

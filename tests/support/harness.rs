@@ -309,7 +309,15 @@ pub fn metric_or_absent(text: &str, metric_name: &str, want: &[(&str, &str)]) ->
 pub fn wait_metric(up: &Up, workload: &str, metric_name: &str, labels: &[(&str, &str)], want: f64) {
     let what = format!("{workload}: {metric_name}{labels:?} == {want}");
     eventually(Duration::from_secs(10), &what, || {
-        (metric(&up.metrics(workload), metric_name, labels) == want).then_some(())
+        let text = up.metrics(workload);
+        // Waiting for a first sample: the family may not exist yet (a
+        // renamed one still times out). Waiting for 0 needs it to exist.
+        let got = if want == 0.0 {
+            metric(&text, metric_name, labels)
+        } else {
+            metric_or_absent(&text, metric_name, labels)
+        };
+        (got == want).then_some(())
     });
 }
 

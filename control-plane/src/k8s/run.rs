@@ -12,7 +12,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::runtime::watcher;
 use phoenix_api::SpiffeId;
-use phoenix_proxy::admin::AdminState;
+use phoenix_runtime::admin::AdminState;
 use phoenix_tls::Credentials;
 use phoenix_tls::handshake::TlsPolicy;
 use prometheus_client::registry::Registry;
@@ -351,7 +351,7 @@ async fn run_body(
                 match ca_secret::reload(&secrets, &namespace, &name, &mut seen).await {
                     Ok(next) => next,
                     Err(error) => {
-                        tracing::warn!(error = %phoenix_proxy::process::error_chain(&error), "cannot re-read the root Secret; keeping the roots in force");
+                        tracing::warn!(error = %phoenix_runtime::process::error_chain(&error), "cannot re-read the root Secret; keeping the roots in force");
                         None
                     }
                 }
@@ -429,7 +429,7 @@ async fn follow_roots(
                 Ok(true) => tracing::info!(config = %config_name, "webhook caBundle updated"),
                 Ok(false) => {}
                 Err(error) => {
-                    tracing::warn!(error = %phoenix_proxy::process::error_chain(&error), "cannot update the webhook caBundle; retrying")
+                    tracing::warn!(error = %phoenix_runtime::process::error_chain(&error), "cannot update the webhook caBundle; retrying")
                 }
             }
         }

@@ -138,7 +138,7 @@ pub async fn run(
                         written.insert(namespace, bundle.clone());
                     }
                     Err(error) => {
-                        tracing::warn!(error = %phoenix_proxy::process::error_chain(&error), "cannot write the trust bundle; retrying")
+                        tracing::warn!(error = %phoenix_runtime::process::error_chain(&error), "cannot write the trust bundle; retrying")
                     }
                 }
             }
