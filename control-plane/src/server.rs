@@ -16,10 +16,11 @@ use phoenix_api::SpiffeId;
 use phoenix_api::control::{
     self, ALPN_CONTROL, ErrorCode, MIN_WIRE_VERSION, Request, Response, WIRE_VERSION,
 };
-use phoenix_api::frame::{Direction, FrameDecoder, FrameError};
+use phoenix_api::frame::{Direction, FrameDecoder};
 use phoenix_api::snapshot::Snapshot;
 use phoenix_tls::TlsContext;
 use phoenix_tls::endpoint::TransportSettings;
+use phoenix_tls::frames::ReadFrameError;
 use phoenix_tls::handshake::{ClientAuth, HandshakeFailure, TlsPolicy, peer_identity};
 use phoenix_tls::kx::group_name;
 
@@ -453,37 +454,15 @@ fn error_response(code: ErrorCode, message: String) -> Response {
     Response::Error { code, message }
 }
 
-/// Why a request could not be read.
-#[derive(Debug, thiserror::Error)]
-enum ReadError {
-    /// The bytes are not a request frame (too long, cut short, not JSON).
-    #[error(transparent)]
-    Frame(#[from] FrameError),
-    /// The stream was reset or the connection lost.
-    #[error("the request stream failed")]
-    Stream,
-}
-
 /// Reads a stream's request: `None` if the client finished the stream
 /// without sending one. The request limit is small (the client may not be
 /// authenticated yet) and checked from the length prefix; the body is held
 /// only as it arrives.
-async fn read_request(recv: &mut quinn::RecvStream) -> Result<Option<Request>, ReadError> {
+async fn read_request(recv: &mut quinn::RecvStream) -> Result<Option<Request>, ReadFrameError> {
     let mut frames = FrameDecoder::new(Direction::Request);
-    loop {
-        if let Some(body) = frames.take() {
-            return Ok(Some(control::decode_body(&body)?));
-        }
-        match recv.read_chunk(frames.wanted(), true).await {
-            Ok(Some(chunk)) => {
-                frames.feed(&chunk.bytes)?;
-            }
-            Ok(None) => {
-                frames.end()?;
-                return Ok(None);
-            }
-            Err(_) => return Err(ReadError::Stream),
-        }
+    match phoenix_tls::frames::read_body(recv, &mut frames).await? {
+        Some(body) => Ok(Some(control::decode_body(&body)?)),
+        None => Ok(None),
     }
 }
 

@@ -20,6 +20,7 @@ use phoenix_api::frame::{Direction, FrameDecoder};
 use phoenix_api::secret::Secret;
 use phoenix_api::snapshot::Snapshot;
 use phoenix_tls::credentials::{Credentials, Loaded};
+use phoenix_tls::frames::ReadFrameError;
 use phoenix_tls::handshake::TlsPolicy;
 use serde::de::DeserializeOwned;
 
@@ -349,20 +350,11 @@ async fn read_frame<T: DeserializeOwned>(
     recv: &mut quinn::RecvStream,
     frames: &mut FrameDecoder,
 ) -> Result<Option<T>, ControlError> {
-    loop {
-        if let Some(body) = frames.take() {
-            return Ok(Some(control::decode_body(&body)?));
-        }
-        match recv.read_chunk(frames.wanted(), true).await {
-            Ok(Some(chunk)) => {
-                frames.feed(&chunk.bytes)?;
-            }
-            Ok(None) => {
-                frames.end()?;
-                return Ok(None);
-            }
-            Err(_) => return Err(ControlError::Stream),
-        }
+    match phoenix_tls::frames::read_body(recv, frames).await {
+        Ok(Some(body)) => Ok(Some(control::decode_body(&body)?)),
+        Ok(None) => Ok(None),
+        Err(ReadFrameError::Frame(error)) => Err(ControlError::Frame(error)),
+        Err(ReadFrameError::Stream(_)) => Err(ControlError::Stream),
     }
 }
 
