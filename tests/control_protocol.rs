@@ -1,7 +1,7 @@
 //! The control plane's wire protocol, spoken directly: certificate issuance
 //! binds identity to the token (never the CSR), subscriptions need a client
-//! certificate, and both the current wire version (deltas) and the previous
-//! one (full snapshots) are served.
+//! certificate, and every served wire version reads its stream with its own
+//! frozen types (deltas from version 2, full snapshots for version 1).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on failure by design
 
@@ -104,15 +104,20 @@ fn encode(request: &Request) -> Vec<u8> {
     frame::encode_frame(request, Direction::Request).unwrap()
 }
 
-/// The next message on `r`, read as a proxy reads it.
+/// The next message on `r`, read as a proxy of this build reads it.
 async fn next(r: &mut quinn::RecvStream) -> Response {
+    frame::decode_body(&next_body(r).await).unwrap()
+}
+
+/// The body of the next frame on `r`.
+async fn next_body(r: &mut quinn::RecvStream) -> Vec<u8> {
     let read = async {
         // Reading at most what the frame still wants never reads into the
         // next frame, so a decoder per message is enough.
         let mut frames = FrameDecoder::new(Direction::Response);
         loop {
             if let Some(body) = frames.take() {
-                return frame::decode_body(&body).unwrap();
+                return body;
             }
             let chunk = r.read_chunk(frames.wanted(), true).await.unwrap();
             frames
@@ -309,80 +314,71 @@ async fn an_oversized_request_is_refused_from_its_length_alone() {
     }
 }
 
-/// Version 2 gets a snapshot then deltas; version 1 gets a full snapshot on
-/// every change; versions before 3 get mesh settings without the newer fields.
+/// Every served wire version subscribes and reads what it is sent with its
+/// own frozen types (strict up to version 4, as those proxies are): a first
+/// snapshot, then deltas (full snapshots for version 1); versions before 3
+/// get mesh settings without the trust bundle.
 #[tokio::test]
-async fn current_and_previous_wire_versions_are_served() {
+async fn every_served_wire_version_reads_its_stream() {
+    use phoenix_api::compat::{MIN_WIRE_VERSION, WIRE_VERSION, frozen};
     let m = start();
     let client = Client::new(&m, Some("spiffe://phoenix.local/ns/default/sa/client"));
     let inbound = "127.0.0.1:9".parse().unwrap();
-    let (_c2, mut v2) = client
-        .stream(
-            true,
-            &encode(&Request::Subscribe {
-                wire_version: 2,
-                inbound,
-            }),
-        )
-        .await;
-    let (_c1, mut v1) = client
-        .stream(
-            true,
-            &encode(&Request::Subscribe {
-                wire_version: 1,
-                inbound,
-            }),
-        )
-        .await;
-    let Response::Snapshot(first) = next(&mut v2).await else {
-        panic!("v2 starts with a snapshot")
-    };
-    assert!(matches!(next(&mut v1).await, Response::Snapshot(_)));
-    // Versions before 3 refuse unknown fields: they get the mesh settings
-    // without the trust bundle; version 3 gets it.
-    let bundle = |s: &phoenix_api::snapshot::Snapshot| match s.resources.get("mesh") {
-        Some(phoenix_api::snapshot::Resource::Mesh(m)) => m.trust_bundle_pem.clone(),
-        other => panic!("no mesh resource: {other:?}"),
-    };
-    assert_eq!(bundle(&first), None);
-    let (_c3, mut v3) = client
-        .stream(
-            true,
-            &encode(&Request::Subscribe {
-                wire_version: 3,
-                inbound,
-            }),
-        )
-        .await;
-    let Response::Snapshot(current) = next(&mut v3).await else {
-        panic!("v3 starts with a snapshot")
-    };
-    assert!(bundle(&current).is_some_and(|pem| pem.contains("BEGIN CERTIFICATE")));
-    // Both subscriptions came from the `client` workload; the second replaced
-    // the first registration, which is itself a change both may see. Drain
-    // until quiet, then make one change of our own.
+    let mut streams = Vec::new();
+    for wire_version in MIN_WIRE_VERSION..=WIRE_VERSION {
+        let (conn, mut recv) = client
+            .stream(
+                true,
+                &encode(&Request::Subscribe {
+                    wire_version,
+                    inbound,
+                }),
+            )
+            .await;
+        let first = frozen::read(wire_version, &next_body(&mut recv).await)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            first["type"], "snapshot",
+            "version {wire_version} starts with a snapshot"
+        );
+        let bundle = &first["resources"]["mesh"]["trustBundlePem"];
+        if wire_version < 3 {
+            assert!(bundle.is_null(), "version {wire_version}: {first}");
+        } else {
+            assert!(
+                bundle
+                    .as_str()
+                    .is_some_and(|pem| pem.contains("BEGIN CERTIFICATE"))
+            );
+        }
+        let version = first["version"].as_u64().unwrap();
+        streams.push((wire_version, conn, recv, version));
+    }
+    // Every subscription came from the `client` workload; each replaced the
+    // registration before it, which is itself a change some may see. Read
+    // until each sees one change of our own.
     let change = client_echo_mesh(echo_server(), "peerIdleTimeout: 90s\n");
     std::fs::write(&m.mesh_path, change).unwrap();
-    let mut saw_delta = false;
-    let mut v2_version = first.version;
-    while !saw_delta {
-        match next(&mut v2).await {
-            Response::Delta(d) => {
-                assert_eq!(d.from_version, v2_version, "deltas chain without gaps");
-                v2_version = d.version;
-                saw_delta = d.upserts.values().any(|r| matches!(r, phoenix_api::snapshot::Resource::Mesh(m) if m.peer_idle_timeout_ms == 90_000));
-            }
-            other => panic!("v2 gets deltas after its snapshot, got {other:?}"),
-        }
-    }
-    loop {
-        match next(&mut v1).await {
-            Response::Snapshot(s) => {
-                if s.resources.values().any(|r| matches!(r, phoenix_api::snapshot::Resource::Mesh(m) if m.peer_idle_timeout_ms == 90_000)) {
-                    break;
+    for (wire_version, _conn, mut recv, mut held) in streams {
+        loop {
+            let message = frozen::read(wire_version, &next_body(&mut recv).await)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let resources = match message["type"].as_str() {
+                Some("delta") if wire_version >= 2 => {
+                    assert_eq!(
+                        message["fromVersion"].as_u64(),
+                        Some(held),
+                        "deltas chain without gaps"
+                    );
+                    &message["upserts"]
                 }
+                Some("snapshot") if wire_version == 1 => &message["resources"],
+                _ => panic!("version {wire_version} got {message}"),
+            };
+            held = message["version"].as_u64().unwrap();
+            if resources["mesh"]["peerIdleTimeoutMs"] == 90_000 {
+                break;
             }
-            other => panic!("v1 gets only full snapshots, got {other:?}"),
         }
     }
 }

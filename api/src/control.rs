@@ -19,21 +19,7 @@ pub use crate::frame::{Direction, FrameError, decode_body, encode_frame};
 use crate::secret::Secret;
 use crate::snapshot::{Delta, Snapshot};
 
-/// The wire version this build speaks: full snapshots, then deltas, with
-/// the mesh settings' `inboundMode` and `trustBundlePem` (version 3) and dual-stack
-/// endpoints' `otherIps` (version 4).
-pub const WIRE_VERSION: u32 = 4;
-/// The first wire version whose mesh settings carry `inboundMode` and
-/// `trustBundlePem`; older proxies get them without (they refuse unknown
-/// fields, and predate interception and root rotation anyway).
-pub const WIRE_VERSION_MESH_V3: u32 = 3;
-/// The first wire version whose endpoints and inbound services carry a
-/// dual-stack pod's other addresses (`otherIps`); older proxies get them
-/// without, and treat those addresses as outside the mesh, as they did.
-pub const WIRE_VERSION_DUAL_STACK: u32 = 4;
-/// The oldest wire version a control plane still serves: version 1 receives
-/// a full snapshot on every change instead of deltas.
-pub const MIN_WIRE_VERSION: u32 = 1;
+pub use crate::compat::{MIN_WIRE_VERSION, WIRE_VERSION};
 /// ALPN protocol of control-plane connections.
 pub const ALPN_CONTROL: &[u8] = b"phoenix-control/1";
 /// ALPN protocol of tunnel connections between proxies.

@@ -7,12 +7,16 @@
 //! change costs bytes in proportion to the change, not to the mesh.
 //!
 //! These are wire types: the proxy validates them into its own typed config
-//! (`TryFrom`) before anything uses them.
+//! (`TryFrom`) before anything uses them. They are read tolerantly (wire
+//! version 5, see [`compat`](crate::compat)): a field or a resource kind
+//! this build does not know is ignored, so the next version can add one
+//! without a downgrade for this one. Values are not tolerant: an unknown
+//! key-exchange policy still fails, since a proxy cannot enforce it.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::service::ServiceName;
 use crate::tls_policy::{CipherSuite, KeyExchange};
@@ -33,29 +37,6 @@ pub enum Resource {
 }
 
 impl Resource {
-    /// This resource as a proxy speaking `wire_version` can read it: the
-    /// mesh settings lose the fields older proxies do not know.
-    pub fn for_wire(mut self, wire_version: u32) -> Self {
-        if wire_version < crate::control::WIRE_VERSION_DUAL_STACK {
-            match &mut self {
-                Resource::Upstream(u) => u.endpoints.iter_mut().for_each(|e| e.other_ips.clear()),
-                Resource::Inbound(i) => i.other_ips.clear(),
-                Resource::Mesh(_) => {}
-            }
-        }
-        if wire_version < crate::control::WIRE_VERSION_MESH_V3 {
-            match &mut self {
-                Resource::Mesh(m) => {
-                    m.inbound_mode = InboundMode::default();
-                    m.trust_bundle_pem = None;
-                }
-                Resource::Inbound(i) => i.inbound_mode = None,
-                Resource::Upstream(_) => {}
-            }
-        }
-        self
-    }
-
     /// The key this resource is stored under.
     pub fn key(&self) -> String {
         match self {
@@ -66,9 +47,40 @@ impl Resource {
     }
 }
 
+/// A resource as read off the wire: a kind this build does not know is
+/// read as nothing, and left out (kept apart from [`Resource`] so nothing
+/// else has to handle a kind it cannot use).
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+enum ReadResource {
+    Mesh(MeshSettings),
+    Upstream(Upstream),
+    Inbound(Inbound),
+    #[serde(other)]
+    Unknown,
+}
+
+fn known_resources<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, Resource>, D::Error> {
+    let all = BTreeMap::<String, ReadResource>::deserialize(deserializer)?;
+    Ok(all
+        .into_iter()
+        .filter_map(|(key, read)| {
+            let resource = match read {
+                ReadResource::Mesh(m) => Resource::Mesh(m),
+                ReadResource::Upstream(u) => Resource::Upstream(u),
+                ReadResource::Inbound(i) => Resource::Inbound(i),
+                ReadResource::Unknown => return None,
+            };
+            Some((key, resource))
+        })
+        .collect())
+}
+
 /// Settings that apply to every proxy in the mesh.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct MeshSettings {
     /// The SPIFFE trust domain, e.g. `phoenix.local`.
     pub trust_domain: String,
@@ -124,7 +136,7 @@ impl InboundMode {
 /// the app's connections to the proxy). Kubernetes services are named
 /// `<name>.<namespace>:<port>`, one upstream per service port.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Upstream {
     /// Service name (its text form on the wire; a snapshot naming a service
     /// that does not parse is refused whole, since the tunnel header could
@@ -150,7 +162,7 @@ pub struct Upstream {
 
 /// One proxy that serves a service.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Endpoint {
     /// The peer proxy's QUIC (UDP) address.
     pub address: SocketAddr,
@@ -165,7 +177,7 @@ pub struct Endpoint {
 
 /// A service this proxy's app serves.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Inbound {
     /// Service name, as client proxies name it in the tunnel header.
     pub service: ServiceName,
@@ -187,23 +199,25 @@ pub struct Inbound {
 
 /// A proxy's whole config at one version.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Snapshot {
     /// Monotonic version; a proxy reports the version it runs.
     pub version: u64,
     /// Resources by key.
+    #[serde(deserialize_with = "known_resources")]
     pub resources: BTreeMap<String, Resource>,
 }
 
 /// The change from one snapshot version to the next.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Delta {
     /// The version this delta applies to.
     pub from_version: u64,
     /// The version after applying it.
     pub version: u64,
     /// Resources added or changed.
+    #[serde(deserialize_with = "known_resources")]
     pub upserts: BTreeMap<String, Resource>,
     /// Keys removed.
     pub removals: Vec<String>,
@@ -226,17 +240,6 @@ pub enum DeltaError {
 }
 
 impl Snapshot {
-    /// This snapshot as a proxy speaking `wire_version` can read it.
-    pub fn for_wire(mut self, wire_version: u32) -> Self {
-        if wire_version < crate::control::WIRE_VERSION {
-            self.resources = std::mem::take(&mut self.resources)
-                .into_iter()
-                .map(|(k, r)| (k, r.for_wire(wire_version)))
-                .collect();
-        }
-        self
-    }
-
     /// The delta that turns `self` into `next`; `None` when nothing changed.
     pub fn diff(&self, next: &Snapshot) -> Option<Delta> {
         let upserts: BTreeMap<_, _> = next

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use phoenix_api::SpiffeId;
+use phoenix_api::compat::Compat;
 use phoenix_api::control::{
     self, ALPN_CONTROL, ErrorCode, MIN_WIRE_VERSION, Request, Response, WIRE_VERSION,
 };
@@ -176,7 +177,7 @@ impl Server {
                     .await;
                     return;
                 };
-                if !(MIN_WIRE_VERSION..=WIRE_VERSION).contains(&wire_version) {
+                if !Compat::CURRENT.serves(wire_version) {
                     let _ = reply(
                         &mut send,
                         &error_response(
@@ -347,9 +348,15 @@ impl Server {
         tracing::info!(%client, "proxy unsubscribed");
     }
 
-    /// Sends one config message and counts it.
-    async fn push(&self, send: &mut quinn::SendStream, message: &Response) -> Result<(), ()> {
-        let frame = control::encode_frame(message, Direction::Response).map_err(|error| {
+    /// Sends one config message, shaped for the proxy's wire version, and
+    /// counts it.
+    async fn push(
+        &self,
+        send: &mut quinn::SendStream,
+        message: &Response,
+        wire_version: u32,
+    ) -> Result<(), ()> {
+        let frame = Compat::CURRENT.encode_response(message, wire_version).map_err(|error| {
             tracing::error!(error = %phoenix_runtime::process::error_chain(&error), "cannot encode a config message; the proxy resubscribes");
         })?;
         self.push_frame(send, &frame, matches!(message, Response::Delta(_)))
@@ -411,10 +418,7 @@ impl Server {
         let mut last: Option<Snapshot> = None;
         loop {
             changes.borrow_and_update();
-            let Some(next) = hub
-                .snapshot_for(&workload)
-                .map(|s| s.for_wire(wire_version))
-            else {
+            let Some(next) = hub.snapshot_for(&workload) else {
                 let _ = reply(
                     &mut send,
                     &error_response(
@@ -427,13 +431,15 @@ impl Server {
             };
             let message = match &last {
                 None => Some(Response::Snapshot(next.clone())),
-                Some(prev) if wire_version >= 2 => prev.diff(&next).map(Response::Delta),
+                Some(prev) if Compat::CURRENT.sends_deltas(wire_version) => {
+                    prev.diff(&next).map(Response::Delta)
+                }
                 Some(prev) => {
                     (prev.resources != next.resources).then(|| Response::Snapshot(next.clone()))
                 }
             };
             if let Some(message) = message {
-                if self.push(&mut send, &message).await.is_err() {
+                if self.push(&mut send, &message, wire_version).await.is_err() {
                     break;
                 }
                 last = Some(next);

@@ -29,6 +29,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use phoenix_api::ServiceName;
+use phoenix_api::compat::{Compat, Encodings};
 use phoenix_api::frame::{Direction, FrameWriter};
 use phoenix_api::snapshot::{Delta, Endpoint, Inbound, Resource, Snapshot, Upstream};
 
@@ -37,25 +38,13 @@ use super::records::{NamespaceRecord, ObjectKey, PodRecord, ServiceRecord, Slice
 use crate::crd::conditions::{ACCEPTED, RESOLVED_REFS, Reason, Verdict};
 use crate::crd::mesh_config::MeshConfigSpec;
 
-/// A resource every entitled proxy shares, encoded once: a change sent to
-/// 5,000 proxies is serialized once, and a full snapshot is concatenation.
+/// A resource every entitled proxy shares, encoded once per wire shape: a
+/// change sent to 5,000 proxies is serialized once (once more for each older
+/// version that reads it differently), and a full snapshot is concatenation.
 #[derive(Debug)]
 struct Published {
     resource: Arc<Resource>,
-    json: Arc<str>,
-    /// Its encoding for wire version 3 proxies, when that differs (a
-    /// dual-stack pod's `otherIps` stripped): right after a control-plane
-    /// upgrade every proxy is one, and each change is still encoded once.
-    json_v3: Option<Arc<str>>,
-}
-
-impl Published {
-    fn json_for(&self, wire_version: u32) -> &str {
-        match &self.json_v3 {
-            Some(old) if wire_version < phoenix_api::control::WIRE_VERSION_DUAL_STACK => old,
-            _ => &self.json,
-        }
-    }
+    encodings: Encodings,
 }
 
 /// One upsert of a plan: a shared resource, or one of the proxy's own.
@@ -462,7 +451,12 @@ impl Index {
         sub: &mut Subscriber,
         wire_version: u32,
     ) -> Option<(Vec<u8>, bool)> {
-        let plan = self.plan(sub)?;
+        let mut plan = self.plan(sub)?;
+        if plan.from.is_some() && !Compat::CURRENT.sends_deltas(wire_version) {
+            // Version 1 reads full snapshots only.
+            sub.resync();
+            plan = self.plan(sub)?;
+        }
         let mut out = FrameWriter::new(Direction::Response, 64 + plan.upserts.len() * 512);
         let version = self.version;
         match plan.from {
@@ -478,21 +472,24 @@ impl Index {
                 .as_bytes(),
             ),
         }
-        for (i, (key, item)) in plan.upserts.iter().enumerate() {
-            if i > 0 {
+        let mut first = true;
+        for (key, item) in &plan.upserts {
+            // `None`: a kind this proxy's version is not sent.
+            let own;
+            let json = match item {
+                Item::Shared(p) => p.encodings.get(wire_version),
+                Item::Own(r) => {
+                    own = encode_for(r, wire_version);
+                    own.as_deref()
+                }
+            };
+            let Some(json) = json else { continue };
+            if !std::mem::take(&mut first) {
                 out.push(b',');
             }
             push_json_string(&mut out, key);
             out.push(b':');
-            match item {
-                Item::Shared(p) => out.extend_from_slice(p.json_for(wire_version).as_bytes()),
-                Item::Own(r) if wire_version >= phoenix_api::control::WIRE_VERSION => {
-                    out.extend_from_slice(encode(r).as_bytes())
-                }
-                Item::Own(r) => {
-                    out.extend_from_slice(encode(&r.clone().for_wire(wire_version)).as_bytes())
-                }
-            }
+            out.extend_from_slice(json.as_bytes());
         }
         out.push(b'}');
         if plan.from.is_some() {
@@ -922,17 +919,15 @@ impl Index {
         {
             return;
         }
-        let json = encode(&resource);
-        let old = resource
-            .clone()
-            .for_wire(phoenix_api::control::WIRE_VERSION_MESH_V3);
-        let json_v3 = (old != resource).then(|| encode(&old));
+        let encodings = Encodings::new(&Compat::CURRENT, &resource).unwrap_or_else(|error| {
+            tracing::error!(%error, %key, "cannot encode a config resource; proxies refuse the messages that carry it");
+            Encodings::unreadable()
+        });
         self.published.insert(
             key.clone(),
             Published {
                 resource: Arc::new(resource),
-                json,
-                json_v3,
+                encodings,
             },
         );
         self.log_change(key, version);
@@ -1008,12 +1003,14 @@ impl Index {
     }
 }
 
-/// A resource's JSON. These types always serialize; should one ever fail,
-/// `null` makes the proxy refuse the message rather than run half a config.
-fn encode(resource: &Resource) -> Arc<str> {
-    serde_json::to_string(resource)
-        .unwrap_or_else(|_| "null".to_owned())
-        .into()
+/// A resource's JSON for a proxy speaking `wire_version`; `None` when that
+/// version is not sent its kind. These types always serialize; should one
+/// ever fail, `null` makes the proxy refuse the message rather than run
+/// half a config.
+fn encode_for(resource: &Resource, wire_version: u32) -> Option<String> {
+    Compat::CURRENT
+        .encode_resource(resource, wire_version)
+        .unwrap_or_else(|_| Some("null".to_owned()))
 }
 
 fn push_json_string(out: &mut FrameWriter, s: &str) {

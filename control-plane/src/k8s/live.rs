@@ -9,9 +9,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use tokio::sync::watch;
 
 use super::health::WatchHealth;
-use phoenix_api::control::{Direction, Response, encode_frame};
 
-use super::index::{Index, Subscriber, Update};
+use super::index::{Index, Subscriber};
 use super::policy::MeshRecord;
 
 /// Shared state of the Kubernetes source.
@@ -124,28 +123,7 @@ impl Live {
         wire_version: u32,
     ) -> Option<(Vec<u8>, bool)> {
         let index = self.lock();
-        let (frame, delta) = if wire_version >= phoenix_api::control::WIRE_VERSION_MESH_V3 {
-            index.update_frame_for(&mut subscription.sub, wire_version)?
-        } else {
-            // Older proxies: typed messages with the newer fields removed
-            // (and full snapshots only, for version 1), encoded for them.
-            let mut update = index.update(&mut subscription.sub)?;
-            if matches!(update, Update::Delta(_)) && wire_version < 2 {
-                subscription.sub.resync();
-                update = index.update(&mut subscription.sub)?;
-            }
-            let (response, delta) = match update {
-                Update::Snapshot(s) => (Response::Snapshot(s.for_wire(wire_version)), false),
-                Update::Delta(mut d) => {
-                    d.upserts = std::mem::take(&mut d.upserts)
-                        .into_iter()
-                        .map(|(k, r)| (k, r.for_wire(wire_version)))
-                        .collect();
-                    (Response::Delta(d), true)
-                }
-            };
-            (encode_frame(&response, Direction::Response).ok()?, delta)
-        };
+        let (frame, delta) = index.update_frame_for(&mut subscription.sub, wire_version)?;
         drop(index);
         self.positions
             .lock()
