@@ -1,7 +1,8 @@
-//! The control plane's live state: the mesh in force, the bootstrap tokens
-//! and where subscribed proxies are. Every change bumps one version and
-//! wakes the subscribers, who each compute their own snapshot and send what
-//! changed.
+//! The control plane's live state in file mode: the mesh in force, the
+//! bootstrap tokens and where subscribed proxies are. Every change bumps one
+//! version of the [`Publisher`] (the same publish side as Kubernetes mode)
+//! and wakes the subscribers; each is sent the shared mesh settings from
+//! the change log and its own resources diffed against what it holds.
 //!
 //! Registrations are saved to the state directory, so a restarted control
 //! plane serves the endpoints it knew at once: otherwise the first proxy to
@@ -9,15 +10,22 @@
 //! resubscribed, and new connections would fail until they had. Restored
 //! entries that no proxy confirms within a grace period are dropped.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
+use phoenix_api::SpiffeId;
+use phoenix_api::control::ErrorCode;
 use phoenix_api::snapshot::Snapshot;
+use phoenix_tls::handshake::TlsPolicy;
 use tokio::sync::watch;
 
 use crate::index::{self, Registrations};
 use crate::mesh::Mesh;
+use crate::publish::{Position, Publisher};
+use crate::source::{MeshSource, Refusal, SourceFuture, Subscription};
 use crate::tokens::Tokens;
 
 /// Shared live state.
@@ -43,10 +51,16 @@ struct Inner {
     /// not remove a newer one of the same workload.
     generations: std::collections::BTreeMap<String, u64>,
     next_generation: u64,
-    version: u64,
+    /// Shared resources, change log and version.
+    publisher: Publisher,
     /// The mesh roots proxies must trust (set by the root schedule).
     trust_bundle: Option<Arc<str>>,
 }
+
+/// The mesh no longer has the workload a subscription is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the workload was removed from the mesh")]
+pub struct UnknownWorkload;
 
 /// Proof of a registration, given back to [`Hub::unregister`].
 #[derive(Debug)]
@@ -63,6 +77,9 @@ impl Hub {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(1);
+        let mut publisher = Publisher::new(version);
+        publisher.publish(index::mesh_settings(&mesh, None));
+        let version = publisher.commit().unwrap_or(version);
         Self {
             inner: Mutex::new(Inner {
                 mesh: Arc::new(mesh),
@@ -70,7 +87,7 @@ impl Hub {
                 registrations: Registrations::new(),
                 generations: Default::default(),
                 next_generation: RESTORED,
-                version,
+                publisher,
                 trust_bundle: None,
             }),
             changed: watch::channel(version).0,
@@ -143,11 +160,16 @@ impl Hub {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let before = inner.registrations.clone();
         f(&mut inner);
-        inner.version += 1;
+        let settings = index::mesh_settings(&inner.mesh, inner.trust_bundle.as_deref());
+        inner.publisher.publish(settings);
+        // Any workload's own view may have changed (a registration is an
+        // endpoint of its callers): subscribers diff theirs on wake.
+        inner.publisher.touch();
+        let version = inner.publisher.commit().unwrap_or_default();
         if inner.registrations != before {
             self.save(&inner.registrations);
         }
-        self.changed.send_replace(inner.version);
+        self.changed.send_replace(version);
     }
 
     /// Replaces the mesh.
@@ -200,7 +222,8 @@ impl Hub {
         self.inner
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .version
+            .publisher
+            .version()
     }
 
     /// Records where `workload`'s proxy accepts connections.
@@ -255,13 +278,141 @@ impl Hub {
             &inner.registrations,
             inner.trust_bundle.as_deref(),
             workload,
-            inner.version,
+            inner.publisher.version(),
         )
+    }
+
+    /// The next message for `workload`'s proxy at `position`, as a frame
+    /// for its wire version, and whether it is a delta; `Ok(None)` when its
+    /// view has not changed, `Err` when the mesh no longer has the workload.
+    pub fn next_frame(
+        &self,
+        workload: &str,
+        position: &mut Position,
+        wire_version: u32,
+    ) -> Result<Option<(Vec<u8>, bool)>, UnknownWorkload> {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if !inner.mesh.workloads.contains_key(workload) {
+            return Err(UnknownWorkload);
+        }
+        let own_changed = position.seen() < inner.publisher.version();
+        Ok(inner.publisher.next_frame(
+            position,
+            &mut || {
+                index::own_resources(&inner.mesh, &inner.registrations, workload)
+                    .unwrap_or_default()
+            },
+            own_changed,
+            wire_version,
+        ))
     }
 
     /// Wakes on every change.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+}
+
+/// The file source: the mesh file's workloads, authenticated by their
+/// bootstrap tokens.
+impl MeshSource for Hub {
+    fn tls_policy(&self) -> TlsPolicy {
+        let mesh = self.mesh();
+        TlsPolicy {
+            key_exchange: mesh.key_exchange,
+            cipher_suites: mesh.cipher_suites.clone(),
+        }
+    }
+
+    fn certificate_lifetime(&self) -> Duration {
+        self.mesh().certificate_lifetime
+    }
+
+    fn authenticate<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> SourceFuture<'a, Result<(SpiffeId, Duration), Refusal>> {
+        let tokens = self.tokens();
+        let mesh = self.mesh();
+        let found = match tokens.workload(token).and_then(|w| mesh.workloads.get(w)) {
+            Some(w) => Ok((w.identity.clone(), mesh.certificate_lifetime)),
+            None => Err(Refusal {
+                label: "invalid_token",
+                code: ErrorCode::InvalidToken,
+                message: "the bootstrap token is unknown; start the proxy through `phoenix up` or pass the token written for its workload".into(),
+            }),
+        };
+        Box::pin(std::future::ready(found))
+    }
+
+    fn subscribe(
+        &self,
+        client: &SpiffeId,
+        inbound: SocketAddr,
+        remote: SocketAddr,
+    ) -> Result<Box<dyn Subscription + '_>, Refusal> {
+        let Some(workload) = self
+            .mesh()
+            .workload_by_identity(client)
+            .map(|w| w.name.clone())
+        else {
+            return Err(Refusal {
+                label: "unknown_workload",
+                code: ErrorCode::UnknownWorkload,
+                message: format!("no workload has identity {client}"),
+            });
+        };
+        // A proxy behind NAT or on 0.0.0.0 reports an unspecified address;
+        // use the address its connection comes from instead.
+        let inbound = if inbound.ip().is_unspecified() {
+            SocketAddr::new(remote.ip().to_canonical(), inbound.port())
+        } else {
+            inbound
+        };
+        let registration = Some(self.register(&workload, inbound));
+        Ok(Box::new(FileSubscription {
+            hub: self,
+            workload,
+            registration,
+            position: Position::default(),
+        }))
+    }
+
+    fn set_trust_bundle(&self, pem: &str) {
+        Hub::set_trust_bundle(self, pem);
+    }
+}
+
+/// A subscribed proxy of a mesh-file workload: registered (its services
+/// have it as an endpoint) for as long as it is subscribed.
+struct FileSubscription<'a> {
+    hub: &'a Hub,
+    workload: String,
+    registration: Option<Registration>,
+    position: Position,
+}
+
+impl Subscription for FileSubscription<'_> {
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.hub.subscribe()
+    }
+
+    fn next_frame(&mut self, wire_version: u32) -> Result<Option<(Vec<u8>, bool)>, Refusal> {
+        self.hub
+            .next_frame(&self.workload, &mut self.position, wire_version)
+            .map_err(|UnknownWorkload| Refusal {
+                label: "unknown_workload",
+                code: ErrorCode::UnknownWorkload,
+                message: format!("workload {} was removed", self.workload),
+            })
+    }
+}
+
+impl Drop for FileSubscription<'_> {
+    fn drop(&mut self) {
+        if let Some(registration) = self.registration.take() {
+            self.hub.unregister(registration);
+        }
     }
 }
 

@@ -1,4 +1,7 @@
-//! The pure index: mesh model + where proxies are → what each proxy gets.
+//! The pure file-mode index: mesh model + where proxies are → what each
+//! proxy gets (the mesh settings every proxy shares, and each workload's
+//! own upstreams and inbound services; [`publish`](crate::publish) sends
+//! them).
 //!
 //! No I/O and no clock: given the same inputs it builds the same snapshot,
 //! so it is tested by building snapshots and looking at them.
@@ -15,20 +18,9 @@ use crate::mesh::Mesh;
 /// equivalent of a ready pod in an EndpointSlice).
 pub type Registrations = BTreeMap<String, SocketAddr>;
 
-/// The snapshot for `workload` at `version`; `None` for an unknown workload.
-pub fn snapshot_for(
-    mesh: &Mesh,
-    registrations: &Registrations,
-    trust_bundle: Option<&str>,
-    workload: &str,
-    version: u64,
-) -> Option<Snapshot> {
-    let w = mesh.workloads.get(workload)?;
-    let mut resources = BTreeMap::new();
-    let mut put = |r: Resource| {
-        resources.insert(r.key(), r);
-    };
-    put(Resource::Mesh(MeshSettings {
+/// The mesh settings every proxy shares.
+pub fn mesh_settings(mesh: &Mesh, trust_bundle: Option<&str>) -> Resource {
+    Resource::Mesh(MeshSettings {
         trust_domain: mesh.trust_domain.clone(),
         key_exchange: mesh.key_exchange,
         cipher_suites: mesh.cipher_suites.clone(),
@@ -36,7 +28,22 @@ pub fn snapshot_for(
         connect_timeout_ms: mesh.connect_timeout.as_millis() as u64,
         inbound_mode: mesh.inbound_mode,
         trust_bundle_pem: trust_bundle.map(str::to_owned),
-    }));
+    })
+}
+
+/// What is particular to `workload`'s proxy, by key: the upstreams it calls
+/// (through its own listeners) and the services it serves. `None` for an
+/// unknown workload.
+pub fn own_resources(
+    mesh: &Mesh,
+    registrations: &Registrations,
+    workload: &str,
+) -> Option<BTreeMap<String, Resource>> {
+    let w = mesh.workloads.get(workload)?;
+    let mut resources = BTreeMap::new();
+    let mut put = |r: Resource| {
+        resources.insert(r.key(), r);
+    };
     for (service, upstream) in &w.upstreams {
         let mut endpoints: Vec<Endpoint> = mesh
             .workloads
@@ -72,6 +79,21 @@ pub fn snapshot_for(
             inbound_mode: serve.inbound_mode,
         }));
     }
+    Some(resources)
+}
+
+/// The whole snapshot for `workload` at `version` (what the config dump
+/// and tests look at); `None` for an unknown workload.
+pub fn snapshot_for(
+    mesh: &Mesh,
+    registrations: &Registrations,
+    trust_bundle: Option<&str>,
+    workload: &str,
+    version: u64,
+) -> Option<Snapshot> {
+    let mut resources = own_resources(mesh, registrations, workload)?;
+    let settings = mesh_settings(mesh, trust_bundle);
+    resources.insert(settings.key(), settings);
     Some(Snapshot { version, resources })
 }
 

@@ -16,6 +16,7 @@ pub mod policy;
 pub mod rbac;
 pub mod records;
 pub mod run;
+pub mod source;
 pub mod status;
 pub mod token_review;
 pub mod trust_bundle;

@@ -18,8 +18,10 @@ pub mod inject;
 pub mod k8s;
 pub mod mesh;
 pub mod metrics;
+pub mod publish;
 pub mod roots;
 pub mod server;
+pub mod source;
 pub mod tokens;
 
 use std::net::SocketAddr;
@@ -40,8 +42,10 @@ use crate::hub::Hub;
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::roots::{Phase, Schedule};
-use crate::server::{Server, Source};
+use crate::server::Server;
+use crate::source::MeshSource;
 use crate::tokens::Tokens;
+use phoenix_runtime::supervisor::Supervisor;
 
 /// File of saved proxy registrations in the state directory.
 pub const REGISTRATIONS_FILE: &str = "registrations.json";
@@ -111,6 +115,15 @@ pub enum StartError {
     /// The tokens file is unusable.
     #[error("tokens")]
     Tokens(#[from] tokens::TokensError),
+    /// A task the control plane needs ended before shutdown (a bug: it is
+    /// logged).
+    #[error("the control plane's {task} task {how} before shutdown")]
+    TaskEnded {
+        /// Which task.
+        task: &'static str,
+        /// How it ended (returned, panicked).
+        how: &'static str,
+    },
     /// A listener could not be bound.
     #[error("cannot bind {what} on {addr}")]
     Bind {
@@ -207,13 +220,18 @@ async fn run_body(
         credentials: front.credentials.clone(),
         bound: front.bound.clone(),
     });
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(watch_files(settings.clone(), hub.clone(), metrics.clone()));
+    let mut tasks = Supervisor::default();
+    tasks.spawn(
+        "mesh file watch",
+        watch_files(settings.clone(), hub.clone(), metrics.clone()),
+    );
     {
         let hub = hub.clone();
-        tasks.spawn(async move {
+        tasks.spawn("restored registrations", async move {
             tokio::time::sleep(RESTORE_GRACE).await;
             hub.expire_restored();
+            // Done; a supervised task that returns means a bug.
+            std::future::pending::<()>().await;
         });
     }
     let (phases, phase_rx) = tokio::sync::watch::channel(phase);
@@ -245,30 +263,13 @@ async fn run_body(
         };
         let lifetime = {
             let hub = hub.clone();
-            move || hub.mesh().certificate_lifetime
+            move || hub.certificate_lifetime()
         };
-        tasks.spawn(roots::drive(
-            schedule,
-            reload,
-            lifetime,
-            phases,
-            Duration::from_secs(1),
-        ));
+        tasks.spawn(
+            "root schedule",
+            roots::drive(schedule, reload, lifetime, phases, Duration::from_secs(1)),
+        );
     }
-    let publish = {
-        let hub = hub.clone();
-        move |bundle: &str| hub.set_trust_bundle(bundle)
-    };
-    let renew_policy = {
-        let hub = hub.clone();
-        move || {
-            let mesh = hub.mesh();
-            TlsPolicy {
-                key_exchange: mesh.key_exchange,
-                cipher_suites: mesh.cipher_suites.clone(),
-            }
-        }
-    };
     // Close the hub before connections end, so ending subscriptions do
     // not erase the registrations saved for the next start.
     let closing = hub.clone();
@@ -276,21 +277,15 @@ async fn run_body(
         shutdown.await;
         closing.close();
     };
-    front
-        .serve(
-            Source::File(hub),
-            phase_rx,
-            publish,
-            metrics,
-            registry,
-            admin_state,
-            renew_policy,
-            tasks,
-            on_bound,
-            shutdown,
-        )
-        .await;
-    Ok(())
+    let serving = Serving {
+        source: hub,
+        phases: phase_rx,
+        metrics,
+        registry,
+        admin_state,
+        tasks,
+    };
+    front.serve(serving, on_bound, shutdown).await
 }
 
 /// What every control plane presents, whatever its source: a serving
@@ -363,23 +358,25 @@ impl Front {
     }
 
     /// Serves proxies and the admin port until `shutdown`, renewing the
-    /// serving certificate under `policy()` and following the mesh roots
-    /// in `phases` (`publish` hands each new bundle to the source, which
-    /// sends it to every proxy); then drains and returns.
-    #[allow(clippy::too_many_arguments)]
+    /// serving certificate under the source's policy and following the
+    /// mesh roots in `phases` (each new bundle goes to the source, which
+    /// sends it to every proxy); then drains and returns. A supervised task
+    /// that ends first is an error: the process exits instead of serving
+    /// half a control plane.
     pub(crate) async fn serve(
         self,
-        source: Source,
-        mut phases: tokio::sync::watch::Receiver<Phase>,
-        publish: impl Fn(&str) + Send + 'static,
-        metrics: Arc<Metrics>,
-        registry: Registry,
-        admin_state: Arc<dyn AdminState>,
-        policy: impl Fn() -> TlsPolicy + Send + 'static,
-        mut tasks: tokio::task::JoinSet<()>,
+        serving: Serving,
         on_bound: impl FnOnce(&Bound),
         shutdown: impl std::future::Future<Output = ()>,
-    ) {
+    ) -> Result<(), StartError> {
+        let Serving {
+            source,
+            mut phases,
+            metrics,
+            registry,
+            admin_state,
+            mut tasks,
+        } = serving;
         let Front {
             endpoint,
             admin_listener,
@@ -393,20 +390,19 @@ impl Front {
             phases.borrow_and_update().signer.clone(),
         ));
         let server = Arc::new(Server {
-            source,
+            source: source.clone(),
             ca: signer.clone(),
             tls: tls.clone(),
             transport,
             metrics: metrics.clone(),
         });
-        tasks.spawn(server.serve(endpoint.clone()));
-        tasks.spawn(admin::serve(
-            admin_listener,
-            Arc::new(registry),
-            admin_state,
-        ));
+        tasks.spawn("control endpoint", server.serve(endpoint.clone()));
+        tasks.spawn(
+            "admin",
+            admin::serve(admin_listener, Arc::new(registry), admin_state),
+        );
         let trust_anchor = bound.trust_anchor.clone();
-        tasks.spawn(async move {
+        tasks.spawn("serving certificate", async move {
             let mut watching = true;
             let mut renew_in = SERVING_CERT_LIFETIME * 2 / 3;
             loop {
@@ -431,11 +427,11 @@ impl Front {
                             tracing::warn!(%error, "cannot write the trust bundle for local proxies");
                         }
                         metrics.trust_roots.set(phase.trusted as i64);
-                        publish(&phase.bundle);
+                        source.set_trust_bundle(&phase.bundle);
                         signer.store(phase.signer);
                     }
                 }
-                renew_in = match renew_serving_cert(&signer.load(), &credentials, &identity, &policy()) {
+                renew_in = match renew_serving_cert(&signer.load(), &credentials, &identity, &source.tls_policy()) {
                     Ok(na) => {
                         metrics.certificate_expiry_timestamp_seconds.set(na);
                         SERVING_CERT_LIFETIME * 2 / 3
@@ -450,12 +446,38 @@ impl Front {
         on_bound(&bound);
         tracing::info!(control = %bound.control, admin = %bound.admin, "control plane ready");
 
-        shutdown.await;
+        tokio::select! {
+            () = shutdown => {}
+            (task, ended) = tasks.first_to_end() => {
+                tracing::error!(task, how = ended.as_str(), "a control-plane task ended before shutdown; exiting");
+                tasks.abort_all();
+                endpoint.close(quinn::VarInt::from_u32(1), b"control plane task ended");
+                return Err(StartError::TaskEnded { task, how: ended.as_str() });
+            }
+        }
         tracing::info!("shutting down");
         endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
         tasks.abort_all();
         let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        Ok(())
     }
+}
+
+/// What a control plane serves once its listeners are bound, whatever its
+/// source: both modes build one and hand it to [`Front::serve`].
+pub(crate) struct Serving {
+    /// Where the mesh comes from.
+    pub(crate) source: Arc<dyn MeshSource>,
+    /// The mesh roots in force, as the schedule moves.
+    pub(crate) phases: tokio::sync::watch::Receiver<Phase>,
+    /// Metrics.
+    pub(crate) metrics: Arc<Metrics>,
+    /// Their registry, served on the admin port.
+    pub(crate) registry: Registry,
+    /// What the admin port reports.
+    pub(crate) admin_state: Arc<dyn AdminState>,
+    /// The source's own tasks (watches, schedules); the server's join them.
+    pub(crate) tasks: Supervisor,
 }
 
 /// Writes the trust bundle for proxies that bootstrap from a file, whole or

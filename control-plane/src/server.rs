@@ -18,64 +18,23 @@ use phoenix_api::control::{
     self, ALPN_CONTROL, ErrorCode, MIN_WIRE_VERSION, Request, Response, WIRE_VERSION,
 };
 use phoenix_api::frame::{Direction, FrameDecoder};
-use phoenix_api::snapshot::Snapshot;
 use phoenix_tls::TlsContext;
 use phoenix_tls::endpoint::TransportSettings;
 use phoenix_tls::frames::ReadFrameError;
-use phoenix_tls::handshake::{ClientAuth, HandshakeFailure, TlsPolicy, peer_identity};
+use phoenix_tls::handshake::{ClientAuth, HandshakeFailure, peer_identity};
 use phoenix_tls::kx::group_name;
 
 use crate::ca::Ca;
-use crate::hub::Hub;
 use crate::metrics::{IssueLabels, Metrics, PushLabels};
+use crate::source::MeshSource;
 
 /// How long a client has to send its request on a new stream.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where the mesh comes from.
-#[derive(Debug, Clone)]
-pub enum Source {
-    /// The mesh file and bootstrap tokens.
-    File(Arc<Hub>),
-    /// The cluster, and ServiceAccount tokens.
-    #[cfg(feature = "kubernetes")]
-    Kubernetes(Arc<crate::k8s::run::KubeSource>),
-}
-
-impl Source {
-    fn tls_policy(&self) -> TlsPolicy {
-        match self {
-            Source::File(hub) => {
-                let mesh = hub.mesh();
-                TlsPolicy {
-                    key_exchange: mesh.key_exchange,
-                    cipher_suites: mesh.cipher_suites.clone(),
-                }
-            }
-            #[cfg(feature = "kubernetes")]
-            Source::Kubernetes(k) => {
-                let mesh = k.live.mesh();
-                TlsPolicy {
-                    key_exchange: mesh.settings.key_exchange,
-                    cipher_suites: mesh.settings.cipher_suites,
-                }
-            }
-        }
-    }
-}
-
-/// A refused certificate request: metric label, code, message.
-struct Refusal {
-    label: &'static str,
-    code: ErrorCode,
-    message: String,
-}
-
 /// What the server needs.
-#[derive(Debug)]
 pub struct Server {
     /// Where the mesh comes from.
-    pub source: Source,
+    pub source: Arc<dyn MeshSource>,
     /// The CA.
     /// The root that signs now (swapped when a rotation activates).
     pub ca: Arc<arc_swap::ArcSwap<Ca>>,
@@ -205,7 +164,7 @@ impl Server {
                 })
                 .inc();
         };
-        let (identity, lifetime) = match self.authenticate(token).await {
+        let (identity, lifetime) = match self.source.authenticate(token).await {
             Ok(found) => found,
             Err(refusal) => {
                 count(refusal.label);
@@ -233,109 +192,43 @@ impl Server {
         }
     }
 
-    /// The identity `token` proves, and the lifetime of its certificate.
-    async fn authenticate(&self, token: &str) -> Result<(SpiffeId, Duration), Refusal> {
-        match &self.source {
-            Source::File(hub) => {
-                let tokens = hub.tokens();
-                let mesh = hub.mesh();
-                match tokens.workload(token).and_then(|w| mesh.workloads.get(w)) {
-                    Some(w) => Ok((w.identity.clone(), mesh.certificate_lifetime)),
-                    None => Err(Refusal {
-                        label: "invalid_token",
-                        code: ErrorCode::InvalidToken,
-                        message: "the bootstrap token is unknown; start the proxy through `phoenix up` or pass the token written for its workload".into(),
-                    }),
-                }
-            }
-            #[cfg(feature = "kubernetes")]
-            Source::Kubernetes(k) => {
-                let reviewed = k.reviewer.review(token).await.map_err(|e| Refusal {
-                    label: e.metric_label(),
-                    code: match e {
-                        crate::k8s::token_review::ReviewError::Api(_) => ErrorCode::Internal,
-                        _ => ErrorCode::InvalidToken,
-                    },
-                    message: phoenix_runtime::process::error_chain(&e),
-                })?;
-                let mesh = k.live.mesh();
-                let identity = SpiffeId::workload(
-                    &mesh.settings.trust_domain,
-                    &reviewed.namespace,
-                    &reviewed.service_account,
-                )
-                .map_err(|e| Refusal {
-                    label: "invalid_token",
-                    code: ErrorCode::InvalidToken,
-                    message: format!("the token's ServiceAccount is not a valid identity: {e}"),
-                })?;
-                Ok((identity, mesh.certificate_lifetime))
-            }
-        }
-    }
-
+    /// Serves one subscription: the first message, then one per change
+    /// that touches the proxy's view, until the proxy goes away.
     async fn subscription(
         &self,
         conn: quinn::Connection,
         client: SpiffeId,
         wire_version: u32,
         inbound: std::net::SocketAddr,
-        send: quinn::SendStream,
-    ) {
-        match &self.source {
-            Source::File(hub) => {
-                self.file_subscription(hub, conn, client, wire_version, inbound, send)
-                    .await
-            }
-            #[cfg(feature = "kubernetes")]
-            Source::Kubernetes(k) => {
-                self.kube_subscription(k, conn, client, wire_version, inbound, send)
-                    .await
-            }
-        }
-    }
-
-    #[cfg(feature = "kubernetes")]
-    async fn kube_subscription(
-        &self,
-        k: &crate::k8s::run::KubeSource,
-        conn: quinn::Connection,
-        client: SpiffeId,
-        wire_version: u32,
-        inbound: std::net::SocketAddr,
         mut send: quinn::SendStream,
     ) {
-        let Some((namespace, service_account)) = client.namespace_and_service_account() else {
-            let _ = reply(
-                &mut send,
-                &error_response(
-                    ErrorCode::UnknownWorkload,
-                    format!("{client} is not a workload identity (spiffe://<td>/ns/<ns>/sa/<sa>)"),
-                ),
-            )
-            .await;
-            return;
+        let mut subscription = match self
+            .source
+            .subscribe(&client, inbound, conn.remote_address())
+        {
+            Ok(s) => s,
+            Err(refusal) => {
+                tracing::debug!(%client, reason = refusal.label, message = %refusal.message, "subscription refused");
+                let _ = reply(&mut send, &error_response(refusal.code, refusal.message)).await;
+                return;
+            }
         };
-        // The pod is found by the address the proxy reports (its pod IP;
-        // a proxy bound to 0.0.0.0 is taken at the address it connects
-        // from) and must run as the certificate's identity. A proxy outside
-        // the cluster matches no pod: it gets the Services, no inbound.
-        let ip = if inbound.ip().is_unspecified() {
-            conn.remote_address().ip().to_canonical()
-        } else {
-            inbound.ip()
-        };
-        let ip = Some(ip).filter(|ip| !ip.is_loopback());
-        let mut subscription = k.live.subscribe(namespace, service_account, ip);
         self.metrics.subscribers.inc();
         tracing::info!(%client, %inbound, wire_version, "proxy subscribed");
-        let mut changes = k.live.changes();
+        let mut changes = subscription.changes();
         loop {
             changes.borrow_and_update();
-            if let Some((frame, delta)) = k.live.next_frame(&mut subscription, wire_version)
-                && self.push_frame(&mut send, &frame, delta).await.is_err()
-            {
-                break;
+            match subscription.next_frame(wire_version) {
+                Ok(Some((frame, delta))) => {
+                    if self.push_frame(&mut send, &frame, delta).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => {}
+                Err(refusal) => {
+                    let _ = reply(&mut send, &error_response(refusal.code, refusal.message)).await;
+                    break;
+                }
             }
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { break },
@@ -343,24 +236,9 @@ impl Server {
                 _ = send.stopped() => break,
             }
         }
-        k.live.unsubscribe(subscription);
+        drop(subscription);
         self.metrics.subscribers.dec();
         tracing::info!(%client, "proxy unsubscribed");
-    }
-
-    /// Sends one config message, shaped for the proxy's wire version, and
-    /// counts it.
-    async fn push(
-        &self,
-        send: &mut quinn::SendStream,
-        message: &Response,
-        wire_version: u32,
-    ) -> Result<(), ()> {
-        let frame = Compat::CURRENT.encode_response(message, wire_version).map_err(|error| {
-            tracing::error!(error = %phoenix_runtime::process::error_chain(&error), "cannot encode a config message; the proxy resubscribes");
-        })?;
-        self.push_frame(send, &frame, matches!(message, Response::Delta(_)))
-            .await
     }
 
     /// Sends one encoded config frame and counts it.
@@ -378,81 +256,6 @@ impl Server {
             .inc();
         self.metrics.config_push_bytes.inc_by(frame.len() as u64);
         Ok(())
-    }
-
-    async fn file_subscription(
-        &self,
-        hub: &Hub,
-        conn: quinn::Connection,
-        client: SpiffeId,
-        wire_version: u32,
-        inbound: std::net::SocketAddr,
-        mut send: quinn::SendStream,
-    ) {
-        let Some(workload) = hub
-            .mesh()
-            .workload_by_identity(&client)
-            .map(|w| w.name.clone())
-        else {
-            let _ = reply(
-                &mut send,
-                &error_response(
-                    ErrorCode::UnknownWorkload,
-                    format!("no workload has identity {client}"),
-                ),
-            )
-            .await;
-            return;
-        };
-        // A proxy behind NAT or on 0.0.0.0 reports an unspecified address;
-        // use the address its connection comes from instead.
-        let inbound = if inbound.ip().is_unspecified() {
-            std::net::SocketAddr::new(conn.remote_address().ip().to_canonical(), inbound.port())
-        } else {
-            inbound
-        };
-        let registration = hub.register(&workload, inbound);
-        self.metrics.subscribers.inc();
-        tracing::info!(%workload, %inbound, wire_version, "proxy subscribed");
-        let mut changes = hub.subscribe();
-        let mut last: Option<Snapshot> = None;
-        loop {
-            changes.borrow_and_update();
-            let Some(next) = hub.snapshot_for(&workload) else {
-                let _ = reply(
-                    &mut send,
-                    &error_response(
-                        ErrorCode::UnknownWorkload,
-                        format!("workload {workload} was removed"),
-                    ),
-                )
-                .await;
-                break;
-            };
-            let message = match &last {
-                None => Some(Response::Snapshot(next.clone())),
-                Some(prev) if Compat::CURRENT.sends_deltas(wire_version) => {
-                    prev.diff(&next).map(Response::Delta)
-                }
-                Some(prev) => {
-                    (prev.resources != next.resources).then(|| Response::Snapshot(next.clone()))
-                }
-            };
-            if let Some(message) = message {
-                if self.push(&mut send, &message, wire_version).await.is_err() {
-                    break;
-                }
-                last = Some(next);
-            }
-            tokio::select! {
-                changed = changes.changed() => if changed.is_err() { break },
-                _ = conn.closed() => break,
-                _ = send.stopped() => break,
-            }
-        }
-        self.metrics.subscribers.dec();
-        hub.unregister(registration);
-        tracing::info!(%workload, "proxy unsubscribed");
     }
 }
 

@@ -26,40 +26,17 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
 use phoenix_api::ServiceName;
-use phoenix_api::compat::{Compat, Encodings};
-use phoenix_api::frame::{Direction, FrameWriter};
-use phoenix_api::snapshot::{Delta, Endpoint, Inbound, Resource, Snapshot, Upstream};
+use phoenix_api::snapshot::{Endpoint, Inbound, Resource, Snapshot, Upstream};
+
+pub use crate::publish::Update;
+use crate::publish::{Position, Publisher};
 
 use super::policy::{Audience, MeshConfigError, MeshRecord, PolicyRecord};
 use super::records::{NamespaceRecord, ObjectKey, PodRecord, ServiceRecord, SliceRecord};
 use crate::crd::conditions::{ACCEPTED, RESOLVED_REFS, Reason, Verdict};
 use crate::crd::mesh_config::MeshConfigSpec;
-
-/// A resource every entitled proxy shares, encoded once per wire shape: a
-/// change sent to 5,000 proxies is serialized once (once more for each older
-/// version that reads it differently), and a full snapshot is concatenation.
-#[derive(Debug)]
-struct Published {
-    resource: Arc<Resource>,
-    encodings: Encodings,
-}
-
-/// One upsert of a plan: a shared resource, or one of the proxy's own.
-enum Item<'a> {
-    Shared(&'a Published),
-    Own(Resource),
-}
-
-/// What a subscriber is sent next, before it is materialized or encoded.
-struct Plan<'a> {
-    /// `None`: a full snapshot; `Some(v)`: a delta from `v`.
-    from: Option<u64>,
-    upserts: Vec<(String, Item<'a>)>,
-    removals: Vec<String>,
-}
 
 /// The index.
 #[derive(Debug)]
@@ -81,33 +58,16 @@ pub struct Index {
     policies: HashMap<ObjectKey, PolicyRecord>,
     policies_by_service: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
 
-    published: HashMap<String, Published>,
+    /// The shared resources, their change log and the version.
+    publisher: Publisher,
     keys_by_service: HashMap<ObjectKey, Vec<String>>,
     inbound: HashMap<ObjectKey, BTreeMap<String, Resource>>,
     inbound_version: HashMap<ObjectKey, u64>,
     /// The mesh roots proxies must trust (from the root schedule).
     trust_bundle: Option<String>,
     pods_by_service: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
-    /// `(version, key)` of the last change of each key; a key absent from
-    /// `published` was removed at that version.
-    log: BTreeSet<(u64, String)>,
-    log_version: HashMap<String, u64>,
-
     dirty: BTreeSet<ObjectKey>,
     mesh_dirty: bool,
-    changed: bool,
-    version: u64,
-    /// Log entries before this version may be gone: older subscribers get a full snapshot.
-    oldest: u64,
-}
-
-/// What a proxy is sent next.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Update {
-    /// Everything (first message, or the proxy fell too far behind).
-    Snapshot(Snapshot),
-    /// What changed since the version it holds.
-    Delta(Delta),
 }
 
 /// One subscribed proxy, as the index sees it.
@@ -117,12 +77,9 @@ pub struct Subscriber {
     service_account: String,
     /// Where its proxy accepts QUIC: the pod IP, when it runs in one.
     ip: Option<IpAddr>,
-    /// The version the proxy holds.
-    sent: Option<u64>,
-    /// How far in the log this subscriber has looked.
-    seen: u64,
     pod: Option<ObjectKey>,
-    inbound: BTreeMap<String, Resource>,
+    /// What it was sent, and how far in the log it has looked.
+    position: Position,
 }
 
 impl Subscriber {
@@ -132,10 +89,8 @@ impl Subscriber {
             namespace: namespace.to_owned(),
             service_account: service_account.to_owned(),
             ip,
-            sent: None,
-            seen: 0,
             pod: None,
-            inbound: BTreeMap::new(),
+            position: Position::default(),
         }
     }
 
@@ -146,12 +101,12 @@ impl Subscriber {
 
     /// The log version it has caught up to.
     pub fn seen(&self) -> u64 {
-        self.seen
+        self.position.seen()
     }
 
     /// Makes the next message a full snapshot.
     pub fn resync(&mut self) {
-        self.sent = None;
+        self.position.resync();
     }
 }
 
@@ -172,19 +127,14 @@ impl Index {
             namespaces: HashMap::new(),
             policies: HashMap::new(),
             policies_by_service: HashMap::new(),
-            published: HashMap::new(),
+            publisher: Publisher::new(start),
             keys_by_service: HashMap::new(),
             inbound: HashMap::new(),
             inbound_version: HashMap::new(),
             trust_bundle: None,
             pods_by_service: HashMap::new(),
-            log: BTreeSet::new(),
-            log_version: HashMap::new(),
             dirty: BTreeSet::new(),
             mesh_dirty: true,
-            changed: false,
-            version: start,
-            oldest: 0,
         };
         index.commit();
         index
@@ -192,7 +142,7 @@ impl Index {
 
     /// The current version.
     pub fn version(&self) -> u64 {
-        self.version
+        self.publisher.version()
     }
 
     /// The mesh settings in force.
@@ -207,7 +157,7 @@ impl Index {
 
     /// Number of shared resources (mesh + upstreams).
     pub fn published_len(&self) -> usize {
-        self.published.len()
+        self.publisher.len()
     }
 
     /// Sets or deletes a Service.
@@ -286,8 +236,8 @@ impl Index {
             );
         }
         // The pod's own inbound view changes with it even if no Service does.
-        self.inbound_version.insert(key, self.version + 1);
-        self.changed = true;
+        let version = self.publisher.touch();
+        self.inbound_version.insert(key, version);
         self.dirty.extend(affected);
     }
 
@@ -389,48 +339,39 @@ impl Index {
     /// Rebuilds what the applied changes touched; returns the new version,
     /// or `None` when no proxy's view changed.
     pub fn commit(&mut self) -> Option<u64> {
-        let next = self.version + 1;
         if std::mem::take(&mut self.mesh_dirty) {
             let mut settings = self.mesh.settings.clone();
             settings.trust_bundle_pem = self.trust_bundle.clone();
-            let resource = Resource::Mesh(settings);
-            self.publish(resource, next);
+            self.publisher.publish(Resource::Mesh(settings));
         }
         for service in std::mem::take(&mut self.dirty) {
-            self.rebuild(&service, next);
+            self.rebuild(&service);
         }
-        if std::mem::take(&mut self.changed) {
-            self.version = next;
-            Some(next)
-        } else {
-            None
-        }
+        self.publisher.commit()
+    }
+
+    /// Where `sub`'s own resources (its pod's inbound services) stand:
+    /// the pod it matches now, and whether they may differ from those sent.
+    fn own_view(&self, sub: &Subscriber) -> (Option<ObjectKey>, bool) {
+        let pod = self.resolve_pod(sub);
+        let changed = pod != sub.pod
+            || pod
+                .as_ref()
+                .and_then(|p| self.inbound_version.get(p))
+                .is_some_and(|v| *v > sub.position.seen());
+        (pod, changed)
     }
 
     /// The next message for `sub`, or `None` when its view has not changed.
     pub fn update(&self, sub: &mut Subscriber) -> Option<Update> {
-        let plan = self.plan(sub)?;
-        let owned = |item: Item<'_>| match item {
-            Item::Shared(p) => (*p.resource).clone(),
-            Item::Own(r) => r,
-        };
-        let upserts: BTreeMap<String, Resource> = plan
-            .upserts
-            .into_iter()
-            .map(|(k, item)| (k, owned(item)))
-            .collect();
-        Some(match plan.from {
-            None => Update::Snapshot(Snapshot {
-                version: self.version,
-                resources: upserts,
-            }),
-            Some(from) => Update::Delta(Delta {
-                from_version: from,
-                version: self.version,
-                upserts,
-                removals: plan.removals,
-            }),
-        })
+        let (pod, own_changed) = self.own_view(sub);
+        let update = self.publisher.update(
+            &mut sub.position,
+            &mut || self.inbound_of(pod.as_ref()),
+            own_changed,
+        );
+        sub.pod = pod;
+        update
     }
 
     /// The next message for `sub` as a control frame (what [`update`]
@@ -442,8 +383,8 @@ impl Index {
         self.update_frame_for(sub, phoenix_api::control::WIRE_VERSION)
     }
 
-    /// [`update_frame`] for a proxy speaking `wire_version` (3 or later:
-    /// older ones take the typed path, see `Live::next_frame`).
+    /// [`update_frame`] for a proxy speaking `wire_version`: shaped for
+    /// it, and a full snapshot instead of a delta for version 1.
     ///
     /// [`update_frame`]: Index::update_frame
     pub fn update_frame_for(
@@ -451,164 +392,34 @@ impl Index {
         sub: &mut Subscriber,
         wire_version: u32,
     ) -> Option<(Vec<u8>, bool)> {
-        let mut plan = self.plan(sub)?;
-        if plan.from.is_some() && !Compat::CURRENT.sends_deltas(wire_version) {
-            // Version 1 reads full snapshots only.
-            sub.resync();
-            plan = self.plan(sub)?;
-        }
-        let mut out = FrameWriter::new(Direction::Response, 64 + plan.upserts.len() * 512);
-        let version = self.version;
-        match plan.from {
-            None => {
-                out.extend_from_slice(
-                    format!(r#"{{"type":"snapshot","version":{version},"resources":{{"#).as_bytes(),
-                );
-            }
-            Some(from) => out.extend_from_slice(
-                format!(
-                    r#"{{"type":"delta","fromVersion":{from},"version":{version},"upserts":{{"#
-                )
-                .as_bytes(),
-            ),
-        }
-        let mut first = true;
-        for (key, item) in &plan.upserts {
-            // `None`: a kind this proxy's version is not sent.
-            let own;
-            let json = match item {
-                Item::Shared(p) => p.encodings.get(wire_version),
-                Item::Own(r) => {
-                    own = encode_for(r, wire_version);
-                    own.as_deref()
-                }
-            };
-            let Some(json) = json else { continue };
-            if !std::mem::take(&mut first) {
-                out.push(b',');
-            }
-            push_json_string(&mut out, key);
-            out.push(b':');
-            out.extend_from_slice(json.as_bytes());
-        }
-        out.push(b'}');
-        if plan.from.is_some() {
-            out.extend_from_slice(br#","removals":["#);
-            for (i, key) in plan.removals.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                push_json_string(&mut out, key);
-            }
-            out.push(b']');
-        }
-        out.push(b'}');
-        match out.finish() {
-            Ok(frame) => Some((frame, plan.from.is_some())),
-            Err(error) => {
-                // Over the proxy's limit: sending it would only be refused.
-                tracing::error!(%error, "a proxy's config does not fit in one control frame; narrow what it may reach (TrafficPolicy allow-lists, defaultPolicy)");
-                None
-            }
-        }
+        let (pod, own_changed) = self.own_view(sub);
+        let frame = self.publisher.next_frame(
+            &mut sub.position,
+            &mut || self.inbound_of(pod.as_ref()),
+            own_changed,
+            wire_version,
+        );
+        sub.pod = pod;
+        frame
     }
 
-    /// The whole view of `sub` at the current version (wire version 1
-    /// proxies get this on every change).
+    /// The whole view of `sub` at the current version.
     pub fn snapshot(&self, sub: &mut Subscriber) -> Snapshot {
         sub.resync();
         match self.update(sub) {
             Some(Update::Snapshot(s)) => s,
             // A plan without a held version is always a snapshot.
             _ => Snapshot {
-                version: self.version,
+                version: self.version(),
                 resources: BTreeMap::new(),
             },
         }
     }
 
-    fn plan(&self, sub: &mut Subscriber) -> Option<Plan<'_>> {
-        let pod = self.resolve_pod(sub);
-        let Some(sent) = sub.sent.filter(|_| sub.seen >= self.oldest) else {
-            let mut upserts: Vec<(String, Item<'_>)> = self
-                .published
-                .iter()
-                .map(|(k, p)| (k.clone(), Item::Shared(p)))
-                .collect();
-            sub.inbound = self.inbound_of(pod.as_ref());
-            upserts.extend(
-                sub.inbound
-                    .iter()
-                    .map(|(k, r)| (k.clone(), Item::Own(r.clone()))),
-            );
-            sub.pod = pod;
-            sub.seen = self.version;
-            sub.sent = Some(self.version);
-            return Some(Plan {
-                from: None,
-                upserts,
-                removals: vec![],
-            });
-        };
-        let pod_changed = pod != sub.pod;
-        let inbound_changed = pod_changed
-            || pod
-                .as_ref()
-                .and_then(|p| self.inbound_version.get(p))
-                .is_some_and(|v| *v > sub.seen);
-        if sub.seen == self.version && !inbound_changed {
-            return None;
-        }
-        let mut upserts = Vec::new();
-        let mut removals = Vec::new();
-        for (_, key) in self.log.range((sub.seen + 1, String::new())..) {
-            match self.published.get(key) {
-                Some(p) => upserts.push((key.clone(), Item::Shared(p))),
-                _ => removals.push(key.clone()),
-            }
-        }
-        if inbound_changed {
-            let current = self.inbound_of(pod.as_ref());
-            for (key, resource) in &current {
-                if sub.inbound.get(key) != Some(resource) {
-                    upserts.push((key.clone(), Item::Own(resource.clone())));
-                }
-            }
-            removals.extend(
-                sub.inbound
-                    .keys()
-                    .filter(|k| !current.contains_key(*k))
-                    .cloned(),
-            );
-            sub.inbound = current;
-        }
-        sub.seen = self.version;
-        sub.pod = pod;
-        if upserts.is_empty() && removals.is_empty() {
-            return None;
-        }
-        sub.sent = Some(self.version);
-        Some(Plan {
-            from: Some(sent),
-            upserts,
-            removals,
-        })
-    }
-
     /// Forgets removals older than `version` (every subscriber has seen
     /// them); a subscriber behind that gets a full snapshot instead.
     pub fn compact(&mut self, version: u64) {
-        let stale: Vec<(u64, String)> = self
-            .log
-            .range(..(version, String::new()))
-            .filter(|(_, key)| !self.published.contains_key(key))
-            .cloned()
-            .collect();
-        for entry in stale {
-            self.log_version.remove(&entry.1);
-            self.log.remove(&entry);
-        }
-        self.oldest = self.oldest.max(version);
+        self.publisher.compact(version);
     }
 
     /// The conditions to write on the TrafficPolicy `key`.
@@ -748,7 +559,7 @@ impl Index {
     }
 
     /// Rebuilds the upstreams of `service` and the inbound entries of its pods.
-    fn rebuild(&mut self, service: &ObjectKey, version: u64) {
+    fn rebuild(&mut self, service: &ObjectKey) {
         let audience = self.audience(service);
         let policy = self.winning_policy(service).map(|(_, p)| p);
         let millis = |d: Option<std::time::Duration>| d.map(|d| d.as_millis() as u64);
@@ -870,11 +681,11 @@ impl Index {
         let new_keys: Vec<String> = upstreams.iter().map(Resource::key).collect();
         for old in self.keys_by_service.remove(service).unwrap_or_default() {
             if !new_keys.contains(&old) {
-                self.unpublish(&old, version);
+                self.publisher.unpublish(&old);
             }
         }
         for resource in upstreams {
-            self.publish(resource, version);
+            self.publisher.publish(resource);
         }
         if !new_keys.is_empty() {
             self.keys_by_service.insert(service.clone(), new_keys);
@@ -903,48 +714,13 @@ impl Index {
                 if entries.is_empty() {
                     self.inbound.remove(pod);
                 }
+                let version = self.publisher.touch();
                 self.inbound_version.insert(pod.clone(), version);
-                self.changed = true;
             }
         }
         if !now.is_empty() {
             self.pods_by_service.insert(service.clone(), now);
         }
-    }
-
-    fn publish(&mut self, resource: Resource, version: u64) {
-        let key = resource.key();
-        if let Some(p) = self.published.get(&key)
-            && *p.resource == resource
-        {
-            return;
-        }
-        let encodings = Encodings::new(&Compat::CURRENT, &resource).unwrap_or_else(|error| {
-            tracing::error!(%error, %key, "cannot encode a config resource; proxies refuse the messages that carry it");
-            Encodings::unreadable()
-        });
-        self.published.insert(
-            key.clone(),
-            Published {
-                resource: Arc::new(resource),
-                encodings,
-            },
-        );
-        self.log_change(key, version);
-    }
-
-    fn unpublish(&mut self, key: &str, version: u64) {
-        if self.published.remove(key).is_some() {
-            self.log_change(key.to_owned(), version);
-        }
-    }
-
-    fn log_change(&mut self, key: String, version: u64) {
-        if let Some(old) = self.log_version.insert(key.clone(), version) {
-            self.log.remove(&(old, key.clone()));
-        }
-        self.log.insert((version, key));
-        self.changed = true;
     }
 
     fn remember_refs(&mut self, slice: &SliceRecord) {
@@ -1000,23 +776,5 @@ impl Index {
                 }
             }
         }
-    }
-}
-
-/// A resource's JSON for a proxy speaking `wire_version`; `None` when that
-/// version is not sent its kind. These types always serialize; should one
-/// ever fail, `null` makes the proxy refuse the message rather than run
-/// half a config.
-fn encode_for(resource: &Resource, wire_version: u32) -> Option<String> {
-    Compat::CURRENT
-        .encode_resource(resource, wire_version)
-        .unwrap_or_else(|_| Some("null".to_owned()))
-}
-
-fn push_json_string(out: &mut FrameWriter, s: &str) {
-    // Keys are resource keys: serde_json escapes them as any string.
-    match serde_json::to_string(s) {
-        Ok(quoted) => out.extend_from_slice(quoted.as_bytes()),
-        Err(_) => out.extend_from_slice(b"\"\""),
     }
 }

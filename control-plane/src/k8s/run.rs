@@ -29,8 +29,9 @@ use crate::crd::{MeshConfig, TrafficPolicy};
 use crate::inject::Injector;
 use crate::metrics::{KindLabels, Metrics};
 use crate::roots::{Phase, Schedule};
-use crate::server::Source;
-use crate::{Bound, Front, StartError};
+use crate::source::MeshSource;
+use crate::{Bound, Front, Serving, StartError};
+use phoenix_runtime::supervisor::Supervisor;
 use tokio::net::TcpListener;
 
 /// How often removals every proxy has seen are dropped from the change log.
@@ -69,14 +70,7 @@ pub struct KubeSettings {
     pub proxy_image: String,
 }
 
-/// The Kubernetes source the server reads.
-#[derive(Debug)]
-pub struct KubeSource {
-    /// Live cluster state.
-    pub live: Arc<Live>,
-    /// Checks proxy tokens.
-    pub reviewer: Reviewer,
-}
+pub use super::source::KubeSource;
 
 /// Why the Kubernetes control plane could not start.
 #[derive(Debug, thiserror::Error)]
@@ -205,50 +199,68 @@ async fn run_body(
     )
     .await?;
 
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut tasks = Supervisor::default();
     let w = |l: &Arc<Live>| (l.clone(), metrics.clone());
     let (l, m) = w(&live);
-    tasks.spawn(watch::run(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-        l,
-        m,
-    ));
+    tasks.spawn(
+        "Service watch",
+        watch::run(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+            l,
+            m,
+        ),
+    );
     let (l, m) = w(&live);
-    tasks.spawn(watch::run(
-        Api::<EndpointSlice>::all(client.clone()),
-        watcher::Config::default(),
-        l,
-        m,
-    ));
+    tasks.spawn(
+        "EndpointSlice watch",
+        watch::run(
+            Api::<EndpointSlice>::all(client.clone()),
+            watcher::Config::default(),
+            l,
+            m,
+        ),
+    );
     let (l, m) = w(&live);
     // Only meshed pods: the rest of the cluster's pods are not held in memory.
     let meshed = watcher::Config::default().labels(&format!("{MESHED_LABEL}=true"));
-    tasks.spawn(watch::run(Api::<Pod>::all(client.clone()), meshed, l, m));
+    tasks.spawn(
+        "Pod watch",
+        watch::run(Api::<Pod>::all(client.clone()), meshed, l, m),
+    );
     let (l, m) = w(&live);
-    tasks.spawn(watch::run(
-        Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
-        l,
-        m,
-    ));
+    tasks.spawn(
+        "Namespace watch",
+        watch::run(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+            l,
+            m,
+        ),
+    );
     let (l, m) = w(&live);
-    tasks.spawn(watch::run(
-        Api::<MeshConfig>::all(client.clone()),
-        watcher::Config::default(),
-        l,
-        m,
-    ));
+    tasks.spawn(
+        "MeshConfig watch",
+        watch::run(
+            Api::<MeshConfig>::all(client.clone()),
+            watcher::Config::default(),
+            l,
+            m,
+        ),
+    );
     let (l, m) = w(&live);
-    tasks.spawn(watch::run(
-        Api::<TrafficPolicy>::all(client.clone()),
-        watcher::Config::default(),
-        l,
-        m,
-    ));
+    tasks.spawn(
+        "TrafficPolicy watch",
+        watch::run(
+            Api::<TrafficPolicy>::all(client.clone()),
+            watcher::Config::default(),
+            l,
+            m,
+        ),
+    );
     {
         let (live, metrics) = w(&live);
-        tasks.spawn(async move {
+        tasks.spawn("watch health", async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             let mut last_compaction = Instant::now();
             loop {
@@ -271,24 +283,24 @@ async fn run_body(
 
     // One replica leads and writes status; every replica serves proxies.
     let (leading, lead) = tokio::sync::watch::channel(false);
-    tasks.spawn(super::leader::run(
-        client.clone(),
-        settings.namespace.clone(),
-        settings.holder.clone(),
-        leading,
-    ));
-    tasks.spawn(super::status::run(
-        client.clone(),
-        live.clone(),
-        lead.clone(),
-    ));
+    tasks.spawn(
+        "leader election",
+        super::leader::run(
+            client.clone(),
+            settings.namespace.clone(),
+            settings.holder.clone(),
+            leading,
+        ),
+    );
+    tasks.spawn(
+        "status writer",
+        super::status::run(client.clone(), live.clone(), lead.clone()),
+    );
     let (phases, phase_rx) = tokio::sync::watch::channel(phase.clone());
-    tasks.spawn(super::trust_bundle::run(
-        client.clone(),
-        live.clone(),
-        phase_rx.clone(),
-        lead.clone(),
-    ));
+    tasks.spawn(
+        "trust bundle ConfigMaps",
+        super::trust_bundle::run(client.clone(), live.clone(), phase_rx.clone(), lead.clone()),
+    );
 
     let admin_state = Arc::new(KubeAdmin {
         lead,
@@ -296,10 +308,10 @@ async fn run_body(
         credentials: front.credentials.clone(),
         bound: front.bound.clone(),
     });
-    let source = Source::Kubernetes(Arc::new(KubeSource {
+    let source = Arc::new(KubeSource {
         live: live.clone(),
         reviewer: Reviewer::new(client.clone()),
-    }));
+    });
     if let Some(addr) = settings.webhook_listen {
         let listener = TcpListener::bind(addr)
             .await
@@ -323,16 +335,19 @@ async fn run_body(
             injector: arc_swap::ArcSwap::from_pointee(injector),
         });
         let tls = super::webhook::tls_config(credentials.clone())?;
-        tasks.spawn(super::webhook::serve(listener, tls, webhook));
-        tasks.spawn(follow_roots(
-            client.clone(),
-            settings.webhook_config.clone(),
-            phase_rx.clone(),
-            admin_state.lead.clone(),
-            credentials,
-            cp_identity,
-            dns,
-        ));
+        tasks.spawn("webhook", super::webhook::serve(listener, tls, webhook));
+        tasks.spawn(
+            "webhook roots",
+            follow_roots(
+                client.clone(),
+                settings.webhook_config.clone(),
+                phase_rx.clone(),
+                admin_state.lead.clone(),
+                credentials,
+                cp_identity,
+                dns,
+            ),
+        );
         tracing::info!(%addr, "injection webhook listening");
     }
     {
@@ -358,37 +373,23 @@ async fn run_body(
             }
         };
         let lifetime = {
-            let live = live.clone();
-            move || live.mesh().certificate_lifetime
+            let source = source.clone();
+            move || source.certificate_lifetime()
         };
-        tasks.spawn(crate::roots::drive(
-            schedule,
-            reload,
-            lifetime,
-            phases,
-            SECRET_POLL,
-        ));
+        tasks.spawn(
+            "root schedule",
+            crate::roots::drive(schedule, reload, lifetime, phases, SECRET_POLL),
+        );
     }
-    let publish = {
-        let live = live.clone();
-        move |bundle: &str| live.apply(|index| index.set_trust_bundle(bundle))
+    let serving = Serving {
+        source,
+        phases: phase_rx,
+        metrics,
+        registry,
+        admin_state,
+        tasks,
     };
-    let renew_policy = move || tls_policy(&live);
-    front
-        .serve(
-            source,
-            phase_rx,
-            publish,
-            metrics,
-            registry,
-            admin_state,
-            renew_policy,
-            tasks,
-            on_bound,
-            shutdown,
-        )
-        .await;
-    Ok(())
+    Ok(front.serve(serving, on_bound, shutdown).await?)
 }
 
 /// Keeps the webhook in step with the mesh roots: its certificate from the
