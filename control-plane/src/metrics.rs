@@ -31,6 +31,15 @@ pub struct HandshakeLabels {
     pub result: String,
 }
 
+/// Labels of handshake failures (same vocabulary as the proxy).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// Always `server` here.
+    pub side: String,
+    /// Why, e.g. `no_shared_group`, `unknown_ca`, `timeout`.
+    pub reason: String,
+}
+
 /// Labels of Kubernetes watch metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
@@ -55,6 +64,8 @@ pub struct Metrics {
     pub config_refused: Counter,
     /// Handshakes.
     pub tls_handshakes: Family<HandshakeLabels, Counter>,
+    /// Handshake failures by reason.
+    pub tls_handshake_failures: Family<FailureLabels, Counter>,
     /// Expiry of the control plane's own serving certificate.
     pub certificate_expiry_timestamp_seconds: Gauge,
     /// Mesh roots trusted now (2 while a rotation overlaps).
@@ -105,6 +116,11 @@ impl Metrics {
             self.tls_handshakes.clone(),
         );
         r.register(
+            "tls_handshake_failures",
+            "TLS handshake failures by reason",
+            self.tls_handshake_failures.clone(),
+        );
+        r.register(
             "certificate_expiry_timestamp_seconds",
             "Expiry of the control plane's serving certificate, Unix seconds",
             self.certificate_expiry_timestamp_seconds.clone(),
@@ -133,6 +149,17 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a handshake failure, by reason.
+    pub fn handshake_failure(&self, reason: &str) {
+        self.handshake("none", "failure");
+        self.tls_handshake_failures
+            .get_or_create(&FailureLabels {
+                side: "server".into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
     /// Counts a handshake.
     pub fn handshake(&self, kx_group: &str, result: &str) {
         self.tls_handshakes
@@ -142,5 +169,15 @@ impl Metrics {
                 result: result.into(),
             })
             .inc();
+    }
+}
+
+impl phoenix_tls::establish::Record for Metrics {
+    fn success(&self, kx_group: &'static str) {
+        self.handshake(kx_group, "success");
+    }
+
+    fn failure(&self, reason: phoenix_tls::HandshakeFailure) {
+        self.handshake_failure(reason.as_str());
     }
 }

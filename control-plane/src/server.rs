@@ -20,9 +20,9 @@ use phoenix_api::control::{
 use phoenix_api::frame::{Direction, FrameDecoder};
 use phoenix_tls::TlsContext;
 use phoenix_tls::endpoint::TransportSettings;
+use phoenix_tls::establish;
 use phoenix_tls::frames::ReadFrameError;
-use phoenix_tls::handshake::{ClientAuth, HandshakeFailure, peer_identity};
-use phoenix_tls::kx::group_name;
+use phoenix_tls::handshake::ClientAuth;
 
 use crate::ca::Ca;
 use crate::metrics::{IssueLabels, Metrics, PushLabels};
@@ -66,24 +66,25 @@ impl Server {
             incoming.refuse();
             return;
         };
-        // A peer with no group in common fails inside `accept_with`.
-        let handshake = match incoming.accept_with(Arc::new(config)) {
-            Ok(connecting) => connecting.await,
-            Err(e) => Err(e),
-        };
-        let conn = match handshake {
-            Ok(c) => c,
-            Err(e) => {
-                let reason = HandshakeFailure::classify(&e);
-                self.metrics.handshake("none", "failure");
-                tracing::warn!(reason = reason.as_str(), error = %e, "control handshake failed");
+        let established = match establish::accept(
+            incoming,
+            config,
+            lease,
+            ClientAuth::Optional,
+            &*self.metrics,
+        )
+        .await
+        {
+            Ok(established) => established,
+            Err(failed) => {
+                // Counted by reason; a client that cannot handshake must not
+                // be able to fill the log.
+                tracing::debug!(reason = failed.reason.as_str(), error = ?failed.error, "control handshake failed");
                 return;
             }
         };
-        let kx = lease.negotiated().map(group_name).unwrap_or("unknown");
-        drop(lease);
-        self.metrics.handshake(kx, "success");
-        let client = peer_identity(&conn);
+        let conn = established.conn;
+        let client = established.peer;
         while let Ok((send, recv)) = conn.accept_bi().await {
             let server = self.clone();
             let client = client.clone();

@@ -1,5 +1,6 @@
 //! Endpoint choice: power of two choices over outstanding streams, with
-//! failing endpoints set aside for a while.
+//! failing endpoints set aside for a while, and failover to the next choice
+//! ([`connect`], made per connection today and per request by HTTP).
 //!
 //! Two endpoints are drawn at random and the one with fewer open streams
 //! wins (Linkerd's and Envoy's default): nearly as good as least-loaded
@@ -12,6 +13,62 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use crate::config::{EndpointConfig, MeshConfig};
+use crate::pool::{PeerConn, Pool};
+
+/// The most endpoints one connection (or request) tries before it fails:
+/// when a whole zone is gone the client hears so after a few connect
+/// timeouts, not one per endpoint.
+pub const MAX_ATTEMPTS: usize = 3;
+
+/// Connects to one of `endpoints` through `pool`: power of two choices among
+/// those not set aside; one that fails is set aside and the next choice
+/// made, up to [`MAX_ATTEMPTS`]. If every endpoint is set aside they are
+/// tried anyway rather than failing without trying. `None` when every
+/// attempt failed (each is logged in the caller's span).
+pub async fn connect<'e>(
+    pool: &Pool,
+    endpoints: &'e [EndpointConfig],
+    mesh: &MeshConfig,
+    connect_timeout: Duration,
+) -> Option<(PeerConn, &'e EndpointConfig)> {
+    let mut tried = vec![false; endpoints.len()];
+    for _ in 0..MAX_ATTEMPTS.min(endpoints.len()) {
+        let now = Instant::now();
+        let untried: Vec<usize> = (0..endpoints.len()).filter(|i| !tried[*i]).collect();
+        let healthy: Vec<usize> = untried
+            .iter()
+            .copied()
+            .filter(|i| !pool.failures().ejected(endpoints[*i].address, now))
+            .collect();
+        let candidates = if healthy.is_empty() {
+            &untried
+        } else {
+            &healthy
+        };
+        let load = |i: usize| pool.load(endpoints[i].address, &endpoints[i].identity);
+        let i = pick(candidates, load, rand::random(), rand::random())?;
+        tried[i] = true;
+        let endpoint = &endpoints[i];
+        match pool
+            .get(endpoint.address, &endpoint.identity, mesh, connect_timeout)
+            .await
+        {
+            Ok(peer) => {
+                pool.failures().succeeded(endpoint.address);
+                return Some((peer, endpoint));
+            }
+            Err(error) => {
+                if error.own_attempt() {
+                    pool.failures().failed(endpoint.address, Instant::now());
+                }
+                tracing::warn!(peer = %endpoint.address, %error, "peer unavailable; trying another");
+            }
+        }
+    }
+    None
+}
 
 /// First backoff after a failure.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);

@@ -12,12 +12,13 @@ use bytes::Bytes;
 use phoenix_api::SpiffeId;
 use phoenix_api::control::ALPN_TUNNEL;
 use phoenix_api::header::{self, ConnectResponse, Status};
-use phoenix_tls::handshake::{ClientAuth, HandshakeFailure, peer_identity};
-use phoenix_tls::kx::group_name;
+use phoenix_tls::establish::{self, Established};
+use phoenix_tls::handshake::ClientAuth;
 use tokio::net::TcpStream;
+use tracing::Instrument;
 
 use crate::config::{InboundConfig, ProxyConfig};
-use crate::metrics::{DenyLabels, Direction, GaugeGuard, Outcome, QuicLabels, Side, StreamFailure};
+use crate::metrics::{DenyLabels, Direction, GaugeGuard, QuicLabels, Side, StreamFailure};
 use crate::relay::{self, Start};
 use crate::state::Shared;
 
@@ -107,7 +108,12 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve(shared: Arc<Shared>) {
     while let Some(incoming) = shared.endpoint.accept().await {
         let shared = shared.clone();
-        tokio::spawn(async move { accept(shared, incoming).await });
+        let span = tracing::info_span!(
+            "peer",
+            remote = %incoming.remote_address(),
+            client = tracing::field::Empty
+        );
+        tokio::spawn(accept(shared, incoming).instrument(span));
     }
 }
 
@@ -132,37 +138,33 @@ async fn accept(shared: Arc<Shared>, incoming: quinn::Incoming) {
             return;
         }
     };
-    // quinn processes the ClientHello inside `accept_with`, so a peer with
-    // no group in common fails there; the rest fails in the handshake.
-    let handshake = match incoming.accept_with(Arc::new(config)) {
-        Ok(connecting) => connecting.await,
-        Err(e) => Err(e),
-    };
-    let conn = match handshake {
-        Ok(conn) => conn,
-        Err(e) => {
-            let reason = HandshakeFailure::classify(&e);
-            shared
-                .metrics
-                .handshake_failure(Side::server, reason.as_str());
-            tracing::warn!(%remote, reason = reason.as_str(), error = %e, "inbound handshake failed");
+    let recorder = shared.metrics.handshakes(Side::server);
+    let established = match establish::accept(
+        incoming,
+        config,
+        lease,
+        ClientAuth::Required,
+        &recorder,
+    )
+    .await
+    {
+        Ok(established) => established,
+        Err(failed) => {
+            // Counted by reason; a client that cannot handshake must
+            // not be able to fill the log.
+            tracing::debug!(%remote, reason = failed.reason.as_str(), error = ?failed.error, "inbound handshake failed");
             return;
         }
     };
-    let kx_group = lease.negotiated().map(group_name).unwrap_or("unknown");
-    drop(lease);
-    let Some(client) = peer_identity(&conn) else {
-        // The verifier required a chain to our root; a leaf without a SPIFFE
-        // ID is still not a mesh workload.
-        shared
-            .metrics
-            .handshake_failure(Side::server, HandshakeFailure::BadIdentity.as_str());
-        conn.close(quinn::VarInt::from_u32(2), b"no SPIFFE identity");
+    let Established {
+        conn,
+        kx_group,
+        peer,
+    } = established;
+    let Some(client) = peer else {
         return;
     };
-    shared
-        .metrics
-        .handshake(Side::server, kx_group, Outcome::success);
+    tracing::Span::current().record("client", tracing::field::display(&client));
     tracing::debug!(%remote, client = %client, kx_group, "peer connected");
     let _open = GaugeGuard::new(
         shared
@@ -190,11 +192,14 @@ async fn accept(shared: Arc<Shared>, incoming: quinn::Incoming) {
                 let shared = shared.clone();
                 let client = client.clone();
                 let open = open.clone();
-                tokio::spawn(async move {
-                    let _active = shared.track();
-                    stream(&shared, &client, send, recv).await;
-                    open.fetch_sub(1, Ordering::Relaxed);
-                });
+                tokio::spawn(
+                    async move {
+                        let _active = shared.track();
+                        stream(&shared, &client, send, recv).await;
+                        open.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    .in_current_span(),
+                );
             }
             Err(error) => {
                 tracing::debug!(%remote, %error, "peer connection ended");

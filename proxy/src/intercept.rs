@@ -19,6 +19,7 @@ use std::time::Duration;
 use phoenix_api::ServiceName;
 use phoenix_api::snapshot::InboundMode;
 use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
 
 use crate::config::{EndpointConfig, ProxyConfig};
 use crate::metrics::{Direction, PlaintextDecision};
@@ -179,15 +180,22 @@ async fn accept_loop(
                 let _ = tcp.set_nodelay(true);
                 let shared = shared.clone();
                 let probes = probes.clone();
-                tokio::spawn(async move {
-                    let _active = shared.track();
-                    match direction {
-                        Direction::outbound => outbound_connection(&shared, tcp, client).await,
-                        Direction::inbound => {
-                            inbound_connection(&shared, tcp, client, &probes).await
+                let id = shared.connection_id();
+                let span = tracing::info_span!("intercepted", connection = id, ?direction, %client);
+                tokio::spawn(
+                    async move {
+                        let _active = shared.track();
+                        match direction {
+                            Direction::outbound => {
+                                outbound_connection(&shared, tcp, client, id).await
+                            }
+                            Direction::inbound => {
+                                inbound_connection(&shared, tcp, client, &probes).await
+                            }
                         }
                     }
-                });
+                    .instrument(span),
+                );
             }
             Err(error) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -198,7 +206,7 @@ async fn accept_loop(
     }
 }
 
-async fn outbound_connection(shared: &Arc<Shared>, tcp: TcpStream, client: SocketAddr) {
+async fn outbound_connection(shared: &Arc<Shared>, tcp: TcpStream, client: SocketAddr, id: u64) {
     let Some(dst) = original_dst(&tcp) else {
         tracing::info!(%client, "connection to the outbound redirect port was not redirected; resetting");
         return reset(tcp);
@@ -215,7 +223,7 @@ async fn outbound_connection(shared: &Arc<Shared>, tcp: TcpStream, client: Socke
                 endpoints: &upstream.endpoints,
                 original_dst: None,
             };
-            outbound::tunnel(shared, &config, route, tcp, client).await;
+            outbound::tunnel(shared, &config, route, tcp, id).await;
         }
         OutboundRoute::Pod { service, endpoint } => {
             let route = Route {
@@ -224,7 +232,7 @@ async fn outbound_connection(shared: &Arc<Shared>, tcp: TcpStream, client: Socke
                 endpoints: std::slice::from_ref(endpoint),
                 original_dst: Some(dst),
             };
-            outbound::tunnel(shared, &config, route, tcp, client).await;
+            outbound::tunnel(shared, &config, route, tcp, id).await;
         }
         OutboundRoute::Passthrough => {
             shared

@@ -9,6 +9,7 @@
 
 pub mod balance;
 pub mod config;
+pub mod connector;
 pub mod control;
 pub mod inbound;
 pub mod init;

@@ -305,6 +305,14 @@ impl Metrics {
             .inc();
     }
 
+    /// Where one side's handshakes are recorded (see `phoenix_tls::establish`).
+    pub fn handshakes(&self, side: Side) -> HandshakeRecorder<'_> {
+        HandshakeRecorder {
+            metrics: self,
+            side,
+        }
+    }
+
     /// Counts a handshake failure.
     pub fn handshake_failure(&self, side: Side, reason: &str) {
         self.handshake(side, "none", Outcome::failure);
@@ -370,5 +378,23 @@ impl GaugeGuard {
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+/// Records one side's handshakes in the proxy's metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct HandshakeRecorder<'a> {
+    metrics: &'a Metrics,
+    side: Side,
+}
+
+impl phoenix_tls::establish::Record for HandshakeRecorder<'_> {
+    fn success(&self, kx_group: &'static str) {
+        self.metrics
+            .handshake(self.side, kx_group, Outcome::success);
+    }
+
+    fn failure(&self, reason: phoenix_tls::HandshakeFailure) {
+        self.metrics.handshake_failure(self.side, reason.as_str());
     }
 }

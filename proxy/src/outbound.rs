@@ -10,15 +10,13 @@ use phoenix_api::ServiceName;
 use phoenix_api::header::{ConnectRequest, Status};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::balance;
 use crate::config::{EndpointConfig, ProxyConfig, UpstreamConfig};
 use crate::metrics::{Direction, GaugeGuard, QuicLabels, StreamFailure};
 use crate::relay::{self, Start};
 use crate::state::Shared;
-
-/// The most endpoints one client connection tries before it is reset.
-const MAX_ATTEMPTS: usize = 3;
 
 /// The outbound listeners currently bound, by service.
 #[derive(Debug, Default)]
@@ -108,10 +106,15 @@ async fn accept_loop(shared: Arc<Shared>, service: ServiceName, listener: TcpLis
                 let _ = tcp.set_nodelay(true);
                 let shared = shared.clone();
                 let service = service.clone();
-                tokio::spawn(async move {
-                    let _active = shared.track();
-                    handle(&shared, &service, tcp, client).await;
-                });
+                let id = shared.connection_id();
+                let span = tracing::info_span!("outbound", connection = id, %service, %client);
+                tokio::spawn(
+                    async move {
+                        let _active = shared.track();
+                        handle(&shared, &service, tcp, id).await;
+                    }
+                    .instrument(span),
+                );
             }
             Err(error) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -122,7 +125,7 @@ async fn accept_loop(shared: Arc<Shared>, service: ServiceName, listener: TcpLis
     }
 }
 
-async fn handle(shared: &Arc<Shared>, service: &ServiceName, tcp: TcpStream, client: SocketAddr) {
+async fn handle(shared: &Arc<Shared>, service: &ServiceName, tcp: TcpStream, id: u64) {
     let Some(config) = shared.config.load_full() else {
         return reset(tcp);
     };
@@ -135,7 +138,7 @@ async fn handle(shared: &Arc<Shared>, service: &ServiceName, tcp: TcpStream, cli
         endpoints: &upstream.endpoints,
         original_dst: None,
     };
-    tunnel(shared, &config, route, tcp, client).await;
+    tunnel(shared, &config, route, tcp, id).await;
 }
 
 /// Where one outbound connection goes.
@@ -152,15 +155,16 @@ pub(crate) struct Route<'a> {
     pub original_dst: Option<SocketAddr>,
 }
 
-/// Carries `tcp` to one of `route`'s endpoints over the peer's QUIC connection.
+/// Carries `tcp` (connection `id`, named in the tunnel header) to one of
+/// `route`'s endpoints over the peer's QUIC connection. Runs in the
+/// connection's span, which names the id and the client.
 pub(crate) async fn tunnel(
     shared: &Arc<Shared>,
     config: &ProxyConfig,
     route: Route<'_>,
     tcp: TcpStream,
-    client: SocketAddr,
+    id: u64,
 ) {
-    let id = shared.connection_id();
     let Route {
         name: service,
         upstream,
@@ -168,7 +172,7 @@ pub(crate) async fn tunnel(
         original_dst,
     } = route;
     if endpoints.is_empty() {
-        tracing::info!(%service, connection = id, "no endpoint for service; resetting");
+        tracing::info!(%service, "no endpoint for service; resetting");
         shared.metrics.stream(Direction::outbound, Status::NoRoute);
         return reset(tcp);
     }
@@ -181,72 +185,28 @@ pub(crate) async fn tunnel(
         connection_id: id,
     };
     if let Err(error) = header.encode(&mut request) {
-        tracing::warn!(%service, connection = id, %error, "cannot encode the tunnel header; resetting");
+        tracing::warn!(%service, %error, "cannot encode the tunnel header; resetting");
         shared
             .metrics
             .stream_failed(Direction::outbound, StreamFailure::bad_request);
         return reset(tcp);
     }
-    // Power of two choices among endpoints not set aside; one that fails
-    // is set aside and the next choice made, up to MAX_ATTEMPTS endpoints:
-    // when a whole zone is gone the client hears so after a few connect
-    // timeouts, not one per endpoint.
-    let mut tried = vec![false; endpoints.len()];
-    let mut attempts = 0;
-    let (peer, endpoint) = loop {
-        let now = std::time::Instant::now();
-        let untried: Vec<usize> = (0..endpoints.len())
-            .filter(|i| !tried[*i] && attempts < MAX_ATTEMPTS)
-            .collect();
-        let healthy: Vec<usize> = untried
-            .iter()
-            .copied()
-            .filter(|i| !shared.pool.failures.ejected(endpoints[*i].address, now))
-            .collect();
-        // All set aside: try them anyway rather than fail without trying.
-        let candidates = if healthy.is_empty() {
-            &untried
-        } else {
-            &healthy
-        };
-        let load = |i: usize| {
-            shared
-                .pool
-                .load(endpoints[i].address, &endpoints[i].identity)
-        };
-        let Some(i) = balance::pick(candidates, load, rand::random(), rand::random()) else {
-            shared
-                .metrics
-                .stream(Direction::outbound, Status::UpstreamRefused);
-            return reset(tcp);
-        };
-        tried[i] = true;
-        attempts += 1;
-        let endpoint = &endpoints[i];
-        let timeout = upstream
-            .connect_timeout
-            .unwrap_or(config.mesh.connect_timeout);
-        match connect_peer(shared, config, endpoint, timeout).await {
-            Ok(peer) => {
-                shared.pool.failures.succeeded(endpoint.address);
-                break (peer, endpoint);
-            }
-            Err(error) => {
-                if error.own_attempt() {
-                    shared
-                        .pool
-                        .failures
-                        .failed(endpoint.address, std::time::Instant::now());
-                }
-                tracing::warn!(%service, peer = %endpoint.address, connection = id, %error, "peer unavailable; trying another");
-            }
-        }
+    let timeout = upstream
+        .connect_timeout
+        .unwrap_or(config.mesh.connect_timeout);
+    let Some((peer, endpoint)) =
+        balance::connect(&shared.pool, endpoints, &config.mesh, timeout).await
+    else {
+        shared
+            .metrics
+            .stream(Direction::outbound, Status::UpstreamRefused);
+        return reset(tcp);
     };
     let _stream = peer.stream_guard();
     let (mut send, recv) = match peer.conn.open_bi().await {
         Ok(s) => s,
         Err(error) => {
-            tracing::warn!(%service, connection = id, %error, "cannot open stream");
+            tracing::warn!(%service, %error, "cannot open stream");
             return reset(tcp);
         }
     };
@@ -260,7 +220,7 @@ pub(crate) async fn tunnel(
             .clone(),
     );
     if let Err(error) = send.write_all(&request).await {
-        tracing::debug!(%service, connection = id, %error, "peer stream closed before the header was sent");
+        tracing::debug!(%service, %error, "peer stream closed before the header was sent");
         return reset(tcp);
     }
     let identity = endpoint.identity.to_string();
@@ -268,37 +228,19 @@ pub(crate) async fn tunnel(
     let report = |status: Status| {
         shared.metrics.stream(Direction::outbound, status);
         if status != Status::Connected {
-            tracing::info!(%service, connection = id, status = status.as_str(), "peer refused the connection");
+            tracing::info!(%service, status = status.as_str(), "peer refused the connection");
         }
     };
-    tracing::debug!(%service, %client, connection = id, peer = %endpoint.address, kx_group = peer.kx_group, "stream opened");
+    tracing::debug!(%service, peer = %endpoint.address, kx_group = peer.kx_group, "stream opened");
     let idle = upstream.idle_timeout;
     match relay::relay(tcp, send, recv, Start::Response(&report), &counters, idle).await {
         Ok(()) => {}
         Err(relay::RelayError::Idle(after)) => {
             shared.metrics.idle_timeouts.inc();
-            tracing::info!(%service, connection = id, ?after, "closed: idle timeout");
+            tracing::info!(%service, ?after, "closed: idle timeout");
         }
-        Err(error) => tracing::debug!(connection = id, %error, "connection ended abnormally"),
+        Err(error) => tracing::debug!(%error, "connection ended abnormally"),
     }
-}
-
-async fn connect_peer(
-    shared: &Arc<Shared>,
-    config: &ProxyConfig,
-    endpoint: &EndpointConfig,
-    connect_timeout: Duration,
-) -> Result<crate::pool::PeerConn, crate::pool::ConnectError> {
-    shared
-        .pool
-        .get(
-            shared,
-            endpoint.address,
-            &endpoint.identity,
-            &config.mesh,
-            connect_timeout,
-        )
-        .await
 }
 
 /// Closes `tcp` with a reset, so the app sees the failure at once.

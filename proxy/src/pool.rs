@@ -14,14 +14,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use phoenix_api::SpiffeId;
-use phoenix_api::control::ALPN_TUNNEL;
 use phoenix_tls::handshake::HandshakeFailure;
-use phoenix_tls::kx::group_name;
 use tokio::sync::Notify;
 
+use crate::balance::Failures;
 use crate::config::MeshConfig;
-use crate::metrics::{Direction, GaugeGuard, Outcome, QuicLabels, Side};
-use crate::state::Shared;
+use crate::connector::Connector;
+use crate::metrics::{Direction, GaugeGuard, QuicLabels};
 
 /// A delay that never comes in practice (ten years), safe to add to `Instant`.
 const NEVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -55,12 +54,18 @@ impl ConnectError {
     }
 }
 
-/// The peer connections of one proxy.
-#[derive(Debug, Default)]
+/// The peer connections of one proxy. Clones share the pool.
+#[derive(Debug, Clone)]
 pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     peers: Mutex<HashMap<(SocketAddr, SpiffeId), Arc<Slot>>>,
     /// Peers whose handshakes failed recently (set aside by the balancer).
-    pub failures: crate::balance::Failures,
+    failures: Failures,
+    connector: Connector,
 }
 
 #[derive(Debug, Default)]
@@ -122,6 +127,15 @@ impl Drop for StreamGuard {
 }
 
 impl PeerConn {
+    /// A connection just established, with no stream yet.
+    pub fn new(conn: quinn::Connection, kx_group: &'static str) -> Self {
+        Self {
+            conn,
+            kx_group,
+            state: Arc::new(ConnState::default()),
+        }
+    }
+
     /// Registers a new stream on this connection.
     pub fn stream_guard(&self) -> StreamGuard {
         self.state.open_streams.fetch_add(1, Ordering::AcqRel);
@@ -137,17 +151,36 @@ impl PeerConn {
 }
 
 impl Pool {
+    /// An empty pool that makes its connections with `connector`.
+    pub fn new(connector: Connector) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                peers: Mutex::default(),
+                failures: Failures::default(),
+                connector,
+            }),
+        }
+    }
+
+    /// Peers whose handshakes failed recently.
+    pub fn failures(&self) -> &Failures {
+        &self.inner.failures
+    }
+
     /// The connection to `addr`, which must present `identity`; made if needed.
     pub async fn get(
         &self,
-        shared: &Arc<Shared>,
         addr: SocketAddr,
         identity: &SpiffeId,
         mesh: &MeshConfig,
         connect_timeout: Duration,
     ) -> Result<PeerConn, ConnectError> {
         let slot = {
-            let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut peers = self
+                .inner
+                .peers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             peers.entry((addr, identity.clone())).or_default().clone()
         };
         let asked = std::time::Instant::now();
@@ -162,7 +195,12 @@ impl Pool {
         {
             return Err(ConnectError::Shared(reason));
         }
-        let conn = match connect(shared, addr, identity, mesh, connect_timeout).await {
+        let connected = self
+            .inner
+            .connector
+            .connect(addr, identity, &mesh.tls, connect_timeout)
+            .await;
+        let conn = match connected {
             Ok(conn) => conn,
             Err(e) => {
                 if let ConnectError::Handshake(reason) = e {
@@ -181,7 +219,7 @@ impl Pool {
         drop(guard);
         drop(waiting);
         tokio::spawn(watch(
-            shared.clone(),
+            self.clone(),
             (addr, identity.clone()),
             conn.clone(),
             mesh.peer_idle_timeout,
@@ -194,7 +232,11 @@ impl Pool {
     /// watch just ended). Without this the map would grow with every pod a
     /// proxy ever reached.
     fn forget(&self, addr: SocketAddr, identity: &SpiffeId, closed: Option<usize>) {
-        let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut peers = self
+            .inner
+            .peers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let key = (addr, identity.clone());
         let Some(slot) = peers.get(&key) else {
             return;
@@ -218,7 +260,8 @@ impl Pool {
 
     /// Number of peer slots held (live, connecting or just failed).
     pub fn len(&self) -> usize {
-        self.peers
+        self.inner
+            .peers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
@@ -233,7 +276,11 @@ impl Pool {
     /// its connection (0 for an unknown peer): the load the balancer compares.
     pub fn load(&self, addr: SocketAddr, identity: &SpiffeId) -> usize {
         let slot = {
-            let peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+            let peers = self
+                .inner
+                .peers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             peers.get(&(addr, identity.clone())).cloned()
         };
         slot.map_or(0, |s| {
@@ -248,7 +295,11 @@ impl Pool {
 
     /// Number of peers with a usable connection (for `/config`).
     pub fn peers(&self) -> Vec<(SocketAddr, String)> {
-        let peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        let peers = self
+            .inner
+            .peers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         peers
             .iter()
             .filter(|(_, slot)| {
@@ -262,69 +313,19 @@ impl Pool {
     }
 }
 
-async fn connect(
-    shared: &Arc<Shared>,
-    addr: SocketAddr,
-    identity: &SpiffeId,
-    mesh: &MeshConfig,
-    connect_timeout: Duration,
-) -> Result<PeerConn, ConnectError> {
-    let (config, lease) = shared.tls.client(
-        &mesh.tls,
-        identity.clone(),
-        ALPN_TUNNEL,
-        true,
-        shared.transport.client_transport(),
-    )?;
-    let connecting = shared.endpoint.connect_with(config, addr, "peer.phoenix")?;
-    // An unreachable peer must not hold the connection for QUIC's whole
-    // idle timeout: the connect timeout (the service's, else the mesh's)
-    // bounds the handshake, and the caller fails over to the next endpoint.
-    let handshake = tokio::time::timeout(connect_timeout, connecting)
-        .await
-        .unwrap_or(Err(quinn::ConnectionError::TimedOut));
-    let conn = match handshake {
-        Ok(conn) => conn,
-        Err(e) => {
-            let reason = HandshakeFailure::classify(&e);
-            shared
-                .metrics
-                .handshake_failure(Side::client, reason.as_str());
-            tracing::warn!(peer = %addr, %identity, reason = reason.as_str(), error = %e, "tunnel handshake failed");
-            return Err(ConnectError::Handshake(reason));
-        }
-    };
-    let kx_group = lease.negotiated().map(group_name).unwrap_or("unknown");
-    drop(lease);
-    shared
-        .metrics
-        .handshake(Side::client, kx_group, Outcome::success);
-    tracing::debug!(peer = %addr, %identity, kx_group, "tunnel connected");
-    let state = Arc::new(ConnState::default());
-    Ok(PeerConn {
-        conn,
-        kx_group,
-        state,
-    })
-}
-
 /// Closes `peer` when idle, drains it before its peer certificate expires,
 /// and forgets its slot once it is closed (whatever closed it).
-async fn watch(
-    shared: Arc<Shared>,
-    key: (SocketAddr, SpiffeId),
-    peer: PeerConn,
-    idle_timeout: Duration,
-) {
+async fn watch(pool: Pool, key: (SocketAddr, SpiffeId), peer: PeerConn, idle_timeout: Duration) {
     let id = peer.conn.stable_id();
-    watch_until_closed(&shared, &peer, idle_timeout).await;
-    shared.pool.forget(key.0, &key.1, Some(id));
+    watch_until_closed(&pool, &peer, idle_timeout).await;
+    pool.forget(key.0, &key.1, Some(id));
 }
 
-async fn watch_until_closed(shared: &Arc<Shared>, peer: &PeerConn, idle_timeout: Duration) {
+async fn watch_until_closed(pool: &Pool, peer: &PeerConn, idle_timeout: Duration) {
     let _open = GaugeGuard::new(
-        shared
-            .metrics
+        pool.inner
+            .connector
+            .metrics()
             .quic_connections_open
             .get_or_create(&QuicLabels {
                 direction: Direction::outbound,

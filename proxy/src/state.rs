@@ -9,6 +9,7 @@ use phoenix_tls::endpoint::TransportSettings;
 use tokio::sync::watch;
 
 use crate::config::ProxyConfig;
+use crate::connector::Connector;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 
@@ -47,13 +48,19 @@ impl Shared {
         endpoint: quinn::Endpoint,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let pool = Pool::new(Connector::new(
+            tls.clone(),
+            transport.clone(),
+            endpoint.clone(),
+            metrics.clone(),
+        ));
         Self {
             config: ArcSwapOption::empty(),
             config_changed: watch::channel(0).0,
             tls,
             transport,
             endpoint,
-            pool: Pool::default(),
+            pool,
             metrics,
             next_connection_id: AtomicU64::new(rand_seed()),
             active: watch::channel(0).0,

@@ -17,6 +17,7 @@
 
 pub mod credentials;
 pub mod endpoint;
+pub mod establish;
 pub mod frames;
 pub mod handshake;
 pub mod kx;
