@@ -258,6 +258,35 @@ impl Pool {
         }
     }
 
+    /// Drains the connections of peers `keep` refuses (they left the
+    /// config): no new stream goes to them, and each closes once its last
+    /// stream ends, so none is cut. Their slots are forgotten on close.
+    pub fn retain(&self, keep: impl Fn(SocketAddr, &SpiffeId) -> bool) {
+        let leaving: Vec<Arc<Slot>> = {
+            let peers = self
+                .inner
+                .peers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            peers
+                .iter()
+                .filter(|((addr, identity), _)| !keep(*addr, identity))
+                .map(|(_, slot)| slot.clone())
+                .collect()
+        };
+        for slot in leaving {
+            // Held: a caller is connecting to it right now; its connection
+            // goes idle and closes as any other would.
+            let Ok(state) = slot.conn.try_lock() else {
+                continue;
+            };
+            if let Some(conn) = &state.conn {
+                conn.state.draining.store(true, Ordering::Release);
+                conn.state.idle.notify_one();
+            }
+        }
+    }
+
     /// Number of peer slots held (live, connecting or just failed).
     pub fn len(&self) -> usize {
         self.inner

@@ -92,6 +92,16 @@ impl Shared {
             }
         }
         self.metrics.config_version.set(version as i64);
+        // Peers no upstream lists any more take no new stream and close
+        // once their last one ends (their slots are then forgotten).
+        let listed: std::collections::HashSet<(std::net::SocketAddr, &phoenix_api::SpiffeId)> =
+            config
+                .upstreams
+                .values()
+                .flat_map(|u| u.endpoints.iter().map(|e| (e.address, &e.identity)))
+                .collect();
+        self.pool
+            .retain(|addr, identity| listed.contains(&(addr, identity)));
         self.config.store(Some(Arc::new(config)));
         self.config_changed.send_replace(version);
     }

@@ -492,3 +492,37 @@ async fn the_relay_closes_a_connection_idle_past_its_timeout_and_not_a_busy_one(
         "{read:?}"
     );
 }
+
+#[tokio::test]
+async fn a_peer_that_leaves_the_config_drains_without_cutting_its_streams() {
+    let root = Root::new();
+    let (addr, _) = serve_peer(&root, SERVER, discard);
+    let (pool, _) = pool(&root, CLIENT);
+    let mesh = mesh(Duration::from_secs(30));
+    let peer = pool
+        .get(addr, &id(SERVER), &mesh, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let stream = peer.stream_guard();
+    // The new config no longer lists the peer.
+    pool.retain(|_, _| false);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        peer.conn.close_reason().is_none(),
+        "an open stream is not cut"
+    );
+    // No new stream goes to it: a caller gets a fresh connection.
+    let fresh = pool
+        .get(addr, &id(SERVER), &mesh, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_ne!(fresh.conn.stable_id(), peer.conn.stable_id());
+    drop(stream);
+    until(
+        "the drained connection closes",
+        Duration::from_secs(5),
+        || peer.conn.close_reason().is_some(),
+    )
+    .await;
+    assert!(fresh.conn.close_reason().is_none(), "the fresh one stays");
+}
