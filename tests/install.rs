@@ -58,17 +58,7 @@ fn docs(yaml: &str) -> Vec<Value> {
 
 fn golden(name: &str, actual: &str) {
     let path = repo().join("charts/golden").join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, actual).unwrap();
-    }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", path.display()));
-    assert!(
-        actual == expected,
-        "{} drifted from `helm template`; if intended, refresh with UPDATE_GOLDEN=1",
-        path.display()
-    );
+    phoenix_testkit::golden::check(&path, actual);
 }
 
 #[test]

@@ -27,16 +27,7 @@ fn golden(name: &str, bytes: &[u8]) {
                 + "\n"
         })
         .collect();
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "UPDATE_GOLDEN is refused in CI: goldens are compared there, never rewritten"
-        );
-        std::fs::write(&path, &hex).unwrap();
-    }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", path.display()));
-    assert_eq!(hex, want, "{name} drifted from its golden bytes");
+    phoenix_testkit::golden::check(&path, &hex);
 }
 
 #[test]

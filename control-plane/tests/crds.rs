@@ -15,28 +15,16 @@ fn repo() -> PathBuf {
 
 #[test]
 fn generated_crds_match_the_committed_manifests() {
-    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
-    let mut drift = vec![];
     // The manifests, and the same files as the phoenix-crds chart's templates.
     for dir in [
         repo().join("manifests/crds"),
         repo().join("charts/phoenix-crds/templates"),
     ] {
         for c in crd::all() {
-            let path = dir.join(crd::file_name(&c));
             let yaml = crd::to_yaml(&c).unwrap();
-            if update {
-                std::fs::create_dir_all(&dir).unwrap();
-                std::fs::write(&path, &yaml).unwrap();
-            } else if std::fs::read_to_string(&path).ok().as_deref() != Some(yaml.as_str()) {
-                drift.push(path.display().to_string());
-            }
+            phoenix_testkit::golden::check(&dir.join(crd::file_name(&c)), &yaml);
         }
     }
-    assert!(
-        drift.is_empty(),
-        "generated CRDs differ from {drift:?}: run `UPDATE_GOLDEN=1 cargo test -p phoenix-control-plane --features kubernetes --test crds` and commit the result"
-    );
 }
 
 #[test]
@@ -49,15 +37,7 @@ fn generated_rbac_matches_the_committed_manifest() {
         yaml.push_str("---\n");
         yaml.push_str(&serde_saphyr::to_string(&object).unwrap());
     }
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &yaml).unwrap();
-    }
-    assert_eq!(
-        std::fs::read_to_string(&path).ok().as_deref(),
-        Some(yaml.as_str()),
-        "manifests/rbac/control-plane.yaml drifted: run `UPDATE_GOLDEN=1 cargo test -p phoenix-control-plane --features kubernetes --test crds`"
-    );
+    phoenix_testkit::golden::check(&path, &yaml);
 }
 
 /// A manifest document: which CRD, and the object.

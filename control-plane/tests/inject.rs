@@ -34,20 +34,10 @@ fn load(case: &str) -> Value {
     serde_saphyr::from_str(&text).unwrap()
 }
 
-/// Compares `actual` with the golden file, or rewrites it with UPDATE_GOLDEN=1.
+/// Compares `actual` with the golden file (see `phoenix_testkit::golden`).
 fn golden(name: &str, actual: &str) {
     let path = dir().join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, actual).unwrap();
-    }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", path.display()));
-    assert_eq!(
-        actual,
-        expected,
-        "{} drifted; if intended, refresh with UPDATE_GOLDEN=1",
-        path.display()
-    );
+    phoenix_testkit::golden::check(&path, actual);
 }
 
 #[test]
