@@ -97,20 +97,7 @@ pub struct Running {
     children: Vec<(String, Child)>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ControlPlaneBound {
-    control: SocketAddr,
-    admin: SocketAddr,
-    identity: String,
-    trust_anchor: PathBuf,
-}
-
-#[derive(Debug, Deserialize)]
-struct ProxyBound {
-    inbound: SocketAddr,
-    admin: SocketAddr,
-}
+use phoenix_runtime::announce::{ControlPlaneBound, ProxyBound};
 
 /// Finds a sibling binary of this executable, or the one an env var names.
 pub fn find_binary(name: &str, env: &str) -> anyhow::Result<PathBuf> {

@@ -72,18 +72,7 @@ pub struct Settings {
 }
 
 /// Addresses and facts printed on stdout as one JSON line at start.
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Bound {
-    /// QUIC address for proxies.
-    pub control: SocketAddr,
-    /// Admin HTTP address.
-    pub admin: SocketAddr,
-    /// The control plane's SPIFFE ID.
-    pub identity: String,
-    /// Path of the root certificate proxies must trust.
-    pub trust_anchor: PathBuf,
-}
+pub use phoenix_runtime::announce::ControlPlaneBound as Bound;
 
 /// Why the control plane could not start.
 #[derive(Debug, thiserror::Error)]

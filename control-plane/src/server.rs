@@ -169,7 +169,7 @@ impl Server {
             Ok(found) => found,
             Err(refusal) => {
                 count(refusal.label);
-                tracing::warn!(reason = refusal.label, message = %refusal.message, "certificate refused");
+                tracing::debug!(reason = refusal.label, message = %refusal.message, "certificate refused");
                 return error_response(refusal.code, refusal.message);
             }
         };
@@ -187,7 +187,7 @@ impl Server {
                     crate::ca::CaError::IdentityMismatch { .. } => "identity_mismatch",
                     _ => "invalid_csr",
                 });
-                tracing::warn!(%identity, %error, "certificate refused");
+                tracing::debug!(%identity, %error, "certificate refused");
                 error_response(ErrorCode::InvalidCsr, format!("{error}"))
             }
         }

@@ -231,7 +231,7 @@ async fn stream(
                 shared
                     .metrics
                     .stream_failed(Direction::inbound, StreamFailure::bad_request);
-                tracing::warn!(%client, error = %phoenix_runtime::process::error_chain(&error), "bad tunnel header; resetting stream");
+                tracing::debug!(%client, error = %phoenix_runtime::process::error_chain(&error), "bad tunnel header; resetting stream");
             } else {
                 tracing::debug!(%client, %error, "stream ended before its tunnel header; resetting");
             }
@@ -274,7 +274,7 @@ async fn stream(
             return respond_and_close(shared, send, recv, Status::NoRoute).await;
         }
         InboundRoute::Denied { service } => {
-            tracing::info!(%client, service, connection = id, "denied by the service's allow-list");
+            tracing::debug!(%client, service, connection = id, "denied by the service's allow-list");
             shared
                 .metrics
                 .authz_deny
@@ -290,7 +290,7 @@ async fn stream(
         match tokio::time::timeout(config.mesh.connect_timeout, TcpStream::connect(target)).await {
             Ok(Ok(tcp)) => tcp,
             Ok(Err(error)) => {
-                tracing::info!(service, %target, connection = id, %error, "upstream refused");
+                tracing::debug!(service, %target, connection = id, %error, "upstream refused");
                 return respond_and_close(shared, send, recv, Status::UpstreamRefused).await;
             }
             Err(_) => {

@@ -174,35 +174,27 @@ async fn accept_loop(
     direction: Direction,
     probes: Arc<ProbeExemption>,
 ) {
+    let what = match direction {
+        Direction::outbound => "outbound redirect",
+        Direction::inbound => "inbound redirect",
+    };
     loop {
-        match listener.accept().await {
-            Ok((tcp, client)) => {
-                let _ = tcp.set_nodelay(true);
-                let shared = shared.clone();
-                let probes = probes.clone();
-                let id = shared.connection_id();
-                let span = tracing::info_span!("intercepted", connection = id, ?direction, %client);
-                tokio::spawn(
-                    async move {
-                        let _active = shared.track();
-                        match direction {
-                            Direction::outbound => {
-                                outbound_connection(&shared, tcp, client, id).await
-                            }
-                            Direction::inbound => {
-                                inbound_connection(&shared, tcp, client, &probes).await
-                            }
-                        }
-                    }
-                    .instrument(span),
-                );
+        let (tcp, client) = phoenix_runtime::accept::accept(&listener, what).await;
+        let _ = tcp.set_nodelay(true);
+        let shared = shared.clone();
+        let probes = probes.clone();
+        let id = shared.connection_id();
+        let span = tracing::info_span!("intercepted", connection = id, ?direction, %client);
+        tokio::spawn(
+            async move {
+                let _active = shared.track();
+                match direction {
+                    Direction::outbound => outbound_connection(&shared, tcp, client, id).await,
+                    Direction::inbound => inbound_connection(&shared, tcp, client, &probes).await,
+                }
             }
-            Err(error) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(?direction, %error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+            .instrument(span),
+        );
     }
 }
 
@@ -261,7 +253,7 @@ async fn inbound_connection(
     let decision = inbound_decision(mode, client.ip(), dst, probes);
     shared.metrics.plaintext(Direction::inbound, decision);
     if decision == PlaintextDecision::refused {
-        tracing::info!(%client, %dst, "plain TCP from outside the mesh refused (strict)");
+        tracing::debug!(%client, %dst, "plain TCP from outside the mesh refused (strict)");
         return reset(tcp);
     }
     tracing::debug!(%client, %dst, mode = mode.as_str(), ?decision, "plain TCP from outside the mesh passed");

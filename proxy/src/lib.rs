@@ -66,19 +66,7 @@ pub enum StartError {
 }
 
 /// Addresses the proxy bound, printed on stdout as one JSON line at start.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Bound {
-    /// QUIC (UDP) address peers connect to.
-    pub inbound: std::net::SocketAddr,
-    /// Admin HTTP address.
-    pub admin: std::net::SocketAddr,
-    /// Redirected outbound TCP (interception), when enabled.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub outbound_redirect: Option<std::net::SocketAddr>,
-    /// Redirected inbound plain TCP (interception), when enabled.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub inbound_redirect: Option<std::net::SocketAddr>,
-}
+pub use phoenix_runtime::announce::ProxyBound as Bound;
 
 /// Runs the proxy until `shutdown` resolves, then drains open connections
 /// for up to the configured grace period.

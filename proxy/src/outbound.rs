@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use phoenix_api::ServiceName;
 use phoenix_api::header::{ConnectRequest, Status};
@@ -101,27 +100,19 @@ impl Listeners {
 
 async fn accept_loop(shared: Arc<Shared>, service: ServiceName, listener: TcpListener) {
     loop {
-        match listener.accept().await {
-            Ok((tcp, client)) => {
-                let _ = tcp.set_nodelay(true);
-                let shared = shared.clone();
-                let service = service.clone();
-                let id = shared.connection_id();
-                let span = tracing::info_span!("outbound", connection = id, %service, %client);
-                tokio::spawn(
-                    async move {
-                        let _active = shared.track();
-                        handle(&shared, &service, tcp, id).await;
-                    }
-                    .instrument(span),
-                );
+        let (tcp, client) = phoenix_runtime::accept::accept(&listener, service.as_str()).await;
+        let _ = tcp.set_nodelay(true);
+        let shared = shared.clone();
+        let service = service.clone();
+        let id = shared.connection_id();
+        let span = tracing::info_span!("outbound", connection = id, %service, %client);
+        tokio::spawn(
+            async move {
+                let _active = shared.track();
+                handle(&shared, &service, tcp, id).await;
             }
-            Err(error) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(%service, %error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+            .instrument(span),
+        );
     }
 }
 
@@ -228,7 +219,7 @@ pub(crate) async fn tunnel(
     let report = |status: Status| {
         shared.metrics.stream(Direction::outbound, status);
         if status != Status::Connected {
-            tracing::info!(%service, status = status.as_str(), "peer refused the connection");
+            tracing::debug!(%service, status = status.as_str(), "peer refused the connection");
         }
     };
     tracing::debug!(%service, peer = %endpoint.address, kx_group = peer.kx_group, "stream opened");

@@ -36,16 +36,7 @@ pub trait AdminState: Send + Sync + 'static {
 /// Serves admin requests on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, registry: Arc<Registry>, state: Arc<dyn AdminState>) {
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // EMFILE and friends: back off instead of spinning a core
-                // (the error repeats until a descriptor is freed).
-                tracing::warn!(%error, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (tcp, peer) = crate::accept::accept(&listener, "admin").await;
         let local_peer = peer.ip().to_canonical().is_loopback();
         let registry = registry.clone();
         let state = state.clone();

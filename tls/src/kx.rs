@@ -220,3 +220,48 @@ impl ActiveKeyExchange for RecordingExchange {
         self.inner.group()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lease pool's one invariant: leases held at the same time never
+    /// share a slot, so one handshake cannot report another's group; a
+    /// returned lease's slot is reused, cleared.
+    #[test]
+    fn concurrent_leases_never_share_a_slot() {
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    for _ in 0..200 {
+                        let held: Vec<KxLease> = (0..4).map(|_| KxLease::acquire()).collect();
+                        for (i, a) in held.iter().enumerate() {
+                            assert_eq!(a.negotiated(), None, "a reused slot starts cleared");
+                            for b in &held[i + 1..] {
+                                assert!(!std::ptr::eq(a.recorders.slot, b.recorders.slot));
+                            }
+                        }
+                        // Each records into its own slot only.
+                        held[0].recorders.slot.record(NamedGroup::X25519);
+                        assert_eq!(held[1].negotiated(), None);
+                        assert_eq!(held[0].negotiated(), Some(NamedGroup::X25519));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_wrapped_group_records_into_its_lease() {
+        let lease = KxLease::acquire();
+        let wanted = provider::kx_groups(phoenix_api::tls_policy::KeyExchange::PqOnly);
+        let wrapped = lease.wrap(wanted);
+        assert_eq!(
+            wrapped.iter().map(|g| g.name()).collect::<Vec<_>>(),
+            wanted.iter().map(|g| g.name()).collect::<Vec<_>>()
+        );
+    }
+}

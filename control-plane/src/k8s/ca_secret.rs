@@ -84,6 +84,30 @@ pub async fn load_or_create(
     name: &str,
     trust_domain: &str,
 ) -> Result<(Ca, RootOrigin), CaSecretError> {
+    let (_, ca, origin) = load_or_create_secret(client, namespace, name, trust_domain).await?;
+    Ok((ca, origin))
+}
+
+/// What a control plane starts from: the Secret's root schedule, where the
+/// root came from, and the resourceVersion read (for [`reload`]), from one
+/// read (or the create that made it).
+pub async fn start_schedule(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+    trust_domain: &str,
+) -> Result<(Schedule, RootOrigin, Option<String>), CaSecretError> {
+    let (secret, ca, origin) = load_or_create_secret(client, namespace, name, trust_domain).await?;
+    let schedule = schedule_of(&secret, Arc::new(ca), namespace, name)?;
+    Ok((schedule, origin, secret.resource_version()))
+}
+
+async fn load_or_create_secret(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+    trust_domain: &str,
+) -> Result<(Secret, Ca, RootOrigin), CaSecretError> {
     let api: Api<Secret> = Api::namespaced(client, namespace);
     let api_error = |source| CaSecretError::Api {
         namespace: namespace.to_owned(),
@@ -96,7 +120,8 @@ pub async fn load_or_create(
         source,
     };
     if let Some(secret) = api.get_opt(name).await.map_err(api_error)? {
-        return Ok((parse(&secret, namespace, name)?, RootOrigin::Loaded));
+        let ca = parse(&secret, namespace, name)?;
+        return Ok((secret, ca, RootOrigin::Loaded));
     }
     let ca = Ca::generate(trust_domain).map_err(ca_error)?;
     let secret = Secret {
@@ -120,11 +145,12 @@ pub async fn load_or_create(
         ..Secret::default()
     };
     match api.create(&PostParams::default(), &secret).await {
-        Ok(_) => Ok((ca, RootOrigin::Generated)),
+        Ok(created) => Ok((created, ca, RootOrigin::Generated)),
         // Another replica created it first: use theirs.
         Err(kube::Error::Api(status)) if status.code == 409 => {
             let secret = api.get(name).await.map_err(api_error)?;
-            Ok((parse(&secret, namespace, name)?, RootOrigin::Loaded))
+            let ca = parse(&secret, namespace, name)?;
+            Ok((secret, ca, RootOrigin::Loaded))
         }
         Err(e) => Err(api_error(e)),
     }

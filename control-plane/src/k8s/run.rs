@@ -28,7 +28,7 @@ use crate::ca::RootOrigin;
 use crate::crd::{MeshConfig, TrafficPolicy};
 use crate::inject::Injector;
 use crate::metrics::{KindLabels, Metrics};
-use crate::roots::{Phase, Schedule};
+use crate::roots::Phase;
 use crate::source::MeshSource;
 use crate::{Bound, Front, Serving, StartError};
 use phoenix_runtime::supervisor::Supervisor;
@@ -144,7 +144,10 @@ async fn run_body(
     let mut registry = Registry::default();
     metrics.register(&mut registry);
 
-    let (ca, origin) = ca_secret::load_or_create(
+    // The Secret's schedule (one root until a rotation), from the one read
+    // that loaded or created it; re-read every SECRET_POLL so a `rotate-ca`
+    // reaches every replica.
+    let (schedule, origin, seen) = ca_secret::start_schedule(
         client.clone(),
         &settings.namespace,
         &settings.ca_secret,
@@ -157,18 +160,7 @@ async fn run_body(
         RootOrigin::Loaded => tracing::info!(%secret, "loaded the mesh root CA"),
     }
     let trust_anchor = settings.state_dir.join(crate::roots::BUNDLE_FILE);
-    // The Secret's schedule (one root until a rotation), re-read every
-    // SECRET_POLL so a `rotate-ca` reaches every replica.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
-    let mut seen = None;
-    let schedule = ca_secret::reload(
-        &secrets,
-        &settings.namespace,
-        &settings.ca_secret,
-        &mut seen,
-    )
-    .await?
-    .unwrap_or_else(|| Schedule::single(Arc::new(ca)));
     let identity = SpiffeId::workload(
         &settings.trust_domain,
         &settings.namespace,

@@ -77,15 +77,7 @@ pub fn tls_config(credentials: Arc<Credentials>) -> Result<rustls::ServerConfig,
 pub async fn serve(listener: TcpListener, tls: rustls::ServerConfig, webhook: Arc<Webhook>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(error) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(%error, "webhook accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (tcp, peer) = phoenix_runtime::accept::accept(&listener, "webhook").await;
         let acceptor = acceptor.clone();
         let webhook = webhook.clone();
         tokio::spawn(async move {
