@@ -216,9 +216,17 @@ fn start_proxy(
     Ok((child, bound))
 }
 
-/// A release binary of the workspace, beside the `phoenix` CLI.
+/// Where `benches/run --baseline REV` puts the binaries of another commit,
+/// to measure them with this bench in the same session.
+pub const BIN_DIR_ENV: &str = "PHOENIX_BENCH_BIN_DIR";
+
+/// A release binary of the workspace, beside the `phoenix` CLI (or in
+/// [`BIN_DIR_ENV`] when set).
 fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
-    let path = Path::new(env!("CARGO_BIN_EXE_phoenix")).with_file_name(name);
+    let path = match std::env::var_os(BIN_DIR_ENV) {
+        Some(dir) => Path::new(&dir).join(name),
+        None => Path::new(env!("CARGO_BIN_EXE_phoenix")).with_file_name(name),
+    };
     ensure!(
         path.is_file(),
         "{} is missing: run benches/run, which builds it first (cargo build --release --workspace --bins)",

@@ -54,6 +54,10 @@ impl Machine {
         if git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty()) {
             commit.push_str(" (with uncommitted changes)");
         }
+        // `benches/run --baseline REV`: the proxies are another commit's.
+        if let Ok(binaries) = std::env::var("PHOENIX_BENCH_BIN_COMMIT") {
+            commit = format!("{binaries} (proxy binaries; bench harness at {commit})");
+        }
         Self {
             cpu,
             cores,
