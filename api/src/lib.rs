@@ -4,13 +4,16 @@
 //! versions lives here, and nothing else: the tunnel header that starts every
 //! proxied stream ([`header`]), the control-plane messages ([`control`]) and
 //! their framing ([`frame`]), the config snapshots they carry
-//! ([`snapshot`]) and what each wire version added ([`compat`]), workload identities ([`identity`]) and service names
+//! ([`snapshot`]) and what each wire version added ([`compat`]),
+//! the classification of a client's first bytes ([`detect`], pure, so the
+//! proxy's protocol detection is fuzzed without sockets), workload identities ([`identity`]) and service names
 //! ([`service`]). The crate does no I/O:
 //! the codecs are pure functions over bytes, so they are fuzzed and tested
 //! without sockets.
 
 pub mod compat;
 pub mod control;
+pub mod detect;
 pub mod duration;
 pub mod frame;
 pub mod header;
