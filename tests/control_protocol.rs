@@ -382,3 +382,59 @@ async fn every_served_wire_version_reads_its_stream() {
         }
     }
 }
+
+/// The control plane classifies and counts a failed handshake by reason,
+/// as the proxies do: a client certificate from another CA is `unknown_ca`.
+#[tokio::test]
+async fn a_failed_handshake_is_counted_by_reason() {
+    let m = start();
+    let client = Client::new(&m, None);
+    // A certificate for a mesh identity, signed by a root the mesh never had.
+    let other = Ca::generate("phoenix.local").unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let pem = other
+        .issue_for_key(
+            &key,
+            &"spiffe://phoenix.local/ns/default/sa/client"
+                .parse()
+                .unwrap(),
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    let provider = phoenix_tls::provider::provider(Default::default(), &[]);
+    client
+        .tls
+        .credentials()
+        .store(Credentials::parse(&pem, &key.serialize_pem(), &provider).unwrap());
+    let (config, _lease) = client
+        .tls
+        .client(
+            &TlsPolicy::default(),
+            client.cp_id.clone(),
+            ALPN_CONTROL,
+            true,
+            TransportSettings::default().client_transport(),
+        )
+        .unwrap();
+    let refused = async {
+        let conn = client
+            .endpoint
+            .connect_with(config, client.cp, "cp")?
+            .await?;
+        // TLS 1.3: the server's verdict on our certificate may arrive
+        // after our side of the handshake completed.
+        conn.open_bi().await?;
+        anyhow::Ok(conn.closed().await)
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), refused).await;
+    let admin: std::net::SocketAddr = m.cp_bound["admin"].as_str().unwrap().parse().unwrap();
+    harness::eventually(Duration::from_secs(10), "the refusal is counted", || {
+        let text = harness::get(admin, "/metrics").1;
+        let n = harness::metric_or_absent(
+            &text,
+            "tls_handshake_failures_total",
+            &[("side", "server"), ("reason", "unknown_ca")],
+        );
+        (n == 1.0).then_some(())
+    });
+}

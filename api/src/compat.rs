@@ -27,7 +27,7 @@ use crate::snapshot::Resource;
 pub mod frozen;
 
 /// The wire version this build speaks.
-pub const WIRE_VERSION: u32 = 5;
+pub const WIRE_VERSION: u32 = 6;
 /// The oldest wire version a control plane still serves.
 pub const MIN_WIRE_VERSION: u32 = 1;
 
@@ -79,6 +79,8 @@ pub const CHANGES: &[Change] = &[
     change(4, field("upstream", &["endpoints", "*", "otherIps"])),
     change(4, field("inbound", &["otherIps"])),
     change(5, Addition::TolerantReaders),
+    change(6, field("upstream", &["protocol"])),
+    change(6, field("inbound", &["protocol"])),
 ];
 
 /// How one resource reads at an older version.

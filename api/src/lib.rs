@@ -18,6 +18,7 @@ pub mod duration;
 pub mod frame;
 pub mod header;
 pub mod identity;
+pub mod protocol;
 pub mod secret;
 pub mod service;
 pub mod snapshot;

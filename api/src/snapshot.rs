@@ -18,6 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::protocol::Protocol;
 use crate::service::ServiceName;
 use crate::tls_policy::{CipherSuite, KeyExchange};
 
@@ -158,6 +159,10 @@ pub struct Upstream {
     /// A connection with no bytes either way for this long is closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout_ms: Option<u64>,
+    /// What the service speaks, resolved by the control plane (wire
+    /// version 6; absent: detected).
+    #[serde(default, skip_serializing_if = "Protocol::is_detect")]
+    pub protocol: Protocol,
 }
 
 /// One proxy that serves a service.
@@ -195,6 +200,10 @@ pub struct Inbound {
     /// This service's override of the mesh's inbound mode (wire version 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbound_mode: Option<InboundMode>,
+    /// What the app speaks on its target port (wire version 6; absent:
+    /// detected).
+    #[serde(default, skip_serializing_if = "Protocol::is_detect")]
+    pub protocol: Protocol,
 }
 
 /// A proxy's whole config at one version.
@@ -301,6 +310,7 @@ mod tests {
             addresses: vec![],
             connect_timeout_ms: None,
             idle_timeout_ms: None,
+            protocol: Protocol::Detect,
             endpoints: vec![Endpoint {
                 address: SocketAddr::from(([127, 0, 0, 1], port)),
                 identity: "spiffe://td/ns/default/sa/db".into(),

@@ -10,6 +10,7 @@ use phoenix_api::compat::{
     Addition, CHANGES, Change, Compat, Encodings, MIN_WIRE_VERSION, WIRE_VERSION, frozen,
 };
 use phoenix_api::control::{Response, decode_body};
+use phoenix_api::protocol::Protocol;
 use phoenix_api::snapshot::{
     Delta, Endpoint, Inbound, InboundMode, MeshSettings, Resource, Snapshot, Upstream,
 };
@@ -41,6 +42,7 @@ fn everything() -> Snapshot {
             }],
             connect_timeout_ms: Some(500),
             idle_timeout_ms: Some(60_000),
+            protocol: Protocol::Http2,
         }),
         Resource::Inbound(Inbound {
             service: "web.shop:80".parse().unwrap(),
@@ -48,6 +50,7 @@ fn everything() -> Snapshot {
             other_ips: vec!["fd00::7".parse().unwrap()],
             allow: Some(vec!["spiffe://phoenix.local/ns/shop/sa/*".into()]),
             inbound_mode: Some(InboundMode::Permissive),
+            protocol: Protocol::Opaque,
         }),
     ];
     Snapshot {
@@ -127,6 +130,12 @@ fn older_versions_lose_only_what_came_later() {
         "fd00::7"
     );
     assert_eq!(v4["inbound/web.shop:80"]["otherIps"][0], "fd00::7");
+    let v5 = mesh(5);
+    assert!(v5["upstream/web.shop:80"].get("protocol").is_none());
+    assert!(v5["inbound/web.shop:80"].get("protocol").is_none());
+    let v6 = mesh(6);
+    assert_eq!(v6["upstream/web.shop:80"]["protocol"], "http2");
+    assert_eq!(v6["inbound/web.shop:80"]["protocol"], "opaque");
 }
 
 /// A strict reader refuses what it does not know: the frozen copies are

@@ -105,6 +105,7 @@ fn main() {
                 ports: vec![ServicePort {
                     name: "http".into(),
                     port: 80,
+                    protocol: None,
                 }],
             }),
         );

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use phoenix_api::protocol::Protocol;
 use phoenix_api::snapshot::{Endpoint, Inbound, MeshSettings, Resource, Snapshot, Upstream};
 
 use crate::mesh::Mesh;
@@ -64,6 +65,10 @@ pub fn own_resources(
             addresses: upstream.addresses.clone(),
             connect_timeout_ms: upstream.connect_timeout.map(|d| d.as_millis() as u64),
             idle_timeout_ms: upstream.idle_timeout.map(|d| d.as_millis() as u64),
+            // Declared, else by the port its servers' apps listen on.
+            protocol: upstream.protocol.unwrap_or_else(|| {
+                served_port(mesh, service).map_or(Protocol::Detect, Protocol::default_for_port)
+            }),
             endpoints,
         }));
     }
@@ -77,9 +82,25 @@ pub fn own_resources(
                 .as_ref()
                 .map(|ids| ids.iter().map(ToString::to_string).collect()),
             inbound_mode: serve.inbound_mode,
+            protocol: serve
+                .protocol
+                .unwrap_or_else(|| Protocol::default_for_port(serve.target.port())),
         }));
     }
     Some(resources)
+}
+
+/// The port apps serving `service` listen on, when they agree on one
+/// (clients then treat it as that port: an upstream to a PostgreSQL on 5432
+/// is opaque by default, whatever it is called).
+fn served_port(mesh: &Mesh, service: &phoenix_api::ServiceName) -> Option<u16> {
+    let mut ports = mesh
+        .workloads
+        .values()
+        .filter_map(|w| w.serve.get(service))
+        .map(|s| s.target.port());
+    let first = ports.next()?;
+    ports.all(|p| p == first).then_some(first)
 }
 
 /// The whole snapshot for `workload` at `version` (what the config dump
@@ -146,6 +167,45 @@ workloads:
         let delta = s.diff(&s3).unwrap();
         assert_eq!(delta.upserts.len(), 1, "only the db upstream changed");
         assert_eq!(upstream(&s3, "db").endpoints.len(), 1);
+    }
+
+    #[test]
+    fn protocols_are_declared_or_follow_the_port() {
+        let inbound =
+            |s: &Snapshot, service: &str| match &s.resources[&format!("inbound/{service}")] {
+                Resource::Inbound(i) => i.protocol,
+                other => panic!("not an inbound: {other:?}"),
+            };
+        // db is served on 5432 and 5433: the servers disagree on a port,
+        // so its callers detect; a server on 5432 is opaque.
+        let m = mesh(MESH);
+        let web = snapshot_for(&m, &Registrations::new(), None, "web", 1).unwrap();
+        assert_eq!(upstream(&web, "db").protocol, Protocol::Detect);
+        let a = snapshot_for(&m, &Registrations::new(), None, "db-a", 1).unwrap();
+        assert_eq!(inbound(&a, "db"), Protocol::Opaque);
+        let b = snapshot_for(&m, &Registrations::new(), None, "db-b", 1).unwrap();
+        assert_eq!(inbound(&b, "db"), Protocol::Detect);
+        // One port, 5432: its callers treat it as opaque too.
+        let m = mesh(
+            &MESH
+                .replace("5433", "5432")
+                .replace("127.0.0.1:5432}", "127.0.0.2:5432}"),
+        );
+        let web = snapshot_for(&m, &Registrations::new(), None, "web", 1).unwrap();
+        assert_eq!(upstream(&web, "db").protocol, Protocol::Opaque);
+        // Declared wins on both sides.
+        let m = mesh(
+            &MESH
+                .replace(
+                    "listen: 127.0.0.1:0}",
+                    "listen: 127.0.0.1:0, protocol: http2}",
+                )
+                .replace("allow: [web]}", "allow: [web], protocol: http1}"),
+        );
+        let web = snapshot_for(&m, &Registrations::new(), None, "web", 1).unwrap();
+        assert_eq!(upstream(&web, "db").protocol, Protocol::Http2);
+        let a = snapshot_for(&m, &Registrations::new(), None, "db-a", 1).unwrap();
+        assert_eq!(inbound(&a, "db"), Protocol::Http1);
     }
 
     #[test]

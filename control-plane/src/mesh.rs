@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use phoenix_api::identity::is_dns_label;
+use phoenix_api::protocol::{Protocol, UnknownProtocol};
 use phoenix_api::service::{ServiceNameError, Transport};
 use phoenix_api::snapshot::InboundMode;
 use phoenix_api::tls_policy::{CipherSuite, KeyExchange};
@@ -117,6 +118,10 @@ pub struct UpstreamFile {
     /// Close connections with no bytes either way for this long.
     #[serde(default)]
     pub idle_timeout: Option<Spanned<String>>,
+    /// What the service speaks: `opaque`, `http1`, `http2` or `detect`
+    /// (default: `detect`, or `opaque` on the default opaque ports).
+    #[serde(default)]
+    pub protocol: Option<Spanned<String>>,
 }
 
 /// A served service.
@@ -134,6 +139,10 @@ pub struct ServeFile {
     /// `permissive` or `strict` for this service alone (default: the mesh's).
     #[serde(default)]
     pub inbound_mode: Option<InboundMode>,
+    /// What the app speaks on `target`: `opaque`, `http1`, `http2` or
+    /// `detect` (default: `detect`, or `opaque` on the default opaque ports).
+    #[serde(default)]
+    pub protocol: Option<Spanned<String>>,
 }
 
 /// The validated mesh.
@@ -194,6 +203,8 @@ pub struct UpstreamSpec {
     pub connect_timeout: Option<Duration>,
     /// Idle timeout of its connections.
     pub idle_timeout: Option<Duration>,
+    /// What it speaks, as declared (`None`: its port's default).
+    pub protocol: Option<Protocol>,
 }
 
 /// A validated served service.
@@ -205,6 +216,8 @@ pub struct Serve {
     pub allow: Option<BTreeSet<SpiffeId>>,
     /// This service's override of the mesh's `inboundMode`.
     pub inbound_mode: Option<InboundMode>,
+    /// What the app speaks, as declared (`None`: its port's default).
+    pub protocol: Option<Protocol>,
 }
 
 /// Why a mesh file is refused. Each variant names the field, the line and the fix.
@@ -283,6 +296,9 @@ pub enum Problem {
     /// An allow entry that is neither a name nor a SPIFFE ID.
     #[error("allow entries are service-account names or spiffe:// IDs in trust domain {0}")]
     AllowEntry(String),
+    /// A protocol name outside the known set.
+    #[error("{0}")]
+    Protocol(#[from] UnknownProtocol),
     /// A duration that cannot be parsed or is out of range.
     #[error("{0}; e.g. 30s, 5m or 24h")]
     Duration(String),
@@ -338,6 +354,17 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
         line,
         field,
         problem,
+    };
+    // A declared protocol, parsed strictly: a typo is an error naming the
+    // line, never a silently opaque port.
+    let protocol = |v: &Option<Spanned<String>>, field: &str| {
+        v.as_ref()
+            .map(|v| {
+                v.value.parse::<Protocol>().map_err(|e| {
+                    invalid(v.referenced.line(), field.to_owned(), Problem::Protocol(e))
+                })
+            })
+            .transpose()
     };
     let MeshFile {
         trust_domain,
@@ -520,6 +547,7 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
                     Duration::from_millis(10),
                 )?,
                 idle_timeout: optional("idleTimeout", &u.idle_timeout, Duration::from_millis(100))?,
+                protocol: protocol(&u.protocol, &at(&format!("upstreams[{j}].protocol")))?,
             };
             if upstreams.insert(service, spec).is_some() {
                 return Err(invalid(
@@ -573,6 +601,7 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
                         target: s.target,
                         allow,
                         inbound_mode: s.inbound_mode,
+                        protocol: protocol(&s.protocol, &at(&format!("serve[{j}].protocol")))?,
                     },
                 )
                 .is_some()
@@ -764,6 +793,21 @@ workloads:
         let (line, _, p) =
             problem(&EXAMPLE.replace("trustDomain: phoenix.local", "trustDomain: Phoenix"));
         assert_eq!((line, p), (1, Problem::TrustDomain));
+
+        // A protocol typo names the field, the line and the choices.
+        let (line, field, p) = problem(&EXAMPLE.replace(
+            "allow: [web]",
+            "allow: [web]
+        protocol: htpp1",
+        ));
+        assert_eq!(
+            (line, field.as_str()),
+            (12, "workloads[1].serve[0].protocol")
+        );
+        assert_eq!(
+            p.to_string(),
+            "unknown protocol `htpp1`: use opaque, http1, http2 or detect"
+        );
     }
 
     #[test]

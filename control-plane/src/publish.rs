@@ -407,6 +407,7 @@ mod tests {
                 identity: "spiffe://td/ns/default/sa/db".into(),
                 other_ips: vec![],
             }],
+            protocol: Default::default(),
         })
     }
 

@@ -1006,3 +1006,78 @@ fn every_name_the_index_emits_encodes_in_a_tunnel_header() {
         assert_eq!(decoded.service.as_ref(), Some(service), "{service}");
     }
 }
+
+#[test]
+fn a_service_ports_protocol_comes_from_its_policy_then_app_protocol_then_its_number() {
+    use phoenix_api::protocol::Protocol;
+    // db on 5432: opaque by default, on both sides.
+    let mut index = shop();
+    let mut web = Proxy::new("shop", "web", ip("10.0.0.9"));
+    let mut db0 = Proxy::new("shop", "db", ip("10.0.0.5"));
+    web.sync(&index);
+    db0.sync(&index);
+    assert_eq!(
+        web.upstream("db.shop:5432").unwrap().protocol,
+        Protocol::Opaque
+    );
+    assert_eq!(
+        db0.inbound("db.shop:5432").unwrap().protocol,
+        Protocol::Opaque
+    );
+    // Declared by appProtocol: gRPC is HTTP/2.
+    service(
+        &mut index,
+        "shop",
+        "db",
+        "10.96.0.10",
+        json!([{"name": "pg", "port": 5432, "targetPort": "postgres", "appProtocol": "grpc"}]),
+    );
+    index.commit().unwrap();
+    web.sync(&index);
+    db0.sync(&index);
+    assert_eq!(
+        web.upstream("db.shop:5432").unwrap().protocol,
+        Protocol::Http2
+    );
+    assert_eq!(
+        db0.inbound("db.shop:5432").unwrap().protocol,
+        Protocol::Http2
+    );
+    // A TrafficPolicy overrides the appProtocol.
+    policy(
+        &mut index,
+        "shop",
+        "db",
+        1,
+        json!({"targetRef": {"kind": "Service", "name": "db"}, "protocol": "http1"}),
+    );
+    index.commit().unwrap();
+    web.sync(&index);
+    assert_eq!(
+        web.upstream("db.shop:5432").unwrap().protocol,
+        Protocol::Http1
+    );
+    // Undeclared on an ordinary port: detected.
+    service(
+        &mut index,
+        "shop",
+        "web",
+        "10.96.0.11",
+        json!([{"name": "http", "port": 8080, "targetPort": 8080}]),
+    );
+    slice(
+        &mut index,
+        "shop",
+        "web-abc",
+        "web",
+        json!([{"name": "http", "port": 8080, "protocol": "TCP"}]),
+        &[("web-0", "10.0.0.9", true, false)],
+    );
+    index.commit().unwrap();
+    let mut db0 = Proxy::new("shop", "db", ip("10.0.0.5"));
+    db0.sync(&index);
+    assert_eq!(
+        db0.upstream("web.shop:8080").unwrap().protocol,
+        Protocol::Detect
+    );
+}

@@ -101,6 +101,9 @@ pub struct UpstreamConfig {
     pub idle_timeout: Option<Duration>,
     /// Peer proxies serving the service.
     pub endpoints: Vec<EndpointConfig>,
+    /// What it speaks (resolved by the control plane; carried for the HTTP
+    /// path, connections are relayed as bytes today).
+    pub protocol: phoenix_api::protocol::Protocol,
 }
 
 /// One peer proxy.
@@ -132,6 +135,8 @@ pub struct InboundConfig {
     pub allow: Option<AllowList>,
     /// Its override of the mesh's inbound mode (plain TCP from outside).
     pub inbound_mode: Option<phoenix_api::snapshot::InboundMode>,
+    /// What the app speaks on its target port.
+    pub protocol: phoenix_api::protocol::Protocol,
 }
 
 impl InboundConfig {
@@ -260,6 +265,7 @@ impl TryFrom<&Snapshot> for ProxyConfig {
                         endpoints,
                         connect_timeout_ms,
                         idle_timeout_ms,
+                        protocol,
                     } = u;
                     let positive = |field: &'static str, ms: &Option<u64>| match ms {
                         Some(0) => Err(ConfigError::ZeroTimeout { field }),
@@ -297,6 +303,7 @@ impl TryFrom<&Snapshot> for ProxyConfig {
                             endpoints,
                             connect_timeout,
                             idle_timeout,
+                            protocol: *protocol,
                         },
                     );
                 }
@@ -307,6 +314,7 @@ impl TryFrom<&Snapshot> for ProxyConfig {
                         other_ips,
                         allow,
                         inbound_mode,
+                        protocol,
                     } = i;
                     let allow = allow.as_ref().map(|ids| allow_list(key, ids)).transpose()?;
                     inbound.insert(
@@ -316,6 +324,7 @@ impl TryFrom<&Snapshot> for ProxyConfig {
                             other_ips: other_ips_of(key, target.ip(), other_ips)?,
                             allow,
                             inbound_mode: *inbound_mode,
+                            protocol: *protocol,
                         },
                     );
                 }
@@ -535,6 +544,7 @@ mod tests {
                 identity: identity.into(),
                 other_ips: vec![],
             }],
+            protocol: Default::default(),
         })
     }
 
@@ -553,6 +563,7 @@ mod tests {
                 other_ips: vec![],
                 allow: Some(vec!["spiffe://phoenix.local/ns/default/sa/client".into()]),
                 inbound_mode: None,
+                protocol: Default::default(),
             }),
         ]);
         let c = ProxyConfig::try_from(&s).unwrap();
@@ -642,6 +653,7 @@ mod tests {
                 other_ips: vec![],
                 allow: Some(vec!["spiffe://other.td/ns/batch/sa/*".into()]),
                 inbound_mode: None,
+                protocol: Default::default(),
             }),
         ]);
         assert!(matches!(

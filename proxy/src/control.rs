@@ -411,6 +411,7 @@ mod tests {
                     identity: identity.into(),
                     other_ips: vec![],
                 }],
+                protocol: Default::default(),
             }),
         ];
         Snapshot {

@@ -315,6 +315,7 @@ mod tests {
                 }],
                 connect_timeout_ms: None,
                 idle_timeout_ms: None,
+                protocol: Default::default(),
             }),
             Resource::Inbound(phoenix_api::snapshot::Inbound {
                 service: "legacy.shop:80".parse().unwrap(),
@@ -322,6 +323,7 @@ mod tests {
                 other_ips: vec![],
                 allow: None,
                 inbound_mode: Some(InboundMode::Permissive),
+                protocol: Default::default(),
             }),
             // Two services on one port, one strict: strict wins, whatever
             // the names' order.
@@ -331,6 +333,7 @@ mod tests {
                 other_ips: vec![],
                 allow: None,
                 inbound_mode: Some(InboundMode::Permissive),
+                protocol: Default::default(),
             }),
             Resource::Inbound(phoenix_api::snapshot::Inbound {
                 service: "b-closed.shop:81".parse().unwrap(),
@@ -338,6 +341,7 @@ mod tests {
                 other_ips: vec![],
                 allow: None,
                 inbound_mode: Some(InboundMode::Strict),
+                protocol: Default::default(),
             }),
         ];
         let snap = Snapshot {
@@ -358,6 +362,7 @@ mod tests {
                 other_ips: vec![],
                 allow: Some(crate::config::AllowList::default()),
                 inbound_mode: None,
+                protocol: Default::default(),
             },
         );
         assert_eq!(
@@ -506,6 +511,7 @@ mod tests {
                     other_ips: vec![],
                     allow,
                     inbound_mode: None,
+                    protocol: Default::default(),
                 },
             );
         }
@@ -590,6 +596,7 @@ mod tests {
                 other_ips: vec!["fd00::5".parse().unwrap()],
                 allow: None,
                 inbound_mode: Some(InboundMode::Strict),
+                protocol: Default::default(),
             },
         );
         for dst in ["10.0.0.5:15432", "[fd00::5]:15432"] {

@@ -1,6 +1,7 @@
 //! The snapshot types of every served wire version, frozen as those proxies
 //! read them: strict (`deny_unknown_fields`, a closed set of kinds) up to
-//! version 4, tolerant from version 5. Never edit a version's copy once it
+//! version 4, tolerant from version 5 (version 6 adds a service's
+//! `protocol`). Never edit a version's copy once it
 //! ships; a new version gets a new copy.
 //!
 //! They exist so a test can decode what the control plane sends a proxy of
@@ -45,6 +46,7 @@ pub fn read(version: u32, body: &[u8]) -> Result<Value, FrozenError> {
         3 => via::<v3::Response>(version, body),
         4 => via::<v4::Response>(version, body),
         5 => via::<v5::Response>(version, body),
+        6 => via::<v6::Response>(version, body),
         other => Err(FrozenError::NotServed(other)),
     }
 }
@@ -386,6 +388,133 @@ pub mod v5 {
         pub allow: Option<Vec<String>>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub inbound_mode: Option<InboundMode>,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(tag = "kind", rename_all = "camelCase")]
+    pub enum Resource {
+        Mesh(MeshSettings),
+        Upstream(Upstream),
+        Inbound(Inbound),
+    }
+
+    /// A resource as read: an unknown kind is kept as nothing.
+    #[derive(Deserialize)]
+    #[serde(tag = "kind", rename_all = "camelCase")]
+    enum Read {
+        Mesh(MeshSettings),
+        Upstream(Upstream),
+        Inbound(Inbound),
+        #[serde(other)]
+        Unknown,
+    }
+
+    fn known<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Resource>, D::Error> {
+        let all = BTreeMap::<String, Read>::deserialize(d)?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(key, read)| {
+                let resource = match read {
+                    Read::Mesh(m) => Resource::Mesh(m),
+                    Read::Upstream(u) => Resource::Upstream(u),
+                    Read::Inbound(i) => Resource::Inbound(i),
+                    Read::Unknown => return None,
+                };
+                Some((key, resource))
+            })
+            .collect())
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Snapshot {
+        pub version: u64,
+        #[serde(deserialize_with = "known")]
+        pub resources: BTreeMap<String, Resource>,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Delta {
+        pub from_version: u64,
+        pub version: u64,
+        #[serde(deserialize_with = "known")]
+        pub upserts: BTreeMap<String, Resource>,
+        pub removals: Vec<String>,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(tag = "type", rename_all = "camelCase")]
+    pub enum Response {
+        Snapshot(Snapshot),
+        Delta(Delta),
+        Error { code: String, message: String },
+    }
+}
+
+/// Version 6: version 5 and a service's `protocol`, on upstreams and
+/// inbound services (an unknown value reads as opaque).
+#[allow(missing_docs)]
+pub mod v6 {
+    use std::collections::BTreeMap;
+    use std::net::{IpAddr, SocketAddr};
+
+    use serde::{Deserialize, Deserializer, Serialize};
+
+    use super::policy::{CipherSuite, InboundMode, KeyExchange};
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct MeshSettings {
+        pub trust_domain: String,
+        pub key_exchange: KeyExchange,
+        pub cipher_suites: Vec<CipherSuite>,
+        pub peer_idle_timeout_ms: u64,
+        pub connect_timeout_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub inbound_mode: Option<InboundMode>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub trust_bundle_pem: Option<String>,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Upstream {
+        pub service: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub listen: Option<SocketAddr>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub addresses: Vec<SocketAddr>,
+        pub endpoints: Vec<Endpoint>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub connect_timeout_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub idle_timeout_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub protocol: Option<String>,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Endpoint {
+        pub address: SocketAddr,
+        pub identity: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub other_ips: Vec<IpAddr>,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Inbound {
+        pub service: String,
+        pub target: SocketAddr,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub other_ips: Vec<IpAddr>,
+        pub allow: Option<Vec<String>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub inbound_mode: Option<InboundMode>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub protocol: Option<String>,
     }
 
     #[derive(Debug, Serialize, Deserialize)]

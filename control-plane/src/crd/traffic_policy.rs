@@ -63,10 +63,14 @@ pub struct TrafficPolicySpec {
     #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("idleTimeout must be at least 1s"))]
     pub idle_timeout: Option<String>,
 
-    /// What the Service speaks: `opaque` TCP (default; no detection, so
-    /// server-first protocols never wait) or `http` (for L7 features).
-    #[serde(default)]
-    pub protocol: Protocol,
+    /// What the Service speaks: `opaque` (bytes as they come, never a
+    /// detection delay), `http1`, `http2` (h2c, gRPC), `detect` (from the
+    /// client's first bytes), or `http` (either HTTP version, detected).
+    /// Overrides the Service port's `appProtocol`. Absent: the port's
+    /// `appProtocol`, else `opaque` on the default opaque ports (25, 587,
+    /// 3306, 4444, 5432, 6379, 9300, 11211), else `detect`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
 
     /// Overrides MeshConfig's `inboundMode` for this Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,7 +118,12 @@ pub struct ClientSelector {
     pub service_account: Option<String>,
 }
 
-/// Application protocol hint.
+/// What the Service speaks: `opaque` (bytes as they come, never a
+/// detection delay), `http1`, `http2` (h2c, gRPC), `detect` (from the
+/// client's first bytes) or `http` (either HTTP version, detected). Overrides
+/// the Service port's `appProtocol`; absent: the `appProtocol`, else `opaque`
+/// on the default opaque ports (25, 587, 3306, 4444, 5432, 6379, 9300,
+/// 11211), else `detect`.
 #[derive(
     Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
 )]
@@ -123,8 +132,27 @@ pub enum Protocol {
     /// Bytes, relayed as they come.
     #[default]
     Opaque,
-    /// HTTP/1 or HTTP/2 (for the L7 work to come; relayed as bytes today).
+    /// HTTP/1.x.
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c, gRPC).
+    Http2,
+    /// Decided per connection from the client's first bytes.
+    Detect,
+    /// HTTP/1 or HTTP/2, whichever the client speaks (detected).
     Http,
+}
+
+impl Protocol {
+    /// The protocol proxies are sent.
+    pub fn wire(self) -> phoenix_api::protocol::Protocol {
+        use phoenix_api::protocol::Protocol as P;
+        match self {
+            Self::Opaque => P::Opaque,
+            Self::Http1 => P::Http1,
+            Self::Http2 => P::Http2,
+            Self::Detect | Self::Http => P::Detect,
+        }
+    }
 }
 
 /// What the control plane reports about a TrafficPolicy.

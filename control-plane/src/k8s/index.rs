@@ -28,6 +28,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
 use phoenix_api::ServiceName;
+use phoenix_api::protocol::Protocol;
 use phoenix_api::snapshot::{Endpoint, Inbound, Resource, Snapshot, Upstream};
 
 pub use crate::publish::Update;
@@ -599,6 +600,12 @@ impl Index {
                 // Service has no slice in the primary one. The pod's other
                 // addresses go along, so a connection dialled to any of
                 // them is known to be this pod's.
+                // The TrafficPolicy's, else the port's appProtocol, else the
+                // port's default (opaque for the default opaque ports).
+                let protocol = policy
+                    .and_then(|p| p.protocol)
+                    .or(port.protocol)
+                    .unwrap_or_else(|| Protocol::default_for_port(port.port));
                 let mut chosen: BTreeMap<&ObjectKey, (IpAddr, u16, bool, bool, &PodRecord)> =
                     BTreeMap::new();
                 for slice in &slices {
@@ -645,6 +652,7 @@ impl Index {
                             other_ips: other_ips.clone(),
                             allow: allow.clone(),
                             inbound_mode: policy.and_then(|p| p.inbound_mode),
+                            protocol,
                         }));
                     let e = Endpoint {
                         address: SocketAddr::new(ip, pod.quic_port),
@@ -675,6 +683,7 @@ impl Index {
                     endpoints: endpoints.into_iter().collect(),
                     connect_timeout_ms,
                     idle_timeout_ms,
+                    protocol,
                 }));
             }
         }

@@ -248,6 +248,9 @@ pub struct PolicyRecord {
     pub idle_timeout: Option<Duration>,
     /// The Service's override of the mesh's inbound mode.
     pub inbound_mode: Option<phoenix_api::snapshot::InboundMode>,
+    /// What the Service speaks, when the policy says (it overrides the
+    /// port's `appProtocol`).
+    pub protocol: Option<phoenix_api::protocol::Protocol>,
 }
 
 /// The wire form of a CRD inbound mode.
@@ -287,7 +290,7 @@ impl PolicyRecord {
             allow,
             connect_timeout,
             idle_timeout,
-            protocol: _, // a hint for L7 work to come; bytes are relayed either way
+            protocol,
             inbound_mode,
         } = spec;
         let mut invalid = None;
@@ -334,6 +337,7 @@ impl PolicyRecord {
             connect_timeout,
             idle_timeout,
             inbound_mode: inbound_mode.map(wire_inbound_mode),
+            protocol: protocol.map(|p| p.wire()),
         }
     }
 }

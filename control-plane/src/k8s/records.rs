@@ -68,6 +68,8 @@ pub struct ServicePort {
     pub name: String,
     /// The Service port.
     pub port: u16,
+    /// What its `appProtocol` declares, when Phoenix acts on it.
+    pub protocol: Option<phoenix_api::protocol::Protocol>,
 }
 
 /// An EndpointSlice: which Service, its resolved TCP ports, its endpoints.
@@ -143,6 +145,10 @@ pub fn service(svc: &Service) -> Option<ServiceRecord> {
             Some(ServicePort {
                 name: p.name.clone().unwrap_or_default(),
                 port: u16::try_from(p.port).ok()?,
+                protocol: p
+                    .app_protocol
+                    .as_deref()
+                    .and_then(phoenix_api::protocol::Protocol::from_app_protocol),
             })
         })
         .collect();
