@@ -281,3 +281,41 @@ async fn read_response(recv: &mut RecvStream) -> Result<(Status, Bytes), RelayEr
         buf.extend_from_slice(&chunk.bytes);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The idle timer on tokio's paused clock: activity pushes the deadline
+    /// out, and the timer fires `limit` after the last touch, not after the
+    /// first or on a fixed period.
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_timer_fires_a_limit_after_the_last_activity() {
+        let limit = Duration::from_secs(60);
+        let activity = Activity::new();
+        let start = tokio::time::Instant::now();
+        // Bytes every 50 s for 5 minutes: never idle that long.
+        let busy = async {
+            for _ in 0..6 {
+                tokio::time::sleep(Duration::from_secs(50)).await;
+                activity.touch();
+            }
+        };
+        tokio::select! {
+            () = activity.idle(limit) => panic!("idle while bytes moved every 50 s"),
+            () = busy => {}
+        }
+        assert_eq!(start.elapsed(), Duration::from_secs(300));
+        // Then silence: it fires 60 s after the last touch.
+        activity.idle(limit).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(360));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_with_no_activity_is_idle_after_the_limit() {
+        let activity = Activity::new();
+        let start = tokio::time::Instant::now();
+        activity.idle(Duration::from_secs(5)).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+    }
+}
