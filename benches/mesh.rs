@@ -31,6 +31,8 @@ mod phoenix;
 mod procfs;
 #[path = "mesh/report.rs"]
 mod report;
+#[path = "mesh/tls_pair.rs"]
+mod tls_pair;
 
 use agent::{
     AgentHandle, HandshakeRequest, HandshakeResult, LatencyResult, Request, ThroughputResult,
@@ -200,6 +202,10 @@ pub struct LinkResult {
     pub direct: PathResult,
     pub forwarder: PathResult,
     pub phoenix: PathResult,
+    /// The TLS-over-TCP proxy pair (stunnel), when installed, with its two
+    /// processes' CPU during the throughput runs (share of one core) and per
+    /// ping-pong round trip (µs), client side first.
+    pub tls: Option<(PathResult, ProxyPair<f64>, ProxyPair<f64>)>,
     /// Proxy CPU during the throughput runs, as a share of one core.
     pub throughput_cpu: ProxyPair<f64>,
     /// UDP datagrams dropped by the kernel during the Phoenix throughput
@@ -402,14 +408,46 @@ fn run_link(link: Link, opts: &Options, sizes: &Sizes) -> anyhow::Result<LinkRes
         server.addr,
         opts.max_udp_payload,
     )?;
+    let tls = match tls_pair::stunnel() {
+        Some(program) => Some(tls_pair::TlsPair::start(
+            &program,
+            &a,
+            &b,
+            localhost,
+            server.addr,
+        )?),
+        None => {
+            eprintln!(
+                "== {}: stunnel4 is not installed (apt install stunnel4): no TLS-over-TCP pair",
+                link.name()
+            );
+            None
+        }
+    };
+    let tls_pids = tls.as_ref().map(|t| ProxyPair {
+        client: t.client.pid(),
+        echo: t.server.pid(),
+    });
     let pids = ProxyPair {
         client: mesh.client.pid(),
         echo: mesh.echo.pid(),
     };
-    for (name, addr) in [("direct", server.addr), ("forwarder pair", fwd_a.addr)] {
+    let mut ready = vec![("direct", server.addr), ("forwarder pair", fwd_a.addr)];
+    if let Some(t) = &tls {
+        ready.push(("TLS-over-TCP pair", t.entry));
+    }
+    for (name, addr) in ready {
         poll(Duration::from_secs(10), &format!("a {name} echo"), || {
             agent_a.call::<serde_json::Value>(&Request::Echo { addr })?;
             Ok(Some(()))
+        })
+        .with_context(|| match &tls {
+            Some(t) => format!(
+                "stunnel client stderr:\n{}\nstunnel server stderr:\n{}",
+                t.client.stderr_tail(),
+                t.server.stderr_tail()
+            ),
+            None => String::new(),
         })?;
     }
 
@@ -461,11 +499,19 @@ fn run_link(link: Link, opts: &Options, sizes: &Sizes) -> anyhow::Result<LinkRes
     )?;
 
     // (a) throughput: the paths take turns, the median run is reported.
-    let paths = [
+    let mut paths = vec![
         ("direct", server.addr),
         ("forwarder", fwd_a.addr),
         ("phoenix", mesh.outbound),
     ];
+    if let Some(t) = &tls {
+        paths.push(("tls", t.entry));
+    }
+    let mut tls_cpu = ProxyPair {
+        client: 0.0,
+        echo: 0.0,
+    };
+    let mut tls_secs = 0.0;
     let mut throughput: Vec<Vec<ThroughputResult>> = paths.iter().map(|_| Vec::new()).collect();
     let mut busy = vec![0.0f64; paths.len()];
     let mut proxy_cpu = ProxyPair {
@@ -479,6 +525,7 @@ fn run_link(link: Link, opts: &Options, sizes: &Sizes) -> anyhow::Result<LinkRes
             eprintln!("== {}: throughput, {name}, run {}", link.name(), run + 1);
             let machine_before = procfs::machine_busy_secs()?;
             let cpu_before = procfs::cpu_pair(pids)?;
+            let tls_before = tls_pids.map(procfs::cpu_pair).transpose()?;
             let udp_before = udp_stats(&mut agent_a, &mut agent_b, link)?;
             let t: ThroughputResult = agent_a.call(&Request::Throughput {
                 addr: *addr,
@@ -496,6 +543,12 @@ fn run_link(link: Link, opts: &Options, sizes: &Sizes) -> anyhow::Result<LinkRes
                     - (udp_before.rcvbuf_errors + udp_before.in_errors);
                 udp_drops.1 += udp_after.in_datagrams - udp_before.in_datagrams;
             }
+            if let (true, Some(before), Some(tp)) = (*name == "tls", tls_before, tls_pids) {
+                let after = procfs::cpu_pair(tp)?;
+                tls_cpu.client += after.client - before.client;
+                tls_cpu.echo += after.echo - before.echo;
+                tls_secs += t.secs;
+            }
             throughput[i].push(t);
         }
     }
@@ -508,6 +561,7 @@ fn run_link(link: Link, opts: &Options, sizes: &Sizes) -> anyhow::Result<LinkRes
     // (b) ping-pong, one persistent connection per path, taking turns.
     eprintln!("== {}: ping-pong", link.name());
     let before = procfs::cpu_pair(pids)?;
+    let tls_before = tls_pids.map(procfs::cpu_pair).transpose()?;
     let latency: Vec<LatencyResult> = agent_a.call(&Request::PingPong {
         addrs: paths.iter().map(|(_, a)| *a).collect(),
         warmup: sizes.pingpong_warmup,
@@ -522,6 +576,17 @@ fn run_link(link: Link, opts: &Options, sizes: &Sizes) -> anyhow::Result<LinkRes
     let round_trip_cpu_us = ProxyPair {
         client: (after.client - before.client) * 1e6 / phoenix_rounds,
         echo: (after.echo - before.echo) * 1e6 / phoenix_rounds,
+    };
+    // The stunnel pair works only on its own rounds, as the proxies do.
+    let tls_round_trip_cpu_us = match (tls_pids, tls_before) {
+        (Some(tp), Some(b)) => {
+            let a = procfs::cpu_pair(tp)?;
+            Some(ProxyPair {
+                client: (a.client - b.client) * 1e6 / phoenix_rounds,
+                echo: (a.echo - b.echo) * 1e6 / phoenix_rounds,
+            })
+        }
+        _ => None,
     };
 
     // (d) handshakes against the echo proxy.
@@ -593,6 +658,17 @@ fn run_link(link: Link, opts: &Options, sizes: &Sizes) -> anyhow::Result<LinkRes
         direct: next()?,
         forwarder: next()?,
         phoenix: next()?,
+        tls: match tls_round_trip_cpu_us {
+            Some(rt) => Some((
+                next()?,
+                ProxyPair {
+                    client: tls_cpu.client / tls_secs,
+                    echo: tls_cpu.echo / tls_secs,
+                },
+                rt,
+            )),
+            None => None,
+        },
         throughput_cpu,
         udp_drops,
         round_trip_cpu_us,

@@ -112,11 +112,15 @@ pub fn print(results: &[LinkResult], notes: &[String], sizes: &Sizes) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     for r in results {
         let direct = &r.direct;
-        for (name, p) in [
+        let mut paths = vec![
             ("direct TCP", &r.direct),
             ("TCP forwarder pair", &r.forwarder),
             ("Phoenix proxy pair", &r.phoenix),
-        ] {
+        ];
+        if let Some((tls, ..)) = &r.tls {
+            paths.push(("TLS-over-TCP pair (stunnel)", tls));
+        }
+        for (name, p) in paths {
             let runs: Vec<String> = p.runs_gbps().iter().map(|g| format!("{g:.2}")).collect();
             println!(
                 "| {} | {name} | {:.2} | {} | {:.2} | {:.2} of {cores} | {:.1} | {:.1} | {:.2} | {} |",
@@ -133,6 +137,40 @@ pub fn print(results: &[LinkResult], notes: &[String], sizes: &Sizes) {
                 } else {
                     format!("{:+.1}", p.latency.p50_us - direct.latency.p50_us)
                 }
+            );
+        }
+    }
+    println!();
+    println!("## Efficiency: the two encrypting proxy pairs");
+    println!();
+    println!(
+        "Phoenix (PQ mutual TLS over QUIC) beside a TLS-over-TCP pair (stunnel 5, OpenSSL 3.0: TLS 1.3, mutual authentication, X25519, AES-256-GCM), same client, same server, same run."
+    );
+    println!();
+    println!(
+        "| link | pair | Gbit/s | pair CPU during throughput (cores) | Gbit per pair CPU-second | p50 added µs | pair CPU per round trip µs |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for r in results {
+        let mut pairs = vec![(
+            "Phoenix proxy pair",
+            &r.phoenix,
+            r.throughput_cpu,
+            r.round_trip_cpu_us,
+        )];
+        if let Some((tls, cpu, rt)) = &r.tls {
+            pairs.push(("TLS-over-TCP pair (stunnel)", tls, *cpu, *rt));
+        }
+        for (name, p, cpu, rt) in pairs {
+            let cores = cpu.client + cpu.echo;
+            println!(
+                "| {} | {name} | {:.2} | {:.2} | {:.2} | {:+.1} | {:.0} |",
+                r.link.name(),
+                p.gbps(),
+                cores,
+                p.gbps() / cores,
+                p.latency.p50_us - r.direct.latency.p50_us,
+                rt.client + rt.echo
             );
         }
     }
