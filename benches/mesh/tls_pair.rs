@@ -107,7 +107,8 @@ fn pki(dir: &Path) -> anyhow::Result<()> {
     let day = std::time::Duration::from_secs(86_400);
     let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut ca = CertificateParams::new(vec![])?;
-    ca.distinguished_name.push(rcgen::DnType::CommonName, "Phoenix bench TLS pair CA");
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "Phoenix bench TLS pair CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -120,7 +121,8 @@ fn pki(dir: &Path) -> anyhow::Result<()> {
     for name in ["server", "client"] {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut leaf = CertificateParams::new(vec![format!("{name}.bench")])?;
-        leaf.distinguished_name.push(rcgen::DnType::CommonName, format!("{name}.bench"));
+        leaf.distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name}.bench"));
         leaf.use_authority_key_identifier_extension = true;
         leaf.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
