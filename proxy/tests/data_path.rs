@@ -327,14 +327,20 @@ async fn tcp_pair() -> (TcpStream, TcpStream) {
     (app.unwrap(), accepted.unwrap().0)
 }
 
-/// A QUIC stream pair on one connection: (our send and recv for the relay,
-/// the peer's send and recv).
-async fn stream_pair(
-    root: &Root,
-) -> (
-    (quinn::SendStream, quinn::RecvStream),
-    (quinn::SendStream, quinn::RecvStream),
-) {
+/// One relayed connection: the app's TCP end, the peer's end of the QUIC
+/// stream, and the relay between them (inbound side) running.
+struct Relayed {
+    app: TcpStream,
+    peer_send: quinn::SendStream,
+    peer_recv: quinn::RecvStream,
+    relay: tokio::task::JoinHandle<Result<(), RelayError>>,
+    /// Holds the QUIC connection open for the test's length.
+    _pool: Pool,
+}
+
+/// Starts a relay between a fresh TCP pair and a fresh QUIC stream, with
+/// `idle` as its idle timeout.
+async fn relayed(root: &Root, idle: Option<Duration>) -> Relayed {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let tx = std::sync::Mutex::new(Some(tx));
     let (addr, _) = serve_peer(root, SERVER, move |send, recv| {
@@ -359,134 +365,96 @@ async fn stream_pair(
     let (peer_send, mut peer_recv) = rx.await.unwrap();
     let mut hi = [0u8; 2];
     peer_recv.read_exact(&mut hi).await.unwrap();
-    // Keep the connection alive for the test's length.
-    std::mem::forget(pool);
-    ((send, recv), (peer_send, peer_recv))
-}
-
-#[tokio::test]
-async fn the_relay_carries_half_close_both_ways() {
-    let root = Root::new();
-    let ((send, recv), (mut peer_send, mut peer_recv)) = stream_pair(&root).await;
-    let (mut app, proxy_end) = tcp_pair().await;
-    let metrics = Metrics::default();
-    let counters = metrics.tcp(Direction::inbound, CLIENT);
+    let (app, proxy_end) = tcp_pair().await;
     let relay = tokio::spawn(async move {
+        let metrics = Metrics::default();
+        let counters = metrics.tcp(Direction::inbound, CLIENT);
         relay::relay(
             proxy_end,
             send,
             recv,
             Start::Payload(Bytes::new()),
             &counters,
-            None,
+            idle,
         )
         .await
     });
+    Relayed {
+        app,
+        peer_send,
+        peer_recv,
+        relay,
+        _pool: pool,
+    }
+}
+
+#[tokio::test]
+async fn the_relay_carries_half_close_both_ways() {
+    let root = Root::new();
+    let mut r = relayed(&root, None).await;
     // The app sends and half-closes: the peer reads to a clean end.
-    app.write_all(b"request").await.unwrap();
-    app.shutdown().await.unwrap();
-    let got = peer_recv.read_to_end(1024).await.unwrap();
+    r.app.write_all(b"request").await.unwrap();
+    r.app.shutdown().await.unwrap();
+    let got = r.peer_recv.read_to_end(1024).await.unwrap();
     assert_eq!(got, b"request");
     // The peer still answers on its half, then finishes: the app reads
     // the answer, then EOF.
-    peer_send.write_all(b"response").await.unwrap();
-    peer_send.finish().unwrap();
+    r.peer_send.write_all(b"response").await.unwrap();
+    r.peer_send.finish().unwrap();
     let mut answer = Vec::new();
-    app.read_to_end(&mut answer).await.unwrap();
+    r.app.read_to_end(&mut answer).await.unwrap();
     assert_eq!(answer, b"response");
-    relay.await.unwrap().unwrap();
+    r.relay.await.unwrap().unwrap();
 }
 
 #[tokio::test]
 async fn a_tcp_reset_resets_the_stream_and_a_stream_reset_resets_the_tcp() {
     let root = Root::new();
     // App resets: the peer sees a stream reset with our code, not an end.
-    let ((send, recv), (_peer_send, mut peer_recv)) = stream_pair(&root).await;
-    let (app, proxy_end) = tcp_pair().await;
-    let metrics = Metrics::default();
-    let relay = tokio::spawn(async move {
-        let counters = metrics.tcp(Direction::inbound, CLIENT);
-        relay::relay(
-            proxy_end,
-            send,
-            recv,
-            Start::Payload(Bytes::new()),
-            &counters,
-            None,
-        )
-        .await
-    });
-    app.set_zero_linger().unwrap();
-    drop(app);
-    match peer_recv.read_to_end(1024).await {
+    let mut r = relayed(&root, None).await;
+    r.app.set_zero_linger().unwrap();
+    drop(r.app);
+    match r.peer_recv.read_to_end(1024).await {
         Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
             assert_eq!(code, RESET_CODE)
         }
         other => panic!("expected a stream reset, got {other:?}"),
     }
-    assert!(matches!(relay.await.unwrap(), Err(RelayError::Local(_))));
+    assert!(matches!(r.relay.await.unwrap(), Err(RelayError::Local(_))));
 
     // Peer resets: the app's read fails with a reset, not a clean EOF.
-    let ((send, recv), (mut peer_send, _peer_recv)) = stream_pair(&root).await;
-    let (mut app, proxy_end) = tcp_pair().await;
-    let metrics = Metrics::default();
-    let relay = tokio::spawn(async move {
-        let counters = metrics.tcp(Direction::inbound, CLIENT);
-        relay::relay(
-            proxy_end,
-            send,
-            recv,
-            Start::Payload(Bytes::new()),
-            &counters,
-            None,
-        )
-        .await
-    });
-    peer_send.reset(RESET_CODE).unwrap();
+    let mut r = relayed(&root, None).await;
+    r.peer_send.reset(RESET_CODE).unwrap();
     let mut buf = [0u8; 16];
-    let read = app.read(&mut buf).await;
+    let read = r.app.read(&mut buf).await;
     assert_eq!(
         read.map_err(|e| e.kind()),
         Err(std::io::ErrorKind::ConnectionReset),
         "the app sees the reset"
     );
-    assert!(matches!(relay.await.unwrap(), Err(RelayError::Peer)));
+    assert!(matches!(r.relay.await.unwrap(), Err(RelayError::Peer)));
 }
 
 #[tokio::test]
 async fn the_relay_closes_a_connection_idle_past_its_timeout_and_not_a_busy_one() {
     let root = Root::new();
-    let ((send, recv), (mut peer_send, _peer_recv)) = stream_pair(&root).await;
-    let (mut app, proxy_end) = tcp_pair().await;
     let idle = Duration::from_millis(300);
-    let metrics = Metrics::default();
-    let relay = tokio::spawn(async move {
-        let counters = metrics.tcp(Direction::inbound, CLIENT);
-        relay::relay(
-            proxy_end,
-            send,
-            recv,
-            Start::Payload(Bytes::new()),
-            &counters,
-            Some(idle),
-        )
-        .await
-    });
+    let mut r = relayed(&root, Some(idle)).await;
     // Bytes every 100 ms for three idle periods: still open.
     let busy_until = Instant::now() + idle * 3;
     let mut buf = [0u8; 4];
     while Instant::now() < busy_until {
-        peer_send.write_all(b"tick").await.unwrap();
-        app.read_exact(&mut buf).await.unwrap();
+        r.peer_send.write_all(b"tick").await.unwrap();
+        r.app.read_exact(&mut buf).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(!relay.is_finished(), "closed while bytes were moving");
+    assert!(!r.relay.is_finished(), "closed while bytes were moving");
     // Then silence: closed as idle, and the app sees an abort.
-    let ended = tokio::time::timeout(idle * 10, relay)
+    let ended = tokio::time::timeout(idle * 10, r.relay)
         .await
         .expect("closed as idle");
     assert!(matches!(ended.unwrap(), Err(RelayError::Idle(d)) if d == idle));
-    let read = app.read(&mut buf).await;
+    let read = r.app.read(&mut buf).await;
     assert!(
         matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
         "{read:?}"

@@ -461,21 +461,8 @@ pub mod v6 {
 
     use serde::{Deserialize, Deserializer, Serialize};
 
-    use super::policy::{CipherSuite, InboundMode, KeyExchange};
-
-    #[derive(Debug, Serialize, Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    pub struct MeshSettings {
-        pub trust_domain: String,
-        pub key_exchange: KeyExchange,
-        pub cipher_suites: Vec<CipherSuite>,
-        pub peer_idle_timeout_ms: u64,
-        pub connect_timeout_ms: u64,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub inbound_mode: Option<InboundMode>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub trust_bundle_pem: Option<String>,
-    }
+    use super::policy::InboundMode;
+    pub use super::v5::{Endpoint, MeshSettings};
 
     #[derive(Debug, Serialize, Deserialize)]
     #[serde(rename_all = "camelCase")]
@@ -492,15 +479,6 @@ pub mod v6 {
         pub idle_timeout_ms: Option<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub protocol: Option<String>,
-    }
-
-    #[derive(Debug, Serialize, Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    pub struct Endpoint {
-        pub address: SocketAddr,
-        pub identity: String,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        pub other_ips: Vec<IpAddr>,
     }
 
     #[derive(Debug, Serialize, Deserialize)]
