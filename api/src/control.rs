@@ -24,6 +24,10 @@ pub use crate::compat::{MIN_WIRE_VERSION, WIRE_VERSION};
 pub const ALPN_CONTROL: &[u8] = b"phoenix-control/1";
 /// ALPN protocol of tunnel connections between proxies.
 pub const ALPN_TUNNEL: &[u8] = b"phoenix-tunnel/1";
+/// ALPN protocol of HTTP/3 connections between proxies (RFC 9114): each
+/// request on its own stream, a standard protocol any HTTP/3 tool holding
+/// a mesh certificate can speak.
+pub const ALPN_HTTP3: &[u8] = b"h3";
 
 /// What a proxy asks of the control plane.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

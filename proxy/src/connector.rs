@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use phoenix_api::SpiffeId;
-use phoenix_api::control::ALPN_TUNNEL;
+use phoenix_api::control::{ALPN_HTTP3, ALPN_TUNNEL};
 use phoenix_tls::TlsContext;
 use phoenix_tls::endpoint::TransportSettings;
 use phoenix_tls::establish;
@@ -19,29 +19,48 @@ use phoenix_tls::handshake::TlsPolicy;
 use crate::metrics::{Metrics, Side};
 use crate::pool::{ConnectError, PeerConn};
 
-/// Everything a tunnel connection needs: our TLS context, transport
-/// settings, the UDP endpoint, and where handshakes are counted.
+/// What a pool's connections carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerProtocol {
+    /// Opaque TCP connections, one tunnel stream each (`phoenix-tunnel/1`).
+    Tunnel,
+    /// HTTP requests, one HTTP/3 request stream each (`h3`). A connection
+    /// of its own beside the tunnel's: h3 takes every bidirectional stream
+    /// of its connection for a request.
+    Http3,
+}
+
+/// The largest header section an HTTP/3 peer may send us (request or
+/// response head, QPACK-decoded): 64 KiB, HTTP/1 servers' usual limit.
+pub const MAX_HEADER_BYTES: u64 = 64 * 1024;
+
+/// Everything a peer connection needs: our TLS context, transport
+/// settings, the UDP endpoint, what it carries, and where handshakes are
+/// counted.
 #[derive(Debug, Clone)]
 pub struct Connector {
     tls: TlsContext,
     transport: TransportSettings,
     endpoint: quinn::Endpoint,
     metrics: Arc<Metrics>,
+    protocol: PeerProtocol,
 }
 
 impl Connector {
-    /// A connector dialling from `endpoint`.
+    /// A connector dialling from `endpoint` for `protocol`.
     pub fn new(
         tls: TlsContext,
         transport: TransportSettings,
         endpoint: quinn::Endpoint,
         metrics: Arc<Metrics>,
+        protocol: PeerProtocol,
     ) -> Self {
         Self {
             tls,
             transport,
             endpoint,
             metrics,
+            protocol,
         }
     }
 
@@ -59,19 +78,23 @@ impl Connector {
         policy: &TlsPolicy,
         timeout: Duration,
     ) -> Result<PeerConn, ConnectError> {
-        let (config, lease) = self.tls.client(
-            policy,
-            identity.clone(),
-            ALPN_TUNNEL,
-            true,
-            self.transport.client_transport(),
-        )?;
+        let (alpn, transport) = match self.protocol {
+            PeerProtocol::Tunnel => (ALPN_TUNNEL, self.transport.client_transport()),
+            PeerProtocol::Http3 => (ALPN_HTTP3, self.transport.http3_client_transport()),
+        };
+        let (config, lease) = self
+            .tls
+            .client(policy, identity.clone(), alpn, true, transport)?;
         let connecting = self.endpoint.connect_with(config, addr, "peer.phoenix")?;
         let recorder = self.metrics.handshakes(Side::client);
         match establish::connect(connecting, lease, tokio::time::sleep(timeout), &recorder).await {
             Ok(established) => {
-                tracing::debug!(peer = %addr, %identity, kx_group = established.kx_group, "tunnel connected");
-                Ok(PeerConn::new(established.conn, established.kx_group))
+                tracing::debug!(peer = %addr, %identity, kx_group = established.kx_group, protocol = ?self.protocol, "peer connected");
+                let mut peer = PeerConn::new(established.conn, established.kx_group);
+                if self.protocol == PeerProtocol::Http3 {
+                    peer.http3 = Some(http3_client(&peer.conn).await?);
+                }
+                Ok(peer)
             }
             Err(failed) => {
                 tracing::debug!(peer = %addr, %identity, reason = failed.reason.as_str(), error = ?failed.error, "tunnel handshake failed");
@@ -79,4 +102,21 @@ impl Connector {
             }
         }
     }
+}
+
+/// Starts HTTP/3 on `conn` and drives it in a task of its own (SETTINGS,
+/// QPACK streams, GOAWAY) until the connection closes.
+async fn http3_client(conn: &quinn::Connection) -> Result<crate::pool::Http3Sender, ConnectError> {
+    let (mut driver, sender) = h3::client::builder()
+        .max_field_section_size(MAX_HEADER_BYTES)
+        .build(h3_quinn::Connection::new(conn.clone()))
+        .await
+        .map_err(ConnectError::Http3)?;
+    tokio::spawn(async move {
+        let error = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+        if !error.is_h3_no_error() {
+            tracing::debug!(%error, "HTTP/3 peer connection ended");
+        }
+    });
+    Ok(sender)
 }

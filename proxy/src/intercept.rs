@@ -215,7 +215,7 @@ async fn outbound_connection(shared: &Arc<Shared>, tcp: TcpStream, client: Socke
                 endpoints: &upstream.endpoints,
                 original_dst: None,
             };
-            outbound::tunnel(shared, &config, route, tcp, id).await;
+            outbound::carry(shared, &config, route, tcp, id).await;
         }
         OutboundRoute::Pod { service, endpoint } => {
             let route = Route {
@@ -224,7 +224,7 @@ async fn outbound_connection(shared: &Arc<Shared>, tcp: TcpStream, client: Socke
                 endpoints: std::slice::from_ref(endpoint),
                 original_dst: Some(dst),
             };
-            outbound::tunnel(shared, &config, route, tcp, id).await;
+            outbound::carry(shared, &config, route, tcp, id).await;
         }
         OutboundRoute::Passthrough => {
             shared

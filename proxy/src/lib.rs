@@ -11,6 +11,7 @@ pub mod balance;
 pub mod config;
 pub mod connector;
 pub mod control;
+pub mod http;
 pub mod inbound;
 pub mod init;
 pub mod intercept;
@@ -25,7 +26,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use phoenix_api::control::ALPN_TUNNEL;
+use phoenix_api::control::{ALPN_HTTP3, ALPN_TUNNEL};
 use phoenix_tls::handshake::{ClientAuth, TlsPolicy};
 use phoenix_tls::{Credentials, TlsContext};
 use prometheus_client::registry::Registry;
@@ -109,7 +110,7 @@ async fn run_body(
     let (default_server, _lease) = tls.server(
         &TlsPolicy::default(),
         ClientAuth::Required,
-        &[ALPN_TUNNEL],
+        &[ALPN_TUNNEL, ALPN_HTTP3],
         settings.transport.server_transport(),
     )?;
     // `[::]` listens on both families (IPv6-primary and dual-stack pods);

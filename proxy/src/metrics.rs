@@ -4,6 +4,8 @@
 //! registered without it. Handles for a connection's label set are fetched
 //! once per connection, never per read.
 
+pub mod http;
+
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -175,6 +177,8 @@ pub struct Metrics {
     pub certificate_expiry_timestamp_seconds: Gauge,
     /// Certificates obtained (first issue and renewals).
     pub certificate_renewals: Counter,
+    /// HTTP golden metrics.
+    pub http: http::HttpMetrics,
 }
 
 impl Metrics {
@@ -266,6 +270,7 @@ impl Metrics {
             "Workload certificates obtained from the control plane",
             self.certificate_renewals.clone(),
         );
+        self.http.register(registry);
     }
 
     /// Counters for one TCP connection, fetched once.

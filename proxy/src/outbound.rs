@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use crate::balance;
 use crate::config::{EndpointConfig, ProxyConfig, UpstreamConfig};
+use crate::http::detect::{self, Carry, Prefixed};
 use crate::metrics::{Direction, GaugeGuard, QuicLabels, StreamFailure};
 use crate::relay::{self, Start};
 use crate::state::Shared;
@@ -129,7 +130,44 @@ async fn handle(shared: &Arc<Shared>, service: &ServiceName, tcp: TcpStream, id:
         endpoints: &upstream.endpoints,
         original_dst: None,
     };
-    tunnel(shared, &config, route, tcp, id).await;
+    carry(shared, &config, route, tcp, id).await;
+}
+
+/// Carries `tcp` as its port's protocol says: detected or declared HTTP
+/// request by request ([`crate::http`]), anything else as bytes through
+/// the tunnel. The bytes read to decide go first either way.
+pub(crate) async fn carry(
+    shared: &Arc<Shared>,
+    config: &ProxyConfig,
+    route: Route<'_>,
+    mut tcp: TcpStream,
+    id: u64,
+) {
+    let decision = detect::decide(&mut tcp, route.upstream.protocol).await;
+    if let Some(result) = decision.counted {
+        shared.metrics.http.detected(result);
+    }
+    // For now only ports declared `http1` take the HTTP path: detected
+    // HTTP and HTTP/2 go on as bytes (their bytes replayed) until the
+    // HTTP/2 server side and the rest of the suite are proven on it.
+    let carry = match (route.upstream.protocol, decision.carry) {
+        (phoenix_api::protocol::Protocol::Http1, Carry::Http1) => Carry::Http1,
+        _ => Carry::Opaque,
+    };
+    tracing::debug!(?carry, detected = ?decision.carry, "protocol decided");
+    match carry {
+        Carry::Opaque => tunnel(shared, config, route, tcp, id, decision.prefix).await,
+        carry @ (Carry::Http1 | Carry::Http2) => {
+            let target = crate::http::outbound::Target {
+                service: route.name.clone(),
+                pod: route
+                    .original_dst
+                    .and_then(|dst| Some((route.endpoints.first()?.clone(), dst))),
+            };
+            let io = Prefixed::new(decision.prefix, tcp);
+            crate::http::outbound::serve(shared.clone(), target, io, carry).await;
+        }
+    }
 }
 
 /// Where one outbound connection goes.
@@ -147,14 +185,16 @@ pub(crate) struct Route<'a> {
 }
 
 /// Carries `tcp` (connection `id`, named in the tunnel header) to one of
-/// `route`'s endpoints over the peer's QUIC connection. Runs in the
-/// connection's span, which names the id and the client.
+/// `route`'s endpoints over the peer's QUIC connection, `prefix` (bytes
+/// already read from it) first. Runs in the connection's span, which
+/// names the id and the client.
 pub(crate) async fn tunnel(
     shared: &Arc<Shared>,
     config: &ProxyConfig,
     route: Route<'_>,
     tcp: TcpStream,
     id: u64,
+    prefix: bytes::Bytes,
 ) {
     let Route {
         name: service,
@@ -210,12 +250,14 @@ pub(crate) async fn tunnel(
             })
             .clone(),
     );
+    request.extend_from_slice(&prefix);
     if let Err(error) = send.write_all(&request).await {
         tracing::debug!(%service, %error, "peer stream closed before the header was sent");
         return reset(tcp);
     }
     let identity = endpoint.identity.to_string();
     let counters = shared.metrics.tcp(Direction::outbound, &identity);
+    counters.read.inc_by(prefix.len() as u64);
     let report = |status: Status| {
         shared.metrics.stream(Direction::outbound, status);
         if status != Status::Connected {

@@ -44,6 +44,9 @@ pub enum ConnectError {
     /// for, failed (already counted against the peer once).
     #[error("handshake failed (shared): {}", .0.as_str())]
     Shared(HandshakeFailure),
+    /// The handshake worked but HTTP/3 could not start on the connection.
+    #[error("HTTP/3 did not start")]
+    Http3(#[source] h3::error::ConnectionError),
 }
 
 impl ConnectError {
@@ -94,14 +97,29 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// Sends HTTP/3 requests on a peer connection.
+pub type Http3Sender = h3::client::SendRequest<h3_quinn::OpenStreams, bytes::Bytes>;
+
 /// A live connection to a peer and its stream accounting.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PeerConn {
     /// The QUIC connection.
     pub conn: quinn::Connection,
     /// The key-exchange group it negotiated.
     pub kx_group: &'static str,
+    /// Its HTTP/3 client, on connections of an HTTP/3 pool.
+    pub http3: Option<Http3Sender>,
     state: Arc<ConnState>,
+}
+
+impl std::fmt::Debug for PeerConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerConn")
+            .field("remote", &self.conn.remote_address())
+            .field("kx_group", &self.kx_group)
+            .field("http3", &self.http3.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -132,6 +150,7 @@ impl PeerConn {
         Self {
             conn,
             kx_group,
+            http3: None,
             state: Arc::new(ConnState::default()),
         }
     }

@@ -9,7 +9,8 @@ use phoenix_tls::endpoint::TransportSettings;
 use tokio::sync::watch;
 
 use crate::config::ProxyConfig;
-use crate::connector::Connector;
+use crate::connector::{Connector, PeerProtocol};
+use crate::http::app::AppClients;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 
@@ -27,8 +28,12 @@ pub struct Shared {
     pub transport: TransportSettings,
     /// The one UDP endpoint: accepts peers and connects to them.
     pub endpoint: quinn::Endpoint,
-    /// Peer connections.
+    /// Peer connections carrying opaque TCP (tunnel streams).
     pub pool: Pool,
+    /// Peer connections carrying HTTP (HTTP/3 request streams).
+    pub http_pool: Pool,
+    /// Pooled HTTP connections to the local app.
+    pub app_clients: AppClients,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Source of connection ids for logs and headers.
@@ -48,12 +53,17 @@ impl Shared {
         endpoint: quinn::Endpoint,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let pool = Pool::new(Connector::new(
-            tls.clone(),
-            transport.clone(),
-            endpoint.clone(),
-            metrics.clone(),
-        ));
+        let connector = |protocol| {
+            Connector::new(
+                tls.clone(),
+                transport.clone(),
+                endpoint.clone(),
+                metrics.clone(),
+                protocol,
+            )
+        };
+        let pool = Pool::new(connector(PeerProtocol::Tunnel));
+        let http_pool = Pool::new(connector(PeerProtocol::Http3));
         Self {
             config: ArcSwapOption::empty(),
             config_changed: watch::channel(0).0,
@@ -61,6 +71,8 @@ impl Shared {
             transport,
             endpoint,
             pool,
+            http_pool,
+            app_clients: AppClients::default(),
             metrics,
             next_connection_id: AtomicU64::new(rand_seed()),
             active: watch::channel(0).0,
@@ -100,8 +112,9 @@ impl Shared {
                 .values()
                 .flat_map(|u| u.endpoints.iter().map(|e| (e.address, &e.identity)))
                 .collect();
-        self.pool
-            .retain(|addr, identity| listed.contains(&(addr, identity)));
+        for pool in [&self.pool, &self.http_pool] {
+            pool.retain(|addr, identity| listed.contains(&(addr, identity)));
+        }
         self.config.store(Some(Arc::new(config)));
         self.config_changed.send_replace(version);
     }

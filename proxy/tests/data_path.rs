@@ -143,7 +143,13 @@ fn pool(root: &Root, identity: &str) -> (Pool, Arc<Metrics>) {
     let transport = TransportSettings::default();
     let endpoint = phoenix_tls::endpoint::bind(loopback(), &transport, None).unwrap();
     let metrics = Arc::new(Metrics::default());
-    let connector = Connector::new(root.context(identity), transport, endpoint, metrics.clone());
+    let connector = Connector::new(
+        root.context(identity),
+        transport,
+        endpoint,
+        metrics.clone(),
+        phoenix_proxy::connector::PeerProtocol::Tunnel,
+    );
     (Pool::new(connector), metrics)
 }
 

@@ -14,6 +14,13 @@ use quinn::congestion::CubicConfig;
 use quinn::{EndpointConfig, MtuDiscoveryConfig, TransportConfig, VarInt};
 use socket2::{Domain, Protocol, Socket, Type};
 
+/// Unidirectional streams an HTTP/3 peer may open: its control stream, the
+/// two QPACK streams, and room for the greasing streams RFC 9114 §6.2.3
+/// tells peers to send. Tunnel peers open none; the accepting side cannot
+/// know which ALPN a connection will pick before the handshake, so it
+/// grants these to every connection.
+const HTTP3_UNI_STREAMS: u32 = 8;
+
 /// Transport knobs, with defaults for a 1500-byte-MTU network.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TransportSettings {
@@ -60,7 +67,10 @@ impl Default for TransportSettings {
 impl TransportSettings {
     /// Transport config for connections we accept (the peer opens streams).
     pub fn server_transport(&self) -> Arc<TransportConfig> {
-        Arc::new(self.transport(self.initial_streams.min(self.max_streams)))
+        Arc::new(self.transport(
+            self.initial_streams.min(self.max_streams),
+            HTTP3_UNI_STREAMS,
+        ))
     }
 
     /// The stream limit to grant a connection that has `open` streams under
@@ -73,14 +83,20 @@ impl TransportSettings {
 
     /// Transport config for connections we open (the peer never opens streams).
     pub fn client_transport(&self) -> Arc<TransportConfig> {
-        Arc::new(self.transport(0))
+        Arc::new(self.transport(0, 0))
     }
 
-    fn transport(&self, remote_bidi: u32) -> TransportConfig {
+    /// Transport config for HTTP/3 connections we open: the server opens
+    /// no request stream, only its control and QPACK streams.
+    pub fn http3_client_transport(&self) -> Arc<TransportConfig> {
+        Arc::new(self.transport(0, HTTP3_UNI_STREAMS))
+    }
+
+    fn transport(&self, remote_bidi: u32, remote_uni: u32) -> TransportConfig {
         let mut t = TransportConfig::default();
         let mtu = self.max_udp_payload.max(1200);
         t.max_concurrent_bidi_streams(VarInt::from_u32(remote_bidi))
-            .max_concurrent_uni_streams(VarInt::from_u32(0))
+            .max_concurrent_uni_streams(VarInt::from_u32(remote_uni))
             .stream_receive_window(VarInt::from_u32(self.stream_window))
             .receive_window(VarInt::from_u32(self.connection_window))
             .send_window(u64::from(self.connection_window))

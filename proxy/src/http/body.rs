@@ -1,0 +1,261 @@
+//! Bodies between hyper (toward apps) and h3 (between proxies).
+//!
+//! A body streams in both directions frame by frame, never buffered whole:
+//! [`H3Body`] is the receive half of an HTTP/3 stream as an `http_body`
+//! body (DATA frames, then trailers), and [`pump`] writes any body into
+//! the send half of one. gRPC's trailers (`grpc-status`) cross intact.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use h3::error::{Code, StreamError};
+use http::HeaderMap;
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+
+/// Errors crossing a body: an h3 stream's, hyper's, or the app's.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The receive half of a request stream at the accepting proxy.
+pub type ServerRecv = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
+/// The send half of a request stream at the accepting proxy.
+pub type ServerSend = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+/// The receive half of a request stream at the calling proxy.
+pub type ClientRecv = h3::client::RequestStream<h3_quinn::RecvStream, Bytes>;
+/// The send half of a request stream at the calling proxy.
+pub type ClientSend = h3::client::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+
+/// The receive half of an HTTP/3 request stream, either side.
+pub trait RecvHalf: Send + Unpin + 'static {
+    /// The next DATA frame's bytes, or `None` at the end of the data.
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, StreamError>>;
+    /// The trailers, once the data has ended.
+    fn poll_trailers(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<HeaderMap>, StreamError>>;
+    /// Tells the peer to stop sending (the reader went away).
+    fn stop(&mut self);
+}
+
+macro_rules! recv_half {
+    ($t:ty) => {
+        impl RecvHalf for $t {
+            fn poll_data(
+                &mut self,
+                cx: &mut Context<'_>,
+            ) -> Poll<Result<Option<Bytes>, StreamError>> {
+                let data = ready!(self.poll_recv_data(cx))?;
+                Poll::Ready(Ok(data.map(|mut b| b.copy_to_bytes(b.remaining()))))
+            }
+
+            fn poll_trailers(
+                &mut self,
+                cx: &mut Context<'_>,
+            ) -> Poll<Result<Option<HeaderMap>, StreamError>> {
+                self.poll_recv_trailers(cx)
+            }
+
+            fn stop(&mut self) {
+                self.stop_sending(Code::H3_REQUEST_CANCELLED);
+            }
+        }
+    };
+}
+recv_half!(ServerRecv);
+recv_half!(ClientRecv);
+
+/// The send half of an HTTP/3 request stream, either side.
+pub trait SendHalf: Send + 'static {
+    /// Sends one DATA frame.
+    fn data(&mut self, data: Bytes) -> impl Future<Output = Result<(), StreamError>> + Send;
+    /// Sends the trailers (the last frame).
+    fn trailers(&mut self, t: HeaderMap) -> impl Future<Output = Result<(), StreamError>> + Send;
+    /// Ends the stream cleanly.
+    fn finish(&mut self) -> impl Future<Output = Result<(), StreamError>> + Send;
+    /// Resets the stream: the body failed, the peer must not take it as whole.
+    fn cancel(&mut self);
+}
+
+macro_rules! send_half {
+    ($t:ty) => {
+        impl SendHalf for $t {
+            fn data(
+                &mut self,
+                data: Bytes,
+            ) -> impl Future<Output = Result<(), StreamError>> + Send {
+                self.send_data(data)
+            }
+
+            fn trailers(
+                &mut self,
+                t: HeaderMap,
+            ) -> impl Future<Output = Result<(), StreamError>> + Send {
+                self.send_trailers(t)
+            }
+
+            fn finish(&mut self) -> impl Future<Output = Result<(), StreamError>> + Send {
+                <$t>::finish(self)
+            }
+
+            fn cancel(&mut self) {
+                self.stop_stream(Code::H3_REQUEST_CANCELLED);
+            }
+        }
+    };
+}
+send_half!(ServerSend);
+send_half!(ClientSend);
+
+/// Why a body could not be carried to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum PumpError {
+    /// The body being read failed (the client or app reset, or hyper
+    /// refused what it sent).
+    #[error("body failed")]
+    Body(#[source] BoxError),
+    /// The HTTP/3 stream being written failed.
+    #[error("HTTP/3 stream failed")]
+    Stream(#[from] StreamError),
+}
+
+/// Writes `body` into `send` frame by frame, then finishes the stream; a
+/// failing body resets it. Returns the trailers it carried (gRPC's status
+/// is there).
+pub async fn pump<B>(mut body: B, send: &mut impl SendHalf) -> Result<Option<HeaderMap>, PumpError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let mut sent_trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(error) => {
+                send.cancel();
+                return Err(PumpError::Body(error.into()));
+            }
+        };
+        match frame.into_data() {
+            Ok(data) if data.is_empty() => {}
+            Ok(data) => send.data(data).await?,
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    send.trailers(trailers.clone()).await?;
+                    sent_trailers = Some(trailers);
+                }
+            }
+        }
+    }
+    send.finish().await?;
+    Ok(sent_trailers)
+}
+
+/// How a body ended, told to its observer once.
+#[derive(Debug)]
+pub enum Ended<'a> {
+    /// All data, then these trailers.
+    Trailers(&'a HeaderMap),
+    /// All data, no trailers.
+    Complete,
+    /// The stream failed midway.
+    Failed,
+    /// The reader dropped it before its end (a HEAD response, a cancelled
+    /// call): not the peer's failure.
+    Dropped,
+}
+
+type OnEnd = Box<dyn FnOnce(Ended<'_>) + Send>;
+
+/// The receive half of an HTTP/3 stream as a body; `on_end` hears how it
+/// ended (the golden metrics count a response there, where gRPC's status
+/// is known).
+pub struct H3Body<R: RecvHalf> {
+    recv: R,
+    data_done: bool,
+    done: bool,
+    on_end: Option<OnEnd>,
+}
+
+impl<R: RecvHalf> H3Body<R> {
+    /// `recv` as a body.
+    pub fn new(recv: R) -> Self {
+        Self {
+            recv,
+            data_done: false,
+            done: false,
+            on_end: None,
+        }
+    }
+
+    /// `recv` as a body whose end is told to `on_end`.
+    pub fn observed(recv: R, on_end: impl FnOnce(Ended<'_>) + Send + 'static) -> Self {
+        Self {
+            recv,
+            data_done: false,
+            done: false,
+            on_end: Some(Box::new(on_end)),
+        }
+    }
+
+    fn end(&mut self, how: Ended<'_>) {
+        self.done = true;
+        if let Some(on_end) = self.on_end.take() {
+            on_end(how);
+        }
+    }
+}
+
+impl<R: RecvHalf> Body for H3Body<R> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if !this.data_done {
+            match ready!(this.recv.poll_data(cx)) {
+                Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(None) => this.data_done = true,
+                Err(error) => {
+                    this.end(Ended::Failed);
+                    return Poll::Ready(Some(Err(error.into())));
+                }
+            }
+        }
+        match ready!(this.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => {
+                this.end(Ended::Trailers(&trailers));
+                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+            }
+            Ok(None) => {
+                this.end(Ended::Complete);
+                Poll::Ready(None)
+            }
+            Err(error) => {
+                this.end(Ended::Failed);
+                Poll::Ready(Some(Err(error.into())))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+impl<R: RecvHalf> Drop for H3Body<R> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.recv.stop();
+            self.end(Ended::Dropped);
+        }
+    }
+}

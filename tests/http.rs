@@ -1,0 +1,428 @@
+//! HTTP through real proxies: requests carried one by one on HTTP/3
+//! streams between the proxies, balanced per request, authorized per
+//! request, counted in the golden metrics, with curl as the client and
+//! hyper servers as the apps.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on failure by design
+
+#[path = "support/harness.rs"]
+mod harness;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use harness::{Up, eventually, metric, metric_or_absent};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use sha2::{Digest, Sha256};
+
+/// An app named `name` speaking HTTP/1.1 and h2c on one port: it answers
+/// every request with a JSON description of what it received (its name,
+/// method, path, HTTP version, the headers a test checks, and the body's
+/// length and SHA-256).
+fn app(name: &'static str) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let header = |n: &str| {
+                            parts
+                                .headers
+                                .get_all(n)
+                                .iter()
+                                .map(|v| v.to_str().unwrap().to_owned())
+                                .collect::<Vec<_>>()
+                        };
+                        let mesh_headers: Vec<String> = parts
+                            .headers
+                            .keys()
+                            .map(|k| k.as_str().to_owned())
+                            .filter(|k| k.starts_with("phoenix-") && k != "phoenix-client-id")
+                            .collect();
+                        let json = serde_json::json!({
+                            "app": name,
+                            "method": parts.method.as_str(),
+                            "path": parts.uri.path(),
+                            "version": format!("{:?}", parts.version),
+                            "host": header("host"),
+                            "authority": parts.uri.authority().map(|a| a.to_string()),
+                            "clientId": header("phoenix-client-id"),
+                            "traceparent": header("traceparent"),
+                            "otherMeshHeaders": mesh_headers,
+                            "len": body.len(),
+                            "sha256": hex(&Sha256::digest(&body)),
+                        });
+                        let status = if parts.uri.path() == "/fail" {
+                            503
+                        } else {
+                            200
+                        };
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder()
+                                .status(status)
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from(json.to_string())))
+                                .unwrap(),
+                        )
+                    },
+                );
+                tokio::spawn(async move {
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+                });
+            }
+        });
+    });
+    addr
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs curl with `args`; its stdout.
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "curl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The JSON objects in `text` (one per response, as the apps answer).
+fn responses(text: &str) -> Vec<serde_json::Value> {
+    serde_json::Deserializer::from_str(text)
+        .into_iter::<serde_json::Value>()
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn mesh(workloads: &str) -> String {
+    format!("trustDomain: phoenix.local\nstateDir: state\nworkloads:\n{workloads}")
+}
+
+const CLIENT_ID: &str = "spiffe://phoenix.local/ns/default/sa/client";
+
+/// HTTP/1.1 on a port declared `http1`: a keep-alive connection's requests and a
+/// chunked upload reach the app intact, with the client's verified
+/// identity (a spoofed one dropped), the client's `Host` and trace headers,
+/// and the golden metrics count exactly what curl sent.
+#[test]
+fn http1_requests_cross_with_identity_headers_and_golden_metrics() {
+    let target = app("web");
+    let up = Up::start(&mesh(&format!(
+        "  - name: client\n    upstreams: [{{service: web, listen: \"127.0.0.1:0\", protocol: http1}}]\n  \
+           - name: web\n    serve: [{{service: web, target: \"{target}\", allow: [client], protocol: http1}}]\n"
+    )));
+    let url = format!("http://{}", up.outbound("client", "web"));
+    // Three requests on one keep-alive connection, the last a chunked
+    // 1 MiB upload.
+    let upload: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let upload_path = up.dir.path().join("upload.bin");
+    std::fs::write(&upload_path, &upload).unwrap();
+    let out = curl(&[
+        "-H",
+        "Host: web.example",
+        "-H",
+        "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "-H",
+        "phoenix-client-id: spiffe://phoenix.local/ns/default/sa/admin",
+        "-H",
+        "phoenix-dst-service: other",
+        &format!("{url}/a"),
+        &format!("{url}/b"),
+        "--next",
+        "-H",
+        "Host: web.example",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        &format!("@{}", upload_path.display()),
+        &format!("{url}/upload"),
+        "-w",
+        "\n%{num_connects}\n",
+    ]);
+    let (json, connects) = out
+        .rsplit_once('\n')
+        .map(|(a, _)| a.rsplit_once('\n').unwrap())
+        .unwrap();
+    let got = responses(json);
+    assert_eq!(got.len(), 3, "{out}");
+    for r in &got {
+        assert_eq!(r["app"], "web");
+        assert_eq!(
+            r["clientId"],
+            serde_json::json!([CLIENT_ID]),
+            "the verified identity, the spoofed one gone: {r}"
+        );
+        assert_eq!(
+            r["host"],
+            serde_json::json!(["web.example"]),
+            "Host kept: {r}"
+        );
+        assert_eq!(
+            r["otherMeshHeaders"],
+            serde_json::json!([]),
+            "no mesh header reaches the app: {r}"
+        );
+        assert_eq!(
+            r["version"], "HTTP/1.1",
+            "the app is spoken to as the client spoke: {r}"
+        );
+    }
+    assert_eq!(
+        got[0]["traceparent"],
+        serde_json::json!(["00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"])
+    );
+    assert_eq!(got[2]["method"], "POST");
+    assert_eq!(got[2]["len"], upload.len());
+    assert_eq!(got[2]["sha256"], hex(&Sha256::digest(&upload)));
+    assert_eq!(
+        connects.trim(),
+        "0",
+        "the upload reused the keep-alive connection"
+    );
+
+    let client = up.metrics("client");
+    let out_labels = [("direction", "outbound"), ("service", "web")];
+    assert_eq!(metric(&client, "request_total", &out_labels), 3.0);
+    assert_eq!(
+        metric(
+            &client,
+            "response_total",
+            &[
+                ("direction", "outbound"),
+                ("status_code", "200"),
+                ("classification", "success"),
+                ("peer_identity", "spiffe://phoenix.local/ns/default/sa/web")
+            ]
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(&client, "response_latency_seconds_count", &out_labels),
+        3.0
+    );
+    assert_eq!(
+        metric_or_absent(&client, "protocol_detect_total", &[("result", "http1")]),
+        0.0,
+        "a declared port detects nothing"
+    );
+    let web = up.metrics("web");
+    assert_eq!(
+        metric(
+            &web,
+            "request_total",
+            &[("direction", "inbound"), ("service", "web")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            &web,
+            "response_total",
+            &[
+                ("direction", "inbound"),
+                ("peer_identity", CLIENT_ID),
+                ("classification", "success")
+            ]
+        ),
+        3.0
+    );
+    // HTTP went over the HTTP/3 connection, not the tunnel's.
+    assert_eq!(
+        metric_or_absent(&client, "tcp_open_total", &[("direction", "outbound")]),
+        0.0
+    );
+}
+
+/// A service whose allow-list does not name the client answers every
+/// request with 403 at the server's proxy, counted there and at the client.
+#[test]
+fn a_denied_identity_gets_403_per_request() {
+    let target = app("web");
+    let up = Up::start(&mesh(&format!(
+        "  - name: client\n    upstreams: [{{service: web, listen: \"127.0.0.1:0\", protocol: http1}}]\n  \
+           - name: web\n    serve: [{{service: web, target: \"{target}\", allow: [someone-else], protocol: http1}}]\n  \
+           - name: someone-else\n"
+    )));
+    let url = format!("http://{}/", up.outbound("client", "web"));
+    let out = curl(&[
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}\n",
+        &url,
+        &url,
+    ]);
+    assert_eq!(out, "403\n403\n");
+    let web = up.metrics("web");
+    assert_eq!(
+        metric(
+            &web,
+            "http_errors_total",
+            &[("direction", "inbound"), ("reason", "denied")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(&web, "authz_deny_total", &[("client_id", CLIENT_ID)]),
+        2.0
+    );
+    let client = up.metrics("client");
+    assert_eq!(
+        metric(
+            &client,
+            "response_total",
+            &[("direction", "outbound"), ("status_code", "403")]
+        ),
+        2.0
+    );
+}
+
+/// A server-first service (an SMTP-like banner) on a `detect` port gets
+/// its banner: detection gives up on the silent client after its bound
+/// (counted as `timeout`; the bound itself is tested on tokio's paused
+/// clock in `proxy/src/http/detect.rs`), and on a port declared opaque
+/// nothing is read or counted at all.
+#[test]
+fn a_server_first_banner_arrives_on_detect_and_opaque_ports() {
+    let banner = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let mut s = s.unwrap();
+                s.write_all(b"220 banner ready\r\n").unwrap();
+                let mut line = [0u8; 64];
+                let n = s.read(&mut line).unwrap_or(0);
+                let _ = s.write_all(&line[..n]);
+            }
+        });
+        addr
+    };
+    let (detect, opaque) = (banner(), banner());
+    let up = Up::start(&mesh(&format!(
+        "  - name: client\n    upstreams: [{{service: mail, listen: \"127.0.0.1:0\"}}, {{service: db, listen: \"127.0.0.1:0\", protocol: opaque}}]\n  \
+           - name: server\n    serve: [{{service: mail, target: \"{detect}\"}}, {{service: db, target: \"{opaque}\", protocol: opaque}}]\n"
+    )));
+    for service in ["mail", "db"] {
+        let mut c = TcpStream::connect(up.outbound("client", service)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = [0u8; 18];
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"220 banner ready\r\n", "{service}");
+        c.write_all(b"QUIT\r\n").unwrap();
+        let mut echo = [0u8; 6];
+        c.read_exact(&mut echo).unwrap();
+        assert_eq!(
+            &echo, b"QUIT\r\n",
+            "{service}: the client's bytes flow after the banner"
+        );
+    }
+    let client = up.metrics("client");
+    assert_eq!(
+        metric(&client, "protocol_detect_total", &[("result", "timeout")]),
+        1.0,
+        "only the detect port waited"
+    );
+    assert_eq!(
+        metric(&client, "protocol_detect_total", &[]),
+        1.0,
+        "the opaque port read nothing"
+    );
+    assert_eq!(
+        metric(&client, "tcp_open_total", &[("direction", "outbound")]),
+        2.0,
+        "both went through the tunnel"
+    );
+}
+
+/// A WebSocket-style upgrade goes on as bytes: the app's 101 and
+/// everything after cross untouched (the connection is carried opaque from
+/// its first request, which asked to upgrade).
+#[test]
+fn an_upgrade_continues_as_an_opaque_stream() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut b).unwrap();
+            head.push(b[0]);
+        }
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").unwrap();
+        let mut r = s.try_clone().unwrap();
+        let _ = std::io::copy(&mut r, &mut s);
+    });
+    let up = Up::start(&mesh(&format!(
+        "  - name: client\n    upstreams: [{{service: ws, listen: \"127.0.0.1:0\", protocol: http1}}]\n  \
+           - name: server\n    serve: [{{service: ws, target: \"{target}\", protocol: http1}}]\n"
+    )));
+    let mut c = TcpStream::connect(up.outbound("client", "ws")).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET /chat HTTP/1.1\r\nHost: ws\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+    let expect = b"HTTP/1.1 101 Switching Protocols\r\n";
+    let mut got = vec![0u8; expect.len()];
+    c.read_exact(&mut got).unwrap();
+    assert_eq!(&got, expect);
+    let mut rest = Vec::new();
+    let mut b = [0u8; 1];
+    while !rest.ends_with(b"\r\n\r\n") {
+        c.read_exact(&mut b).unwrap();
+        rest.push(b[0]);
+    }
+    let frame = b"\x81\x05hello, upgraded bytes";
+    c.write_all(frame).unwrap();
+    let mut echo = vec![0u8; frame.len()];
+    c.read_exact(&mut echo).unwrap();
+    assert_eq!(echo, frame);
+    let client = up.metrics("client");
+    assert_eq!(
+        metric(&client, "protocol_detect_total", &[("result", "upgrade")]),
+        1.0
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the tunnel counted the connection",
+        || {
+            (metric(
+                &up.metrics("client"),
+                "tcp_open_total",
+                &[("direction", "outbound")],
+            ) == 1.0)
+                .then_some(())
+        },
+    );
+}
