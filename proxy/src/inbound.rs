@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use crate::config::{InboundConfig, ProxyConfig};
-use crate::metrics::{DenyLabels, Direction, GaugeGuard, QuicLabels, Side, StreamFailure};
+use crate::metrics::{Direction, GaugeGuard, QuicLabels, Side, StreamFailure};
 use crate::relay::{self, Start};
 use crate::state::Shared;
 
@@ -212,6 +212,20 @@ async fn accept(shared: Arc<Shared>, incoming: quinn::Incoming) {
     }
 }
 
+/// The pod's addresses: given (`--pod-ips`), and those its services are
+/// served at.
+pub(crate) fn pod_ips(shared: &Shared, config: &ProxyConfig) -> Vec<IpAddr> {
+    let mut pod_ips = shared.pod_ips.clone();
+    for i in config.inbound.values() {
+        pod_ips.extend(i.other_ips.iter().copied());
+        let ip = i.target.ip();
+        if !ip.is_unspecified() && !ip.is_loopback() {
+            pod_ips.push(ip);
+        }
+    }
+    pod_ips
+}
+
 /// The ALPN protocol the handshake agreed on.
 fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
     conn.handshake_data()?
@@ -255,15 +269,7 @@ async fn stream(
     let Some(config) = shared.config.load_full() else {
         return respond_and_close(shared, send, recv, Status::NoRoute).await;
     };
-    // The pod's addresses: given, and those its services are served at.
-    let mut pod_ips = shared.pod_ips.clone();
-    for i in config.inbound.values() {
-        pod_ips.extend(i.other_ips.iter().copied());
-        let ip = i.target.ip();
-        if !ip.is_unspecified() && !ip.is_loopback() {
-            pod_ips.push(ip);
-        }
-    }
+    let pod_ips = pod_ips(shared, &config);
     let (service, target) = match route(
         &config,
         request
@@ -286,14 +292,7 @@ async fn stream(
         }
         InboundRoute::Denied { service } => {
             tracing::debug!(%client, service, connection = id, "denied by the service's allow-list");
-            shared
-                .metrics
-                .authz_deny
-                .get_or_create(&DenyLabels {
-                    service: service.to_owned(),
-                    client_id: client.to_string(),
-                })
-                .inc();
+            shared.metrics.denied(service, client);
             return respond_and_close(shared, send, recv, Status::Denied).await;
         }
     };

@@ -339,6 +339,16 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a stream or request `service`'s allow-list refused to `client`.
+    pub fn denied(&self, service: &str, client: &phoenix_api::SpiffeId) {
+        self.authz_deny
+            .get_or_create(&DenyLabels {
+                service: service.to_owned(),
+                client_id: client.to_string(),
+            })
+            .inc();
+    }
+
     /// Counts a stream that failed before any tunnel status.
     pub fn stream_failed(&self, direction: Direction, failure: StreamFailure) {
         self.tunnel_streams

@@ -19,9 +19,9 @@ use super::body::{self, H3Body, ServerSend};
 use super::headers::{self, CLIENT_ID, CLIENT_PROTO, DST_ADDR, DST_SERVICE};
 use super::respond::{self, Exchange, GRPC_PERMISSION_DENIED, GRPC_UNAVAILABLE};
 use crate::connector::MAX_HEADER_BYTES;
-use crate::inbound::{InboundRoute, route};
+use crate::inbound::{InboundRoute, pod_ips, route};
+use crate::metrics::Direction;
 use crate::metrics::http::HttpError;
-use crate::metrics::{DenyLabels, Direction};
 use crate::state::Shared;
 
 type Resolver = RequestResolver<h3_quinn::Connection, Bytes>;
@@ -88,14 +88,7 @@ async fn request(shared: &Arc<Shared>, client: &SpiffeId, resolver: Resolver) {
         .get(DST_ADDR)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<SocketAddr>().ok());
-    let mut pod_ips = shared.pod_ips.clone();
-    for i in config.inbound.values() {
-        pod_ips.extend(i.other_ips.iter().copied());
-        let ip = i.target.ip();
-        if !ip.is_unspecified() && !ip.is_loopback() {
-            pod_ips.push(ip);
-        }
-    }
+    let pod_ips = pod_ips(shared, &config);
     let (service, target) = match route(&config, service.as_deref(), original_dst, client, &pod_ips)
     {
         InboundRoute::Connect { service, target } => (service, target),
@@ -107,14 +100,7 @@ async fn request(shared: &Arc<Shared>, client: &SpiffeId, resolver: Resolver) {
         InboundRoute::Denied { service } => {
             let exchange = Exchange::start(metrics, Direction::inbound, service);
             tracing::debug!(%client, service, "request denied by the service's allow-list");
-            shared
-                .metrics
-                .authz_deny
-                .get_or_create(&DenyLabels {
-                    service: service.to_owned(),
-                    client_id: client.to_string(),
-                })
-                .inc();
+            shared.metrics.denied(service, client);
             return refuse(shared, &exchange, &mut send, grpc, HttpError::denied).await;
         }
     };
