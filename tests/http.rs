@@ -426,3 +426,164 @@ fn an_upgrade_continues_as_an_opaque_stream() {
         },
     );
 }
+
+/// Waits until `workload`'s proxy knows `n` endpoints of `service`.
+fn wait_endpoints(up: &Up, workload: &str, service: &str, n: usize) {
+    eventually(
+        Duration::from_secs(20),
+        &format!("{workload} knows {n} endpoints of {service}"),
+        || {
+            let config: serde_json::Value =
+                serde_json::from_str(&harness::get(up.admin(workload), "/config").1).ok()?;
+            let eps = config["config"]["resources"][format!("upstream/{service}")]["endpoints"]
+                .as_array()?
+                .len();
+            (eps == n).then_some(())
+        },
+    );
+}
+
+/// Runs `cmd`; its stdout (it must succeed).
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// One HTTP/2 connection (h2load, prior knowledge, 10 streams at a time)
+/// to a service with three endpoints, on a `detect` port: its 60 requests
+/// are spread over all three, the app is spoken to in HTTP/2 as the
+/// client spoke, and a 503 from the app is a counted failure.
+#[test]
+fn one_http2_connection_is_balanced_per_request_over_every_endpoint() {
+    let (a, b, c) = (app("web-a"), app("web-b"), app("web-c"));
+    let up = Up::start(&mesh(&format!(
+        "  - name: client\n    upstreams: [{{service: web, listen: \"127.0.0.1:0\"}}]\n  \
+           - name: web-a\n    serve: [{{service: web, target: \"{a}\"}}]\n  \
+           - name: web-b\n    serve: [{{service: web, target: \"{b}\"}}]\n  \
+           - name: web-c\n    serve: [{{service: web, target: \"{c}\"}}]\n"
+    )));
+    wait_endpoints(&up, "client", "web", 3);
+    let url = format!("http://{}/spread", up.outbound("client", "web"));
+    let out = run(Command::new("h2load").args(["-n", "60", "-c", "1", "-m", "10", &url]));
+    assert!(
+        out.contains("60 succeeded, 0 failed") && out.contains("status codes: 60 2xx"),
+        "{out}"
+    );
+    let mut total = 0.0;
+    for w in ["web-a", "web-b", "web-c"] {
+        let n = metric_or_absent(
+            &up.metrics(w),
+            "request_total",
+            &[("direction", "inbound"), ("service", "web")],
+        );
+        assert!(n >= 5.0, "{w} took {n} of 60 requests");
+        total += n;
+    }
+    assert_eq!(total, 60.0);
+    let client = up.metrics("client");
+    assert_eq!(
+        metric(&client, "protocol_detect_total", &[("result", "http2")]),
+        1.0,
+        "one connection, detected once"
+    );
+    assert_eq!(
+        metric(
+            &client,
+            "response_total",
+            &[("direction", "outbound"), ("classification", "success")]
+        ),
+        60.0
+    );
+
+    let url = format!("http://{}", up.outbound("client", "web"));
+    let got = responses(&curl(&["--http2-prior-knowledge", &format!("{url}/one")]));
+    assert_eq!(got[0]["version"], "HTTP/2.0", "{got:?}");
+    assert_eq!(got[0]["clientId"], serde_json::json!([CLIENT_ID]));
+    let status = curl(&[
+        "--http2-prior-knowledge",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("{url}/fail"),
+    ]);
+    assert_eq!(status, "503");
+    assert_eq!(
+        metric(
+            &up.metrics("client"),
+            "response_total",
+            &[
+                ("direction", "outbound"),
+                ("status_code", "503"),
+                ("classification", "failure")
+            ]
+        ),
+        1.0
+    );
+}
+
+/// A real gRPC client and servers (PyPI grpcio): 300 unary calls on one
+/// channel to a service with three endpoints go to all three (Kubernetes
+/// alone sends them all to one), a server stream and a bidirectional
+/// stream arrive whole with their trailers, and a failing call's status
+/// and message reach the client (a Trailers-Only response) and its
+/// `grpc_status` is counted.
+#[test]
+fn grpc_calls_on_one_channel_are_balanced_and_streams_keep_their_trailers() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/grpc_echo.py");
+    let mut servers = Vec::new();
+    let mut ports = Vec::new();
+    for name in ["a", "b", "c"] {
+        let mut cmd = Command::new("python3");
+        cmd.args([script, "serve", name]);
+        let server = harness::Proc::spawn("grpc server", cmd);
+        ports.push(server.line(Duration::from_secs(30)).trim().to_owned());
+        servers.push(server);
+    }
+    let up = Up::start(&mesh(&format!(
+        "  - name: client\n    upstreams: [{{service: echo, listen: \"127.0.0.1:0\"}}]\n  \
+           - name: echo-a\n    serve: [{{service: echo, target: \"127.0.0.1:{}\", protocol: http2}}]\n  \
+           - name: echo-b\n    serve: [{{service: echo, target: \"127.0.0.1:{}\", protocol: http2}}]\n  \
+           - name: echo-c\n    serve: [{{service: echo, target: \"127.0.0.1:{}\", protocol: http2}}]\n",
+        ports[0], ports[1], ports[2]
+    )));
+    wait_endpoints(&up, "client", "echo", 3);
+    let addr = up.outbound("client", "echo").to_string();
+    let out = run(Command::new("python3").args([script, "call", &addr, "300"]));
+    let got: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    for s in ["a", "b", "c"] {
+        let n = got["served"][s].as_u64().unwrap_or(0);
+        assert!(n >= 50, "{s} served {n} of 300: {got}");
+    }
+    assert_eq!(got["trailersOk"], 300, "every call's trailers: {got}");
+    assert_eq!(got["stream"], serde_json::json!(["0", "1", "2", "3", "4"]));
+    assert_eq!(got["bidi"], serde_json::json!(["a", "b", "c"]));
+    assert_eq!(
+        got["failed"],
+        serde_json::json!({"code": "NOT_FOUND", "details": "no such thing"})
+    );
+    let client = up.metrics("client");
+    let grpc = |status: &str| {
+        metric_or_absent(
+            &client,
+            "response_total",
+            &[("direction", "outbound"), ("grpc_status", status)],
+        )
+    };
+    assert_eq!(grpc("0"), 302.0, "300 unary calls and two streams");
+    assert_eq!(grpc("5"), 1.0, "NOT_FOUND");
+    assert_eq!(
+        metric(
+            &client,
+            "response_total",
+            &[("direction", "outbound"), ("classification", "failure")]
+        ),
+        1.0
+    );
+}

@@ -147,14 +147,8 @@ pub(crate) async fn carry(
     if let Some(result) = decision.counted {
         shared.metrics.http.detected(result);
     }
-    // For now only ports declared `http1` take the HTTP path: detected
-    // HTTP and HTTP/2 go on as bytes (their bytes replayed) until the
-    // HTTP/2 server side and the rest of the suite are proven on it.
-    let carry = match (route.upstream.protocol, decision.carry) {
-        (phoenix_api::protocol::Protocol::Http1, Carry::Http1) => Carry::Http1,
-        _ => Carry::Opaque,
-    };
-    tracing::debug!(?carry, detected = ?decision.carry, "protocol decided");
+    let carry = decision.carry;
+    tracing::debug!(?carry, "protocol decided");
     match carry {
         Carry::Opaque => tunnel(shared, config, route, tcp, id, decision.prefix).await,
         carry @ (Carry::Http1 | Carry::Http2) => {

@@ -303,6 +303,24 @@ pub fn service_traffic_crosses_the_mesh(cluster: &mut dyn MeshApi) {
         let got = eventually(Duration::from_secs(20), what, || curl(&t, "a", &url));
         assert_eq!(got, body.repeat(100), "{what}: the right Service answered");
     }
+    // Bytes that are not HTTP cross as an opaque stream (the tunnel, with
+    // the Service's name in its header): the app's own 400 page comes back.
+    let raw = python(
+        &t,
+        "a",
+        "raw-client",
+        &format!(
+            "import socket\n\
+             s = socket.create_connection(('{shop_vip}', 80), timeout=10)\n\
+             s.sendall(b'HELLO PHOENIX\\r\\n\\r\\n'); data = b''\n\
+             while b'Error code: 400' not in data:\n\
+             \x20   chunk = s.recv(4096)\n\
+             \x20   if not chunk: break\n\
+             \x20   data += chunk\n\
+             print('answered' if b'Error code: 400' in data else repr(data))\n"
+        ),
+    );
+    assert_eq!(raw.line(Duration::from_secs(15)), "answered");
     stop_capture_asserting_no_tcp(tcpdump, &pcap);
     let quic = packets(&pcap, "udp port 4143");
     assert!(!quic.is_empty(), "the traffic crossed as QUIC");
@@ -318,21 +336,32 @@ pub fn service_traffic_crosses_the_mesh(cluster: &mut dyn MeshApi) {
     let metrics = |ip: &str| t.get(&format!("http://{ip}:4191/metrics")).unwrap();
     let client = metrics(CLIENT_IP);
     assert_pq_handshakes(&client, "client");
+    // HTTP crossed request by request (HTTP/3), the rest as tunnel streams.
+    let requests = metric(
+        &client,
+        "response_total",
+        &[("direction", "outbound"), ("classification", "success")],
+    );
+    assert!(requests >= 3.0, "{requests} HTTP requests answered");
     let outbound = metric(
         &client,
         "tunnel_streams_total",
         &[("direction", "outbound"), ("status", "connected")],
     );
-    assert!(outbound >= 3.0, "{outbound} outbound streams connected");
+    assert!(outbound >= 1.0, "{outbound} outbound streams connected");
     for ip in [SERVER_IP, OUTSIDER_IP] {
         let server = metrics(ip);
         assert_pq_handshakes(&server, "server");
         let inbound = metric(
             &server,
-            "tunnel_streams_total",
-            &[("direction", "inbound"), ("status", "connected")],
+            "response_total",
+            &[("direction", "inbound"), ("classification", "success")],
         );
-        assert!(inbound >= 1.0, "{ip}: {inbound} inbound streams connected");
+        assert!(inbound >= 1.0, "{ip}: {inbound} HTTP requests served");
+        assert!(
+            !server.contains("reason=\"no_route\""),
+            "{ip}: a request named no service here"
+        );
         assert!(
             !server.contains("status=\"bad_request\""),
             "{ip}: a tunnel header was refused"

@@ -176,6 +176,7 @@ async fn request(
     exchange.headers(metrics, parts.status);
     let status = parts.status;
     let head_grpc = respond::grpc_status(&parts.headers);
+    let trailers_only = head_grpc.is_some();
     headers::strip_hop_by_hop(&mut parts.headers);
     // hyper writes the version it serves; the peer's HTTP/3 is not ours.
     parts.version = if proto == "http2" {
@@ -199,6 +200,18 @@ async fn request(
             broke,
         );
     });
+    if trailers_only {
+        // gRPC's Trailers-Only: the status is in the head and nothing
+        // follows. gRPC clients require it as one HEADERS frame that ends
+        // the stream, which hyper sends only for a body already at its
+        // end; the stream's end is still read (and counted) apart.
+        tokio::spawn(async move {
+            let mut body = body;
+            while let Some(Ok(_)) = body.frame().await {}
+        });
+        let empty = http_body_util::Empty::new().map_err(|never| match never {});
+        return Response::from_parts(parts, empty.boxed_unsync());
+    }
     Response::from_parts(parts, body.boxed_unsync())
 }
 
