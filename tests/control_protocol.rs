@@ -65,7 +65,7 @@ impl Client {
             .client(
                 &TlsPolicy::default(),
                 self.cp_id.clone(),
-                ALPN_CONTROL,
+                &[ALPN_CONTROL],
                 with_cert,
                 TransportSettings::default().client_transport(),
             )
@@ -411,7 +411,7 @@ async fn a_failed_handshake_is_counted_by_reason() {
         .client(
             &TlsPolicy::default(),
             client.cp_id.clone(),
-            ALPN_CONTROL,
+            &[ALPN_CONTROL],
             true,
             TransportSettings::default().client_transport(),
         )

@@ -587,3 +587,104 @@ fn grpc_calls_on_one_channel_are_balanced_and_streams_keep_their_trailers() {
         1.0
     );
 }
+
+/// A rolling upgrade: a peer from before HTTP/3 (a proxy run with
+/// `--inbound-http3 false`, which offers only the tunnel ALPN, exactly as
+/// earlier versions did) still gets HTTP requests, each inside a tunnel
+/// stream, while an upgraded peer of the same service gets them over
+/// HTTP/3. One HTTP/2 connection spreads over both, and HTTP/1.1
+/// requests, a POST body among them, reach either intact.
+#[test]
+fn http_reaches_a_peer_from_before_http3_inside_tunnel_streams() {
+    let (new, old) = (app("web-new"), app("web-old"));
+    let yaml = mesh(&format!(
+        "  - name: client\n    upstreams: [{{service: web, listen: \"127.0.0.1:0\"}}, {{service: old, listen: \"127.0.0.1:0\"}}]\n  \
+           - name: web-new\n    serve: [{{service: web, target: \"{new}\"}}]\n  \
+           - name: web-old\n    serve: [{{service: web, target: \"{old}\"}}, {{service: old, target: \"{old}\"}}]\n"
+    ));
+    let mut m = harness::Manual::new(&yaml, &["client", "web-new", "web-old"]);
+    m.start_control_plane("127.0.0.1:0");
+    m.start_proxy("web-new", &[]);
+    m.start_proxy("web-old", &["--inbound-http3", "false"]);
+    m.start_proxy("client", &[]);
+    let addr = m.outbound("client", "web");
+    eventually(
+        Duration::from_secs(20),
+        "client knows both endpoints",
+        || {
+            let eps = m.config("client")["config"]["resources"]["upstream/web"]["endpoints"]
+                .as_array()?
+                .len();
+            (eps == 2).then_some(())
+        },
+    );
+    let url = format!("http://{addr}/mixed");
+    let out = run(Command::new("h2load").args(["-n", "40", "-c", "1", "-m", "4", &url]));
+    assert!(out.contains("40 succeeded, 0 failed"), "{out}");
+    let served_new = metric_or_absent(
+        &m.metrics("web-new"),
+        "request_total",
+        &[("direction", "inbound")],
+    );
+    // The old peer counts a stream when it ends (the request's connection
+    // closes just after its response).
+    let served_old = eventually(Duration::from_secs(10), "old peer's streams", || {
+        let n = metric_or_absent(
+            &m.metrics("web-old"),
+            "tcp_close_total",
+            &[("direction", "inbound")],
+        );
+        (n + served_new == 40.0).then_some(n)
+    });
+    // Both take requests; the balancer, comparing requests in flight,
+    // favours the upgraded peer, whose requests finish sooner.
+    assert!(
+        served_new >= 1.0 && served_old >= 1.0,
+        "both peers served: new {served_new}, old {served_old}"
+    );
+    let old_metrics = m.metrics("web-old");
+    assert_eq!(
+        metric_or_absent(&old_metrics, "request_total", &[("direction", "inbound")]),
+        0.0,
+        "the old peer saw bytes, not HTTP"
+    );
+
+    // HTTP/1.1 to the old peer alone: keep-alive, a POST body.
+    let old_addr = m.outbound("client", "old");
+    let body = "x".repeat(100_000);
+    let mut args = vec![
+        "-H".to_owned(),
+        "phoenix-client-id: spiffe://phoenix.local/ns/default/sa/admin".to_owned(),
+    ];
+    for i in 0..8 {
+        args.push(format!("http://{old_addr}/get{i}"));
+    }
+    args.extend([
+        "--next".to_owned(),
+        "--data-binary".to_owned(),
+        body.clone(),
+        format!("http://{old_addr}/post"),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let got = responses(&curl(&args));
+    assert_eq!(got.len(), 9);
+    for r in &got {
+        assert_eq!(r["app"], "web-old");
+        assert_eq!(r["version"], "HTTP/1.1", "{r}");
+        assert_eq!(r["path"].as_str().map(|p| p.starts_with('/')), Some(true));
+        assert_eq!(r["otherMeshHeaders"], serde_json::json!([]), "{r}");
+        // The old peer adds no identity; the spoofed one is gone.
+        assert_eq!(r["clientId"], serde_json::json!([]), "{r}");
+    }
+    assert_eq!(got[8]["method"], "POST");
+    assert_eq!(got[8]["len"], body.len());
+    assert_eq!(got[8]["sha256"], hex(&Sha256::digest(body.as_bytes())));
+    assert_eq!(
+        metric(
+            &m.metrics("client"),
+            "response_total",
+            &[("direction", "outbound"), ("classification", "success")]
+        ),
+        49.0
+    );
+}

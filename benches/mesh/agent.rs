@@ -456,7 +456,7 @@ async fn worker(
         let (config, lease) = tls.client(
             &policy,
             server_id.clone(),
-            ALPN_TUNNEL,
+            &[ALPN_TUNNEL],
             true,
             transport.clone(),
         )?;

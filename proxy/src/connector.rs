@@ -78,13 +78,19 @@ impl Connector {
         policy: &TlsPolicy,
         timeout: Duration,
     ) -> Result<PeerConn, ConnectError> {
-        let (alpn, transport) = match self.protocol {
-            PeerProtocol::Tunnel => (ALPN_TUNNEL, self.transport.client_transport()),
-            PeerProtocol::Http3 => (ALPN_HTTP3, self.transport.http3_client_transport()),
+        // An HTTP connection offers the tunnel too: a peer from before
+        // HTTP/3 (a rolling upgrade) picks it, and requests then go to it
+        // as HTTP/1.1 or HTTP/2 inside tunnel streams.
+        let (offered, transport): (&[&[u8]], _) = match self.protocol {
+            PeerProtocol::Tunnel => (&[ALPN_TUNNEL], self.transport.client_transport()),
+            PeerProtocol::Http3 => (
+                &[ALPN_HTTP3, ALPN_TUNNEL],
+                self.transport.http3_client_transport(),
+            ),
         };
-        let (config, lease) = self
-            .tls
-            .client(policy, identity.clone(), alpn, true, transport)?;
+        let (config, lease) =
+            self.tls
+                .client(policy, identity.clone(), offered, true, transport)?;
         let connecting = self.endpoint.connect_with(config, addr, "peer.phoenix")?;
         let recorder = self.metrics.handshakes(Side::client);
         match establish::connect(connecting, lease, tokio::time::sleep(timeout), &recorder).await {
@@ -92,7 +98,11 @@ impl Connector {
                 tracing::debug!(peer = %addr, %identity, kx_group = established.kx_group, protocol = ?self.protocol, "peer connected");
                 let mut peer = PeerConn::new(established.conn, established.kx_group);
                 if self.protocol == PeerProtocol::Http3 {
-                    peer.http3 = Some(http3_client(&peer.conn).await?);
+                    if alpn(&peer.conn).as_deref() == Some(ALPN_HTTP3) {
+                        peer.http3 = Some(http3_client(&peer.conn).await?);
+                    } else {
+                        tracing::info!(peer = %addr, %identity, "peer speaks no HTTP/3 (an earlier version): HTTP goes to it inside tunnel streams");
+                    }
                 }
                 Ok(peer)
             }
@@ -102,6 +112,14 @@ impl Connector {
             }
         }
     }
+}
+
+/// The ALPN protocol the handshake agreed on.
+pub(crate) fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
 }
 
 /// Starts HTTP/3 on `conn` and drives it in a task of its own (SETTINGS,

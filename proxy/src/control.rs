@@ -158,7 +158,7 @@ pub async fn obtain_certificate(
     let (config, _lease) = shared.tls.client(
         &cp.policy,
         cp.identity.clone(),
-        ALPN_CONTROL,
+        &[ALPN_CONTROL],
         false,
         shared.transport.client_transport(),
     )?;
@@ -250,7 +250,7 @@ async fn subscription(
     let (config, _lease) = shared.tls.client(
         &cp.policy,
         cp.identity.clone(),
-        ALPN_CONTROL,
+        &[ALPN_CONTROL],
         true,
         shared.transport.client_transport(),
     )?;

@@ -17,5 +17,6 @@ pub mod body;
 pub mod detect;
 pub mod headers;
 pub mod inbound;
+pub mod legacy;
 pub mod outbound;
 pub mod respond;

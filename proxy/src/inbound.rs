@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use phoenix_api::SpiffeId;
-use phoenix_api::control::{ALPN_HTTP3, ALPN_TUNNEL};
+use phoenix_api::control::ALPN_HTTP3;
 use phoenix_api::header::{self, ConnectResponse, Status};
 use phoenix_tls::establish::{self, Established};
 use phoenix_tls::handshake::ClientAuth;
@@ -128,7 +128,7 @@ async fn accept(shared: Arc<Shared>, incoming: quinn::Incoming) {
     let (config, lease) = match shared.tls.server(
         &policy,
         ClientAuth::Required,
-        &[ALPN_TUNNEL, ALPN_HTTP3],
+        shared.inbound_alpn,
         shared.transport.server_transport(),
     ) {
         Ok(c) => c,
@@ -176,7 +176,7 @@ async fn accept(shared: Arc<Shared>, incoming: quinn::Incoming) {
             .clone(),
     );
     let client = Arc::new(client);
-    if alpn(&conn).as_deref() == Some(ALPN_HTTP3) {
+    if crate::connector::alpn(&conn).as_deref() == Some(ALPN_HTTP3) {
         return crate::http::inbound::serve(shared, conn, client).await;
     }
     let open = Arc::new(AtomicU64::new(0));
@@ -224,14 +224,6 @@ pub(crate) fn pod_ips(shared: &Shared, config: &ProxyConfig) -> Vec<IpAddr> {
         }
     }
     pod_ips
-}
-
-/// The ALPN protocol the handshake agreed on.
-fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
-    conn.handshake_data()?
-        .downcast::<quinn::crypto::rustls::HandshakeData>()
-        .ok()?
-        .protocol
 }
 
 async fn stream(

@@ -26,7 +26,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use phoenix_api::control::{ALPN_HTTP3, ALPN_TUNNEL};
 use phoenix_tls::handshake::{ClientAuth, TlsPolicy};
 use phoenix_tls::{Credentials, TlsContext};
 use prometheus_client::registry::Registry;
@@ -110,7 +109,7 @@ async fn run_body(
     let (default_server, _lease) = tls.server(
         &TlsPolicy::default(),
         ClientAuth::Required,
-        &[ALPN_TUNNEL, ALPN_HTTP3],
+        state::INBOUND_ALPN,
         settings.transport.server_transport(),
     )?;
     // `[::]` listens on both families (IPv6-primary and dual-stack pods);
@@ -185,6 +184,9 @@ async fn run_body(
         .iter()
         .map(|ip| ip.to_canonical())
         .collect();
+    if !settings.inbound_http3 {
+        shared.inbound_alpn = state::TUNNEL_ONLY_ALPN;
+    }
     let shared = Arc::new(shared);
     let listeners = Arc::new(Listeners::default());
     let admin_state = Arc::new(ProxyAdmin {

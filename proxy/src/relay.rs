@@ -262,7 +262,7 @@ async fn write_all(
 }
 
 /// Reads the peer's connect response, returning any payload that followed it.
-async fn read_response(recv: &mut RecvStream) -> Result<(Status, Bytes), RelayError> {
+pub(crate) async fn read_response(recv: &mut RecvStream) -> Result<(Status, Bytes), RelayError> {
     let mut buf = Vec::new();
     let deadline = tokio::time::Instant::now() + RESPONSE_TIMEOUT;
     loop {

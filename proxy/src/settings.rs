@@ -88,6 +88,11 @@ pub struct Args {
     /// (benches/README.md); raise it for proxies that carry many busy peers.
     #[arg(long, env = "PHOENIX_THREADS", default_value_t = 1)]
     pub threads: usize,
+    /// Accept HTTP/3 from peers. `false` makes the proxy answer exactly as
+    /// one from before HTTP/3 (the tunnel only), which the rolling-upgrade
+    /// tests need; peers then carry HTTP to it inside tunnel streams.
+    #[arg(long, env = "PHOENIX_INBOUND_HTTP3", default_value_t = true, action = clap::ArgAction::Set, hide = true)]
+    pub inbound_http3: bool,
     /// Log format: `text` (coloured only on a terminal, never with
     /// `NO_COLOR`) or `json` (one object per line; injected proxies use it).
     #[arg(long, env = "PHOENIX_LOG_FORMAT", value_enum)]
@@ -123,6 +128,8 @@ pub struct Settings {
     pub drain_grace: Duration,
     /// QUIC transport settings.
     pub transport: TransportSettings,
+    /// Whether peers may speak HTTP/3 to this proxy.
+    pub inbound_http3: bool,
 }
 
 /// A setting that cannot be used, with what to do about it.
@@ -222,6 +229,7 @@ impl Args {
                 keep_alive: self.quic_idle_timeout / 3,
                 ..TransportSettings::default()
             },
+            inbound_http3: self.inbound_http3,
         })
     }
 }

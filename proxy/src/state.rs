@@ -43,7 +43,22 @@ pub struct Shared {
     /// The pod's own addresses (`--pod-ips`): where a meshed client may
     /// reach a port no service lists.
     pub pod_ips: Vec<std::net::IpAddr>,
+    /// What peers may speak to this proxy ([`INBOUND_ALPN`] unless
+    /// `--inbound-http3 false` makes it answer as an earlier version).
+    pub inbound_alpn: &'static [&'static [u8]],
 }
+
+/// The ALPN protocols the inbound endpoint offers: HTTP/3 and the tunnel
+/// (opaque TCP), each on a connection of its own. rustls picks the first
+/// of these the client offers, so HTTP/3 comes first: an HTTP connection
+/// offers both (the tunnel for peers from before HTTP/3), a tunnel
+/// connection only the tunnel.
+pub const INBOUND_ALPN: &[&[u8]] = &[
+    phoenix_api::control::ALPN_HTTP3,
+    phoenix_api::control::ALPN_TUNNEL,
+];
+/// The ALPN protocols of a proxy from before HTTP/3.
+pub const TUNNEL_ONLY_ALPN: &[&[u8]] = &[phoenix_api::control::ALPN_TUNNEL];
 
 impl Shared {
     /// Builds the shared state around a bound endpoint.
@@ -77,6 +92,7 @@ impl Shared {
             next_connection_id: AtomicU64::new(rand_seed()),
             active: watch::channel(0).0,
             pod_ips: Vec::new(),
+            inbound_alpn: INBOUND_ALPN,
         }
     }
 

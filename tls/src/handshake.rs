@@ -160,7 +160,8 @@ impl TlsContext {
         &self.credentials
     }
 
-    /// A client config for one connection to a server that must be `expected`.
+    /// A client config for one connection to a server that must be `expected`,
+    /// offering the ALPN protocols `alpn` in order of preference.
     ///
     /// With `present_certificate` false the client authenticates the server
     /// only (a proxy bootstrapping its first certificate).
@@ -168,7 +169,7 @@ impl TlsContext {
         &self,
         policy: &TlsPolicy,
         expected: SpiffeId,
-        alpn: &[u8],
+        alpn: &[&[u8]],
         present_certificate: bool,
         transport: Arc<quinn::TransportConfig>,
     ) -> Result<(quinn::ClientConfig, KxLease), TlsConfigError> {
@@ -187,7 +188,7 @@ impl TlsContext {
         } else {
             builder.with_no_client_auth()
         };
-        tls.alpn_protocols = vec![alpn.to_vec()];
+        tls.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
         // Every handshake is a full PQ key exchange: peers keep long-lived
         // connections, so resumption would save little and hide the group.
         tls.resumption = Resumption::disabled();

@@ -259,3 +259,69 @@ impl<R: RecvHalf> Drop for H3Body<R> {
         }
     }
 }
+
+/// Any body whose end is told to an observer once, as [`H3Body::observed`]
+/// does for HTTP/3 (a response from a peer reached through the tunnel).
+pub struct Observed<B> {
+    body: B,
+    on_end: Option<OnEnd>,
+}
+
+impl<B> Observed<B> {
+    /// `body`, its end told to `on_end`.
+    pub fn new(body: B, on_end: impl FnOnce(Ended<'_>) + Send + 'static) -> Self {
+        Self {
+            body,
+            on_end: Some(Box::new(on_end)),
+        }
+    }
+
+    fn end(&mut self, how: Ended<'_>) {
+        if let Some(on_end) = self.on_end.take() {
+            on_end(how);
+        }
+    }
+}
+
+impl<B> Body for Observed<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match ready!(Pin::new(&mut this.body).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let trailers = trailers.clone();
+                    this.end(Ended::Trailers(&trailers));
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(error)) => {
+                this.end(Ended::Failed);
+                Poll::Ready(Some(Err(error.into())))
+            }
+            None => {
+                this.end(Ended::Complete);
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+}
+
+impl<B> Drop for Observed<B> {
+    fn drop(&mut self) {
+        self.end(Ended::Dropped);
+    }
+}

@@ -11,12 +11,15 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use phoenix_api::ServiceName;
+use phoenix_api::header::ConnectRequest;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
+use super::app::AppProtocol;
 use super::body::{self, H3Body};
 use super::detect::{Carry, Prefixed};
 use super::headers::{self, CLIENT_PROTO, DST_ADDR, DST_SERVICE};
+use super::legacy;
 use super::respond::{self, Exchange, GRPC_UNAVAILABLE, ProxyBody};
 use crate::balance;
 use crate::config::EndpointConfig;
@@ -103,20 +106,16 @@ async fn request(
         );
     };
     let (endpoints, dst) = match &target.pod {
-        Some((endpoint, addr)) => (std::slice::from_ref(endpoint), (DST_ADDR, addr.to_string())),
-        None => (
-            upstream.endpoints.as_slice(),
-            (DST_SERVICE, target.service.to_string()),
-        ),
+        Some((endpoint, addr)) => (std::slice::from_ref(endpoint), Dst::Addr(*addr)),
+        None => (upstream.endpoints.as_slice(), Dst::Service),
     };
-    let Some(h3_request) = to_peer(req, &target.service, dst, proto) else {
+    let Some(prepared) = Prepared::new(req, &target.service) else {
         return fail(
             HttpError::bad_request,
             StatusCode::BAD_REQUEST,
             "request cannot be carried",
         );
     };
-    let (h3_request, body) = h3_request;
     let timeout = upstream
         .connect_timeout
         .unwrap_or(config.mesh.connect_timeout);
@@ -135,11 +134,67 @@ async fn request(
     let peer_identity = endpoint.identity.to_string();
     let guard = peer.stream_guard();
     let Some(mut sender) = peer.http3.clone() else {
-        return fail(
-            HttpError::bad_gateway,
-            StatusCode::BAD_GATEWAY,
-            "peer connection has no HTTP/3",
-        );
+        // A peer from before HTTP/3: the request goes inside a tunnel stream.
+        let header = ConnectRequest {
+            service: matches!(dst, Dst::Service).then(|| target.service.clone()),
+            original_dst: match dst {
+                Dst::Addr(addr) => Some(addr),
+                Dst::Service => None,
+            },
+            connection_id: shared.connection_id(),
+        };
+        let version = if proto == "http2" {
+            AppProtocol::Http2
+        } else {
+            AppProtocol::Http1
+        };
+        let response = match legacy::send(
+            &shared.metrics,
+            &peer,
+            &header,
+            prepared.into_legacy(version),
+            version,
+        )
+        .await
+        {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::debug!(peer = %endpoint.address, error = %phoenix_runtime::process::error_chain(&error), "request through a tunnel stream failed");
+                return fail(
+                    HttpError::bad_gateway,
+                    StatusCode::BAD_GATEWAY,
+                    "peer gave no response",
+                );
+            }
+        };
+        let (mut parts, body) = response.into_parts();
+        exchange.headers(metrics, parts.status);
+        let status = parts.status;
+        let head_grpc = respond::grpc_status(&parts.headers);
+        headers::strip_hop_by_hop(&mut parts.headers);
+        let shared_metrics = shared.metrics.clone();
+        let body = body::Observed::new(body, move |ended| {
+            let _guard = guard;
+            let (grpc_status, broke) = outcome(ended, head_grpc);
+            exchange.ended(
+                &shared_metrics.http,
+                &peer_identity,
+                status,
+                grpc_status,
+                broke,
+            );
+        });
+        return Response::from_parts(parts, body.boxed_unsync());
+    };
+    let (h3_request, body) = match prepared.into_h3(&target.service, dst, proto) {
+        Some(r) => r,
+        None => {
+            return fail(
+                HttpError::bad_request,
+                StatusCode::BAD_REQUEST,
+                "request cannot be carried",
+            );
+        }
     };
     let stream = match sender.send_request(h3_request).await {
         Ok(stream) => stream,
@@ -187,11 +242,7 @@ async fn request(
     let shared_metrics = shared.metrics.clone();
     let body = H3Body::observed(recv, move |ended| {
         let _guard = guard;
-        let (grpc_status, broke) = match ended {
-            body::Ended::Trailers(t) => (respond::grpc_status(t).or(head_grpc), false),
-            body::Ended::Complete | body::Ended::Dropped => (head_grpc, false),
-            body::Ended::Failed => (head_grpc, true),
-        };
+        let (grpc_status, broke) = outcome(ended, head_grpc);
         exchange.ended(
             &shared_metrics.http,
             &peer_identity,
@@ -215,45 +266,134 @@ async fn request(
     Response::from_parts(parts, body.boxed_unsync())
 }
 
-/// The request as it goes to the peer: the hop's headers dropped, the
-/// authority kept (`Host` for HTTP/1, `:authority` for HTTP/2; the service
-/// name when the client sent neither, as HTTP/1.0 may), and where it goes
-/// and which version the client spoke added. `None` for a request that
-/// has no path a peer could take.
-fn to_peer(
-    req: Request<Incoming>,
-    service: &ServiceName,
-    (dst_name, dst_value): (http::HeaderName, String),
-    proto: &'static str,
-) -> Option<(Request<()>, Incoming)> {
-    let (mut parts, body) = req.into_parts();
-    let authority = match parts.uri.authority() {
-        Some(a) => a.clone(),
-        None => match parts.headers.get(header::HOST) {
-            Some(host) => Authority::try_from(host.as_bytes()).ok()?,
-            None => Authority::try_from(service.as_str()).ok()?,
-        },
-    };
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    headers::strip_hop_by_hop(&mut parts.headers);
-    headers::strip_mesh(&mut parts.headers);
-    // The authority travels as `:authority`; HTTP/3 refuses a `Host` that
-    // differs from it.
-    parts.headers.remove(header::HOST);
-    parts.headers.insert(dst_name, headers::value(&dst_value)?);
-    parts
-        .headers
-        .insert(CLIENT_PROTO, http::HeaderValue::from_static(proto));
-    parts.uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(authority)
-        .path_and_query(path)
-        .build()
-        .ok()?;
-    parts.version = Version::HTTP_3;
-    Some((Request::from_parts(parts, ()), body))
+/// The gRPC status to count and whether the stream broke, from how a
+/// response body ended (`head` is the status its head carried, if any).
+fn outcome(ended: body::Ended<'_>, head: Option<String>) -> (Option<String>, bool) {
+    match ended {
+        body::Ended::Trailers(t) => (respond::grpc_status(t).or(head), false),
+        body::Ended::Complete | body::Ended::Dropped => (head, false),
+        body::Ended::Failed => (head, true),
+    }
+}
+
+/// Where a request goes at the peer: the service, or the pod's address
+/// the app dialled.
+#[derive(Clone, Copy, Debug)]
+enum Dst {
+    Service,
+    Addr(SocketAddr),
+}
+
+/// A request from the app, checked and stripped of what is the hop's,
+/// before it is known which kind of peer takes it.
+struct Prepared {
+    parts: http::request::Parts,
+    body: Incoming,
+    authority: Authority,
+    path: PathAndQuery,
+}
+
+impl Prepared {
+    /// The authority kept (`Host` for HTTP/1, `:authority` for HTTP/2; the
+    /// service name when the client sent neither, as HTTP/1.0 may). `None`
+    /// for a request no peer could take.
+    fn new(req: Request<Incoming>, service: &ServiceName) -> Option<Self> {
+        let (mut parts, body) = req.into_parts();
+        let authority = match parts.uri.authority() {
+            Some(a) => a.clone(),
+            None => match parts.headers.get(header::HOST) {
+                Some(host) => Authority::try_from(host.as_bytes()).ok()?,
+                None => Authority::try_from(service.as_str()).ok()?,
+            },
+        };
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::strip_mesh(&mut parts.headers);
+        Some(Self {
+            parts,
+            body,
+            authority,
+            path,
+        })
+    }
+
+    /// The request as it goes to an HTTP/3 peer: where it goes and which
+    /// version the client spoke added.
+    fn into_h3(
+        self,
+        service: &ServiceName,
+        dst: Dst,
+        proto: &'static str,
+    ) -> Option<(Request<()>, Incoming)> {
+        let Self {
+            mut parts,
+            body,
+            authority,
+            path,
+        } = self;
+        // The authority travels as `:authority`; HTTP/3 refuses a `Host`
+        // that differs from it.
+        parts.headers.remove(header::HOST);
+        match dst {
+            Dst::Service => parts
+                .headers
+                .insert(DST_SERVICE, headers::value(service.as_str())?),
+            Dst::Addr(addr) => parts
+                .headers
+                .insert(DST_ADDR, headers::value(&addr.to_string())?),
+        };
+        parts
+            .headers
+            .insert(CLIENT_PROTO, http::HeaderValue::from_static(proto));
+        parts.uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+            .ok()?;
+        parts.version = Version::HTTP_3;
+        Some((Request::from_parts(parts, ()), body))
+    }
+
+    /// The request as it goes inside a tunnel stream to a peer from
+    /// before HTTP/3, and from there to the app: HTTP/1.1 in origin form
+    /// with its `Host`, or HTTP/2 with its `:authority`.
+    fn into_legacy(self, version: AppProtocol) -> Request<Incoming> {
+        let Self {
+            mut parts,
+            body,
+            authority,
+            path,
+        } = self;
+        match version {
+            AppProtocol::Http1 => {
+                if !parts.headers.contains_key(header::HOST)
+                    && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
+                {
+                    parts.headers.insert(header::HOST, host);
+                }
+                parts.uri = Uri::from(path);
+                parts.version = Version::HTTP_11;
+            }
+            AppProtocol::Http2 => {
+                parts.headers.remove(header::HOST);
+                if let Ok(uri) = Uri::builder()
+                    .scheme(Scheme::HTTP)
+                    .authority(authority)
+                    .path_and_query(path.clone())
+                    .build()
+                {
+                    parts.uri = uri;
+                } else {
+                    parts.uri = Uri::from(path);
+                }
+                parts.version = Version::HTTP_2;
+            }
+        }
+        Request::from_parts(parts, body)
+    }
 }
