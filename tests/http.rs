@@ -21,7 +21,10 @@ use sha2::{Digest, Sha256};
 /// An app named `name` speaking HTTP/1.1 and h2c on one port: it answers
 /// every request with a JSON description of what it received (its name,
 /// method, path, HTTP version, the headers a test checks, and the body's
-/// length and SHA-256).
+/// length and SHA-256). Some paths misbehave on purpose: `/fail` answers
+/// 503; `/flaky` answers 503 to every other request (the first included);
+/// `/slow?ms=N` answers after N ms; `/stall` sends its head and one chunk,
+/// then nothing, forever.
 fn app(name: &'static str) -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -33,55 +36,80 @@ fn app(name: &'static str) -> SocketAddr {
             .unwrap();
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let flaky = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let stalled = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
             loop {
                 let (tcp, _) = listener.accept().await.unwrap();
+                let (flaky, stalled) = (flaky.clone(), stalled.clone());
                 let service = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| async move {
-                        let (parts, body) = req.into_parts();
-                        let body = body
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        let header = |n: &str| {
-                            parts
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (flaky, stalled) = (flaky.clone(), stalled.clone());
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            if parts.uri.path() == "/stall" {
+                                let (mut tx, body) = http_body_util::channel::Channel::<
+                                    Bytes,
+                                    std::convert::Infallible,
+                                >::new(1);
+                                let _ = tx.send_data(Bytes::from_static(b"first chunk")).await;
+                                // Never dropped: the body never ends.
+                                stalled.lock().unwrap().push(tx);
+                                return Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                    body.boxed_unsync(),
+                                ));
+                            }
+                            if let Some(ms) = parts.uri.query().and_then(|q| q.strip_prefix("ms="))
+                            {
+                                tokio::time::sleep(Duration::from_millis(ms.parse().unwrap()))
+                                    .await;
+                            }
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let header = |n: &str| {
+                                parts
+                                    .headers
+                                    .get_all(n)
+                                    .iter()
+                                    .map(|v| v.to_str().unwrap().to_owned())
+                                    .collect::<Vec<_>>()
+                            };
+                            let mesh_headers: Vec<String> = parts
                                 .headers
-                                .get_all(n)
-                                .iter()
-                                .map(|v| v.to_str().unwrap().to_owned())
-                                .collect::<Vec<_>>()
-                        };
-                        let mesh_headers: Vec<String> = parts
-                            .headers
-                            .keys()
-                            .map(|k| k.as_str().to_owned())
-                            .filter(|k| k.starts_with("phoenix-") && k != "phoenix-client-id")
-                            .collect();
-                        let json = serde_json::json!({
-                            "app": name,
-                            "method": parts.method.as_str(),
-                            "path": parts.uri.path(),
-                            "version": format!("{:?}", parts.version),
-                            "host": header("host"),
-                            "authority": parts.uri.authority().map(|a| a.to_string()),
-                            "clientId": header("phoenix-client-id"),
-                            "traceparent": header("traceparent"),
-                            "otherMeshHeaders": mesh_headers,
-                            "len": body.len(),
-                            "sha256": hex(&Sha256::digest(&body)),
-                        });
-                        let status = if parts.uri.path() == "/fail" {
-                            503
-                        } else {
-                            200
-                        };
-                        Ok::<_, std::convert::Infallible>(
-                            hyper::Response::builder()
-                                .status(status)
-                                .header("content-type", "application/json")
-                                .body(Full::new(Bytes::from(json.to_string())))
-                                .unwrap(),
-                        )
+                                .keys()
+                                .map(|k| k.as_str().to_owned())
+                                .filter(|k| k.starts_with("phoenix-") && k != "phoenix-client-id")
+                                .collect();
+                            let json = serde_json::json!({
+                                "app": name,
+                                "method": parts.method.as_str(),
+                                "path": parts.uri.path(),
+                                "version": format!("{:?}", parts.version),
+                                "host": header("host"),
+                                "authority": parts.uri.authority().map(|a| a.to_string()),
+                                "clientId": header("phoenix-client-id"),
+                                "traceparent": header("traceparent"),
+                                "otherMeshHeaders": mesh_headers,
+                                "len": body.len(),
+                                "sha256": hex(&Sha256::digest(&body)),
+                            });
+                            let flaked = parts.uri.path() == "/flaky"
+                                && flaky.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 2 == 0;
+                            let status = if parts.uri.path() == "/fail" || flaked {
+                                503
+                            } else {
+                                200
+                            };
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .status(status)
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(Bytes::from(json.to_string())).boxed_unsync())
+                                    .unwrap(),
+                            )
+                        }
                     },
                 );
                 tokio::spawn(async move {
@@ -686,5 +714,206 @@ fn http_reaches_a_peer_from_before_http3_inside_tunnel_streams() {
             &[("direction", "outbound"), ("classification", "success")]
         ),
         49.0
+    );
+}
+
+/// Runs curl with `args`, whatever its exit status: (stdout, exit code).
+fn curl_status(args: &[&str]) -> (String, i32) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+/// A service's `requestTimeout` ends a slow request with 504 at the
+/// client's proxy, and a gRPC client's `grpc-timeout` wins when shorter
+/// (DEADLINE_EXCEEDED, trailers-only). After the head, a stalled body is
+/// cut at the deadline: gRPC gets DEADLINE_EXCEEDED trailers, plain HTTP a
+/// reset (never a short body taken as whole). Each is counted.
+#[test]
+fn request_timeouts_and_grpc_deadlines_are_enforced() {
+    let target = app("web");
+    let up = Up::start(&mesh(&format!(
+        "  - name: client\n    upstreams: [{{service: web, listen: \"127.0.0.1:0\", requestTimeout: 800ms}}]\n  \
+           - name: web\n    serve: [{{service: web, target: \"{target}\"}}]\n"
+    )));
+    let url = format!("http://{}", up.outbound("client", "web"));
+    let timed = |args: &[&str]| {
+        let start = std::time::Instant::now();
+        let out = curl_status(args);
+        (out, start.elapsed())
+    };
+    // Within the timeout: answered.
+    let ((out, code), _) = timed(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("{url}/slow?ms=10"),
+    ]);
+    assert_eq!((out.as_str(), code), ("200", 0));
+    // Past it: 504 at 800 ms, long before the app's 5 s.
+    let ((out, code), took) = timed(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("{url}/slow?ms=5000"),
+    ]);
+    assert_eq!((out.as_str(), code), ("504", 0));
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_millis(4000),
+        "{took:?}"
+    );
+    // A shorter grpc-timeout wins: DEADLINE_EXCEEDED as trailers-only.
+    let ((out, _), took) = timed(&[
+        "--http2-prior-knowledge",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "grpc-timeout: 200m",
+        &format!("{url}/slow?ms=5000"),
+    ]);
+    assert!(out.contains("grpc-status: 4"), "{out}");
+    assert!(took < Duration::from_millis(700), "{took:?}");
+    // A body that stalls after its head: plain HTTP is cut (curl sees the
+    // stream fail), gRPC ends with DEADLINE_EXCEEDED trailers.
+    let ((out, code), _) = timed(&["--http2-prior-knowledge", &format!("{url}/stall")]);
+    assert_ne!(code, 0, "a cut body must not look whole: {out}");
+    assert_eq!(out, "first chunk");
+    // nghttp prints every frame, trailers included.
+    let out = run(Command::new("nghttp").args([
+        "-v",
+        "-H",
+        "content-type: application/grpc",
+        &format!("{url}/stall"),
+    ]));
+    let trailers = out
+        .split("First response header")
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        trailers.contains("grpc-status: 4"),
+        "trailers: {out}\n{}",
+        up.proc.stderr.lock().unwrap()
+    );
+    let client = up.metrics("client");
+    assert_eq!(
+        metric(
+            &client,
+            "http_errors_total",
+            &[("direction", "outbound"), ("reason", "timeout")]
+        ),
+        4.0
+    );
+    assert_eq!(
+        metric(
+            &client,
+            "response_total",
+            &[("direction", "outbound"), ("classification", "failure")]
+        ),
+        4.0
+    );
+}
+
+/// Retries on a flaky service (every other response a 503): every GET
+/// succeeds, each 503 retried once, within the budget; a POST is never
+/// retried. A service that always fails gets at most its budget's share
+/// of retries (20%, no per-second allowance here), the rest counted as
+/// skipped, and its clients get the 503s.
+#[test]
+fn retries_recover_a_flaky_service_within_a_budget() {
+    let (flaky, failing) = (app("flaky"), app("failing"));
+    let up = Up::start(&mesh(&format!(
+        "  - name: client\n    upstreams:\n      \
+             - {{service: flaky, listen: \"127.0.0.1:0\", retry: {{statusCodes: [503], budget: {{percent: 100}}}}}}\n      \
+             - {{service: failing, listen: \"127.0.0.1:0\", retry: {{statusCodes: [503], maxRetries: 2, budget: {{percent: 20, minPerSecond: 0}}}}}}\n  \
+           - name: flaky\n    serve: [{{service: flaky, target: \"{flaky}\"}}]\n  \
+           - name: failing\n    serve: [{{service: failing, target: \"{failing}\"}}]\n"
+    )));
+    let url = format!("http://{}/flaky", up.outbound("client", "flaky"));
+    let urls = vec![url.as_str(); 10];
+    let mut get = vec!["-w", "%{http_code}\n"];
+    for u in &urls {
+        get.extend(["-o", "/dev/null", u]);
+    }
+    let (out, _) = curl_status(&get);
+    assert_eq!(out, "200\n".repeat(10), "every GET succeeded");
+    let client = up.metrics("client");
+    let retries = metric(&client, "retry_total", &[("service", "flaky")]);
+    let flaky_503 = metric(
+        &up.metrics("flaky"),
+        "response_total",
+        &[("direction", "inbound"), ("status_code", "503")],
+    );
+    assert_eq!(retries, flaky_503, "each 503 the app sent was retried");
+    assert!(retries >= 10.0, "{retries}");
+
+    // A POST is not idempotent: its 503 reaches the client.
+    let post = |n: usize| {
+        let mut args = vec!["-w".to_owned(), "%{http_code}\n".to_owned()];
+        for _ in 0..n {
+            args.extend([
+                "-o".into(),
+                "/dev/null".into(),
+                "-d".into(),
+                "x".into(),
+                url.clone(),
+            ]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        curl_status(&args).0
+    };
+    let out = post(2);
+    assert_eq!(out.lines().filter(|l| *l == "503").count(), 1, "{out}");
+    assert_eq!(
+        metric(
+            &up.metrics("client"),
+            "retry_total",
+            &[("service", "flaky")]
+        ),
+        retries,
+        "no POST retried"
+    );
+
+    // Always failing: retries stay within 20% of 50 requests.
+    let url = format!("http://{}/fail", up.outbound("client", "failing"));
+    let mut get = vec!["-w", "%{http_code}\n"];
+    let urls = vec![url.as_str(); 50];
+    for u in &urls {
+        get.extend(["-o", "/dev/null", u]);
+    }
+    let (out, _) = curl_status(&get);
+    assert_eq!(out, "503\n".repeat(50));
+    let client = up.metrics("client");
+    let retried = metric_or_absent(&client, "retry_total", &[("service", "failing")]);
+    let skipped = metric(
+        &client,
+        "retry_skipped_total",
+        &[("service", "failing"), ("reason", "budget")],
+    );
+    // Each retry costs five requests' deposits: about one request in five
+    // is retried, every other failure ends on a skipped retry.
+    assert!(retried <= 11.0, "{retried} retries for 50 requests");
+    assert!(retried >= 5.0, "the budget allows some: {retried}");
+    assert!(skipped >= 40.0, "{skipped} skipped");
+    let served = metric(
+        &up.metrics("failing"),
+        "request_total",
+        &[("direction", "inbound")],
+    );
+    assert_eq!(
+        served,
+        50.0 + retried,
+        "the service saw only the budgeted extra load"
     );
 }

@@ -27,7 +27,7 @@ use crate::snapshot::Resource;
 pub mod frozen;
 
 /// The wire version this build speaks.
-pub const WIRE_VERSION: u32 = 6;
+pub const WIRE_VERSION: u32 = 7;
 /// The oldest wire version a control plane still serves.
 pub const MIN_WIRE_VERSION: u32 = 1;
 
@@ -81,6 +81,8 @@ pub const CHANGES: &[Change] = &[
     change(5, Addition::TolerantReaders),
     change(6, field("upstream", &["protocol"])),
     change(6, field("inbound", &["protocol"])),
+    change(7, field("upstream", &["requestTimeoutMs"])),
+    change(7, field("upstream", &["retry"])),
 ];
 
 /// How one resource reads at an older version.

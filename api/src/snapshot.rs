@@ -163,6 +163,40 @@ pub struct Upstream {
     /// version 6; absent: detected).
     #[serde(default, skip_serializing_if = "Protocol::is_detect")]
     pub protocol: Protocol,
+    /// How long one HTTP request may take, from its first byte to its
+    /// response's last (wire version 7; absent: no limit but the
+    /// client's, e.g. gRPC's `grpc-timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout_ms: Option<u64>,
+    /// Which failed HTTP requests are tried again (wire version 7; absent:
+    /// only requests that never left, which every service gets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+}
+
+/// Which failed HTTP requests of a service are retried, and how many
+/// retries the service may take (wire version 7).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    /// HTTP statuses retried (e.g. 502, 503, 504).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub status_codes: Vec<u16>,
+    /// gRPC statuses retried, by number (14 is UNAVAILABLE). A gRPC call
+    /// is a POST: listing a status here marks the service's calls
+    /// retryable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grpc_status_codes: Vec<u8>,
+    /// Retries of one request, at most.
+    pub max_retries: u32,
+    /// Retry requests whose method is not idempotent (POST, PATCH) too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub non_idempotent: bool,
+    /// Retries add at most this share of the service's requests, in
+    /// percent (Linkerd's budget shape)...
+    pub budget_percent: u32,
+    /// ...plus this many per second, so a quiet service can still retry.
+    pub budget_min_per_second: u32,
 }
 
 /// One proxy that serves a service.
@@ -311,6 +345,8 @@ mod tests {
             connect_timeout_ms: None,
             idle_timeout_ms: None,
             protocol: Protocol::Detect,
+            request_timeout_ms: None,
+            retry: None,
             endpoints: vec![Endpoint {
                 address: SocketAddr::from(([127, 0, 0, 1], port)),
                 identity: "spiffe://td/ns/default/sa/db".into(),

@@ -12,7 +12,7 @@ use phoenix_api::compat::{
 use phoenix_api::control::{Response, decode_body};
 use phoenix_api::protocol::Protocol;
 use phoenix_api::snapshot::{
-    Delta, Endpoint, Inbound, InboundMode, MeshSettings, Resource, Snapshot, Upstream,
+    Delta, Endpoint, Inbound, InboundMode, MeshSettings, Resource, RetryPolicy, Snapshot, Upstream,
 };
 use phoenix_api::tls_policy::{CipherSuite, KeyExchange};
 use serde_json::{Value, json};
@@ -43,6 +43,15 @@ fn everything() -> Snapshot {
             connect_timeout_ms: Some(500),
             idle_timeout_ms: Some(60_000),
             protocol: Protocol::Http2,
+            request_timeout_ms: Some(2_000),
+            retry: Some(RetryPolicy {
+                status_codes: vec![503],
+                grpc_status_codes: vec![14],
+                max_retries: 2,
+                non_idempotent: true,
+                budget_percent: 20,
+                budget_min_per_second: 10,
+            }),
         }),
         Resource::Inbound(Inbound {
             service: "web.shop:80".parse().unwrap(),
@@ -136,6 +145,14 @@ fn older_versions_lose_only_what_came_later() {
     let v6 = mesh(6);
     assert_eq!(v6["upstream/web.shop:80"]["protocol"], "http2");
     assert_eq!(v6["inbound/web.shop:80"]["protocol"], "opaque");
+    assert!(v6["upstream/web.shop:80"].get("requestTimeoutMs").is_none());
+    assert!(v6["upstream/web.shop:80"].get("retry").is_none());
+    let v7 = mesh(7);
+    assert_eq!(v7["upstream/web.shop:80"]["requestTimeoutMs"], 2_000);
+    assert_eq!(
+        v7["upstream/web.shop:80"]["retry"]["grpcStatusCodes"][0],
+        14
+    );
 }
 
 /// A strict reader refuses what it does not know: the frozen copies are

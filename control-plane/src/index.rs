@@ -69,6 +69,8 @@ pub fn own_resources(
             protocol: upstream.protocol.unwrap_or_else(|| {
                 served_port(mesh, service).map_or(Protocol::Detect, Protocol::default_for_port)
             }),
+            request_timeout_ms: upstream.request_timeout.map(|d| d.as_millis() as u64),
+            retry: upstream.retry.clone(),
             endpoints,
         }));
     }

@@ -19,6 +19,7 @@ pub mod k8s;
 pub mod mesh;
 pub mod metrics;
 pub mod publish;
+pub mod retry;
 pub mod roots;
 pub mod server;
 pub mod source;

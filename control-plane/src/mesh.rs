@@ -122,6 +122,13 @@ pub struct UpstreamFile {
     /// (default: `detect`, or `opaque` on the default opaque ports).
     #[serde(default)]
     pub protocol: Option<Spanned<String>>,
+    /// How long one HTTP request may take, to its response's end (504,
+    /// gRPC DEADLINE_EXCEEDED after it).
+    #[serde(default)]
+    pub request_timeout: Option<Spanned<String>>,
+    /// Which failed HTTP requests are retried.
+    #[serde(default)]
+    pub retry: Option<crate::retry::RetrySpec>,
 }
 
 /// A served service.
@@ -205,6 +212,10 @@ pub struct UpstreamSpec {
     pub idle_timeout: Option<Duration>,
     /// What it speaks, as declared (`None`: its port's default).
     pub protocol: Option<Protocol>,
+    /// How long one HTTP request may take.
+    pub request_timeout: Option<Duration>,
+    /// Which failed HTTP requests are retried.
+    pub retry: Option<phoenix_api::snapshot::RetryPolicy>,
 }
 
 /// A validated served service.
@@ -299,6 +310,9 @@ pub enum Problem {
     /// A protocol name outside the known set.
     #[error("{0}")]
     Protocol(#[from] UnknownProtocol),
+    /// A retry policy that cannot be used.
+    #[error("{0}")]
+    Retry(#[from] crate::retry::RetryError),
     /// A duration that cannot be parsed or is out of range.
     #[error("{0}; e.g. 30s, 5m or 24h")]
     Duration(String),
@@ -548,6 +562,20 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
                 )?,
                 idle_timeout: optional("idleTimeout", &u.idle_timeout, Duration::from_millis(100))?,
                 protocol: protocol(&u.protocol, &at(&format!("upstreams[{j}].protocol")))?,
+                request_timeout: optional(
+                    "requestTimeout",
+                    &u.request_timeout,
+                    Duration::from_millis(1),
+                )?,
+                retry: u
+                    .retry
+                    .as_ref()
+                    .map(|r| {
+                        r.to_wire().map_err(|e| {
+                            invalid(uline, at(&format!("upstreams[{j}].retry")), e.into())
+                        })
+                    })
+                    .transpose()?,
             };
             if upstreams.insert(service, spec).is_some() {
                 return Err(invalid(
@@ -825,6 +853,37 @@ workloads:
         assert_eq!(line, 5);
         assert_eq!(field, "workloads[0].upstreams[0].idleTimeout");
         assert!(matches!(problem, Problem::Duration(_)));
+    }
+
+    #[test]
+    fn http_timeouts_and_retries_are_read_and_checked() {
+        let mesh = parse(
+            "trustDomain: td\nworkloads:\n  - name: web\n    upstreams:\n      - {service: db, listen: 127.0.0.1:0, requestTimeout: 1500ms, retry: {statusCodes: [503], grpcStatusCodes: [UNAVAILABLE], budget: {percent: 10}}}\n  - name: db\n    serve: [{service: db, target: 127.0.0.1:1}]\n",
+        )
+        .unwrap();
+        let u = &mesh.workloads["web"].upstreams["db"];
+        assert_eq!(u.request_timeout, Some(Duration::from_millis(1500)));
+        let retry = u.retry.as_ref().unwrap();
+        assert_eq!(retry.grpc_status_codes, vec![14]);
+        assert_eq!((retry.max_retries, retry.budget_percent), (2, 10));
+        let (line, field, problem) = problem(
+            "trustDomain: td\nworkloads:\n  - name: web\n    upstreams:\n      - {service: db, listen: 127.0.0.1:0, retry: {statusCodes: [503], maxRetries: 50}}\n  - name: db\n    serve: [{service: db, target: 127.0.0.1:1}]\n",
+        );
+        assert_eq!(line, 5);
+        assert_eq!(field, "workloads[0].upstreams[0].retry");
+        assert_eq!(
+            problem,
+            Problem::Retry(crate::retry::RetryError::MaxRetries(50))
+        );
+        let error = parse(
+            "trustDomain: td\nworkloads:\n  - name: web\n    upstreams:\n      - {service: db, listen: 127.0.0.1:0, retry: {statusCode: [503]}}\n  - name: db\n    serve: [{service: db, target: 127.0.0.1:1}]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("statusCode"),
+            "an unknown field is named: {error}"
+        );
     }
 
     #[test]

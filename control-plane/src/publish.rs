@@ -28,7 +28,8 @@ struct Published {
 /// One upsert of a plan: a shared resource, or one of the proxy's own.
 enum Item<'a> {
     Shared(&'a Published),
-    Own(Resource),
+    // Boxed: a resource is large next to a reference.
+    Own(Box<Resource>),
 }
 
 /// What a subscriber is sent next, before it is materialized or encoded.
@@ -217,7 +218,7 @@ impl Publisher {
                 position
                     .own
                     .iter()
-                    .map(|(k, r)| (k.clone(), Item::Own(r.clone()))),
+                    .map(|(k, r)| (k.clone(), Item::Own(Box::new(r.clone())))),
             );
             position.seen = self.version;
             position.sent = Some(self.version);
@@ -242,7 +243,7 @@ impl Publisher {
             let current = own();
             for (key, resource) in &current {
                 if position.own.get(key) != Some(resource) {
-                    upserts.push((key.clone(), Item::Own(resource.clone())));
+                    upserts.push((key.clone(), Item::Own(Box::new(resource.clone()))));
                 }
             }
             removals.extend(
@@ -277,7 +278,7 @@ impl Publisher {
         let plan = self.plan(position, own, own_changed)?;
         let owned = |item: Item<'_>| match item {
             Item::Shared(p) => (*p.resource).clone(),
-            Item::Own(r) => r,
+            Item::Own(r) => *r,
         };
         let upserts: BTreeMap<String, Resource> = plan
             .upserts
@@ -408,6 +409,8 @@ mod tests {
                 other_ips: vec![],
             }],
             protocol: Default::default(),
+            request_timeout_ms: None,
+            retry: None,
         })
     }
 

@@ -101,9 +101,94 @@ pub struct UpstreamConfig {
     pub idle_timeout: Option<Duration>,
     /// Peer proxies serving the service.
     pub endpoints: Vec<EndpointConfig>,
-    /// What it speaks (resolved by the control plane; carried for the HTTP
-    /// path, connections are relayed as bytes today).
+    /// What it speaks (resolved by the control plane).
     pub protocol: phoenix_api::protocol::Protocol,
+    /// How long one HTTP request may take, to its response's end.
+    pub request_timeout: Option<Duration>,
+    /// Which failed HTTP requests are tried again.
+    pub retry: Option<RetryConfig>,
+}
+
+/// Which failed HTTP requests of a service are retried (validated
+/// [`snapshot::RetryPolicy`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryConfig {
+    /// HTTP statuses retried.
+    pub status_codes: Vec<http::StatusCode>,
+    /// gRPC statuses retried (0 to 16).
+    pub grpc_status_codes: Vec<u8>,
+    /// Retries of one request, at most.
+    pub max_retries: u32,
+    /// Whether non-idempotent methods are retried too.
+    pub non_idempotent: bool,
+    /// Retries add at most this percentage of requests...
+    pub budget_percent: u32,
+    /// ...plus this many per second.
+    pub budget_min_per_second: u32,
+}
+
+/// The most retries one request may take: more would only multiply the
+/// load on a failing service.
+pub const MAX_RETRIES: u32 = 10;
+
+impl RetryConfig {
+    fn validate(key: &str, policy: &snapshot::RetryPolicy) -> Result<Self, ConfigError> {
+        let snapshot::RetryPolicy {
+            status_codes,
+            grpc_status_codes,
+            max_retries,
+            non_idempotent,
+            budget_percent,
+            budget_min_per_second,
+        } = policy;
+        let bad = |problem: RetryProblem| ConfigError::Retry {
+            key: key.to_owned(),
+            problem,
+        };
+        let status_codes = status_codes
+            .iter()
+            .map(|&code| {
+                http::StatusCode::from_u16(code)
+                    .ok()
+                    .filter(|_| (100..600).contains(&code))
+                    .ok_or(bad(RetryProblem::Status(code)))
+            })
+            .collect::<Result<_, _>>()?;
+        if let Some(&code) = grpc_status_codes.iter().find(|&&c| c > 16) {
+            return Err(bad(RetryProblem::GrpcStatus(code)));
+        }
+        if *max_retries == 0 || *max_retries > MAX_RETRIES {
+            return Err(bad(RetryProblem::MaxRetries(*max_retries)));
+        }
+        if *budget_percent > 100 {
+            return Err(bad(RetryProblem::BudgetPercent(*budget_percent)));
+        }
+        Ok(Self {
+            status_codes,
+            grpc_status_codes: grpc_status_codes.clone(),
+            max_retries: *max_retries,
+            non_idempotent: *non_idempotent,
+            budget_percent: *budget_percent,
+            budget_min_per_second: *budget_min_per_second,
+        })
+    }
+}
+
+/// What is wrong with a retry policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RetryProblem {
+    /// A status outside 100–599.
+    #[error("statusCodes lists {0}, not an HTTP status (100-599)")]
+    Status(u16),
+    /// A gRPC status above 16.
+    #[error("grpcStatusCodes lists {0}; gRPC statuses go from 0 to 16")]
+    GrpcStatus(u8),
+    /// Zero retries, or more than [`MAX_RETRIES`].
+    #[error("maxRetries is {0}; it must be from 1 to 10")]
+    MaxRetries(u32),
+    /// A budget over 100%.
+    #[error("budgetPercent is {0}; it must be at most 100")]
+    BudgetPercent(u32),
 }
 
 /// One peer proxy.
@@ -241,6 +326,14 @@ pub enum ConfigError {
         /// The service.
         service: String,
     },
+    /// An upstream's retry policy cannot be used.
+    #[error("resource `{key}` has a retry policy that cannot be used: {problem}")]
+    Retry {
+        /// The resource.
+        key: String,
+        /// What is wrong.
+        problem: RetryProblem,
+    },
 }
 
 impl TryFrom<&Snapshot> for ProxyConfig {
@@ -266,6 +359,8 @@ impl TryFrom<&Snapshot> for ProxyConfig {
                         connect_timeout_ms,
                         idle_timeout_ms,
                         protocol,
+                        request_timeout_ms,
+                        retry,
                     } = u;
                     let positive = |field: &'static str, ms: &Option<u64>| match ms {
                         Some(0) => Err(ConfigError::ZeroTimeout { field }),
@@ -274,6 +369,12 @@ impl TryFrom<&Snapshot> for ProxyConfig {
                     let connect_timeout =
                         positive("upstream connectTimeoutMs", connect_timeout_ms)?;
                     let idle_timeout = positive("upstream idleTimeoutMs", idle_timeout_ms)?;
+                    let request_timeout =
+                        positive("upstream requestTimeoutMs", request_timeout_ms)?;
+                    let retry = retry
+                        .as_ref()
+                        .map(|r| RetryConfig::validate(key, r))
+                        .transpose()?;
                     let mut seen = BTreeSet::new();
                     let endpoints = endpoints
                         .iter()
@@ -304,6 +405,8 @@ impl TryFrom<&Snapshot> for ProxyConfig {
                             connect_timeout,
                             idle_timeout,
                             protocol: *protocol,
+                            request_timeout,
+                            retry,
                         },
                     );
                 }
@@ -545,7 +648,87 @@ mod tests {
                 other_ips: vec![],
             }],
             protocol: Default::default(),
+            request_timeout_ms: None,
+            retry: None,
         })
+    }
+
+    /// A retry policy a proxy could not keep bounded is refused whole
+    /// (the last good config stays), naming what is wrong.
+    #[test]
+    fn retry_policies_are_checked() {
+        let with = |policy: phoenix_api::snapshot::RetryPolicy| {
+            let Resource::Upstream(mut u) = upstream(
+                "db",
+                "127.0.0.1:0",
+                "spiffe://phoenix.local/ns/default/sa/db",
+            ) else {
+                unreachable!()
+            };
+            u.retry = Some(policy);
+            u.request_timeout_ms = Some(1500);
+            ProxyConfig::try_from(&snap(vec![mesh(), Resource::Upstream(u)]))
+        };
+        let good = phoenix_api::snapshot::RetryPolicy {
+            status_codes: vec![503],
+            grpc_status_codes: vec![14],
+            max_retries: 2,
+            non_idempotent: false,
+            budget_percent: 20,
+            budget_min_per_second: 10,
+        };
+        let config = with(good.clone()).unwrap();
+        let db = &config.upstreams["db"];
+        assert_eq!(db.request_timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(
+            db.retry.as_ref().unwrap().status_codes,
+            vec![http::StatusCode::SERVICE_UNAVAILABLE]
+        );
+        let bad = [
+            (
+                phoenix_api::snapshot::RetryPolicy {
+                    max_retries: 0,
+                    ..good.clone()
+                },
+                RetryProblem::MaxRetries(0),
+            ),
+            (
+                phoenix_api::snapshot::RetryPolicy {
+                    max_retries: 1000,
+                    ..good.clone()
+                },
+                RetryProblem::MaxRetries(1000),
+            ),
+            (
+                phoenix_api::snapshot::RetryPolicy {
+                    status_codes: vec![42],
+                    ..good.clone()
+                },
+                RetryProblem::Status(42),
+            ),
+            (
+                phoenix_api::snapshot::RetryPolicy {
+                    grpc_status_codes: vec![99],
+                    ..good.clone()
+                },
+                RetryProblem::GrpcStatus(99),
+            ),
+            (
+                phoenix_api::snapshot::RetryPolicy {
+                    budget_percent: 500,
+                    ..good.clone()
+                },
+                RetryProblem::BudgetPercent(500),
+            ),
+        ];
+        for (policy, want) in bad {
+            match with(policy) {
+                Err(ConfigError::Retry { key, problem }) => {
+                    assert_eq!((key.as_str(), problem), ("upstream/db", want));
+                }
+                other => panic!("{want:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]

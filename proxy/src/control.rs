@@ -412,6 +412,8 @@ mod tests {
                     other_ips: vec![],
                 }],
                 protocol: Default::default(),
+                request_timeout_ms: None,
+                retry: None,
             }),
         ];
         Snapshot {

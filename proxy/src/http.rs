@@ -14,9 +14,12 @@
 
 pub mod app;
 pub mod body;
+pub mod deadline;
 pub mod detect;
 pub mod headers;
 pub mod inbound;
 pub mod legacy;
 pub mod outbound;
+pub mod replay;
 pub mod respond;
+pub mod retry;

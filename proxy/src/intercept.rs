@@ -316,6 +316,8 @@ mod tests {
                 connect_timeout_ms: None,
                 idle_timeout_ms: None,
                 protocol: Default::default(),
+                request_timeout_ms: None,
+                retry: None,
             }),
             Resource::Inbound(phoenix_api::snapshot::Inbound {
                 service: "legacy.shop:80".parse().unwrap(),

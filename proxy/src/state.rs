@@ -34,6 +34,8 @@ pub struct Shared {
     pub http_pool: Pool,
     /// Pooled HTTP connections to the local app.
     pub app_clients: AppClients,
+    /// Each service's retry budget.
+    pub retry_budgets: crate::http::retry::Budgets,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Source of connection ids for logs and headers.
@@ -88,6 +90,7 @@ impl Shared {
             pool,
             http_pool,
             app_clients: AppClients::default(),
+            retry_budgets: Default::default(),
             metrics,
             next_connection_id: AtomicU64::new(rand_seed()),
             active: watch::channel(0).0,
@@ -131,6 +134,12 @@ impl Shared {
         for pool in [&self.pool, &self.http_pool] {
             pool.retain(|addr, identity| listed.contains(&(addr, identity)));
         }
+        self.retry_budgets.retain(|service| {
+            config
+                .upstreams
+                .get(service)
+                .is_some_and(|u| u.retry.is_some())
+        });
         self.config.store(Some(Arc::new(config)));
         self.config_changed.send_replace(version);
     }

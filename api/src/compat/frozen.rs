@@ -47,6 +47,7 @@ pub fn read(version: u32, body: &[u8]) -> Result<Value, FrozenError> {
         4 => via::<v4::Response>(version, body),
         5 => via::<v5::Response>(version, body),
         6 => via::<v6::Response>(version, body),
+        7 => via::<v7::Response>(version, body),
         other => Err(FrozenError::NotServed(other)),
     }
 }
@@ -493,6 +494,115 @@ pub mod v6 {
         pub inbound_mode: Option<InboundMode>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub protocol: Option<String>,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(tag = "kind", rename_all = "camelCase")]
+    pub enum Resource {
+        Mesh(MeshSettings),
+        Upstream(Upstream),
+        Inbound(Inbound),
+    }
+
+    /// A resource as read: an unknown kind is kept as nothing.
+    #[derive(Deserialize)]
+    #[serde(tag = "kind", rename_all = "camelCase")]
+    enum Read {
+        Mesh(MeshSettings),
+        Upstream(Upstream),
+        Inbound(Inbound),
+        #[serde(other)]
+        Unknown,
+    }
+
+    fn known<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Resource>, D::Error> {
+        let all = BTreeMap::<String, Read>::deserialize(d)?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(key, read)| {
+                let resource = match read {
+                    Read::Mesh(m) => Resource::Mesh(m),
+                    Read::Upstream(u) => Resource::Upstream(u),
+                    Read::Inbound(i) => Resource::Inbound(i),
+                    Read::Unknown => return None,
+                };
+                Some((key, resource))
+            })
+            .collect())
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Snapshot {
+        pub version: u64,
+        #[serde(deserialize_with = "known")]
+        pub resources: BTreeMap<String, Resource>,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Delta {
+        pub from_version: u64,
+        pub version: u64,
+        #[serde(deserialize_with = "known")]
+        pub upserts: BTreeMap<String, Resource>,
+        pub removals: Vec<String>,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(tag = "type", rename_all = "camelCase")]
+    pub enum Response {
+        Snapshot(Snapshot),
+        Delta(Delta),
+        Error { code: String, message: String },
+    }
+}
+
+/// Version 7: version 6 and an upstream's HTTP `requestTimeoutMs` and
+/// `retry` policy.
+#[allow(missing_docs)]
+pub mod v7 {
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serialize};
+
+    pub use super::v5::{Endpoint, MeshSettings};
+    pub use super::v6::Inbound;
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Upstream {
+        pub service: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub listen: Option<SocketAddr>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub addresses: Vec<SocketAddr>,
+        pub endpoints: Vec<Endpoint>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub connect_timeout_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub idle_timeout_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub protocol: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub request_timeout_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub retry: Option<RetryPolicy>,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct RetryPolicy {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub status_codes: Vec<u16>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub grpc_status_codes: Vec<u8>,
+        pub max_retries: u32,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pub non_idempotent: bool,
+        pub budget_percent: u32,
+        pub budget_min_per_second: u32,
     }
 
     #[derive(Debug, Serialize, Deserialize)]

@@ -75,6 +75,19 @@ pub struct TrafficPolicySpec {
     /// Overrides MeshConfig's `inboundMode` for this Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbound_mode: Option<InboundMode>,
+
+    /// How long one HTTP request to the Service may take, from its first
+    /// byte to its response's last: 504 (gRPC: DEADLINE_EXCEEDED) after
+    /// it. A gRPC client's shorter `grpc-timeout` wins. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^([0-9]+(ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1ms')").message("requestTimeout must be at least 1ms"))]
+    pub request_timeout: Option<String>,
+
+    /// Which failed HTTP requests to the Service are retried, within a
+    /// budget. Default: only requests that never reached an endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<crate::retry::RetrySpec>,
 }
 
 /// A Service in the policy's namespace.

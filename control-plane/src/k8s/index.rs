@@ -566,6 +566,8 @@ impl Index {
         let millis = |d: Option<std::time::Duration>| d.map(|d| d.as_millis() as u64);
         let connect_timeout_ms = millis(policy.and_then(|p| p.connect_timeout));
         let idle_timeout_ms = millis(policy.and_then(|p| p.idle_timeout));
+        let request_timeout_ms = millis(policy.and_then(|p| p.request_timeout));
+        let retry = policy.and_then(|p| p.retry.clone());
         let allow = audience.allow_list(&self.trust_domain);
         let td = self.trust_domain.clone();
         let mut upstreams = Vec::new();
@@ -684,6 +686,8 @@ impl Index {
                     connect_timeout_ms,
                     idle_timeout_ms,
                     protocol,
+                    request_timeout_ms,
+                    retry: retry.clone(),
                 }));
             }
         }

@@ -251,6 +251,10 @@ pub struct PolicyRecord {
     /// What the Service speaks, when the policy says (it overrides the
     /// port's `appProtocol`).
     pub protocol: Option<phoenix_api::protocol::Protocol>,
+    /// How long one HTTP request to the Service may take.
+    pub request_timeout: Option<Duration>,
+    /// Which failed HTTP requests to the Service are retried.
+    pub retry: Option<phoenix_api::snapshot::RetryPolicy>,
 }
 
 /// The wire form of a CRD inbound mode.
@@ -280,6 +284,9 @@ pub enum PolicyError {
     /// An allow entry names neither a namespace nor a service account.
     #[error("allow[{0}] names neither a serviceAccount nor a namespace; name one or both")]
     EmptySelector(usize),
+    /// The retry policy cannot be used.
+    #[error("retry.{0}")]
+    Retry(#[source] crate::retry::RetryError),
 }
 
 impl PolicyRecord {
@@ -292,6 +299,8 @@ impl PolicyRecord {
             idle_timeout,
             protocol,
             inbound_mode,
+            request_timeout,
+            retry,
         } = spec;
         let mut invalid = None;
         let mut parse = |field: &'static str, value: &Option<String>| match value
@@ -307,6 +316,15 @@ impl PolicyRecord {
         };
         let connect_timeout = parse("connectTimeout", connect_timeout);
         let idle_timeout = parse("idleTimeout", idle_timeout);
+        let request_timeout = parse("requestTimeout", request_timeout);
+        let retry = match retry.as_ref().map(crate::retry::RetrySpec::to_wire) {
+            Some(Ok(policy)) => Some(policy),
+            Some(Err(error)) => {
+                invalid.get_or_insert(PolicyError::Retry(error));
+                None
+            }
+            None => None,
+        };
         let audience = allow.as_ref().map(|entries| {
             let mut selectors = vec![];
             for (
@@ -338,6 +356,8 @@ impl PolicyRecord {
             idle_timeout,
             inbound_mode: inbound_mode.map(wire_inbound_mode),
             protocol: protocol.map(|p| p.wire()),
+            request_timeout,
+            retry,
         }
     }
 }
@@ -386,6 +406,34 @@ mod tests {
                 .contains("certificateLifetime must be between"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn traffic_policy_http_settings_are_read_and_checked() {
+        let key = ObjectKey::new("shop", "web-policy");
+        let spec: TrafficPolicySpec = serde_json::from_value(serde_json::json!({
+            "targetRef": {"group": "", "kind": "Service", "name": "web"},
+            "requestTimeout": "2s",
+            "retry": {"grpcStatusCodes": ["UNAVAILABLE"], "maxRetries": 3}
+        }))
+        .unwrap();
+        let record = PolicyRecord::new(&key, &spec, 0);
+        assert_eq!(record.invalid, None);
+        assert_eq!(record.request_timeout, Some(Duration::from_secs(2)));
+        let retry = record.retry.unwrap();
+        assert_eq!((retry.grpc_status_codes, retry.max_retries), (vec![14], 3));
+        let spec: TrafficPolicySpec = serde_json::from_value(serde_json::json!({
+            "targetRef": {"group": "", "kind": "Service", "name": "web"},
+            "retry": {"grpcStatusCodes": ["SOMETIMES"]}
+        }))
+        .unwrap();
+        let record = PolicyRecord::new(&key, &spec, 0);
+        let error = record.invalid.unwrap().to_string();
+        assert!(
+            error.starts_with("retry.grpcStatusCodes: `SOMETIMES`"),
+            "{error}"
+        );
+        assert_eq!(record.retry, None);
     }
 
     #[test]

@@ -169,14 +169,16 @@ pub enum Ended<'a> {
 
 type OnEnd = Box<dyn FnOnce(Ended<'_>) + Send>;
 
-/// The receive half of an HTTP/3 stream as a body; `on_end` hears how it
-/// ended (the golden metrics count a response there, where gRPC's status
-/// is known).
+/// The receive half of an HTTP/3 stream as a body (DATA frames, then
+/// trailers); dropped before its end, it tells the peer to stop sending.
 pub struct H3Body<R: RecvHalf> {
     recv: R,
     data_done: bool,
     done: bool,
-    on_end: Option<OnEnd>,
+    /// A read is in flight. h3-quinn (0.0.10) moves the QUIC stream into
+    /// its read future meanwhile, and its `stop_sending` then unwraps a
+    /// `None` and panics; dropping the stream stops it in that case.
+    reading: bool,
 }
 
 impl<R: RecvHalf> H3Body<R> {
@@ -186,24 +188,7 @@ impl<R: RecvHalf> H3Body<R> {
             recv,
             data_done: false,
             done: false,
-            on_end: None,
-        }
-    }
-
-    /// `recv` as a body whose end is told to `on_end`.
-    pub fn observed(recv: R, on_end: impl FnOnce(Ended<'_>) + Send + 'static) -> Self {
-        Self {
-            recv,
-            data_done: false,
-            done: false,
-            on_end: Some(Box::new(on_end)),
-        }
-    }
-
-    fn end(&mut self, how: Ended<'_>) {
-        self.done = true;
-        if let Some(on_end) = self.on_end.take() {
-            on_end(how);
+            reading: false,
         }
     }
 }
@@ -221,26 +206,30 @@ impl<R: RecvHalf> Body for H3Body<R> {
             return Poll::Ready(None);
         }
         if !this.data_done {
-            match ready!(this.recv.poll_data(cx)) {
+            let polled = this.recv.poll_data(cx);
+            this.reading = polled.is_pending();
+            match ready!(polled) {
                 Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                 Ok(None) => this.data_done = true,
                 Err(error) => {
-                    this.end(Ended::Failed);
+                    this.done = true;
                     return Poll::Ready(Some(Err(error.into())));
                 }
             }
         }
-        match ready!(this.recv.poll_trailers(cx)) {
+        let polled = this.recv.poll_trailers(cx);
+        this.reading = polled.is_pending();
+        match ready!(polled) {
             Ok(Some(trailers)) => {
-                this.end(Ended::Trailers(&trailers));
+                this.done = true;
                 Poll::Ready(Some(Ok(Frame::trailers(trailers))))
             }
             Ok(None) => {
-                this.end(Ended::Complete);
+                this.done = true;
                 Poll::Ready(None)
             }
             Err(error) => {
-                this.end(Ended::Failed);
+                this.done = true;
                 Poll::Ready(Some(Err(error.into())))
             }
         }
@@ -253,15 +242,15 @@ impl<R: RecvHalf> Body for H3Body<R> {
 
 impl<R: RecvHalf> Drop for H3Body<R> {
     fn drop(&mut self) {
-        if !self.done {
+        // With a read in flight, quinn stops the stream as it is dropped.
+        if !self.done && !self.reading {
             self.recv.stop();
-            self.end(Ended::Dropped);
         }
     }
 }
 
-/// Any body whose end is told to an observer once, as [`H3Body::observed`]
-/// does for HTTP/3 (a response from a peer reached through the tunnel).
+/// Any body whose end is told to an observer once: the golden metrics
+/// count a response there, where gRPC's status is known.
 pub struct Observed<B> {
     body: B,
     on_end: Option<OnEnd>,

@@ -191,6 +191,11 @@ async fn refuse(
             GRPC_UNAVAILABLE,
             "the app gave no response",
         ),
+        HttpError::timeout => (
+            StatusCode::GATEWAY_TIMEOUT,
+            super::respond::GRPC_DEADLINE_EXCEEDED,
+            "request timed out",
+        ),
         HttpError::no_route | HttpError::unavailable => (
             StatusCode::SERVICE_UNAVAILABLE,
             GRPC_UNAVAILABLE,

@@ -48,7 +48,7 @@ pub async fn send(
     metrics: &Metrics,
     peer: &PeerConn,
     header: &ConnectRequest,
-    req: Request<Incoming>,
+    req: Request<super::respond::ProxyBody>,
     protocol: AppProtocol,
 ) -> Result<Response<Incoming>, LegacyError> {
     let mut head = Vec::with_capacity(64);

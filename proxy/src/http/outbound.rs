@@ -20,11 +20,14 @@ use super::body::{self, H3Body};
 use super::detect::{Carry, Prefixed};
 use super::headers::{self, CLIENT_PROTO, DST_ADDR, DST_SERVICE};
 use super::legacy;
-use super::respond::{self, Exchange, GRPC_UNAVAILABLE, ProxyBody};
+use super::respond::{self, Exchange, GRPC_DEADLINE_EXCEEDED, GRPC_UNAVAILABLE, ProxyBody};
+use super::retry::{self, Budget};
+use super::{deadline, replay};
 use crate::balance;
 use crate::config::EndpointConfig;
 use crate::metrics::Direction;
 use crate::metrics::http::HttpError;
+use crate::metrics::http::{RetryLabels, RetrySkipped, SkippedLabels};
 use crate::state::Shared;
 
 /// How long an HTTP/1 client has to send a request's head.
@@ -83,165 +86,190 @@ async fn request(
     let metrics = &shared.metrics.http;
     let grpc = headers::is_grpc(req.headers());
     let exchange = Exchange::start(metrics, Direction::outbound, target.service.as_str());
-    let fail = |reason: HttpError, status: StatusCode, message: &'static str| {
+    let fail = |reason: HttpError, status: StatusCode, grpc_status: u8, message: &'static str| {
         metrics.error(Direction::outbound, reason);
         exchange.headers(metrics, if grpc { StatusCode::OK } else { status });
-        let response = respond::error(grpc, status, GRPC_UNAVAILABLE, message);
-        let grpc_status = grpc.then(|| GRPC_UNAVAILABLE.to_string());
-        exchange.ended(metrics, "", response.status(), grpc_status, false);
+        let response = respond::error(grpc, status, grpc_status, message);
+        let label = grpc.then(|| grpc_status.to_string());
+        exchange.ended(metrics, "", response.status(), label, false);
         response
     };
-    let Some(config) = shared.config.load_full() else {
-        return fail(
-            HttpError::unavailable,
+    let unavailable = |reason: HttpError, message: &'static str| {
+        fail(
+            reason,
             StatusCode::SERVICE_UNAVAILABLE,
-            "no config yet",
-        );
+            GRPC_UNAVAILABLE,
+            message,
+        )
+    };
+    let Some(config) = shared.config.load_full() else {
+        return unavailable(HttpError::unavailable, "no config yet");
     };
     let Some(upstream) = config.upstreams.get(&target.service) else {
-        return fail(
-            HttpError::no_route,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "service no longer configured",
-        );
+        return unavailable(HttpError::no_route, "service no longer configured");
     };
     let (endpoints, dst) = match &target.pod {
         Some((endpoint, addr)) => (std::slice::from_ref(endpoint), Dst::Addr(*addr)),
         None => (upstream.endpoints.as_slice(), Dst::Service),
     };
-    let Some(prepared) = Prepared::new(req, &target.service) else {
+    let deadline = deadline::of(exchange.started, upstream.request_timeout, req.headers());
+    let policy = upstream
+        .retry
+        .as_ref()
+        .filter(|p| retry::retryable(p, req.method(), grpc));
+    let Some((prepared, body)) = Prepared::new(req, &target.service) else {
         return fail(
             HttpError::bad_request,
             StatusCode::BAD_REQUEST,
+            GRPC_UNAVAILABLE,
             "request cannot be carried",
         );
     };
-    let timeout = upstream
-        .connect_timeout
-        .unwrap_or(config.mesh.connect_timeout);
-    // Per request: power of two choices over the requests each endpoint
-    // has in flight, failing over to another endpoint when one cannot be
-    // reached (no byte of the request has left yet).
-    let Some((peer, endpoint)) =
-        balance::connect(&shared.http_pool, endpoints, &config.mesh, timeout).await
-    else {
-        return fail(
-            HttpError::unavailable,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no endpoint reachable",
-        );
+    // A request its policy may retry keeps a copy of its body (at most
+    // 64 KiB) as it streams; every request pays into its service's budget.
+    let (mut body, replay, budget) = match policy {
+        Some(policy) => {
+            let (recorded, replay) = replay::record(body);
+            let budget = shared.retry_budgets.get(&target.service, policy);
+            budget.deposit();
+            (recorded.boxed_unsync(), Some(replay), Some(budget))
+        }
+        None => (body.map_err(Into::into).boxed_unsync(), None, None),
     };
-    let peer_identity = endpoint.identity.to_string();
-    let guard = peer.stream_guard();
-    let Some(mut sender) = peer.http3.clone() else {
-        // A peer from before HTTP/3: the request goes inside a tunnel stream.
-        let header = ConnectRequest {
-            service: matches!(dst, Dst::Service).then(|| target.service.clone()),
-            original_dst: match dst {
-                Dst::Addr(addr) => Some(addr),
-                Dst::Service => None,
-            },
-            connection_id: shared.connection_id(),
+    let call = Call {
+        shared,
+        target,
+        endpoints,
+        dst,
+        proto,
+        prepared: &prepared,
+        connect_timeout: upstream
+            .connect_timeout
+            .unwrap_or(config.mesh.connect_timeout),
+        mesh: &config.mesh,
+    };
+    let mut retries = 0;
+    let answer = loop {
+        let attempt = call.attempt(body);
+        let result = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, attempt)
+                .await
+                .unwrap_or(Err(AttemptError::Timeout)),
+            None => attempt.await,
         };
-        let version = if proto == "http2" {
-            AppProtocol::Http2
-        } else {
-            AppProtocol::Http1
-        };
-        let response = match legacy::send(
-            &shared.metrics,
-            &peer,
-            &header,
-            prepared.into_legacy(version),
-            version,
-        )
-        .await
-        {
-            Ok(response) => response,
-            Err(error) => {
-                tracing::debug!(peer = %endpoint.address, error = %phoenix_runtime::process::error_chain(&error), "request through a tunnel stream failed");
+        let answer = match result {
+            Ok(answer) => answer,
+            Err(AttemptError::Timeout) => {
+                return fail(
+                    HttpError::timeout,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    GRPC_DEADLINE_EXCEEDED,
+                    "request timed out",
+                );
+            }
+            Err(AttemptError::Unavailable) => {
+                return unavailable(HttpError::unavailable, "no endpoint reachable");
+            }
+            Err(AttemptError::BadGateway(message)) => {
                 return fail(
                     HttpError::bad_gateway,
                     StatusCode::BAD_GATEWAY,
-                    "peer gave no response",
+                    GRPC_UNAVAILABLE,
+                    message,
+                );
+            }
+            Err(AttemptError::BadRequest) => {
+                return fail(
+                    HttpError::bad_request,
+                    StatusCode::BAD_REQUEST,
+                    GRPC_UNAVAILABLE,
+                    "request cannot be carried",
                 );
             }
         };
-        let (mut parts, body) = response.into_parts();
-        exchange.headers(metrics, parts.status);
-        let status = parts.status;
-        let head_grpc = respond::grpc_status(&parts.headers);
-        headers::strip_hop_by_hop(&mut parts.headers);
-        let shared_metrics = shared.metrics.clone();
-        let body = body::Observed::new(body, move |ended| {
-            let _guard = guard;
-            let (grpc_status, broke) = outcome(ended, head_grpc);
-            exchange.ended(
-                &shared_metrics.http,
-                &peer_identity,
-                status,
-                grpc_status,
-                broke,
-            );
-        });
-        return Response::from_parts(parts, body.boxed_unsync());
-    };
-    let (h3_request, body) = match prepared.into_h3(&target.service, dst, proto) {
-        Some(r) => r,
-        None => {
-            return fail(
-                HttpError::bad_request,
-                StatusCode::BAD_REQUEST,
-                "request cannot be carried",
-            );
+        let (Some(policy), Some(replay), Some(budget)) = (policy, &replay, &budget) else {
+            break answer;
+        };
+        if retries >= policy.max_retries
+            || !retry::wants_retry(policy, answer.parts.status, answer.head_grpc.as_deref())
+        {
+            break answer;
         }
-    };
-    let stream = match sender.send_request(h3_request).await {
-        Ok(stream) => stream,
-        Err(error) => {
-            tracing::debug!(peer = %endpoint.address, %error, "cannot send the request to the peer");
-            return fail(
-                HttpError::bad_gateway,
-                StatusCode::BAD_GATEWAY,
-                "peer refused the request",
-            );
+        let labels = |reason| SkippedLabels {
+            service: target.service.to_string(),
+            reason,
+        };
+        let Some(again) = replay.body() else {
+            metrics
+                .retries_skipped
+                .get_or_create(&labels(RetrySkipped::body))
+                .inc();
+            break answer;
+        };
+        if !budget.withdraw() {
+            metrics
+                .retries_skipped
+                .get_or_create(&labels(RetrySkipped::budget))
+                .inc();
+            break answer;
         }
+        metrics
+            .retries
+            .get_or_create(&RetryLabels {
+                service: target.service.to_string(),
+            })
+            .inc();
+        tracing::debug!(service = %target.service, status = %answer.parts.status, retries, "retrying");
+        retries += 1;
+        // The failed answer is dropped: its stream is stopped, its body unread.
+        body = again.boxed_unsync();
     };
-    let (mut send, mut recv) = stream.split();
-    tokio::spawn(
-        async move {
-            if let Err(error) = body::pump(body, &mut send).await {
-                tracing::debug!(error = %phoenix_runtime::process::error_chain(&error), "request body not carried to its end");
-            }
-        }
-        .in_current_span(),
-    );
-    let head = match recv.recv_response().await {
-        Ok(head) => head,
-        Err(error) => {
-            tracing::debug!(peer = %endpoint.address, %error, "peer sent no response");
-            return fail(
-                HttpError::bad_gateway,
-                StatusCode::BAD_GATEWAY,
-                "peer sent no response",
-            );
-        }
-    };
-    let (mut parts, ()) = head.into_parts();
+    finish(shared, exchange, answer, deadline, grpc, proto)
+}
+
+/// The final answer, as the app gets it: counted when its body ends, cut
+/// at the deadline.
+fn finish(
+    shared: &Arc<Shared>,
+    exchange: Exchange,
+    answer: Answer,
+    deadline: Option<tokio::time::Instant>,
+    grpc: bool,
+    proto: &'static str,
+) -> Response<ProxyBody> {
+    let Answer {
+        mut parts,
+        body,
+        head_grpc,
+        peer_identity,
+        hold,
+    } = answer;
+    let metrics = &shared.metrics.http;
     exchange.headers(metrics, parts.status);
     let status = parts.status;
-    let head_grpc = respond::grpc_status(&parts.headers);
-    let trailers_only = head_grpc.is_some();
     headers::strip_hop_by_hop(&mut parts.headers);
-    // hyper writes the version it serves; the peer's HTTP/3 is not ours.
+    // hyper writes the version it serves; the peer's is not ours.
     parts.version = if proto == "http2" {
         Version::HTTP_2
     } else {
         Version::HTTP_11
     };
+    let trailers_only = head_grpc.is_some();
+    let body = match deadline {
+        Some(deadline) => {
+            let on_fire_metrics = shared.metrics.clone();
+            deadline::Deadlined::new(body, deadline, grpc, move || {
+                on_fire_metrics
+                    .http
+                    .error(Direction::outbound, HttpError::timeout);
+            })
+            .boxed_unsync()
+        }
+        None => body,
+    };
     let shared_metrics = shared.metrics.clone();
-    let body = H3Body::observed(recv, move |ended| {
-        let _guard = guard;
+    let body = body::Observed::new(body, move |ended| {
+        let _hold = hold;
         let (grpc_status, broke) = outcome(ended, head_grpc);
         exchange.ended(
             &shared_metrics.http,
@@ -276,6 +304,156 @@ fn outcome(ended: body::Ended<'_>, head: Option<String>) -> (Option<String>, boo
     }
 }
 
+/// A response head from the peer, its body not yet read.
+struct Answer {
+    parts: http::response::Parts,
+    body: ProxyBody,
+    /// The gRPC status in the head (a Trailers-Only response).
+    head_grpc: Option<String>,
+    peer_identity: String,
+    /// Kept until the response ends: the endpoint's in-flight count, and
+    /// the request body's stream (reset if the exchange is abandoned).
+    hold: Hold,
+}
+
+/// What an exchange holds on to until its response ends.
+struct Hold {
+    _guard: crate::pool::StreamGuard,
+    _cancel: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Why one attempt got no response.
+enum AttemptError {
+    /// No endpoint could be reached.
+    Unavailable,
+    /// The peer failed before a response.
+    BadGateway(&'static str),
+    /// The request cannot be put on the wire.
+    BadRequest,
+    /// The deadline passed first.
+    Timeout,
+}
+
+/// One request's fixed facts, for each of its attempts.
+struct Call<'a> {
+    shared: &'a Arc<Shared>,
+    target: &'a Target,
+    endpoints: &'a [EndpointConfig],
+    dst: Dst,
+    proto: &'static str,
+    prepared: &'a Prepared,
+    connect_timeout: std::time::Duration,
+    mesh: &'a crate::config::MeshConfig,
+}
+
+impl Call<'_> {
+    /// Sends the request with `body` to an endpoint chosen for it now
+    /// (power of two choices over the requests each has in flight,
+    /// failing over to another when one cannot be reached) and waits for
+    /// the response's head.
+    async fn attempt(&self, body: ProxyBody) -> Result<Answer, AttemptError> {
+        let Some((peer, endpoint)) = balance::connect(
+            &self.shared.http_pool,
+            self.endpoints,
+            self.mesh,
+            self.connect_timeout,
+        )
+        .await
+        else {
+            return Err(AttemptError::Unavailable);
+        };
+        let peer_identity = endpoint.identity.to_string();
+        let guard = peer.stream_guard();
+        let Some(mut sender) = peer.http3.clone() else {
+            return self.through_tunnel(&peer, endpoint, body, guard).await;
+        };
+        let h3_request = self
+            .prepared
+            .to_h3(&self.target.service, self.dst, self.proto)
+            .ok_or(AttemptError::BadRequest)?;
+        let stream = sender.send_request(h3_request).await.map_err(|error| {
+            tracing::debug!(peer = %endpoint.address, %error, "cannot send the request to the peer");
+            AttemptError::BadGateway("peer refused the request")
+        })?;
+        let (mut send, mut recv) = stream.split();
+        let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(
+            async move {
+                tokio::select! {
+                    result = body::pump(body, &mut send) => {
+                        if let Err(error) = result {
+                            tracing::debug!(error = %phoenix_runtime::process::error_chain(&error), "request body not carried to its end");
+                        }
+                    }
+                    // The exchange was abandoned (a timeout, a retry, the
+                    // client gone): reset, so the peer never takes a cut
+                    // body as whole.
+                    _ = cancelled => body::SendHalf::cancel(&mut send),
+                }
+            }
+            .in_current_span(),
+        );
+        let head = recv.recv_response().await.map_err(|error| {
+            tracing::debug!(peer = %endpoint.address, %error, "peer sent no response");
+            AttemptError::BadGateway("peer sent no response")
+        })?;
+        let (parts, ()) = head.into_parts();
+        let head_grpc = respond::grpc_status(&parts.headers);
+        Ok(Answer {
+            parts,
+            body: H3Body::new(recv).boxed_unsync(),
+            head_grpc,
+            peer_identity,
+            hold: Hold {
+                _guard: guard,
+                _cancel: Some(cancel),
+            },
+        })
+    }
+
+    /// The attempt to a peer from before HTTP/3: inside a tunnel stream.
+    async fn through_tunnel(
+        &self,
+        peer: &crate::pool::PeerConn,
+        endpoint: &EndpointConfig,
+        body: ProxyBody,
+        guard: crate::pool::StreamGuard,
+    ) -> Result<Answer, AttemptError> {
+        let header = ConnectRequest {
+            service: matches!(self.dst, Dst::Service).then(|| self.target.service.clone()),
+            original_dst: match self.dst {
+                Dst::Addr(addr) => Some(addr),
+                Dst::Service => None,
+            },
+            connection_id: self.shared.connection_id(),
+        };
+        let version = if self.proto == "http2" {
+            AppProtocol::Http2
+        } else {
+            AppProtocol::Http1
+        };
+        let request = self.prepared.to_legacy(version, body);
+        let response = legacy::send(&self.shared.metrics, peer, &header, request, version)
+            .await
+            .map_err(|error| {
+                tracing::debug!(peer = %endpoint.address, error = %phoenix_runtime::process::error_chain(&error), "request through a tunnel stream failed");
+                AttemptError::BadGateway("peer gave no response")
+            })?;
+        let (parts, body) = response.into_parts();
+        let head_grpc = respond::grpc_status(&parts.headers);
+        Ok(Answer {
+            parts,
+            body: body.map_err(Into::into).boxed_unsync(),
+            head_grpc,
+            peer_identity: endpoint.identity.to_string(),
+            hold: Hold {
+                _guard: guard,
+                _cancel: None,
+            },
+        })
+    }
+}
+
 /// Where a request goes at the peer: the service, or the pod's address
 /// the app dialled.
 #[derive(Clone, Copy, Debug)]
@@ -285,10 +463,10 @@ enum Dst {
 }
 
 /// A request from the app, checked and stripped of what is the hop's,
-/// before it is known which kind of peer takes it.
+/// kept apart from its body so every attempt can be built from it.
 struct Prepared {
-    parts: http::request::Parts,
-    body: Incoming,
+    method: http::Method,
+    headers: http::HeaderMap,
     authority: Authority,
     path: PathAndQuery,
 }
@@ -297,7 +475,7 @@ impl Prepared {
     /// The authority kept (`Host` for HTTP/1, `:authority` for HTTP/2; the
     /// service name when the client sent neither, as HTTP/1.0 may). `None`
     /// for a request no peer could take.
-    fn new(req: Request<Incoming>, service: &ServiceName) -> Option<Self> {
+    fn new(req: Request<Incoming>, service: &ServiceName) -> Option<(Self, Incoming)> {
         let (mut parts, body) = req.into_parts();
         let authority = match parts.uri.authority() {
             Some(a) => a.clone(),
@@ -313,87 +491,73 @@ impl Prepared {
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::strip_mesh(&mut parts.headers);
-        Some(Self {
-            parts,
+        Some((
+            Self {
+                method: parts.method,
+                headers: parts.headers,
+                authority,
+                path,
+            },
             body,
-            authority,
-            path,
-        })
+        ))
     }
 
-    /// The request as it goes to an HTTP/3 peer: where it goes and which
-    /// version the client spoke added.
-    fn into_h3(
-        self,
-        service: &ServiceName,
-        dst: Dst,
-        proto: &'static str,
-    ) -> Option<(Request<()>, Incoming)> {
-        let Self {
-            mut parts,
-            body,
-            authority,
-            path,
-        } = self;
+    /// The request's head as it goes to an HTTP/3 peer: where it goes and
+    /// which version the client spoke added.
+    fn to_h3(&self, service: &ServiceName, dst: Dst, proto: &'static str) -> Option<Request<()>> {
+        let mut headers = self.headers.clone();
         // The authority travels as `:authority`; HTTP/3 refuses a `Host`
         // that differs from it.
-        parts.headers.remove(header::HOST);
+        headers.remove(header::HOST);
         match dst {
-            Dst::Service => parts
-                .headers
-                .insert(DST_SERVICE, headers::value(service.as_str())?),
-            Dst::Addr(addr) => parts
-                .headers
-                .insert(DST_ADDR, headers::value(&addr.to_string())?),
+            Dst::Service => headers.insert(DST_SERVICE, headers::value(service.as_str())?),
+            Dst::Addr(addr) => headers.insert(DST_ADDR, headers::value(&addr.to_string())?),
         };
-        parts
-            .headers
-            .insert(CLIENT_PROTO, http::HeaderValue::from_static(proto));
-        parts.uri = Uri::builder()
+        headers.insert(CLIENT_PROTO, http::HeaderValue::from_static(proto));
+        let uri = Uri::builder()
             .scheme(Scheme::HTTP)
-            .authority(authority)
-            .path_and_query(path)
+            .authority(self.authority.clone())
+            .path_and_query(self.path.clone())
             .build()
             .ok()?;
-        parts.version = Version::HTTP_3;
-        Some((Request::from_parts(parts, ()), body))
+        let mut request = Request::new(());
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = uri;
+        *request.version_mut() = Version::HTTP_3;
+        *request.headers_mut() = headers;
+        Some(request)
     }
 
     /// The request as it goes inside a tunnel stream to a peer from
     /// before HTTP/3, and from there to the app: HTTP/1.1 in origin form
     /// with its `Host`, or HTTP/2 with its `:authority`.
-    fn into_legacy(self, version: AppProtocol) -> Request<Incoming> {
-        let Self {
-            mut parts,
-            body,
-            authority,
-            path,
-        } = self;
-        match version {
+    fn to_legacy(&self, version: AppProtocol, body: ProxyBody) -> Request<ProxyBody> {
+        let mut headers = self.headers.clone();
+        let (uri, version) = match version {
             AppProtocol::Http1 => {
-                if !parts.headers.contains_key(header::HOST)
-                    && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
+                if !headers.contains_key(header::HOST)
+                    && let Ok(host) = http::HeaderValue::from_str(self.authority.as_str())
                 {
-                    parts.headers.insert(header::HOST, host);
+                    headers.insert(header::HOST, host);
                 }
-                parts.uri = Uri::from(path);
-                parts.version = Version::HTTP_11;
+                (Uri::from(self.path.clone()), Version::HTTP_11)
             }
             AppProtocol::Http2 => {
-                parts.headers.remove(header::HOST);
-                if let Ok(uri) = Uri::builder()
+                headers.remove(header::HOST);
+                let uri = Uri::builder()
                     .scheme(Scheme::HTTP)
-                    .authority(authority)
-                    .path_and_query(path.clone())
+                    .authority(self.authority.clone())
+                    .path_and_query(self.path.clone())
                     .build()
-                {
-                    parts.uri = uri;
-                } else {
-                    parts.uri = Uri::from(path);
-                }
-                parts.version = Version::HTTP_2;
+                    .unwrap_or_else(|_| Uri::from(self.path.clone()));
+                (uri, Version::HTTP_2)
             }
-        }
-        Request::from_parts(parts, body)
+        };
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = uri;
+        *request.version_mut() = version;
+        *request.headers_mut() = headers;
+        request
     }
 }

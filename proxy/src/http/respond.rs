@@ -14,6 +14,8 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// gRPC's status for a peer that cannot be reached or failed.
 pub const GRPC_UNAVAILABLE: u8 = 14;
+/// gRPC's status for a call past its deadline.
+pub const GRPC_DEADLINE_EXCEEDED: u8 = 4;
 /// gRPC's status for a caller the server's policy refuses.
 pub const GRPC_PERMISSION_DENIED: u8 = 7;
 

@@ -84,6 +84,36 @@ pub enum HttpError {
     denied,
     /// The peer proxy serves no such service (503).
     no_route,
+    /// The request took longer than its timeout or gRPC deadline (504,
+    /// gRPC DEADLINE_EXCEEDED).
+    timeout,
+}
+
+/// Labels of `retry_total` and `retry_skipped_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    /// The service called.
+    pub service: String,
+}
+
+/// Why a request its policy would retry was not.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RetrySkipped {
+    /// The service's retry budget was spent.
+    budget,
+    /// The request's body was larger than can be kept for a replay, or
+    /// had not been sent whole when the response came.
+    body,
+}
+
+/// Labels of `retry_skipped_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SkippedLabels {
+    /// The service called.
+    pub service: String,
+    /// Why.
+    pub reason: RetrySkipped,
 }
 
 /// Labels of `http_errors_total`.
@@ -133,6 +163,10 @@ pub struct HttpMetrics {
     pub errors: Family<ErrorLabels, Counter>,
     /// Protocol detection verdicts.
     pub detect: Family<DetectLabels, Counter>,
+    /// Requests sent again after a retryable failure.
+    pub retries: Family<RetryLabels, Counter>,
+    /// Retryable failures not retried, by reason.
+    pub retries_skipped: Family<SkippedLabels, Counter>,
 }
 
 impl Default for HttpMetrics {
@@ -143,6 +177,8 @@ impl Default for HttpMetrics {
             latency: Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS)),
             errors: Family::default(),
             detect: Family::default(),
+            retries: Family::default(),
+            retries_skipped: Family::default(),
         }
     }
 }
@@ -165,6 +201,16 @@ impl HttpMetrics {
             "http_errors",
             "HTTP responses the proxy made itself, by reason",
             self.errors.clone(),
+        );
+        registry.register(
+            "retry",
+            "HTTP requests sent again after a retryable failure",
+            self.retries.clone(),
+        );
+        registry.register(
+            "retry_skipped",
+            "Retryable HTTP failures not retried (budget spent, body not replayable)",
+            self.retries_skipped.clone(),
         );
         registry.register(
             "protocol_detect",

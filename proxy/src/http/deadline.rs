@@ -1,0 +1,240 @@
+//! Request deadlines: the service's `requestTimeout` and gRPC's
+//! `grpc-timeout`, whichever ends first, enforced until the response's
+//! last byte (Gateway API's `timeouts.request` semantics).
+//!
+//! Before the response's head, the proxy answers 504 (gRPC:
+//! DEADLINE_EXCEEDED, trailers-only). After it, a gRPC response ends with
+//! DEADLINE_EXCEEDED trailers, which gRPC clients read as the call's
+//! status; a plain HTTP response is cut (a reset), so a client never takes
+//! a truncated body as whole.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+use super::body::BoxError;
+use super::respond::GRPC_DEADLINE_EXCEEDED;
+
+/// The longest `grpc-timeout` honoured: gRPC allows up to 99,999,999
+/// hours; beyond a day is no deadline in practice.
+const MAX_GRPC_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// Reads a `grpc-timeout` value: 1 to 8 ASCII digits and a unit (`H`,
+/// `M`, `S`, `m`, `u`, `n`), as the gRPC-over-HTTP/2 spec writes it.
+/// `None` for anything else (the header is then ignored, as gRPC servers
+/// do), or for zero.
+pub fn grpc_timeout(value: &[u8]) -> Option<Duration> {
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    let d = match unit {
+        b'H' => Duration::from_secs(n.checked_mul(3600)?),
+        b'M' => Duration::from_secs(n.checked_mul(60)?),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    };
+    (!d.is_zero()).then_some(d.min(MAX_GRPC_TIMEOUT))
+}
+
+/// The deadline of a request that started at `start`: the first of the
+/// service's timeout and the client's `grpc-timeout`.
+pub fn of(start: Instant, timeout: Option<Duration>, headers: &HeaderMap) -> Option<Instant> {
+    let grpc = headers
+        .get("grpc-timeout")
+        .and_then(|v| grpc_timeout(v.as_bytes()));
+    let limit = match (timeout, grpc) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    limit.map(|l| start + l)
+}
+
+/// The error a cut body ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("request deadline passed")]
+pub struct DeadlinePassed;
+
+/// A response body that ends at the deadline (an observer around it sees
+/// the DEADLINE_EXCEEDED trailers or the error, so counts a failure).
+pub struct Deadlined<B> {
+    inner: Option<B>,
+    sleep: Pin<Box<Sleep>>,
+    grpc: bool,
+    on_fire: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl<B> Deadlined<B> {
+    /// `inner`, ended at `deadline`; a gRPC response (`grpc`) ends with
+    /// DEADLINE_EXCEEDED trailers; `on_fire` runs once if it does.
+    pub fn new(
+        inner: B,
+        deadline: Instant,
+        grpc: bool,
+        on_fire: impl FnOnce() + Send + 'static,
+    ) -> Self {
+        Self {
+            inner: Some(inner),
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            grpc,
+            on_fire: Some(Box::new(on_fire)),
+        }
+    }
+}
+
+impl<B> Body for Deadlined<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Poll::Ready(frame) = Pin::new(inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        if this.sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        // Dropping the inner body stops the stream toward the peer.
+        this.inner = None;
+        if let Some(on_fire) = this.on_fire.take() {
+            on_fire();
+        }
+        if this.grpc {
+            let mut trailers = HeaderMap::new();
+            trailers.insert(
+                "grpc-status",
+                HeaderValue::from(u16::from(GRPC_DEADLINE_EXCEEDED)),
+            );
+            trailers.insert(
+                "grpc-message",
+                HeaderValue::from_static("deadline exceeded at the client's proxy"),
+            );
+            Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+        } else {
+            Poll::Ready(Some(Err(Box::new(DeadlinePassed))))
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.as_ref().map(Body::size_hint).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[test]
+    fn grpc_timeouts_parse_as_the_spec_writes_them() {
+        assert_eq!(grpc_timeout(b"100m"), Some(Duration::from_millis(100)));
+        assert_eq!(grpc_timeout(b"5S"), Some(Duration::from_secs(5)));
+        assert_eq!(grpc_timeout(b"2M"), Some(Duration::from_secs(120)));
+        assert_eq!(grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout(b"250u"), Some(Duration::from_micros(250)));
+        assert_eq!(
+            grpc_timeout(b"99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        assert_eq!(grpc_timeout(b"99999999H"), Some(MAX_GRPC_TIMEOUT));
+        for bad in [
+            &b""[..],
+            b"m",
+            b"10",
+            b"123456789m",
+            b"-5S",
+            b"5s",
+            b"1.5S",
+            b"0m",
+            b" 5S",
+        ] {
+            assert_eq!(
+                grpc_timeout(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn the_first_limit_wins() {
+        let start = Instant::now();
+        let mut headers = HeaderMap::new();
+        assert_eq!(of(start, None, &headers), None);
+        assert_eq!(
+            of(start, Some(Duration::from_secs(2)), &headers),
+            Some(start + Duration::from_secs(2))
+        );
+        headers.insert("grpc-timeout", HeaderValue::from_static("500m"));
+        assert_eq!(
+            of(start, Some(Duration::from_secs(2)), &headers),
+            Some(start + Duration::from_millis(500))
+        );
+        assert_eq!(
+            of(start, Some(Duration::from_millis(100)), &headers),
+            Some(start + Duration::from_millis(100))
+        );
+    }
+
+    /// A body that never ends, cut at the deadline on tokio's paused
+    /// clock: gRPC gets DEADLINE_EXCEEDED trailers, HTTP an error.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_is_cut_at_the_deadline() {
+        for grpc in [true, false] {
+            let pending = Pending;
+            let deadline = Instant::now() + Duration::from_secs(3);
+            let (tx, rx) = std::sync::mpsc::channel();
+            let mut body = Deadlined::new(pending, deadline, grpc, move || {
+                let _ = tx.send(());
+            });
+            let frame = body.frame().await.unwrap();
+            assert_eq!(Instant::now(), deadline, "cut exactly at the deadline");
+            assert!(rx.try_recv().is_ok());
+            if grpc {
+                let trailers = frame.unwrap().into_trailers().unwrap();
+                assert_eq!(trailers["grpc-status"], "4");
+            } else {
+                assert!(frame.is_err());
+            }
+            assert!(body.frame().await.is_none());
+        }
+    }
+
+    /// A stream that never yields.
+    struct Pending;
+
+    impl Body for Pending {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Pending
+        }
+    }
+}
