@@ -24,7 +24,8 @@ use sha2::{Digest, Sha256};
 /// length and SHA-256). Some paths misbehave on purpose: `/fail` answers
 /// 503; `/flaky` answers 503 to every other request (the first included);
 /// `/slow?ms=N` answers after N ms; `/stall` sends its head and one chunk,
-/// then nothing, forever.
+/// then nothing, forever. An app named `slow-*` takes 200 ms per request,
+/// one named `broken-*` answers every request with 503.
 fn app(name: &'static str) -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -57,6 +58,9 @@ fn app(name: &'static str) -> SocketAddr {
                                 return Ok::<_, std::convert::Infallible>(hyper::Response::new(
                                     body.boxed_unsync(),
                                 ));
+                            }
+                            if name.starts_with("slow-") {
+                                tokio::time::sleep(Duration::from_millis(200)).await;
                             }
                             if let Some(ms) = parts.uri.query().and_then(|q| q.strip_prefix("ms="))
                             {
@@ -97,7 +101,10 @@ fn app(name: &'static str) -> SocketAddr {
                             });
                             let flaked = parts.uri.path() == "/flaky"
                                 && flaky.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 2 == 0;
-                            let status = if parts.uri.path() == "/fail" || flaked {
+                            let status = if parts.uri.path() == "/fail"
+                                || flaked
+                                || name.starts_with("broken-")
+                            {
                                 503
                             } else {
                                 200
@@ -587,7 +594,10 @@ fn grpc_calls_on_one_channel_are_balanced_and_streams_keep_their_trailers() {
     let got: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     for s in ["a", "b", "c"] {
         let n = got["served"][s].as_u64().unwrap_or(0);
-        assert!(n >= 50, "{s} served {n} of 300: {got}");
+        // Peak-EWMA follows latency, so the shares follow how fast each
+        // server answers on this noisy machine (37 to 143 seen); the point
+        // is that none is starved, where Kubernetes alone gives 300/0/0.
+        assert!(n >= 20, "{s} served {n} of 300: {got}");
     }
     assert_eq!(got["trailersOk"], 300, "every call's trailers: {got}");
     assert_eq!(got["stream"], serde_json::json!(["0", "1", "2", "3", "4"]));
@@ -654,18 +664,17 @@ fn http_reaches_a_peer_from_before_http3_inside_tunnel_streams() {
         "request_total",
         &[("direction", "inbound")],
     );
-    // The old peer counts a stream when it ends (the request's connection
-    // closes just after its response).
+    // The old peer counts each stream as it connects to its app.
     let served_old = eventually(Duration::from_secs(10), "old peer's streams", || {
         let n = metric_or_absent(
             &m.metrics("web-old"),
-            "tcp_close_total",
+            "tcp_open_total",
             &[("direction", "inbound")],
         );
         (n + served_new == 40.0).then_some(n)
     });
-    // Both take requests; the balancer, comparing requests in flight,
-    // favours the upgraded peer, whose requests finish sooner.
+    // Both take requests; the balancer, comparing latency and requests in
+    // flight, favours the upgraded peer, whose requests finish sooner.
     assert!(
         served_new >= 1.0 && served_old >= 1.0,
         "both peers served: new {served_new}, old {served_old}"
@@ -916,4 +925,53 @@ fn retries_recover_a_flaky_service_within_a_budget() {
         50.0 + retried,
         "the service saw only the budgeted extra load"
     );
+}
+
+/// The balancer learns: sequential requests (never two in flight, so
+/// outstanding counts alone would split them evenly) avoid an endpoint
+/// that takes 200 ms where the others take about one (peak-EWMA, whose
+/// peaks fade over seconds: a fast endpoint's slower first request, which
+/// opens its proxy's connection to the app, still costs far less), and an endpoint that answers every request with 503 is set
+/// aside after a few failures in a row (failure accrual), so the clients
+/// barely see it.
+#[test]
+fn the_balancer_avoids_slow_and_failing_endpoints() {
+    let (a, b, slow, broken) = (app("web-a"), app("web-b"), app("slow-c"), app("broken-d"));
+    let up = Up::start(&mesh(&format!(
+        "  - name: client\n    upstreams: [{{service: web, listen: \"127.0.0.1:0\"}}, {{service: api, listen: \"127.0.0.1:0\"}}]\n  \
+           - name: web-a\n    serve: [{{service: web, target: \"{a}\"}}, {{service: api, target: \"{a}\"}}]\n  \
+           - name: web-b\n    serve: [{{service: web, target: \"{b}\"}}, {{service: api, target: \"{b}\"}}]\n  \
+           - name: slow-c\n    serve: [{{service: web, target: \"{slow}\"}}]\n  \
+           - name: broken-d\n    serve: [{{service: api, target: \"{broken}\"}}]\n"
+    )));
+    wait_endpoints(&up, "client", "web", 3);
+    wait_endpoints(&up, "client", "api", 3);
+    let served = |w: &str, service: &str| {
+        metric_or_absent(
+            &up.metrics(w),
+            "request_total",
+            &[("direction", "inbound"), ("service", service)],
+        )
+    };
+    let url = format!("http://{}/seq", up.outbound("client", "web"));
+    let out = run(Command::new("h2load").args(["-n", "60", "-c", "1", "-m", "1", &url]));
+    assert!(out.contains("60 succeeded"), "{out}");
+    let slow_share = served("slow-c", "web");
+    assert!(
+        slow_share <= 5.0,
+        "the slow endpoint took {slow_share} of 60 sequential requests (an even split is 20)"
+    );
+    assert_eq!(
+        served("web-a", "web") + served("web-b", "web") + slow_share,
+        60.0
+    );
+
+    let url = format!("http://{}/any", up.outbound("client", "api"));
+    let out = run(Command::new("h2load").args(["-n", "200", "-c", "1", "-m", "4", &url]));
+    let broken = served("broken-d", "api");
+    assert!(
+        broken <= 20.0,
+        "the failing endpoint took {broken} of 200 requests (a third is 67): {out}"
+    );
+    assert!(served("web-a", "api") + served("web-b", "api") >= 180.0);
 }

@@ -1,10 +1,15 @@
-//! Endpoint choice: power of two choices over outstanding streams, with
-//! failing endpoints set aside for a while, and failover to the next choice
-//! ([`connect`], made per connection today and per request by HTTP).
+//! Endpoint choice: power of two choices over a peak-EWMA latency estimate
+//! weighted by outstanding streams, with failing endpoints set aside for a
+//! while, and failover to the next choice ([`connect`], made per
+//! connection by the tunnel and per request by HTTP).
 //!
-//! Two endpoints are drawn at random and the one with fewer open streams
-//! wins (Linkerd's and Envoy's default): nearly as good as least-loaded
-//! without every proxy stampeding the same "least loaded" peer. An endpoint
+//! Two endpoints are drawn at random and the cheaper wins, the cost being
+//! (open streams + 1) × the endpoint's latency estimate ([`latency`];
+//! Linkerd's default): nearly as good as least-loaded without every proxy
+//! stampeding the same "least loaded" peer, and a slow endpoint gets fewer
+//! requests. The tunnel takes no latency samples, so there the cost is the
+//! open streams alone. HTTP endpoints whose responses keep failing are set
+//! aside too ([`accrual`]). An endpoint
 //! whose handshake fails is skipped for a backoff that doubles with each
 //! failure (1 s up to 30 s) and resets on success, so one dead pod costs
 //! at most one connect timeout per backoff period, not one per request.
@@ -16,6 +21,9 @@ use std::time::{Duration, Instant};
 
 use crate::config::{EndpointConfig, MeshConfig};
 use crate::pool::{PeerConn, Pool};
+
+pub mod accrual;
+pub mod latency;
 
 /// The most endpoints one connection (or request) tries before it fails:
 /// when a whole zone is gone the client hears so after a few connect
@@ -40,15 +48,24 @@ pub async fn connect<'e>(
         let healthy: Vec<usize> = untried
             .iter()
             .copied()
-            .filter(|i| !pool.failures().ejected(endpoints[*i].address, now))
+            .filter(|i| {
+                let addr = endpoints[*i].address;
+                !pool.failures().ejected(addr, now) && !pool.accrual().ejected(addr, now)
+            })
             .collect();
         let candidates = if healthy.is_empty() {
             &untried
         } else {
             &healthy
         };
-        let load = |i: usize| pool.load(endpoints[i].address, &endpoints[i].identity);
-        let i = pick(candidates, load, rand::random(), rand::random())?;
+        let weigh = |i: usize| {
+            let endpoint = &endpoints[i];
+            Weight {
+                load: pool.load(endpoint.address, &endpoint.identity),
+                latency: pool.latency().estimate(endpoint.address, now),
+            }
+        };
+        let i = pick(candidates, weigh, rand::random(), rand::random())?;
         tried[i] = true;
         let endpoint = &endpoints[i];
         match pool
@@ -75,11 +92,45 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest backoff.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Picks among `candidates` (indices) by power of two choices on `load`;
-/// `r1` and `r2` are random numbers.
+/// What the balancer compares of one endpoint.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Weight {
+    /// Streams (requests) open to it, and callers waiting for it.
+    pub load: usize,
+    /// Its latency estimate, seconds ([`latency::Latency`]).
+    pub latency: f64,
+}
+
+/// Costs closer than this factor are a tie, broken by load: endpoints
+/// whose latencies differ by noise (1.2 ms and 1.6 ms) share sequential
+/// traffic evenly instead of the faster one taking two thirds of it,
+/// while a clearly slower one (200 ms against 1 ms) is still avoided.
+pub const TIE: f64 = 3.0;
+
+impl Weight {
+    /// Linkerd's cost: (load + 1) × latency.
+    pub fn cost(&self) -> f64 {
+        (self.load as f64 + 1.0) * self.latency
+    }
+
+    /// Whether `self` wins against `other`.
+    fn beats(&self, other: &Weight) -> bool {
+        let (mine, theirs) = (self.cost(), other.cost());
+        if mine * TIE < theirs {
+            true
+        } else if theirs * TIE < mine {
+            false
+        } else {
+            self.load < other.load
+        }
+    }
+}
+
+/// Picks among `candidates` (indices) by power of two choices on their
+/// [`Weight`]; `r1` and `r2` are random numbers.
 pub fn pick(
     candidates: &[usize],
-    load: impl Fn(usize) -> usize,
+    weigh: impl Fn(usize) -> Weight,
     r1: u64,
     r2: u64,
 ) -> Option<usize> {
@@ -94,7 +145,7 @@ pub fn pick(
                 j = n - 1;
             }
             let b = candidates[j];
-            Some(if load(b) < load(a) { b } else { a })
+            Some(if weigh(b).beats(&weigh(a)) { b } else { a })
         }
     }
 }
@@ -151,7 +202,10 @@ mod tests {
 
     #[test]
     fn the_less_loaded_of_two_wins_and_two_draws_differ() {
-        let load = |i: usize| [5, 1, 9][i];
+        let load = |i: usize| Weight {
+            load: [5, 1, 9][i],
+            latency: 1e-6,
+        };
         for r1 in 0..6 {
             for r2 in 0..6 {
                 let chosen = pick(&[0, 1, 2], load, r1, r2).unwrap();
@@ -165,6 +219,28 @@ mod tests {
         // With two candidates both are always compared: exact balancing.
         assert_eq!(pick(&[0, 1], load, 0, 0), Some(1));
         assert_eq!(pick(&[0, 1], load, 1, 0), Some(1));
+    }
+
+    #[test]
+    fn latency_counts_only_beyond_noise() {
+        let w = |load, ms: f64| Weight {
+            load,
+            latency: ms / 1000.0,
+        };
+        let weights = [w(0, 1.2), w(0, 1.6), w(0, 200.0), w(3, 1.0)];
+        let weigh = |i: usize| weights[i];
+        // 1.2 ms and 1.6 ms tie: whichever was drawn first wins, so
+        // sequential requests split evenly.
+        assert_eq!(pick(&[0, 1], weigh, 0, 0), Some(0));
+        assert_eq!(pick(&[0, 1], weigh, 1, 0), Some(1));
+        // 200 ms loses to either, whatever the draw.
+        for r1 in 0..2 {
+            assert_ne!(pick(&[0, 2], weigh, r1, 0), Some(2));
+            assert_ne!(pick(&[1, 2], weigh, r1, 0), Some(2));
+        }
+        // Within the tie, load decides: 4 × 1.0 ms against 1 × 1.6 ms is
+        // beyond the factor, so the idle one wins.
+        assert_eq!(pick(&[1, 3], weigh, 1, 0), Some(1));
     }
 
     #[test]

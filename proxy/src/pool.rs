@@ -68,6 +68,8 @@ struct Inner {
     peers: Mutex<HashMap<(SocketAddr, SpiffeId), Arc<Slot>>>,
     /// Peers whose handshakes failed recently (set aside by the balancer).
     failures: Failures,
+    latency: crate::balance::latency::Latency,
+    accrual: crate::balance::accrual::Accrual,
     connector: Connector,
 }
 
@@ -176,6 +178,8 @@ impl Pool {
             inner: Arc::new(Inner {
                 peers: Mutex::default(),
                 failures: Failures::default(),
+                latency: Default::default(),
+                accrual: Default::default(),
                 connector,
             }),
         }
@@ -184,6 +188,16 @@ impl Pool {
     /// Peers whose handshakes failed recently.
     pub fn failures(&self) -> &Failures {
         &self.inner.failures
+    }
+
+    /// Each peer's request latency (HTTP), for the balancer.
+    pub fn latency(&self) -> &crate::balance::latency::Latency {
+        &self.inner.latency
+    }
+
+    /// Peers whose responses failed in a row (HTTP).
+    pub fn accrual(&self) -> &crate::balance::accrual::Accrual {
+        &self.inner.accrual
     }
 
     /// The connection to `addr`, which must present `identity`; made if needed.
@@ -281,6 +295,16 @@ impl Pool {
     /// config): no new stream goes to them, and each closes once its last
     /// stream ends, so none is cut. Their slots are forgotten on close.
     pub fn retain(&self, keep: impl Fn(SocketAddr, &SpiffeId) -> bool) {
+        let listed = |addr: SocketAddr| {
+            let peers = self
+                .inner
+                .peers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            peers.keys().any(|(a, id)| *a == addr && keep(*a, id))
+        };
+        self.inner.latency.retain(listed);
+        self.inner.accrual.retain(listed);
         let leaving: Vec<Arc<Slot>> = {
             let peers = self
                 .inner

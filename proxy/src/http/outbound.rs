@@ -362,10 +362,38 @@ impl Call<'_> {
         else {
             return Err(AttemptError::Unavailable);
         };
+        let started = std::time::Instant::now();
+        let answer = self.exchange(&peer, endpoint, body).await;
+        // What the balancer learns: how long the head took, and whether
+        // the endpoint failed the request (a 5xx, gRPC UNAVAILABLE, no
+        // response at all), for failure accrual.
+        let pool = &self.shared.http_pool;
+        let now = std::time::Instant::now();
+        let failed = match &answer {
+            Ok(answer) => {
+                pool.latency().observe(endpoint.address, now - started, now);
+                answer.parts.status.is_server_error() || answer.head_grpc.as_deref() == Some("14")
+            }
+            Err(AttemptError::BadGateway(_)) => true,
+            Err(_) => false,
+        };
+        if pool.accrual().record(endpoint.address, failed, now) {
+            tracing::info!(peer = %endpoint.address, service = %self.target.service, "endpoint failing requests in a row: set aside for a while");
+        }
+        answer
+    }
+
+    /// Sends the request with `body` to `peer` and waits for the head.
+    async fn exchange(
+        &self,
+        peer: &crate::pool::PeerConn,
+        endpoint: &EndpointConfig,
+        body: ProxyBody,
+    ) -> Result<Answer, AttemptError> {
         let peer_identity = endpoint.identity.to_string();
         let guard = peer.stream_guard();
         let Some(mut sender) = peer.http3.clone() else {
-            return self.through_tunnel(&peer, endpoint, body, guard).await;
+            return self.through_tunnel(peer, endpoint, body, guard).await;
         };
         let h3_request = self
             .prepared
