@@ -975,3 +975,94 @@ fn the_balancer_avoids_slow_and_failing_endpoints() {
     );
     assert!(served("web-a", "api") + served("web-b", "api") >= 180.0);
 }
+
+/// Sends `raw` on a fresh connection to `addr`; everything the proxy sent
+/// back before closing it, and whether it closed it.
+fn raw_exchange(addr: SocketAddr, raw: &[u8]) -> (String, bool) {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(raw).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match c.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+/// Bad HTTP never reaches the app: conflicting lengths, an unknown
+/// transfer coding, a malformed header and a head over the limit are
+/// answered by the client's proxy (400, 431) and their connection closed;
+/// a request framed both ways (Content-Length and chunked) is read as
+/// chunked with the connection closed after its response (RFC 9112 §6.3),
+/// so a request smuggled behind it is never read. Each refusal is counted.
+#[test]
+fn malformed_and_smuggled_requests_never_reach_the_app() {
+    let target = app("web");
+    let up = Up::start(&mesh(&format!(
+        "  - name: client\n    upstreams: [{{service: web, listen: \"127.0.0.1:0\", protocol: http1}}]\n  \
+           - name: web\n    serve: [{{service: web, target: \"{target}\"}}]\n"
+    )));
+    let addr = up.outbound("client", "web");
+    let big = format!(
+        "GET /big HTTP/1.1\r\nHost: web\r\nx-big: {}\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    let refused: [(&str, &[u8], &str); 4] = [
+        (
+            "conflicting Content-Length",
+            b"POST /a HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+            "HTTP/1.1 400 ",
+        ),
+        (
+            "unknown transfer coding",
+            b"POST /b HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: gzip\r\n\r\nxx",
+            "HTTP/1.1 400 ",
+        ),
+        (
+            "malformed header",
+            b"GET /c HTTP/1.1\r\nHost: web\r\nBad Header: x\r\n\r\n",
+            "HTTP/1.1 400 ",
+        ),
+        ("a head over 64 KiB", big.as_bytes(), "HTTP/1.1 431 "),
+    ];
+    for (what, raw, want) in refused {
+        let (out, closed) = raw_exchange(addr, raw);
+        assert!(out.starts_with(want), "{what}: {out:.80}");
+        assert!(closed, "{what}: the connection is closed");
+    }
+    let (out, closed) = raw_exchange(
+        addr,
+        b"POST /framed-twice HTTP/1.1\r\nHost: web\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: web\r\n\r\n",
+    );
+    assert!(out.starts_with("HTTP/1.1 200 "), "{out:.80}");
+    assert!(out.contains("\"len\":0"), "read as chunked: {out}");
+    assert!(!out.contains("smuggled"), "{out}");
+    assert!(closed, "closed after the response");
+    let (out, _) = raw_exchange(
+        addr,
+        b"GET /fine HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n",
+    );
+    assert!(out.starts_with("HTTP/1.1 200 "), "{out:.80}");
+    assert_eq!(
+        metric(
+            &up.metrics("web"),
+            "request_total",
+            &[("direction", "inbound")]
+        ),
+        2.0,
+        "the app saw only the two good requests"
+    );
+    assert_eq!(
+        metric(
+            &up.metrics("client"),
+            "http_errors_total",
+            &[("direction", "outbound"), ("reason", "bad_request")]
+        ),
+        4.0
+    );
+}

@@ -31,8 +31,13 @@ pub enum PeerProtocol {
 }
 
 /// The largest header section an HTTP/3 peer may send us (request or
-/// response head, QPACK-decoded): 64 KiB, HTTP/1 servers' usual limit.
-pub const MAX_HEADER_BYTES: u64 = 64 * 1024;
+/// response head, QPACK-decoded): the largest an app may send
+/// (`--max-header-bytes` is at most [`MAX_APP_HEADER_BYTES`]) and room for
+/// the headers the mesh adds.
+pub const MAX_HEADER_BYTES: u64 = MAX_APP_HEADER_BYTES as u64 + 8 * 1024;
+
+/// The most `--max-header-bytes` may allow.
+pub const MAX_APP_HEADER_BYTES: usize = 64 * 1024;
 
 /// Everything a peer connection needs: our TLS context, transport
 /// settings, the UDP endpoint, what it carries, and where handshakes are

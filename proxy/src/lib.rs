@@ -184,6 +184,7 @@ async fn run_body(
         .iter()
         .map(|ip| ip.to_canonical())
         .collect();
+    shared.max_header_bytes = settings.max_header_bytes;
     if !settings.inbound_http3 {
         shared.inbound_alpn = state::TUNNEL_ONLY_ALPN;
     }

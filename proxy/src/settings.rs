@@ -88,6 +88,11 @@ pub struct Args {
     /// (benches/README.md); raise it for proxies that carry many busy peers.
     #[arg(long, env = "PHOENIX_THREADS", default_value_t = 1)]
     pub threads: usize,
+    /// The largest request head an app may send (request line and headers),
+    /// in bytes, 8 KiB to 64 KiB: HTTP/1 beyond it gets 431, HTTP/2 is
+    /// refused by its header-list limit.
+    #[arg(long, env = "PHOENIX_MAX_HEADER_BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(8192..=65536))]
+    pub max_header_bytes: u32,
     /// Accept HTTP/3 from peers. `false` makes the proxy answer exactly as
     /// one from before HTTP/3 (the tunnel only), which the rolling-upgrade
     /// tests need; peers then carry HTTP to it inside tunnel streams.
@@ -130,6 +135,8 @@ pub struct Settings {
     pub transport: TransportSettings,
     /// Whether peers may speak HTTP/3 to this proxy.
     pub inbound_http3: bool,
+    /// The largest request head an app may send.
+    pub max_header_bytes: usize,
 }
 
 /// A setting that cannot be used, with what to do about it.
@@ -230,6 +237,7 @@ impl Args {
                 ..TransportSettings::default()
             },
             inbound_http3: self.inbound_http3,
+            max_header_bytes: self.max_header_bytes as usize,
         })
     }
 }

@@ -48,6 +48,8 @@ pub struct Shared {
     /// What peers may speak to this proxy ([`INBOUND_ALPN`] unless
     /// `--inbound-http3 false` makes it answer as an earlier version).
     pub inbound_alpn: &'static [&'static [u8]],
+    /// The largest request head an app may send (`--max-header-bytes`).
+    pub max_header_bytes: usize,
 }
 
 /// The ALPN protocols the inbound endpoint offers: HTTP/3 and the tunnel
@@ -96,6 +98,7 @@ impl Shared {
             active: watch::channel(0).0,
             pod_ips: Vec::new(),
             inbound_alpn: INBOUND_ALPN,
+            max_header_bytes: crate::connector::MAX_APP_HEADER_BYTES,
         }
     }
 

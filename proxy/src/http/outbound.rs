@@ -47,6 +47,8 @@ pub struct Target {
 /// the app closes it.
 pub async fn serve(shared: Arc<Shared>, target: Target, io: Prefixed<TcpStream>, carry: Carry) {
     let target = Arc::new(target);
+    let metrics = shared.metrics.clone();
+    let max_header_bytes = shared.max_header_bytes;
     let proto = match carry {
         Carry::Http2 => "http2",
         _ => "http1",
@@ -61,6 +63,7 @@ pub async fn serve(shared: Arc<Shared>, target: Target, io: Prefixed<TcpStream>,
         Carry::Http2 => {
             hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .max_header_list_size(max_header_bytes as u32)
                 .serve_connection(io, service)
                 .await
         }
@@ -68,12 +71,22 @@ pub async fn serve(shared: Arc<Shared>, target: Target, io: Prefixed<TcpStream>,
             hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_header_size(max_header_bytes)
                 .serve_connection(io, service)
                 .await
         }
     };
     if let Err(error) = result {
-        tracing::debug!(%error, "HTTP connection from the app ended with an error");
+        // hyper answered a request it could not parse (400, 431 for a head
+        // over the limit) and closed the connection: nothing of it left.
+        if error.is_parse() || error.is_parse_too_large() {
+            metrics
+                .http
+                .error(Direction::outbound, HttpError::bad_request);
+            tracing::info!(%error, "refused a malformed HTTP request from the app");
+        } else {
+            tracing::debug!(%error, "HTTP connection from the app ended with an error");
+        }
     }
 }
 
