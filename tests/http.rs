@@ -1066,3 +1066,123 @@ fn malformed_and_smuggled_requests_never_reach_the_app() {
         4.0
     );
 }
+
+/// Graceful drain: a proxy told to stop (SIGTERM) says GOAWAY and lets the
+/// requests in flight finish. A server's proxy does so over HTTP/3: its
+/// slow request completes and the client's next requests go to the other
+/// endpoint, none failing. A client's proxy does so over HTTP/2 to the
+/// app: the app hears GOAWAY, its request in flight completes, and the
+/// proxy exits once it has, long before its drain grace.
+#[test]
+fn a_stopping_proxy_says_goaway_and_finishes_what_is_in_flight() {
+    let (a, b) = (app("web-a"), app("web-b"));
+    let yaml = mesh(&format!(
+        "  - name: client\n    upstreams: [{{service: web, listen: \"127.0.0.1:0\"}}]\n  \
+           - name: web-a\n    serve: [{{service: web, target: \"{a}\"}}]\n  \
+           - name: web-b\n    serve: [{{service: web, target: \"{b}\"}}]\n"
+    ));
+    let mut m = harness::Manual::new(&yaml, &["client", "web-a", "web-b"]);
+    m.start_control_plane("127.0.0.1:0");
+    m.start_proxy("web-a", &["--drain-grace", "30s"]);
+    m.start_proxy("web-b", &["--drain-grace", "30s"]);
+    m.start_proxy("client", &["--drain-grace", "30s"]);
+    let addr = m.outbound("client", "web");
+    eventually(
+        Duration::from_secs(20),
+        "client knows both endpoints",
+        || {
+            let eps = m.config("client")["config"]["resources"]["upstream/web"]["endpoints"]
+                .as_array()?
+                .len();
+            (eps == 2).then_some(())
+        },
+    );
+    let slow = |url: String| {
+        std::thread::spawn(move || {
+            let out = Command::new("nghttp")
+                .args(["-v", &url])
+                .output()
+                .expect("nghttp runs");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+    };
+    let in_flight = |m: &harness::Manual| {
+        eventually(
+            Duration::from_secs(10),
+            "the slow request in flight",
+            || {
+                ["web-a", "web-b"].into_iter().find(|w| {
+                    metric_or_absent(&m.metrics(w), "request_total", &[("direction", "inbound")])
+                        == 1.0
+                })
+            },
+        )
+    };
+
+    // The server's proxy stops mid-request.
+    let request = slow(format!("http://{addr}/slow?ms=1500"));
+    let serving = in_flight(&m);
+    let other = if serving == "web-a" { "web-b" } else { "web-a" };
+    let started = std::time::Instant::now();
+    m.proxies[serving].0.terminate();
+    let out = request.join().unwrap();
+    assert!(
+        out.contains(":status: 200"),
+        "the request in flight finished: {out}"
+    );
+    let status = m
+        .proxies
+        .get_mut(serving)
+        .unwrap()
+        .0
+        .wait(Duration::from_secs(20));
+    assert!(status.success(), "{serving} exited cleanly");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{serving} exited once its request ended, not after its grace: {:?}",
+        started.elapsed()
+    );
+    let url = format!("http://{addr}/after");
+    let out = run(Command::new("h2load").args(["-n", "20", "-c", "1", "-m", "4", &url]));
+    assert!(out.contains("20 succeeded, 0 failed"), "{out}");
+    assert_eq!(
+        metric(
+            &m.metrics(other),
+            "request_total",
+            &[("direction", "inbound")]
+        ),
+        20.0
+    );
+
+    // The client's proxy stops mid-request: GOAWAY to the app.
+    let request = slow(format!("http://{addr}/slow?ms=1500"));
+    eventually(
+        Duration::from_secs(10),
+        "the second slow request in flight",
+        || {
+            (metric_or_absent(
+                &m.metrics(other),
+                "request_total",
+                &[("direction", "inbound")],
+            ) == 21.0)
+                .then_some(())
+        },
+    );
+    let started = std::time::Instant::now();
+    m.proxies["client"].0.terminate();
+    let out = request.join().unwrap();
+    assert!(out.contains("recv GOAWAY"), "the app heard GOAWAY: {out}");
+    assert!(out.contains(":status: 200"), "and got its response: {out}");
+    let status = m
+        .proxies
+        .get_mut("client")
+        .unwrap()
+        .0
+        .wait(Duration::from_secs(20));
+    assert!(status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -256,6 +256,7 @@ async fn run_body(
     tracing::info!(grace = ?settings.drain_grace, "shutting down: draining open connections");
     listeners.close_all();
     shared.endpoint.set_server_config(None);
+    shared.draining.send_replace(true);
     let mut active = shared.active.subscribe();
     let drained = tokio::time::timeout(settings.drain_grace, active.wait_for(|n| *n == 0))
         .await

@@ -166,6 +166,13 @@ impl PeerConn {
         }
     }
 
+    /// Takes no new stream from now on (the peer said GOAWAY); closes
+    /// once the open ones end.
+    pub fn drain(&self) {
+        self.state.draining.store(true, Ordering::Release);
+        self.state.idle.notify_one();
+    }
+
     fn usable(&self) -> bool {
         self.conn.close_reason().is_none() && !self.state.draining.load(Ordering::Acquire)
     }

@@ -42,6 +42,10 @@ pub struct Shared {
     next_connection_id: AtomicU64,
     /// Tunnelled connections in progress, for draining on shutdown.
     pub active: watch::Sender<usize>,
+    /// Set when the proxy starts draining: HTTP connections then say
+    /// GOAWAY (HTTP/2 to apps, HTTP/3 to peers) and end once their
+    /// requests in flight have.
+    pub draining: watch::Sender<bool>,
     /// The pod's own addresses (`--pod-ips`): where a meshed client may
     /// reach a port no service lists.
     pub pod_ips: Vec<std::net::IpAddr>,
@@ -96,6 +100,7 @@ impl Shared {
             metrics,
             next_connection_id: AtomicU64::new(rand_seed()),
             active: watch::channel(0).0,
+            draining: watch::channel(false).0,
             pod_ips: Vec::new(),
             inbound_alpn: INBOUND_ALPN,
             max_header_bytes: crate::connector::MAX_APP_HEADER_BYTES,
@@ -145,6 +150,12 @@ impl Shared {
         });
         self.config.store(Some(Arc::new(config)));
         self.config_changed.send_replace(version);
+    }
+
+    /// Resolves once the proxy is draining.
+    pub async fn drained(&self) {
+        let mut draining = self.draining.subscribe();
+        let _ = draining.wait_for(|d| *d).await;
     }
 
     /// Counts a tunnelled connection in progress until the guard drops.

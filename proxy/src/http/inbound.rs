@@ -39,8 +39,25 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection, client: Arc<Spi
             return;
         }
     };
+    let mut draining = false;
     loop {
-        match h3.accept().await {
+        let accepted = if draining {
+            h3.accept().await
+        } else {
+            tokio::select! {
+                accepted = h3.accept() => accepted,
+                () = shared.drained() => {
+                    // GOAWAY: the peer sends no new request here, those in
+                    // flight finish, and the loop ends when they have.
+                    draining = true;
+                    if let Err(error) = h3.shutdown(0).await {
+                        tracing::debug!(%error, "cannot send GOAWAY to the peer");
+                    }
+                    continue;
+                }
+            }
+        };
+        match accepted {
             Ok(Some(resolver)) => {
                 let shared = shared.clone();
                 let client = client.clone();

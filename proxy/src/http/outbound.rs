@@ -49,6 +49,7 @@ pub async fn serve(shared: Arc<Shared>, target: Target, io: Prefixed<TcpStream>,
     let target = Arc::new(target);
     let metrics = shared.metrics.clone();
     let max_header_bytes = shared.max_header_bytes;
+    let drained = shared.clone();
     let proto = match carry {
         Carry::Http2 => "http2",
         _ => "http1",
@@ -59,21 +60,37 @@ pub async fn serve(shared: Arc<Shared>, target: Target, io: Prefixed<TcpStream>,
         async move { Ok::<_, Infallible>(request(&shared, &target, req, proto).await) }
     });
     let io = TokioIo::new(io);
+    // On drain: HTTP/2 says GOAWAY, HTTP/1 stops keeping the connection
+    // alive; either ends once its requests in flight have.
     let result = match carry {
         Carry::Http2 => {
-            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_header_list_size(max_header_bytes as u32)
-                .serve_connection(io, service)
-                .await
+                .serve_connection(io, service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => result,
+                () = drained.drained() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
         }
         _ => {
-            hyper::server::conn::http1::Builder::new()
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .max_header_size(max_header_bytes)
-                .serve_connection(io, service)
-                .await
+                .serve_connection(io, service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => result,
+                () = drained.drained() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
         }
     };
     if let Err(error) = result {
@@ -162,6 +179,7 @@ async fn request(
         mesh: &config.mesh,
     };
     let mut retries = 0;
+    let mut unsent = 0;
     let answer = loop {
         let attempt = call.attempt(body);
         let result = match deadline {
@@ -198,6 +216,19 @@ async fn request(
                     GRPC_UNAVAILABLE,
                     "request cannot be carried",
                 );
+            }
+            Err(AttemptError::NotSent(unread)) => {
+                unsent += 1;
+                if unsent >= balance::MAX_ATTEMPTS {
+                    return fail(
+                        HttpError::bad_gateway,
+                        StatusCode::BAD_GATEWAY,
+                        GRPC_UNAVAILABLE,
+                        "peers refused the request",
+                    );
+                }
+                body = unread;
+                continue;
             }
         };
         let (Some(policy), Some(replay), Some(budget)) = (policy, &replay, &budget) else {
@@ -345,6 +376,9 @@ enum AttemptError {
     BadRequest,
     /// The deadline passed first.
     Timeout,
+    /// The peer took no new request (GOAWAY, closing); the body is back,
+    /// unread.
+    NotSent(ProxyBody),
 }
 
 /// One request's fixed facts, for each of its attempts.
@@ -412,10 +446,17 @@ impl Call<'_> {
             .prepared
             .to_h3(&self.target.service, self.dst, self.proto)
             .ok_or(AttemptError::BadRequest)?;
-        let stream = sender.send_request(h3_request).await.map_err(|error| {
-            tracing::debug!(peer = %endpoint.address, %error, "cannot send the request to the peer");
-            AttemptError::BadGateway("peer refused the request")
-        })?;
+        let stream = match sender.send_request(h3_request).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                // Nothing of the request left (the peer said GOAWAY, or
+                // its connection is closing): another endpoint may take
+                // it, whatever its method.
+                tracing::debug!(peer = %endpoint.address, %error, "peer takes no new request; trying another");
+                peer.drain();
+                return Err(AttemptError::NotSent(body));
+            }
+        };
         let (mut send, mut recv) = stream.split();
         let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(
