@@ -138,6 +138,26 @@ fn request_line(prefix: &[u8]) -> Detection {
     }
 }
 
+/// Whether an HTTP/1 request head asks to leave HTTP: an `Upgrade` header
+/// (WebSocket, h2c) or the CONNECT method. `None` until the head is
+/// complete; a head that does not parse is not an upgrade (the HTTP server
+/// answers it with a 400). Fuzzed (`fuzz/fuzz_targets/http_head.rs`).
+pub fn head_upgrades(bytes: &[u8]) -> Option<bool> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(bytes) {
+        Ok(httparse::Status::Complete(_)) => Some(
+            request.method == Some("CONNECT")
+                || request
+                    .headers
+                    .iter()
+                    .any(|h| h.name.eq_ignore_ascii_case("upgrade")),
+        ),
+        Ok(httparse::Status::Partial) => None,
+        Err(_) => Some(false),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,6 +257,40 @@ mod tests {
             let mut whole = line.to_vec();
             whole.extend_from_slice(&tail);
             prop_assert_eq!(detect(&whole), Detection::Done(Detected::Http1));
+        }
+
+        /// Any bytes: the head check never panics.
+        #[test]
+        fn any_head_is_checked_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = head_upgrades(&bytes);
+        }
+
+        /// A complete head upgrades exactly when it has an `Upgrade` header
+        /// (in any case) or is a CONNECT; every strict prefix of it is
+        /// undecided, so no verdict comes before the head has.
+        #[test]
+        fn heads_upgrade_only_when_they_ask(
+            connect in any::<bool>(),
+            upgrade in proptest::option::of("[uU][pP][gG][rR][aA][dD][eE]"),
+            target in target(),
+            others in proptest::collection::vec(("[a-z][a-z0-9-]{0,15}", "[ -~]{0,40}"), 0..6),
+        ) {
+            let method = if connect { "CONNECT" } else { "GET" };
+            let mut head = format!("{method} {target} HTTP/1.1\r\nHost: web\r\n");
+            for (name, value) in &others {
+                if !name.eq_ignore_ascii_case("upgrade") {
+                    head.push_str(&format!("{name}: {}\r\n", value.trim()));
+                }
+            }
+            if let Some(name) = &upgrade {
+                head.push_str(&format!("{name}: websocket\r\n"));
+            }
+            head.push_str("\r\n");
+            let head = head.as_bytes();
+            prop_assert_eq!(head_upgrades(head), Some(connect || upgrade.is_some()));
+            for n in 0..head.len() {
+                prop_assert_eq!(head_upgrades(&head[..n]), None, "{} bytes", n);
+            }
         }
 
         /// A verdict, once reached, stays whatever follows.

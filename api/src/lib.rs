@@ -16,6 +16,7 @@ pub mod control;
 pub mod detect;
 pub mod duration;
 pub mod frame;
+pub mod grpc_timeout;
 pub mod header;
 pub mod identity;
 pub mod protocol;

@@ -20,38 +20,12 @@ use tokio::time::{Instant, Sleep};
 use super::body::BoxError;
 use super::respond::GRPC_DEADLINE_EXCEEDED;
 
-/// The longest `grpc-timeout` honoured: gRPC allows up to 99,999,999
-/// hours; beyond a day is no deadline in practice.
-const MAX_GRPC_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
-
-/// Reads a `grpc-timeout` value: 1 to 8 ASCII digits and a unit (`H`,
-/// `M`, `S`, `m`, `u`, `n`), as the gRPC-over-HTTP/2 spec writes it.
-/// `None` for anything else (the header is then ignored, as gRPC servers
-/// do), or for zero.
-pub fn grpc_timeout(value: &[u8]) -> Option<Duration> {
-    let (&unit, digits) = value.split_last()?;
-    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
-    let d = match unit {
-        b'H' => Duration::from_secs(n.checked_mul(3600)?),
-        b'M' => Duration::from_secs(n.checked_mul(60)?),
-        b'S' => Duration::from_secs(n),
-        b'm' => Duration::from_millis(n),
-        b'u' => Duration::from_micros(n),
-        b'n' => Duration::from_nanos(n),
-        _ => return None,
-    };
-    (!d.is_zero()).then_some(d.min(MAX_GRPC_TIMEOUT))
-}
-
 /// The deadline of a request that started at `start`: the first of the
 /// service's timeout and the client's `grpc-timeout`.
 pub fn of(start: Instant, timeout: Option<Duration>, headers: &HeaderMap) -> Option<Instant> {
     let grpc = headers
         .get("grpc-timeout")
-        .and_then(|v| grpc_timeout(v.as_bytes()));
+        .and_then(|v| phoenix_api::grpc_timeout::parse(v.as_bytes()));
     let limit = match (timeout, grpc) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -146,38 +120,6 @@ where
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
-
-    #[test]
-    fn grpc_timeouts_parse_as_the_spec_writes_them() {
-        assert_eq!(grpc_timeout(b"100m"), Some(Duration::from_millis(100)));
-        assert_eq!(grpc_timeout(b"5S"), Some(Duration::from_secs(5)));
-        assert_eq!(grpc_timeout(b"2M"), Some(Duration::from_secs(120)));
-        assert_eq!(grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(grpc_timeout(b"250u"), Some(Duration::from_micros(250)));
-        assert_eq!(
-            grpc_timeout(b"99999999n"),
-            Some(Duration::from_nanos(99_999_999))
-        );
-        assert_eq!(grpc_timeout(b"99999999H"), Some(MAX_GRPC_TIMEOUT));
-        for bad in [
-            &b""[..],
-            b"m",
-            b"10",
-            b"123456789m",
-            b"-5S",
-            b"5s",
-            b"1.5S",
-            b"0m",
-            b" 5S",
-        ] {
-            assert_eq!(
-                grpc_timeout(bad),
-                None,
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-    }
 
     #[test]
     fn the_first_limit_wins() {

@@ -79,7 +79,13 @@ pub async fn decide(tcp: &mut TcpStream, protocol: Protocol) -> Decision {
         }
     };
     let carry = if carry == Carry::Http1 {
-        let upgrades = read_until(tcp, &mut buf, HEAD_TIMEOUT, head_upgrades).await;
+        let upgrades = read_until(
+            tcp,
+            &mut buf,
+            HEAD_TIMEOUT,
+            phoenix_api::detect::head_upgrades,
+        )
+        .await;
         if upgrades == Some(true) {
             counted = Some(DetectResult::upgrade);
             Carry::Opaque
@@ -122,26 +128,6 @@ async fn read_until<T>(
             // End of stream, an error, or the bound: decide on what is in.
             _ => return None,
         }
-    }
-}
-
-/// Whether an HTTP/1 request head asks to leave HTTP: an `Upgrade` header
-/// (WebSocket, h2c) or the CONNECT method. `None` until the head is
-/// complete; a head that does not parse is not an upgrade (the HTTP server
-/// answers it with a 400).
-fn head_upgrades(bytes: &[u8]) -> Option<bool> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut request = httparse::Request::new(&mut headers);
-    match request.parse(bytes) {
-        Ok(httparse::Status::Complete(_)) => Some(
-            request.method == Some("CONNECT")
-                || request
-                    .headers
-                    .iter()
-                    .any(|h| h.name.eq_ignore_ascii_case("upgrade")),
-        ),
-        Ok(httparse::Status::Partial) => None,
-        Err(_) => Some(false),
     }
 }
 
