@@ -1,0 +1,391 @@
+//! HTTP through the mesh against HTTP direct, in one run on one machine:
+//! HTTP/1.1 and HTTP/2 (h2c) at fixed rates of 1,000 and 10,000 requests
+//! a second, then as fast as one connection and 32 connections go.
+//!
+//! The load generator is h2load (Debian's nghttp2-client): `--rps` holds a
+//! rate per connection and `--log-file` gives each request's latency, from
+//! which p50 and p99 are computed (h2load prints no percentiles). The app
+//! is a hyper server in this process on its own runtime, answering 100
+//! bytes to a 100-byte POST. The mesh is the real release build started by
+//! `phoenix up`; each proxy's CPU is read from /proc before and after.
+//!
+//!   benches/run-http            # builds the release binaries, then this
+//!   cargo bench --bench http -- --quick
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a bench panics on failure by design
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+
+/// One measurement's settings.
+#[derive(Clone, Copy, Debug)]
+struct Load {
+    /// HTTP/1.1 (`--h1`) or HTTP/2.
+    h1: bool,
+    /// Total requests a second, or `None`: as fast as it goes.
+    rate: Option<u32>,
+    /// Connections.
+    connections: u32,
+    /// Requests in flight per connection (HTTP/2), when unbounded.
+    streams: u32,
+}
+
+/// What one run of h2load measured.
+#[derive(Debug)]
+struct Measured {
+    done: u64,
+    failed: u64,
+    req_per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+    /// CPU seconds of the client and server proxies during the run.
+    proxy_cpu: Option<(f64, f64)>,
+    secs: f64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let seconds = if quick { 2 } else { 6 };
+    ensure!(
+        Command::new("h2load").arg("--version").output().is_ok(),
+        "h2load is missing: apt-get install nghttp2-client"
+    );
+    let app = app();
+    let dir = tempfile::tempdir()?;
+    let mesh = Mesh::start(dir.path(), app)?;
+    let body = dir.path().join("body");
+    std::fs::write(&body, [b'x'; 100])?;
+
+    println!("# HTTP through the mesh\n");
+    println!(
+        "Machine: {} cores; commit {}; h2load, 100-byte POST bodies and responses, {seconds} s per run.\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        commit()
+    );
+    println!("| protocol | load | path | req/s | p50 | p99 | p50 added | p99 added | failed | client proxy CPU | server proxy CPU | CPU per 1k req/s (each proxy) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut loads = Vec::new();
+    for h1 in [true, false] {
+        for rate in [1_000, 10_000] {
+            loads.push(Load {
+                h1,
+                rate: Some(rate),
+                connections: 10,
+                streams: 1,
+            });
+        }
+        loads.push(Load {
+            h1,
+            rate: None,
+            connections: 1,
+            streams: if h1 { 1 } else { 32 },
+        });
+        loads.push(Load {
+            h1,
+            rate: None,
+            connections: 32,
+            streams: if h1 { 1 } else { 4 },
+        });
+    }
+    for load in loads {
+        let direct = h2load(app, load, seconds, &body, dir.path(), None)?;
+        let meshed = h2load(
+            mesh.outbound,
+            load,
+            seconds,
+            &body,
+            dir.path(),
+            Some(mesh.pids),
+        )?;
+        row(load, "direct", &direct, None);
+        row(load, "Phoenix", &meshed, Some(&direct));
+    }
+    println!(
+        "\nProxy memory after the runs: client {} KiB, server {} KiB (VmRSS).",
+        rss_kib(mesh.pids.0)?,
+        rss_kib(mesh.pids.1)?
+    );
+    Ok(())
+}
+
+fn row(load: Load, path: &str, m: &Measured, direct: Option<&Measured>) {
+    let protocol = if load.h1 { "HTTP/1.1" } else { "HTTP/2" };
+    let what = match load.rate {
+        Some(r) => format!("{r} req/s, {} conns", load.connections),
+        None if load.h1 => format!("max, {} conns", load.connections),
+        None => format!("max, {} conns x {} streams", load.connections, load.streams),
+    };
+    let added = |ours: f64, theirs: f64| format!("{:+.0} µs", ours - theirs);
+    let (p50_added, p99_added) = match direct {
+        Some(d) => (added(m.p50_us, d.p50_us), added(m.p99_us, d.p99_us)),
+        None => ("".into(), "".into()),
+    };
+    let (client, server, per_k) = match m.proxy_cpu {
+        Some((c, s)) => {
+            let (c, s) = (c / m.secs, s / m.secs);
+            let k = m.req_per_s / 1000.0;
+            (
+                format!("{c:.3} cores"),
+                format!("{s:.3} cores"),
+                format!("{:.3} / {:.3}", c / k, s / k),
+            )
+        }
+        None => ("".into(), "".into(), "".into()),
+    };
+    println!(
+        "| {protocol} | {what} | {path} | {:.0} | {:.0} µs | {:.0} µs | {p50_added} | {p99_added} | {} of {} | {client} | {server} | {per_k} |",
+        m.req_per_s,
+        m.p50_us,
+        m.p99_us,
+        m.failed,
+        m.done + m.failed
+    );
+}
+
+/// Runs h2load against `addr`.
+fn h2load(
+    addr: SocketAddr,
+    load: Load,
+    seconds: u32,
+    body: &Path,
+    dir: &Path,
+    pids: Option<(u32, u32)>,
+) -> anyhow::Result<Measured> {
+    let log = dir.join("requests.log");
+    let _ = std::fs::remove_file(&log);
+    let mut cmd = Command::new("h2load");
+    cmd.arg(format!("http://{addr}/bench"))
+        .args(["-d", body.to_str().context("path")?])
+        .args(["-c", &load.connections.to_string()])
+        .args(["-D", &seconds.to_string()])
+        .args(["--warm-up-time", "1"])
+        .arg(format!("--log-file={}", log.display()));
+    if load.h1 {
+        cmd.arg("--h1");
+    }
+    match load.rate {
+        Some(rate) => {
+            cmd.args(["--rps", &(rate / load.connections).to_string()])
+                .args(["-m", "1"]);
+        }
+        None => {
+            cmd.args(["-m", &load.streams.to_string()]);
+        }
+    }
+    let before = pids.map(|(c, s)| (cpu_secs(c), cpu_secs(s)));
+    let started = std::time::Instant::now();
+    let out = cmd.output().context("h2load runs")?;
+    let secs = started.elapsed().as_secs_f64();
+    let after = pids.map(|(c, s)| (cpu_secs(c), cpu_secs(s)));
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "h2load failed: {text}");
+    let count = |what: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with("requests:"))
+            .and_then(|l| {
+                l.split(',')
+                    .find(|p| p.trim().ends_with(what))
+                    .and_then(|p| p.split_whitespace().next())
+                    .and_then(|n| n.parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    let req_per_s = text
+        .lines()
+        .find(|l| l.starts_with("finished in"))
+        .and_then(|l| l.split(',').nth(1))
+        .and_then(|p| p.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0);
+    let mut latencies: Vec<f64> = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split('\t').nth(2)?.trim().parse().ok())
+        .collect();
+    if latencies.is_empty() {
+        bail!("h2load logged no request: {text}");
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
+    // The warm-up second is not in h2load's counts; CPU is taken over the
+    // whole run and divided by its length, so per-second figures hold.
+    let proxy_cpu = match (before, after) {
+        (Some((c0, s0)), Some((c1, s1))) => Some((c1? - c0?, s1? - s0?)),
+        _ => None,
+    };
+    Ok(Measured {
+        done: count("succeeded"),
+        failed: count("failed"),
+        req_per_s,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        proxy_cpu,
+        secs,
+    })
+}
+
+/// The app: 100 bytes for any request, its body read whole first.
+fn app() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                let service = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let _ = req.into_body().collect().await;
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from_static(&[b'y'; 100]),
+                        )))
+                    },
+                );
+                tokio::spawn(async move {
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+                });
+            }
+        });
+    });
+    addr
+}
+
+/// A two-workload mesh from the release build.
+struct Mesh {
+    child: Child,
+    outbound: SocketAddr,
+    /// Client and server proxy pids.
+    pids: (u32, u32),
+}
+
+impl Mesh {
+    fn start(dir: &Path, app: SocketAddr) -> anyhow::Result<Self> {
+        let mesh = dir.join("mesh.yaml");
+        std::fs::write(
+            &mesh,
+            format!(
+                "trustDomain: phoenix.local\nstateDir: state\nworkloads:\n  \
+                 - name: client\n    upstreams: [{{service: web, listen: \"127.0.0.1:0\"}}]\n  \
+                 - name: web\n    serve: [{{service: web, target: \"{app}\"}}]\n"
+            ),
+        )?;
+        let mut child = Command::new(bin("phoenix")?)
+            .args(["up", "-o", "json", "-f"])
+            .arg(&mesh)
+            .env("PHOENIX_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("phoenix up")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        let report: serde_json::Value =
+            serde_json::from_str(&line).with_context(|| format!("phoenix up printed `{line}`"))?;
+        let proxy = |w: &str| {
+            report["proxies"]
+                .as_array()
+                .and_then(|ps| ps.iter().find(|p| p["workload"] == w))
+                .cloned()
+                .with_context(|| format!("no proxy {w}"))
+        };
+        let client = proxy("client")?;
+        let outbound = client["outbound"][0]["listen"]
+            .as_str()
+            .context("listen")?
+            .parse()?;
+        let pid = |p: &serde_json::Value| p["pid"].as_u64().map(|n| n as u32).context("pid");
+        let pids = (pid(&client)?, pid(&proxy("web")?)?);
+        // Until a request crosses.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", &format!("http://{outbound}/")])
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
+        {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "no request crossed the mesh within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(Self {
+            child,
+            outbound,
+            pids,
+        })
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// A release binary of this workspace (`PHOENIX_BENCH_BIN_DIR` overrides).
+fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = match std::env::var_os("PHOENIX_BENCH_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release"),
+    };
+    let path = dir.join(name);
+    ensure!(
+        path.exists(),
+        "{} is missing: cargo build --release --workspace --bins",
+        path.display()
+    );
+    Ok(path)
+}
+
+fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    Ok(ticks / 100.0)
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("VmRSS")
+}
+
+fn commit() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
