@@ -69,7 +69,9 @@ fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         commit()
     );
-    println!("| protocol | load | path | req/s | p50 | p99 | p50 added | p99 added | failed | client proxy CPU | server proxy CPU | CPU per 1k req/s (each proxy) |");
+    println!(
+        "| protocol | load | path | req/s | p50 | p99 | p50 added | p99 added | failed | client proxy CPU | server proxy CPU | CPU per 1k req/s (each proxy) |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut loads = Vec::new();
     for h1 in [true, false] {

@@ -1,9 +1,12 @@
 //! `phoenix demo`: a whole mesh on this machine with real traffic.
 //!
-//! It writes a two-workload mesh file, starts an echo service and `phoenix
-//! up` for it (real control plane and proxy processes), then runs clients
-//! that send requests through the mesh and shows what happened: requests,
-//! bytes, connections, handshakes with their key-exchange group, latency.
+//! It writes a mesh file, starts its sample services (an HTTP/1.1 web
+//! service, a gRPC service on two endpoints, a TCP echo) and `phoenix up`
+//! for them (real control plane and proxy processes), then runs clients
+//! that call them through the mesh and shows what happened: per service
+//! the golden metrics the client's proxy keeps (success rate, requests a
+//! second, p50 and p99), the echo's bytes and round trips, and every
+//! handshake with its key-exchange group.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,12 +23,19 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::http;
 use crate::up::{self, UpOptions};
 
+mod apps;
+mod golden;
+
+pub use golden::Golden;
+
 /// Size of one demo request (and of its echo).
 const REQUEST_BYTES: usize = 1024;
 /// Requests per client connection before it reconnects.
 const REQUESTS_PER_CONNECTION: usize = 200;
-/// Concurrent demo clients.
-const CLIENTS: usize = 4;
+/// Concurrent echo clients.
+const CLIENTS: usize = 2;
+/// Concurrent web clients (HTTP/1.1, one keep-alive connection each).
+const WEB_CLIENTS: usize = 2;
 
 /// The demo's summary, printed as one JSON object with `-o json`.
 #[derive(Debug, Serialize)]
@@ -45,6 +55,10 @@ pub struct Summary {
     pub bytes: Bytes,
     /// Round-trip latency through both proxies.
     pub latency_micros: Latency,
+    /// The HTTP and gRPC services' golden metrics, from the client's proxy.
+    pub services: BTreeMap<String, Golden>,
+    /// Calls as the demo's HTTP and gRPC clients saw them.
+    pub calls: BTreeMap<String, Counts>,
 }
 
 /// ok / failed.
@@ -92,7 +106,16 @@ pub async fn run(duration: Option<Duration>, json: bool) -> anyhow::Result<bool>
 
     let echo = TcpListener::bind("127.0.0.1:0").await?;
     let echo_addr = echo.local_addr()?;
-    tokio::spawn(echo_server(echo));
+    tokio::spawn(apps::echo_server(echo));
+    let web = TcpListener::bind("127.0.0.1:0").await?;
+    let web_addr = web.local_addr()?;
+    tokio::spawn(apps::web_server(web));
+    let mut grpc_addrs = Vec::new();
+    for _ in 0..2 {
+        let grpc = TcpListener::bind("127.0.0.1:0").await?;
+        grpc_addrs.push(grpc.local_addr()?);
+        tokio::spawn(apps::grpc_server(grpc));
+    }
 
     let mesh_path = dir.join("mesh.yaml");
     std::fs::write(
@@ -105,13 +128,18 @@ pub async fn run(duration: Option<Duration>, json: bool) -> anyhow::Result<bool>
              workloads:\n  \
                - name: client\n    \
                  upstreams:\n      \
-                   - service: echo\n        \
-                     listen: 127.0.0.1:0\n  \
+                   - {{service: echo, listen: 127.0.0.1:0, protocol: opaque}}\n      \
+                   - {{service: web, listen: 127.0.0.1:0}}\n      \
+                   - {{service: grpc, listen: 127.0.0.1:0}}\n  \
                - name: echo\n    \
-                 serve:\n      \
-                   - service: echo\n        \
-                     target: {echo_addr}\n        \
-                     allow: [client]\n"
+                 serve: [{{service: echo, target: {echo_addr}, allow: [client], protocol: opaque}}]\n  \
+               - name: web\n    \
+                 serve: [{{service: web, target: {web_addr}, allow: [client]}}]\n  \
+               - name: grpc-1\n    \
+                 serve: [{{service: grpc, target: {}, allow: [client]}}]\n  \
+               - name: grpc-2\n    \
+                 serve: [{{service: grpc, target: {}, allow: [client]}}]\n",
+            grpc_addrs[0], grpc_addrs[1],
         ),
     )?;
     let mesh = Mesh::load(&mesh_path)?;
@@ -132,25 +160,49 @@ pub async fn run(duration: Option<Duration>, json: bool) -> anyhow::Result<bool>
         forward_logs: std::env::var_os("PHOENIX_LOG").is_some(),
     };
     let running = up::start(&options, &mesh).await?;
-    let target = running
+    let client_proxy = running
         .report
         .proxies
         .iter()
         .find(|p| p.workload == "client")
-        .and_then(|p| p.outbound.iter().find(|o| o.service == "echo"))
-        .map(|o| o.listen)
-        .context("the client proxy has no `echo` listener")?;
+        .context("no client proxy")?;
+    let listener = |service: &str| {
+        client_proxy
+            .outbound
+            .iter()
+            .find(|o| o.service == service)
+            .map(|o| o.listen)
+            .with_context(|| format!("the client proxy has no `{service}` listener"))
+    };
+    let (target, web_target, grpc_target) =
+        (listener("echo")?, listener("web")?, listener("grpc")?);
+    let client_admin = client_proxy.admin;
     say(format!(
-        "Mesh ready: app `client` → {target} → proxy (pid {}) ⇒ PQ-QUIC ⇒ proxy (pid {}) → echo at {echo_addr}",
-        running.report.proxies[0].pid, running.report.proxies[1].pid
+        "Mesh ready: app `client` → its proxy (pid {}) ⇒ PQ-QUIC ⇒ the services' proxies:\n  \
+         echo (TCP) via {target}, web (HTTP/1.1) via {web_target}, grpc (gRPC on two endpoints, one HTTP/2 connection) via {grpc_target}",
+        client_proxy.pid
     ));
 
     let stats = Arc::new(Stats::default());
+    let web_calls = Arc::new(apps::Calls::default());
+    let grpc_calls = Arc::new(apps::Calls::default());
     let stop = tokio_util_stop();
     let mut workers = Vec::new();
     for _ in 0..CLIENTS {
         workers.push(tokio::spawn(client(target, stats.clone(), stop.1.clone())));
     }
+    for _ in 0..WEB_CLIENTS {
+        workers.push(tokio::spawn(apps::web_client(
+            web_target,
+            web_calls.clone(),
+            stop.1.clone(),
+        )));
+    }
+    workers.push(tokio::spawn(apps::grpc_client(
+        grpc_target,
+        grpc_calls.clone(),
+        stop.1.clone(),
+    )));
     let started = Instant::now();
     let deadline = duration.map(|d| started + d);
     let ctrl_c = phoenix_runtime::process::shutdown_signal();
@@ -164,14 +216,14 @@ pub async fn run(duration: Option<Duration>, json: bool) -> anyhow::Result<bool>
                 let hs = handshakes(&running).await;
                 let lat = percentiles(&stats);
                 say(format!(
-                    "{:>4.0}s  requests {:>7} ok {:>3} failed  bytes {:>10}  connections {:>5}  handshakes {}  p50 {:>5}µs p99 {:>6}µs",
+                    "{:>4.0}s  echo {:>7} ok {:>3} failed p50 {:>5}µs  web {:>6} ok  grpc {:>6} ok  handshakes {}",
                     started.elapsed().as_secs_f64(),
                     stats.ok.load(Ordering::Relaxed),
                     stats.failed.load(Ordering::Relaxed),
-                    stats.sent.load(Ordering::Relaxed) + stats.received.load(Ordering::Relaxed),
-                    stats.connections.load(Ordering::Relaxed),
+                    lat.p50,
+                    web_calls.ok.load(Ordering::Relaxed),
+                    grpc_calls.ok.load(Ordering::Relaxed),
                     if hs.0.is_empty() { "-".to_owned() } else { hs.0.iter().map(|(g, n)| format!("{g}×{n}")).collect::<Vec<_>>().join(" ") },
-                    lat.p50, lat.p99,
                 ));
             }
             _ = async { match sleep_until { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => break,
@@ -184,6 +236,28 @@ pub async fn run(duration: Option<Duration>, json: bool) -> anyhow::Result<bool>
     }
     let elapsed = started.elapsed();
     let (kx_groups, failed_handshakes) = handshakes(&running).await;
+    let client_metrics = http::get(client_admin, "/metrics")
+        .await
+        .map(|(_, text)| text)
+        .unwrap_or_default();
+    let services: BTreeMap<String, Golden> = ["web", "grpc"]
+        .into_iter()
+        .map(|s| {
+            (
+                s.to_owned(),
+                golden::of(&client_metrics, s, elapsed.as_secs_f64()),
+            )
+        })
+        .collect();
+    let count = |c: &apps::Calls| Counts {
+        ok: c.ok.load(Ordering::Relaxed),
+        failed: c.failed.load(Ordering::Relaxed),
+    };
+    let calls: BTreeMap<String, Counts> = [
+        ("web".to_owned(), count(&web_calls)),
+        ("grpc".to_owned(), count(&grpc_calls)),
+    ]
+    .into();
     running.shutdown(Duration::from_secs(2)).await;
 
     let summary = Summary {
@@ -203,9 +277,14 @@ pub async fn run(duration: Option<Duration>, json: bool) -> anyhow::Result<bool>
             received: stats.received.load(Ordering::Relaxed),
         },
         latency_micros: percentiles(&stats),
+        services,
+        calls,
     };
-    let healthy =
-        summary.requests.ok > 0 && summary.handshakes.failed == 0 && summary.handshakes.ok > 0;
+    let healthy = summary.requests.ok > 0
+        && summary.handshakes.failed == 0
+        && summary.handshakes.ok > 0
+        && summary.calls.values().all(|c| c.ok > 0)
+        && summary.services.values().all(|g| g.requests > 0);
     if json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
@@ -224,9 +303,25 @@ pub async fn run(duration: Option<Duration>, json: bool) -> anyhow::Result<bool>
             summary.handshakes.ok, summary.handshakes.failed, summary.kx_groups
         );
         println!(
-            "  latency     p50 {} µs, p99 {} µs (round trip through two proxies)",
+            "  echo        p50 {} µs, p99 {} µs (round trip through two proxies)",
             summary.latency_micros.p50, summary.latency_micros.p99
         );
+        println!("  golden metrics from the client's proxy:");
+        println!(
+            "    {:<6} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "service", "requests", "success", "req/s", "p50", "p99"
+        );
+        for (name, g) in &summary.services {
+            println!(
+                "    {:<6} {:>9} {:>8.2}% {:>9.0} {:>7.2}ms {:>7.2}ms",
+                name,
+                g.requests,
+                g.success_rate * 100.0,
+                g.rps,
+                g.p50_ms,
+                g.p99_ms
+            );
+        }
         println!(
             "{}",
             if healthy {
@@ -325,16 +420,6 @@ fn percentiles(stats: &Stats) -> Latency {
     Latency {
         p50: at(0.50),
         p99: at(0.99),
-    }
-}
-
-async fn echo_server(listener: TcpListener) {
-    while let Ok((mut tcp, _)) = listener.accept().await {
-        tokio::spawn(async move {
-            let _ = tcp.set_nodelay(true);
-            let (mut r, mut w) = tcp.split();
-            let _ = tokio::io::copy(&mut r, &mut w).await;
-        });
     }
 }
 

@@ -50,6 +50,33 @@ fn demo_runs_real_traffic_and_reports_json() {
         s["latencyMicros"]["p99"].as_u64().unwrap(),
     );
     assert!(p50 > 0 && p50 <= p99, "p50 {p50} p99 {p99}");
+    // The HTTP and gRPC services: the clients' counts agree with the
+    // golden metrics the client's proxy kept (a call in flight at the stop
+    // may be counted by one and not the other).
+    for service in ["web", "grpc"] {
+        let calls = s["calls"][service]["ok"].as_u64().unwrap();
+        let golden = &s["services"][service];
+        let requests = golden["requests"].as_u64().unwrap();
+        assert!(calls > 100, "{service}: only {calls} calls");
+        assert_eq!(s["calls"][service]["failed"], 0, "{service}");
+        assert!(
+            requests.abs_diff(calls) <= 4,
+            "{service}: proxy {requests}, client {calls}"
+        );
+        assert_eq!(golden["successRate"], 1.0, "{service}");
+        let (p50, p99) = (
+            golden["p50Ms"].as_f64().unwrap(),
+            golden["p99Ms"].as_f64().unwrap(),
+        );
+        assert!(p50 > 0.0 && p50 <= p99, "{service}: p50 {p50} p99 {p99}");
+        let rps = golden["rps"].as_f64().unwrap();
+        // Over the run's length (the summary shows it rounded to 0.1 s).
+        let expected = requests as f64 / secs;
+        assert!(
+            (rps - expected).abs() <= expected * 0.02,
+            "{service}: {rps} req/s, {expected} expected"
+        );
+    }
 }
 
 /// Runs `phoenix up -f` on `yaml`: exit code and stderr.

@@ -159,7 +159,15 @@ pub(crate) async fn carry(
                     .and_then(|dst| Some((route.endpoints.first()?.clone(), dst))),
             };
             let io = Prefixed::new(decision.prefix, tcp);
-            crate::http::outbound::serve(shared.clone(), target, io, carry).await;
+            // Boxed: hyper's connection state is several KiB, and inline it
+            // would be reserved in every connection's task, opaque ones too.
+            Box::pin(crate::http::outbound::serve(
+                shared.clone(),
+                target,
+                io,
+                carry,
+            ))
+            .await;
         }
     }
 }
@@ -245,13 +253,18 @@ pub(crate) async fn tunnel(
             .clone(),
     );
     request.extend_from_slice(&prefix);
+    let prefix_len = prefix.len() as u64;
+    // Freed before the relay: the detection buffer (8 KiB reserved) would
+    // otherwise stay with every idle connection for its whole life.
+    drop(prefix);
     if let Err(error) = send.write_all(&request).await {
         tracing::debug!(%service, %error, "peer stream closed before the header was sent");
         return reset(tcp);
     }
+    drop(request);
     let identity = endpoint.identity.to_string();
     let counters = shared.metrics.tcp(Direction::outbound, &identity);
-    counters.read.inc_by(prefix.len() as u64);
+    counters.read.inc_by(prefix_len);
     let report = |status: Status| {
         shared.metrics.stream(Direction::outbound, status);
         if status != Status::Connected {

@@ -102,6 +102,9 @@ pub async fn decide(tcp: &mut TcpStream, protocol: Protocol) -> Decision {
     }
 }
 
+/// The first read's size: what most clients send first fits.
+const FIRST_READ: usize = 1024;
+
 /// Reads into `buf` until `verdict` decides, the client stops sending or
 /// fails, [`MAX_DETECT_LEN`] bytes are in, or `bound` passes; `None` if
 /// undecided. A verdict on bytes already read costs no wait.
@@ -121,8 +124,12 @@ async fn read_until<T>(
         if buf.len() >= MAX_DETECT_LEN {
             return None;
         }
-        buf.reserve(MAX_DETECT_LEN - buf.len());
-        let mut limited = (&mut *tcp).take((MAX_DETECT_LEN - buf.len()) as u64);
+        // Room for what most clients send first (a request line and a few
+        // headers, an HTTP/2 preface), doubling as needed up to the bound:
+        // an 8 KiB buffer per connection would cost every idle connection.
+        let room = buf.len().max(FIRST_READ).min(MAX_DETECT_LEN - buf.len());
+        buf.reserve(room);
+        let mut limited = (&mut *tcp).take(room as u64);
         match tokio::time::timeout_at(deadline, limited.read_buf(buf)).await {
             Ok(Ok(n)) if n > 0 => {}
             // End of stream, an error, or the bound: decide on what is in.
@@ -156,6 +163,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
             let n = self.prefix.len().min(out.remaining());
             out.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // An empty slice still holds the whole detection buffer.
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_read(cx, out)
