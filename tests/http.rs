@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 /// length and SHA-256). Some paths misbehave on purpose: `/fail` answers
 /// 503; `/flaky` answers 503 to every other request (the first included);
 /// `/slow?ms=N` answers after N ms; `/stall` sends its head and one chunk,
-/// then nothing, forever. An app named `slow-*` takes 200 ms per request,
+/// then nothing, forever; `/big` answers [`BIG`] bytes. An app named `slow-*` takes 200 ms per request,
 /// one named `broken-*` answers every request with 503.
 fn app(name: &'static str) -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -47,6 +47,12 @@ fn app(name: &'static str) -> SocketAddr {
                         let (flaky, stalled) = (flaky.clone(), stalled.clone());
                         async move {
                             let (parts, body) = req.into_parts();
+                            if parts.uri.path() == "/big" {
+                                let big: Vec<u8> = (0..BIG).map(|i| (i % 251) as u8).collect();
+                                return Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                    Full::new(Bytes::from(big)).boxed_unsync(),
+                                ));
+                            }
                             if parts.uri.path() == "/stall" {
                                 let (mut tx, body) = http_body_util::channel::Channel::<
                                     Bytes,
@@ -131,6 +137,9 @@ fn app(name: &'static str) -> SocketAddr {
     });
     addr
 }
+
+/// The size of `/big`'s answer, and of the big upload: 64 MiB.
+const BIG: usize = 64 * 1024 * 1024;
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -478,6 +487,22 @@ fn wait_endpoints(up: &Up, workload: &str, service: &str, n: usize) {
     );
 }
 
+/// Waits until the client proxy of a hand-started mesh knows `n`
+/// endpoints of `service`.
+fn wait_manual_endpoints(m: &harness::Manual, service: &str, n: usize) {
+    eventually(
+        Duration::from_secs(20),
+        &format!("client knows {n} endpoints of {service}"),
+        || {
+            let eps = m.config("client")["config"]["resources"][format!("upstream/{service}")]
+                ["endpoints"]
+                .as_array()?
+                .len();
+            (eps == n).then_some(())
+        },
+    );
+}
+
 /// Runs `cmd`; its stdout (it must succeed).
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -646,16 +671,7 @@ fn http_reaches_a_peer_from_before_http3_inside_tunnel_streams() {
     m.start_proxy("web-old", &["--inbound-http3", "false"]);
     m.start_proxy("client", &[]);
     let addr = m.outbound("client", "web");
-    eventually(
-        Duration::from_secs(20),
-        "client knows both endpoints",
-        || {
-            let eps = m.config("client")["config"]["resources"]["upstream/web"]["endpoints"]
-                .as_array()?
-                .len();
-            (eps == 2).then_some(())
-        },
-    );
+    wait_manual_endpoints(&m, "web", 2);
     let url = format!("http://{addr}/mixed");
     let out = run(Command::new("h2load").args(["-n", "40", "-c", "1", "-m", "4", &url]));
     assert!(out.contains("40 succeeded, 0 failed"), "{out}");
@@ -1087,16 +1103,7 @@ fn a_stopping_proxy_says_goaway_and_finishes_what_is_in_flight() {
     m.start_proxy("web-b", &["--drain-grace", "30s"]);
     m.start_proxy("client", &["--drain-grace", "30s"]);
     let addr = m.outbound("client", "web");
-    eventually(
-        Duration::from_secs(20),
-        "client knows both endpoints",
-        || {
-            let eps = m.config("client")["config"]["resources"]["upstream/web"]["endpoints"]
-                .as_array()?
-                .len();
-            (eps == 2).then_some(())
-        },
-    );
+    wait_manual_endpoints(&m, "web", 2);
     let slow = |url: String| {
         std::thread::spawn(move || {
             let out = Command::new("nghttp")
@@ -1185,4 +1192,39 @@ fn a_stopping_proxy_says_goaway_and_finishes_what_is_in_flight() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// 64 MiB each way over HTTP/1.1 (chunked upload) and HTTP/2, checksummed:
+/// bodies stream through both proxies and HTTP/3 intact.
+#[test]
+fn a_64_mib_body_crosses_both_ways_intact() {
+    let target = app("web");
+    let up = Up::start(&mesh(&format!(
+        "  - name: client\n    upstreams: [{{service: web, listen: \"127.0.0.1:0\"}}]\n  \
+           - name: web\n    serve: [{{service: web, target: \"{target}\"}}]\n"
+    )));
+    let url = format!("http://{}", up.outbound("client", "web"));
+    let upload: Vec<u8> = (0..BIG).map(|i| (i % 251) as u8).collect();
+    let sha = hex(&Sha256::digest(&upload));
+    let path = up.dir.path().join("big.bin");
+    std::fs::write(&path, &upload).unwrap();
+    let data = format!("@{}", path.display());
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        let mut args = vec![version, "--data-binary", &data];
+        if version == "--http1.1" {
+            args.extend(["-H", "Transfer-Encoding: chunked"]);
+        }
+        let up_url = format!("{url}/upload");
+        args.push(&up_url);
+        let got = responses(&curl(&args));
+        assert_eq!(got[0]["len"], BIG, "{version}");
+        assert_eq!(got[0]["sha256"], sha, "{version}");
+        let out = up.dir.path().join("down.bin");
+        let out_arg = out.display().to_string();
+        let down_url = format!("{url}/big");
+        curl(&[version, "-o", &out_arg, &down_url]);
+        let down = std::fs::read(&out).unwrap();
+        assert_eq!(down.len(), BIG, "{version}");
+        assert_eq!(hex(&Sha256::digest(&down)), sha, "{version}");
+    }
 }
