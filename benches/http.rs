@@ -14,6 +14,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench panics on failure by design
 
+#[path = "../tests/support/http_app.rs"]
+mod http_app;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -235,40 +238,12 @@ fn h2load(
 
 /// The app: 100 bytes for any request, its body read whole first.
 fn app() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let _ = tcp.set_nodelay(true);
-                let service = hyper::service::service_fn(
-                    |req: hyper::Request<hyper::body::Incoming>| async move {
-                        let _ = req.into_body().collect().await;
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            Bytes::from_static(&[b'y'; 100]),
-                        )))
-                    },
-                );
-                tokio::spawn(async move {
-                    let _ = hyper_util::server::conn::auto::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                    .await;
-                });
-            }
-        });
-    });
-    addr
+    http_app::spawn(|req: hyper::Request<hyper::body::Incoming>| async move {
+        let _ = req.into_body().collect().await;
+        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
+            &[b'y'; 100],
+        ))))
+    })
 }
 
 /// A two-workload mesh from the release build.

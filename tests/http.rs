@@ -7,6 +7,8 @@
 
 #[path = "support/harness.rs"]
 mod harness;
+#[path = "support/http_app.rs"]
+mod http_app;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -27,115 +29,82 @@ use sha2::{Digest, Sha256};
 /// then nothing, forever; `/big` answers [`BIG`] bytes. An app named `slow-*` takes 200 ms per request,
 /// one named `broken-*` answers every request with 503.
 fn app(name: &'static str) -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            let flaky = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let stalled = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-            loop {
-                let (tcp, _) = listener.accept().await.unwrap();
-                let (flaky, stalled) = (flaky.clone(), stalled.clone());
-                let service = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (flaky, stalled) = (flaky.clone(), stalled.clone());
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            if parts.uri.path() == "/big" {
-                                let big: Vec<u8> = (0..BIG).map(|i| (i % 251) as u8).collect();
-                                return Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                                    Full::new(Bytes::from(big)).boxed_unsync(),
-                                ));
-                            }
-                            if parts.uri.path() == "/stall" {
-                                let (mut tx, body) = http_body_util::channel::Channel::<
-                                    Bytes,
-                                    std::convert::Infallible,
-                                >::new(1);
-                                let _ = tx.send_data(Bytes::from_static(b"first chunk")).await;
-                                // Never dropped: the body never ends.
-                                stalled.lock().unwrap().push(tx);
-                                return Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                                    body.boxed_unsync(),
-                                ));
-                            }
-                            if name.starts_with("slow-") {
-                                tokio::time::sleep(Duration::from_millis(200)).await;
-                            }
-                            if let Some(ms) = parts.uri.query().and_then(|q| q.strip_prefix("ms="))
-                            {
-                                tokio::time::sleep(Duration::from_millis(ms.parse().unwrap()))
-                                    .await;
-                            }
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let header = |n: &str| {
-                                parts
-                                    .headers
-                                    .get_all(n)
-                                    .iter()
-                                    .map(|v| v.to_str().unwrap().to_owned())
-                                    .collect::<Vec<_>>()
-                            };
-                            let mesh_headers: Vec<String> = parts
-                                .headers
-                                .keys()
-                                .map(|k| k.as_str().to_owned())
-                                .filter(|k| k.starts_with("phoenix-") && k != "phoenix-client-id")
-                                .collect();
-                            let json = serde_json::json!({
-                                "app": name,
-                                "method": parts.method.as_str(),
-                                "path": parts.uri.path(),
-                                "version": format!("{:?}", parts.version),
-                                "host": header("host"),
-                                "authority": parts.uri.authority().map(|a| a.to_string()),
-                                "clientId": header("phoenix-client-id"),
-                                "traceparent": header("traceparent"),
-                                "otherMeshHeaders": mesh_headers,
-                                "len": body.len(),
-                                "sha256": hex(&Sha256::digest(&body)),
-                            });
-                            let flaked = parts.uri.path() == "/flaky"
-                                && flaky.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 2 == 0;
-                            let status = if parts.uri.path() == "/fail"
-                                || flaked
-                                || name.starts_with("broken-")
-                            {
-                                503
-                            } else {
-                                200
-                            };
-                            Ok::<_, std::convert::Infallible>(
-                                hyper::Response::builder()
-                                    .status(status)
-                                    .header("content-type", "application/json")
-                                    .body(Full::new(Bytes::from(json.to_string())).boxed_unsync())
-                                    .unwrap(),
-                            )
-                        }
-                    },
-                );
-                tokio::spawn(async move {
-                    let _ = hyper_util::server::conn::auto::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                    .await;
-                });
+    let flaky = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stalled = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    http_app::spawn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let (flaky, stalled) = (flaky.clone(), stalled.clone());
+        async move {
+            let (parts, body) = req.into_parts();
+            if parts.uri.path() == "/big" {
+                let big: Vec<u8> = (0..BIG).map(|i| (i % 251) as u8).collect();
+                return Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                    Full::new(Bytes::from(big)).boxed_unsync(),
+                ));
             }
-        });
-    });
-    addr
+            if parts.uri.path() == "/stall" {
+                let (mut tx, body) =
+                    http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(1);
+                let _ = tx.send_data(Bytes::from_static(b"first chunk")).await;
+                // Never dropped: the body never ends.
+                stalled.lock().unwrap().push(tx);
+                return Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                    body.boxed_unsync(),
+                ));
+            }
+            if name.starts_with("slow-") {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            if let Some(ms) = parts.uri.query().and_then(|q| q.strip_prefix("ms=")) {
+                tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+            }
+            let body = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let header = |n: &str| {
+                parts
+                    .headers
+                    .get_all(n)
+                    .iter()
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .collect::<Vec<_>>()
+            };
+            let mesh_headers: Vec<String> = parts
+                .headers
+                .keys()
+                .map(|k| k.as_str().to_owned())
+                .filter(|k| k.starts_with("phoenix-") && k != "phoenix-client-id")
+                .collect();
+            let json = serde_json::json!({
+                "app": name,
+                "method": parts.method.as_str(),
+                "path": parts.uri.path(),
+                "version": format!("{:?}", parts.version),
+                "host": header("host"),
+                "authority": parts.uri.authority().map(|a| a.to_string()),
+                "clientId": header("phoenix-client-id"),
+                "traceparent": header("traceparent"),
+                "otherMeshHeaders": mesh_headers,
+                "len": body.len(),
+                "sha256": hex(&Sha256::digest(&body)),
+            });
+            let flaked = parts.uri.path() == "/flaky"
+                && flaky.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 2 == 0;
+            let status = if parts.uri.path() == "/fail" || flaked || name.starts_with("broken-") {
+                503
+            } else {
+                200
+            };
+            Ok::<_, std::convert::Infallible>(
+                hyper::Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(json.to_string())).boxed_unsync())
+                    .unwrap(),
+            )
+        }
+    })
 }
 
 /// The size of `/big`'s answer, and of the big upload: 64 MiB.

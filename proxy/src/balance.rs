@@ -14,15 +14,14 @@
 //! failure (1 s up to 30 s) and resets on success, so one dead pod costs
 //! at most one connect timeout per backoff period, not one per request.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::config::{EndpointConfig, MeshConfig};
 use crate::pool::{PeerConn, Pool};
 
 pub mod accrual;
+pub mod by_endpoint;
 pub mod latency;
 
 /// The most endpoints one connection (or request) tries before it fails:
@@ -153,46 +152,37 @@ pub fn pick(
 /// Endpoints that failed recently, and until when they are set aside.
 #[derive(Debug, Default)]
 pub struct Failures {
-    by_address: Mutex<HashMap<SocketAddr, (Instant, Duration)>>,
+    by_address: by_endpoint::ByEndpoint<(Instant, Duration)>,
 }
 
 impl Failures {
     /// Whether `addr` is set aside at `now`.
     pub fn ejected(&self, addr: SocketAddr, now: Instant) -> bool {
-        let map = self
-            .by_address
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        map.get(&addr).is_some_and(|(until, _)| *until > now)
+        self.by_address
+            .with(|map| map.get(&addr).is_some_and(|(until, _)| *until > now))
     }
 
     /// `addr` failed at `now`: set it aside, for longer each time in a row.
     pub fn failed(&self, addr: SocketAddr, now: Instant) {
-        let mut map = self
-            .by_address
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        // Forget endpoints that have not failed for a while (also bounds the
-        // map as pods come and go).
-        map.retain(|_, (until, _)| *until + MAX_BACKOFF > now);
-        let backoff = map
-            .get(&addr)
-            .map_or(FIRST_BACKOFF, |(_, last)| (*last * 2).min(MAX_BACKOFF));
-        // Jittered, so the proxies that saw the same pod fail do not all
-        // come back to it at the same instant.
-        map.insert(
-            addr,
-            (now + phoenix_runtime::backoff::jitter(backoff), backoff),
-        );
+        self.by_address.with(|map| {
+            // Forget endpoints that have not failed for a while (also bounds the
+            // map as pods come and go).
+            map.retain(|_, (until, _)| *until + MAX_BACKOFF > now);
+            let backoff = map
+                .get(&addr)
+                .map_or(FIRST_BACKOFF, |(_, last)| (*last * 2).min(MAX_BACKOFF));
+            // Jittered, so the proxies that saw the same pod fail do not all
+            // come back to it at the same instant.
+            map.insert(
+                addr,
+                (now + phoenix_runtime::backoff::jitter(backoff), backoff),
+            );
+        });
     }
 
     /// `addr` worked: forget its failures.
     pub fn succeeded(&self, addr: SocketAddr) {
-        let mut map = self
-            .by_address
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        map.remove(&addr);
+        self.by_address.with(|map| map.remove(&addr));
     }
 }
 

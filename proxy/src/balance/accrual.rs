@@ -8,10 +8,10 @@
 //! endpoint takes requests again, and the first failure sets it aside at
 //! once for twice as long; a success forgets it all.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use super::by_endpoint::ByEndpoint;
 
 /// Failures in a row that set an endpoint aside (Linkerd's default).
 pub const CONSECUTIVE_FAILURES: u32 = 7;
@@ -32,58 +32,51 @@ struct State {
 /// Per-endpoint response failures.
 #[derive(Debug, Default)]
 pub struct Accrual {
-    by_address: Mutex<HashMap<SocketAddr, State>>,
+    by_address: ByEndpoint<State>,
 }
 
 impl Accrual {
     /// Whether `addr` is set aside at `now`.
     pub fn ejected(&self, addr: SocketAddr, now: Instant) -> bool {
-        let map = self
-            .by_address
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        map.get(&addr)
-            .and_then(|s| s.until)
-            .is_some_and(|until| until > now)
+        self.by_address.with(|map| {
+            map.get(&addr)
+                .and_then(|s| s.until)
+                .is_some_and(|until| until > now)
+        })
     }
 
     /// A response from `addr` ended at `now`, a failure or not. `true`
     /// when this one set the endpoint aside.
     pub fn record(&self, addr: SocketAddr, failed: bool, now: Instant) -> bool {
-        let mut map = self
-            .by_address
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if !failed {
-            map.remove(&addr);
-            return false;
-        }
-        let state = map.entry(addr).or_default();
-        state.in_a_row += 1;
-        let probation = state.until.is_some_and(|until| until <= now);
-        if state.in_a_row < CONSECUTIVE_FAILURES && !probation {
-            return false;
-        }
-        if state.until.is_some_and(|until| until > now) {
-            // Already out: requests in flight when it was set aside.
-            return false;
-        }
-        state.backoff = if probation {
-            (state.backoff * 2).min(MAX_BACKOFF)
-        } else {
-            FIRST_BACKOFF
-        };
-        state.until = Some(now + phoenix_runtime::backoff::jitter(state.backoff));
-        state.in_a_row = 0;
-        true
+        self.by_address.with(|map| {
+            if !failed {
+                map.remove(&addr);
+                return false;
+            }
+            let state = map.entry(addr).or_default();
+            state.in_a_row += 1;
+            let probation = state.until.is_some_and(|until| until <= now);
+            if state.in_a_row < CONSECUTIVE_FAILURES && !probation {
+                return false;
+            }
+            if state.until.is_some_and(|until| until > now) {
+                // Already out: requests in flight when it was set aside.
+                return false;
+            }
+            state.backoff = if probation {
+                (state.backoff * 2).min(MAX_BACKOFF)
+            } else {
+                FIRST_BACKOFF
+            };
+            state.until = Some(now + phoenix_runtime::backoff::jitter(state.backoff));
+            state.in_a_row = 0;
+            true
+        })
     }
 
     /// Forgets endpoints `keep` rejects.
     pub fn retain(&self, keep: impl Fn(SocketAddr) -> bool) {
-        self.by_address
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|addr, _| keep(*addr));
+        self.by_address.retain(keep);
     }
 }
 

@@ -19,10 +19,10 @@
 //!   first connection to its app (and the app's warm-up), not the
 //!   endpoint's latency.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use super::by_endpoint::ByEndpoint;
 
 /// How fast old samples stop mattering.
 pub const DECAY: Duration = Duration::from_secs(1);
@@ -49,68 +49,61 @@ impl Estimate {
 /// Latency estimates by endpoint address.
 #[derive(Debug, Default)]
 pub struct Latency {
-    by_address: Mutex<HashMap<SocketAddr, Estimate>>,
+    by_address: ByEndpoint<Estimate>,
 }
 
 impl Latency {
     /// The estimate for `addr` at `now`, in seconds.
     pub fn estimate(&self, addr: SocketAddr, now: Instant) -> f64 {
-        let map = self
-            .by_address
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        map.get(&addr)
-            .filter(|e| !e.warming)
-            .map_or(UNKNOWN, |e| e.decayed(now).max(UNKNOWN))
+        self.by_address.with(|map| {
+            map.get(&addr)
+                .filter(|e| !e.warming)
+                .map_or(UNKNOWN, |e| e.decayed(now).max(UNKNOWN))
+        })
     }
 
     /// A request to `addr` took `took`, seen at `now`.
     pub fn observe(&self, addr: SocketAddr, took: Duration, now: Instant) {
         let sample = took.as_secs_f64();
-        let mut map = self
-            .by_address
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let seconds = match map.get(&addr) {
-            None => {
-                map.insert(
-                    addr,
-                    Estimate {
-                        seconds: 0.0,
-                        at: now,
-                        warming: true,
-                    },
-                );
-                return;
-            }
-            Some(e) if e.warming => sample,
-            Some(e) => {
-                let current = e.decayed(now);
-                if sample > current {
-                    sample
-                } else {
-                    let elapsed = now.saturating_duration_since(e.at).as_secs_f64();
-                    let keep = (-elapsed / DECAY.as_secs_f64()).exp();
-                    current * keep + sample * (1.0 - keep)
+        self.by_address.with(|map| {
+            let seconds = match map.get(&addr) {
+                None => {
+                    map.insert(
+                        addr,
+                        Estimate {
+                            seconds: 0.0,
+                            at: now,
+                            warming: true,
+                        },
+                    );
+                    return;
                 }
-            }
-        };
-        map.insert(
-            addr,
-            Estimate {
-                seconds,
-                at: now,
-                warming: false,
-            },
-        );
+                Some(e) if e.warming => sample,
+                Some(e) => {
+                    let current = e.decayed(now);
+                    if sample > current {
+                        sample
+                    } else {
+                        let elapsed = now.saturating_duration_since(e.at).as_secs_f64();
+                        let keep = (-elapsed / DECAY.as_secs_f64()).exp();
+                        current * keep + sample * (1.0 - keep)
+                    }
+                }
+            };
+            map.insert(
+                addr,
+                Estimate {
+                    seconds,
+                    at: now,
+                    warming: false,
+                },
+            );
+        })
     }
 
     /// Forgets endpoints `keep` rejects (pods that went away).
     pub fn retain(&self, keep: impl Fn(SocketAddr) -> bool) {
-        self.by_address
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|addr, _| keep(*addr));
+        self.by_address.retain(keep);
     }
 }
 

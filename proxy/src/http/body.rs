@@ -12,11 +12,14 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes};
 use h3::error::{Code, StreamError};
 use http::HeaderMap;
-use http_body::{Body, Frame};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 
 /// Errors crossing a body: an h3 stream's, hyper's, or the app's.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the proxy's bodies answer a poll with.
+pub type Polled = Poll<Option<Result<Frame<Bytes>, BoxError>>>;
 
 /// The receive half of a request stream at the accepting proxy.
 pub type ServerRecv = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
@@ -167,8 +170,6 @@ pub enum Ended<'a> {
     Dropped,
 }
 
-type OnEnd = Box<dyn FnOnce(Ended<'_>) + Send>;
-
 /// The receive half of an HTTP/3 stream as a body (DATA frames, then
 /// trailers); dropped before its end, it tells the peer to stop sending.
 pub struct H3Body<R: RecvHalf> {
@@ -197,10 +198,7 @@ impl<R: RecvHalf> Body for H3Body<R> {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
         let this = self.get_mut();
         if this.done {
             return Poll::Ready(None);
@@ -249,45 +247,57 @@ impl<R: RecvHalf> Drop for H3Body<R> {
     }
 }
 
-/// Any body whose end is told to an observer once: the golden metrics
-/// count a response there, where gRPC's status is known.
-pub struct Observed<B> {
-    body: B,
-    on_end: Option<OnEnd>,
+/// What a body tells as its frames pass: the golden metrics count a
+/// response at its end (where gRPC's status is known), a retry keeps a
+/// copy of the request's body ([`super::replay`]).
+pub trait Tap: Send + 'static {
+    /// A DATA frame passed.
+    fn data(&mut self, _data: &Bytes) {}
+    /// The body ended, told once.
+    fn end(self, how: Ended<'_>);
 }
 
-impl<B> Observed<B> {
-    /// `body`, its end told to `on_end`.
-    pub fn new(body: B, on_end: impl FnOnce(Ended<'_>) + Send + 'static) -> Self {
+/// `body`, its frames told to a [`Tap`].
+pub struct Tapped<B, T: Tap> {
+    body: B,
+    /// Taken at the end.
+    tap: Option<T>,
+}
+
+impl<B, T: Tap> Tapped<B, T> {
+    /// `body`, its frames told to `tap`.
+    pub fn new(body: B, tap: T) -> Self {
         Self {
             body,
-            on_end: Some(Box::new(on_end)),
+            tap: Some(tap),
         }
     }
 
     fn end(&mut self, how: Ended<'_>) {
-        if let Some(on_end) = self.on_end.take() {
-            on_end(how);
+        if let Some(tap) = self.tap.take() {
+            tap.end(how);
         }
     }
 }
 
-impl<B> Body for Observed<B>
+impl<B, T> Body for Tapped<B, T>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
+    T: Tap + Unpin,
 {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
         let this = self.get_mut();
         match ready!(Pin::new(&mut this.body).poll_frame(cx)) {
             Some(Ok(frame)) => {
-                if let Some(trailers) = frame.trailers_ref() {
+                if let Some(data) = frame.data_ref() {
+                    if let Some(tap) = this.tap.as_mut() {
+                        tap.data(data);
+                    }
+                } else if let Some(trailers) = frame.trailers_ref() {
                     let trailers = trailers.clone();
                     this.end(Ended::Trailers(&trailers));
                 }
@@ -307,10 +317,28 @@ where
     fn is_end_stream(&self) -> bool {
         self.body.is_end_stream()
     }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
-impl<B> Drop for Observed<B> {
+impl<B, T: Tap> Drop for Tapped<B, T> {
     fn drop(&mut self) {
         self.end(Ended::Dropped);
     }
+}
+
+/// A [`Tap`] that only hears the end.
+pub struct OnEnd(Box<dyn FnOnce(Ended<'_>) + Send>);
+
+impl Tap for OnEnd {
+    fn end(self, how: Ended<'_>) {
+        (self.0)(how);
+    }
+}
+
+/// `body`, its end told to `on_end` once.
+pub fn observed<B>(body: B, on_end: impl FnOnce(Ended<'_>) + Send + 'static) -> Tapped<B, OnEnd> {
+    Tapped::new(body, OnEnd(Box::new(on_end)))
 }

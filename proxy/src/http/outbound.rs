@@ -10,6 +10,7 @@ use http::{Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulConnection;
 use phoenix_api::ServiceName;
 use phoenix_api::header::ConnectRequest;
 use tokio::net::TcpStream;
@@ -68,14 +69,7 @@ pub async fn serve(shared: Arc<Shared>, target: Target, io: Prefixed<TcpStream>,
                 .timer(TokioTimer::new())
                 .max_header_list_size(max_header_bytes as u32)
                 .serve_connection(io, service);
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => result,
-                () = drained.drained() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
+            until_drained(conn, drained).await
         }
         _ => {
             let conn = hyper::server::conn::http1::Builder::new()
@@ -83,14 +77,7 @@ pub async fn serve(shared: Arc<Shared>, target: Target, io: Prefixed<TcpStream>,
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .max_header_size(max_header_bytes)
                 .serve_connection(io, service);
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => result,
-                () = drained.drained() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
+            until_drained(conn, drained).await
         }
     };
     if let Err(error) = result {
@@ -103,6 +90,30 @@ pub async fn serve(shared: Arc<Shared>, target: Target, io: Prefixed<TcpStream>,
             tracing::info!(%error, "refused a malformed HTTP request from the app");
         } else {
             tracing::debug!(%error, "HTTP connection from the app ended with an error");
+        }
+    }
+}
+
+/// Runs `conn` to its end; once the proxy drains, it ends gracefully
+/// after its requests in flight.
+///
+/// Not an `async fn`: its future must be proven `Send` here, where `C` is
+/// generic; as an `async fn` the caller's spawn hits rustc's "`Send` is not
+/// general enough" for the service's borrowed futures (rust#102211).
+#[allow(clippy::manual_async_fn)]
+fn until_drained<C>(conn: C, shared: Arc<Shared>) -> impl Future<Output = C::Output> + Send
+where
+    C: GracefulConnection + Send,
+    C::Error: Send,
+{
+    async move {
+        let mut conn = std::pin::pin!(conn);
+        tokio::select! {
+            result = conn.as_mut() => result,
+            () = shared.drained() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
         }
     }
 }
@@ -312,7 +323,7 @@ fn finish(
         None => body,
     };
     let shared_metrics = shared.metrics.clone();
-    let body = body::Observed::new(body, move |ended| {
+    let body = body::observed(body, move |ended| {
         let _hold = hold;
         let (grpc_status, broke) = outcome(ended, head_grpc);
         exchange.ended(

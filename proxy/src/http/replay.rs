@@ -10,13 +10,13 @@
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
-use super::body::BoxError;
+use super::body::{BoxError, Ended, Polled, Tap, Tapped};
 
 /// The most body bytes kept for a replay (the and Linkerd's 64 KiB).
 pub const MAX_REPLAY_BYTES: usize = 64 * 1024;
@@ -32,10 +32,45 @@ struct Copy {
     overflow: bool,
 }
 
-/// The first attempt's body: `inner`, copied as it is read.
-pub struct Recorded<B> {
-    inner: B,
+/// The first attempt's body: the request's, copied as it is read.
+pub type Recorded<B> = Tapped<B, Recorder>;
+
+/// Copies a body's frames into the [`Replay`].
+pub struct Recorder {
     copy: Arc<Mutex<Copy>>,
+}
+
+impl Recorder {
+    fn copy(&self) -> std::sync::MutexGuard<'_, Copy> {
+        self.copy.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Tap for Recorder {
+    fn data(&mut self, data: &Bytes) {
+        let mut copy = self.copy();
+        copy.bytes += data.len();
+        if copy.bytes > MAX_REPLAY_BYTES {
+            copy.overflow = true;
+            copy.data = Vec::new();
+        } else if !copy.overflow {
+            copy.data.push(data.clone());
+        }
+    }
+
+    fn end(self, how: Ended<'_>) {
+        let mut copy = self.copy();
+        match how {
+            Ended::Trailers(trailers) => {
+                copy.trailers = Some(trailers.clone());
+                copy.complete = true;
+            }
+            Ended::Complete => copy.complete = true,
+            Ended::Failed => copy.overflow = true,
+            // Half sent: nothing to replay.
+            Ended::Dropped => {}
+        }
+    }
 }
 
 /// A handle on the copy, for later attempts.
@@ -52,10 +87,7 @@ pub fn record<B: Body>(inner: B) -> (Recorded<B>, Replay) {
         ..Copy::default()
     }));
     (
-        Recorded {
-            inner,
-            copy: copy.clone(),
-        },
+        Tapped::new(inner, Recorder { copy: copy.clone() }),
         Replay { copy },
     )
 }
@@ -71,52 +103,6 @@ impl Replay {
     }
 }
 
-impl<B> Body for Recorded<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        let mut copy = this.copy.lock().unwrap_or_else(PoisonError::into_inner);
-        match &frame {
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    copy.bytes += data.len();
-                    if copy.bytes > MAX_REPLAY_BYTES {
-                        copy.overflow = true;
-                        copy.data = Vec::new();
-                    } else if !copy.overflow {
-                        copy.data.push(data.clone());
-                    }
-                } else if let Some(trailers) = frame.trailers_ref() {
-                    copy.trailers = Some(trailers.clone());
-                    copy.complete = true;
-                }
-            }
-            Some(Err(_)) => copy.overflow = true,
-            None => copy.complete = true,
-        }
-        drop(copy);
-        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// A kept body, sent again.
 pub struct Replayed {
     data: std::collections::VecDeque<Bytes>,
@@ -127,10 +113,7 @@ impl Body for Replayed {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Polled {
         let this = self.get_mut();
         if let Some(data) = this.data.pop_front() {
             return Poll::Ready(Some(Ok(Frame::data(data))));
