@@ -26,14 +26,19 @@ use sha2::{Digest, Sha256};
 /// length and SHA-256). Some paths misbehave on purpose: `/fail` answers
 /// 503; `/flaky` answers 503 to every other request (the first included);
 /// `/slow?ms=N` answers after N ms; `/stall` sends its head and one chunk,
-/// then nothing, forever; `/big` answers [`BIG`] bytes. An app named `slow-*` takes 200 ms per request,
-/// one named `broken-*` answers every request with 503.
+/// then nothing, forever; `/big` answers [`BIG`] bytes; `/upgrade`
+/// switches to the protocol `echo` (bytes back as they come) when asked to.
+/// An app named `slow-*` takes 200 ms per request, one named `broken-*`
+/// answers every request with 503.
 fn app(name: &'static str) -> SocketAddr {
     let flaky = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stalled = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     http_app::spawn(move |req: hyper::Request<hyper::body::Incoming>| {
         let (flaky, stalled) = (flaky.clone(), stalled.clone());
         async move {
+            if req.uri().path() == "/upgrade" {
+                return Ok(upgrade_echo(req));
+            }
             let (parts, body) = req.into_parts();
             if parts.uri.path() == "/big" {
                 let big: Vec<u8> = (0..BIG).map(|i| (i % 251) as u8).collect();
@@ -105,6 +110,33 @@ fn app(name: &'static str) -> SocketAddr {
             )
         }
     })
+}
+
+/// `/upgrade`: 101 to `Upgrade: echo`, then every byte back; 426 to a
+/// request that does not ask.
+fn upgrade_echo(
+    mut req: hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert::Infallible>> {
+    let empty = || Full::new(Bytes::new()).boxed_unsync();
+    if req.headers().get("upgrade").is_none_or(|v| v != "echo") {
+        return hyper::Response::builder()
+            .status(426)
+            .body(empty())
+            .unwrap();
+    }
+    let on = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on.await {
+            let (mut r, mut w) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        }
+    });
+    hyper::Response::builder()
+        .status(101)
+        .header("connection", "upgrade")
+        .header("upgrade", "echo")
+        .body(empty())
+        .unwrap()
 }
 
 /// The size of `/big`'s answer, and of the big upload: 64 MiB.
@@ -380,64 +412,123 @@ fn a_server_first_banner_arrives_on_detect_and_opaque_ports() {
     );
 }
 
-/// A WebSocket-style upgrade goes on as bytes: the app's 101 and
-/// everything after cross untouched (the connection is carried opaque from
-/// its first request, which asked to upgrade).
+/// A real WebSocket client and server (PyPI websockets) through the mesh,
+/// on a port that detects and on one declared `http1`: the upgrade (the
+/// connection's first request) sends the connection on as bytes, and text
+/// messages and a 1 MiB binary one come back whole.
 #[test]
-fn an_upgrade_continues_as_an_opaque_stream() {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let target = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let (mut s, _) = l.accept().unwrap();
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            s.read_exact(&mut b).unwrap();
-            head.push(b[0]);
-        }
-        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").unwrap();
-        let mut r = s.try_clone().unwrap();
-        let _ = std::io::copy(&mut r, &mut s);
-    });
+fn websocket_clients_upgrade_and_echo_both_ways() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/ws_echo.py");
+    let mut cmd = Command::new("python3");
+    cmd.args([script, "serve"]);
+    let server = harness::Proc::spawn("websocket server", cmd);
+    let port = server.line(Duration::from_secs(30)).trim().to_owned();
     let up = Up::start(&mesh(&format!(
-        "  - name: client\n    upstreams: [{{service: ws, listen: \"127.0.0.1:0\", protocol: http1}}]\n  \
-           - name: server\n    serve: [{{service: ws, target: \"{target}\", protocol: http1}}]\n"
+        "  - name: client\n    upstreams: [{{service: ws, listen: \"127.0.0.1:0\"}}, {{service: ws-h1, listen: \"127.0.0.1:0\", protocol: http1}}]\n  \
+           - name: server\n    serve: [{{service: ws, target: \"127.0.0.1:{port}\"}}, {{service: ws-h1, target: \"127.0.0.1:{port}\", protocol: http1}}]\n"
     )));
-    let mut c = TcpStream::connect(up.outbound("client", "ws")).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    c.write_all(b"GET /chat HTTP/1.1\r\nHost: ws\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
-    let expect = b"HTTP/1.1 101 Switching Protocols\r\n";
-    let mut got = vec![0u8; expect.len()];
-    c.read_exact(&mut got).unwrap();
-    assert_eq!(&got, expect);
-    let mut rest = Vec::new();
-    let mut b = [0u8; 1];
-    while !rest.ends_with(b"\r\n\r\n") {
-        c.read_exact(&mut b).unwrap();
-        rest.push(b[0]);
+    for service in ["ws", "ws-h1"] {
+        let url = format!("ws://{}/chat", up.outbound("client", service));
+        let out = run(Command::new("python3").args([script, "call", &url, "20"]));
+        let got: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(
+            got,
+            serde_json::json!({"text": 20, "binary": 1, "bytes": 1 << 20}),
+            "{service}"
+        );
     }
-    let frame = b"\x81\x05hello, upgraded bytes";
-    c.write_all(frame).unwrap();
-    let mut echo = vec![0u8; frame.len()];
-    c.read_exact(&mut echo).unwrap();
-    assert_eq!(echo, frame);
     let client = up.metrics("client");
     assert_eq!(
         metric(&client, "protocol_detect_total", &[("result", "upgrade")]),
-        1.0
+        2.0
     );
     eventually(
         Duration::from_secs(5),
-        "the tunnel counted the connection",
+        "the tunnel counted both connections",
         || {
             (metric(
                 &up.metrics("client"),
                 "tcp_open_total",
                 &[("direction", "outbound")],
-            ) == 1.0)
+            ) == 2.0)
                 .then_some(())
         },
     );
+}
+
+/// Reads one HTTP/1.1 response head from `c`, and its body when it has a
+/// `content-length`; the head.
+fn read_response(c: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        c.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+    let mut body = vec![0u8; len];
+    c.read_exact(&mut body).unwrap();
+    head
+}
+
+/// A client that upgrades on a later request of a keep-alive connection
+/// (its first was a plain GET, carried over HTTP/3): the upgrading request
+/// goes to the app on a tunnel stream, the app's 101 reaches the client
+/// with its `Upgrade`, and from then on bytes flow both ways on the same
+/// client connection. A request asking for no upgrade on that path stays
+/// an ordinary response (426 here) and the connection goes on.
+#[test]
+fn an_upgrade_on_a_later_keep_alive_request_goes_on_as_bytes() {
+    let web = app("web");
+    let up = Up::start(&mesh(&format!(
+        "  - name: client\n    upstreams: [{{service: web, listen: \"127.0.0.1:0\"}}]\n  \
+           - name: server\n    serve: [{{service: web, target: \"{web}\"}}]\n"
+    )));
+    let mut c = TcpStream::connect(up.outbound("client", "web")).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET /a HTTP/1.1\r\nHost: web\r\n\r\n")
+        .unwrap();
+    assert!(read_response(&mut c).starts_with("http/1.1 200"));
+    c.write_all(
+        b"GET /upgrade HTTP/1.1\r\nHost: web\r\nUpgrade: other\r\nConnection: upgrade\r\n\r\n",
+    )
+    .unwrap();
+    assert!(read_response(&mut c).starts_with("http/1.1 426"));
+    c.write_all(
+        b"GET /upgrade HTTP/1.1\r\nHost: web\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\n",
+    )
+    .unwrap();
+    let head = read_response(&mut c);
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    for round in 0..3 {
+        let bytes = format!("bytes after the upgrade, round {round}\r\n\r\n");
+        c.write_all(bytes.as_bytes()).unwrap();
+        let mut echo = vec![0u8; bytes.len()];
+        c.read_exact(&mut echo).unwrap();
+        assert_eq!(echo, bytes.as_bytes());
+    }
+    let client = up.metrics("client");
+    assert_eq!(
+        metric(&client, "protocol_detect_total", &[("result", "http1")]),
+        1.0,
+        "the connection started as HTTP"
+    );
+    eventually(Duration::from_secs(5), "three responses counted", || {
+        let client = up.metrics("client");
+        let count = |code: &str| {
+            metric_or_absent(
+                &client,
+                "response_total",
+                &[("direction", "outbound"), ("status_code", code)],
+            )
+        };
+        (count("200") == 1.0 && count("426") == 1.0 && count("101") == 1.0).then_some(())
+    });
 }
 
 /// Waits until `workload`'s proxy knows `n` endpoints of `service`.

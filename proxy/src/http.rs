@@ -23,3 +23,4 @@ pub mod outbound;
 pub mod replay;
 pub mod respond;
 pub mod retry;
+pub mod upgrade;

@@ -1,5 +1,6 @@
 //! An HTTP app for tests and benchmarks: hyper serving HTTP/1.1 and h2c on
-//! one loopback port (hyper-util's auto builder tells them apart), on a
+//! one loopback port (hyper-util's auto builder tells them apart; HTTP/1.1
+//! may upgrade), on a
 //! thread of its own so that it keeps answering whatever the caller's
 //! runtime does.
 
@@ -42,7 +43,7 @@ where
                     let _ = hyper_util::server::conn::auto::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),
                     )
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tcp), service)
                     .await;
                 });
             }

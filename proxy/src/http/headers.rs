@@ -70,6 +70,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether an HTTP/1.1 request asks to switch protocols: an `Upgrade`
+/// header named by `Connection` (RFC 9110 §7.8), as WebSocket and h2c do.
+pub fn upgrades(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
 /// Whether a request is gRPC (its content type says so): its errors are
 /// then answered as gRPC statuses, which a gRPC client understands.
 pub fn is_grpc(headers: &HeaderMap) -> bool {
@@ -117,6 +129,20 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["host", "traceparent"]);
+    }
+
+    #[test]
+    fn an_upgrade_needs_both_headers() {
+        assert!(upgrades(&map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ])));
+        assert!(!upgrades(&map(&[("upgrade", "websocket")])));
+        assert!(!upgrades(&map(&[("connection", "upgrade")])));
+        assert!(!upgrades(&map(&[
+            ("connection", "upgraded"),
+            ("upgrade", "websocket"),
+        ])));
     }
 
     #[test]

@@ -68,7 +68,9 @@ pub async fn send(
             let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
                 .await
                 .map_err(LegacyError::Http)?;
-            tokio::spawn(drive(conn).in_current_span());
+            // With upgrades: a request that switches protocols
+            // ([`super::upgrade`]) goes on as bytes once answered.
+            tokio::spawn(drive(conn.with_upgrades()).in_current_span());
             sender.send_request(req).await.map_err(LegacyError::Http)
         }
         AppProtocol::Http2 => {

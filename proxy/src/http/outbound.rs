@@ -10,7 +10,6 @@ use http::{Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulConnection;
 use phoenix_api::ServiceName;
 use phoenix_api::header::ConnectRequest;
 use tokio::net::TcpStream;
@@ -23,7 +22,7 @@ use super::headers::{self, CLIENT_PROTO, DST_ADDR, DST_SERVICE};
 use super::legacy;
 use super::respond::{self, Exchange, GRPC_DEADLINE_EXCEEDED, GRPC_UNAVAILABLE, ProxyBody};
 use super::retry::{self, Budget};
-use super::{deadline, replay};
+use super::{deadline, replay, upgrade};
 use crate::balance;
 use crate::config::EndpointConfig;
 use crate::metrics::Direction;
@@ -76,7 +75,8 @@ pub async fn serve(shared: Arc<Shared>, target: Target, io: Prefixed<TcpStream>,
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .max_header_size(max_header_bytes)
-                .serve_connection(io, service);
+                .serve_connection(io, service)
+                .with_upgrades();
             until_drained(conn, drained).await
         }
     };
@@ -94,24 +94,62 @@ pub async fn serve(shared: Arc<Shared>, target: Target, io: Prefixed<TcpStream>,
     }
 }
 
+/// A hyper server connection that can end gracefully. hyper-util's
+/// `GracefulConnection` leaves out HTTP/1 with upgrades, which the
+/// outbound side serves (a later request may upgrade, [`upgrade`]).
+trait Drainable: Future<Output = hyper::Result<()>> + Send {
+    fn drain(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S, B> Drainable for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B> + Send,
+    S::Future: Send,
+    S::Error: Into<body::BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<body::BoxError>,
+{
+    fn drain(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, B, E> Drainable for hyper::server::conn::http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B> + Send,
+    S::Future: Send,
+    S::Error: Into<body::BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<body::BoxError>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B> + Send,
+{
+    fn drain(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
 /// Runs `conn` to its end; once the proxy drains, it ends gracefully
-/// after its requests in flight.
+/// (HTTP/2 GOAWAY, HTTP/1 no more keep-alive) after its requests in
+/// flight.
 ///
 /// Not an `async fn`: its future must be proven `Send` here, where `C` is
 /// generic; as an `async fn` the caller's spawn hits rustc's "`Send` is not
 /// general enough" for the service's borrowed futures (rust#102211).
 #[allow(clippy::manual_async_fn)]
-fn until_drained<C>(conn: C, shared: Arc<Shared>) -> impl Future<Output = C::Output> + Send
-where
-    C: GracefulConnection + Send,
-    C::Error: Send,
-{
+fn until_drained<C: Drainable>(
+    conn: C,
+    shared: Arc<Shared>,
+) -> impl Future<Output = hyper::Result<()>> + Send {
     async move {
         let mut conn = std::pin::pin!(conn);
         tokio::select! {
             result = conn.as_mut() => result,
             () = shared.drained() => {
-                conn.as_mut().graceful_shutdown();
+                conn.as_mut().drain();
                 conn.await
             }
         }
@@ -153,6 +191,33 @@ async fn request(
         Some((endpoint, addr)) => (std::slice::from_ref(endpoint), Dst::Addr(*addr)),
         None => (upstream.endpoints.as_slice(), Dst::Service),
     };
+    let connect_timeout = upstream
+        .connect_timeout
+        .unwrap_or(config.mesh.connect_timeout);
+    if proto == "http1" && upgrade::wanted(&req) {
+        let route = upgrade::Route {
+            shared,
+            endpoints,
+            header: tunnel_header(shared, target, dst),
+            mesh: &config.mesh,
+            connect_timeout,
+        };
+        return match route.send(req).await {
+            Ok(answered) => upgraded(shared, exchange, answered),
+            Err(upgrade::UpgradeError::Unavailable) => {
+                unavailable(HttpError::unavailable, "no endpoint reachable")
+            }
+            Err(upgrade::UpgradeError::BadGateway(error)) => {
+                tracing::debug!(error = %phoenix_runtime::process::error_chain(&error), "upgrading request through a tunnel stream failed");
+                fail(
+                    HttpError::bad_gateway,
+                    StatusCode::BAD_GATEWAY,
+                    GRPC_UNAVAILABLE,
+                    "peer gave no response",
+                )
+            }
+        };
+    }
     let deadline = deadline::of(exchange.started, upstream.request_timeout, req.headers());
     let policy = upstream
         .retry
@@ -184,9 +249,7 @@ async fn request(
         dst,
         proto,
         prepared: &prepared,
-        connect_timeout: upstream
-            .connect_timeout
-            .unwrap_or(config.mesh.connect_timeout),
+        connect_timeout,
         mesh: &config.mesh,
     };
     let mut retries = 0;
@@ -346,6 +409,28 @@ fn finish(
         let empty = http_body_util::Empty::new().map_err(|never| match never {});
         return Response::from_parts(parts, empty.boxed_unsync());
     }
+    Response::from_parts(parts, body.boxed_unsync())
+}
+
+/// An upgrading request's answer, counted when it ends (at once for a
+/// 101: what follows is bytes).
+fn upgraded(
+    shared: &Arc<Shared>,
+    exchange: Exchange,
+    answered: upgrade::Answered,
+) -> Response<ProxyBody> {
+    let upgrade::Answered {
+        response,
+        peer_identity,
+    } = answered;
+    let status = response.status();
+    exchange.headers(&shared.metrics.http, status);
+    let metrics = shared.metrics.clone();
+    let (parts, body) = response.into_parts();
+    let body = body::observed(body, move |ended| {
+        let broke = matches!(ended, body::Ended::Failed);
+        exchange.ended(&metrics.http, &peer_identity, status, None, broke);
+    });
     Response::from_parts(parts, body.boxed_unsync())
 }
 
@@ -512,14 +597,7 @@ impl Call<'_> {
         body: ProxyBody,
         guard: crate::pool::StreamGuard,
     ) -> Result<Answer, AttemptError> {
-        let header = ConnectRequest {
-            service: matches!(self.dst, Dst::Service).then(|| self.target.service.clone()),
-            original_dst: match self.dst {
-                Dst::Addr(addr) => Some(addr),
-                Dst::Service => None,
-            },
-            connection_id: self.shared.connection_id(),
-        };
+        let header = tunnel_header(self.shared, self.target, self.dst);
         let version = if self.proto == "http2" {
             AppProtocol::Http2
         } else {
@@ -553,6 +631,18 @@ impl Call<'_> {
 enum Dst {
     Service,
     Addr(SocketAddr),
+}
+
+/// What a tunnel stream for `target` asks the peer for.
+fn tunnel_header(shared: &Shared, target: &Target, dst: Dst) -> ConnectRequest {
+    ConnectRequest {
+        service: matches!(dst, Dst::Service).then(|| target.service.clone()),
+        original_dst: match dst {
+            Dst::Addr(addr) => Some(addr),
+            Dst::Service => None,
+        },
+        connection_id: shared.connection_id(),
+    }
 }
 
 /// A request from the app, checked and stripped of what is the hop's,
