@@ -11,6 +11,7 @@
 //!
 //!   benches/run-http            # builds the release binaries, then this
 //!   cargo bench --bench http -- --quick
+//!   cargo bench --bench http -- --only "HTTP/1.1 1000 req/s"
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench panics on failure by design
 
@@ -38,6 +39,9 @@ struct Load {
     connections: u32,
     /// Requests in flight per connection (HTTP/2), when unbounded.
     streams: u32,
+    /// At a fixed rate: connections offset from one another so requests
+    /// arrive evenly, not all connections' at once.
+    spread: bool,
 }
 
 /// What one run of h2load measured.
@@ -54,7 +58,14 @@ struct Measured {
 }
 
 fn main() -> anyhow::Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // `--only TEXT`: just the loads whose row names it ("HTTP/2", "1000 req/s").
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
     let seconds = if quick { 2 } else { 6 };
     ensure!(
         Command::new("h2load").arg("--version").output().is_ok(),
@@ -78,12 +89,13 @@ fn main() -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut loads = Vec::new();
     for h1 in [true, false] {
-        for rate in [1_000, 10_000] {
+        for (rate, spread) in [(1_000, false), (1_000, true), (10_000, false)] {
             loads.push(Load {
                 h1,
                 rate: Some(rate),
                 connections: 10,
                 streams: 1,
+                spread,
             });
         }
         loads.push(Load {
@@ -91,15 +103,23 @@ fn main() -> anyhow::Result<()> {
             rate: None,
             connections: 1,
             streams: if h1 { 1 } else { 32 },
+            spread: false,
         });
         loads.push(Load {
             h1,
             rate: None,
             connections: 32,
             streams: if h1 { 1 } else { 4 },
+            spread: false,
         });
     }
     for load in loads {
+        if only
+            .as_ref()
+            .is_some_and(|o| !load.name().contains(o.as_str()))
+        {
+            continue;
+        }
         let direct = h2load(app, load, seconds, &body, dir.path(), None)?;
         let meshed = h2load(
             mesh.outbound,
@@ -120,13 +140,27 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+impl Load {
+    /// The protocol and the load, as the table's first two columns say them.
+    fn columns(&self) -> (&'static str, String) {
+        let protocol = if self.h1 { "HTTP/1.1" } else { "HTTP/2" };
+        let what = match self.rate {
+            Some(r) if self.spread => format!("{r} req/s, {} conns, spread", self.connections),
+            Some(r) => format!("{r} req/s, {} conns", self.connections),
+            None if self.h1 => format!("max, {} conns", self.connections),
+            None => format!("max, {} conns x {} streams", self.connections, self.streams),
+        };
+        (protocol, what)
+    }
+
+    fn name(&self) -> String {
+        let (protocol, what) = self.columns();
+        format!("{protocol} {what}")
+    }
+}
+
 fn row(load: Load, path: &str, m: &Measured, direct: Option<&Measured>) {
-    let protocol = if load.h1 { "HTTP/1.1" } else { "HTTP/2" };
-    let what = match load.rate {
-        Some(r) => format!("{r} req/s, {} conns", load.connections),
-        None if load.h1 => format!("max, {} conns", load.connections),
-        None => format!("max, {} conns x {} streams", load.connections, load.streams),
-    };
+    let (protocol, what) = load.columns();
     let added = |ours: f64, theirs: f64| format!("{:+.0} µs", ours - theirs);
     let (p50_added, p99_added) = match direct {
         Some(d) => (added(m.p50_us, d.p50_us), added(m.p99_us, d.p99_us)),
@@ -154,7 +188,11 @@ fn row(load: Load, path: &str, m: &Measured, direct: Option<&Measured>) {
     );
 }
 
-/// Runs h2load against `addr`.
+/// Runs h2load against `addr`. A spread load runs one h2load per
+/// connection, each started one request interval after the last, so that
+/// requests arrive evenly; h2load's own connections keep their rate in
+/// lockstep, every connection's request at the same instant (10 at once,
+/// every 10 ms, for 1,000 req/s over 10).
 fn h2load(
     addr: SocketAddr,
     load: Load,
@@ -163,35 +201,54 @@ fn h2load(
     dir: &Path,
     pids: Option<(u32, u32)>,
 ) -> anyhow::Result<Measured> {
-    let log = dir.join("requests.log");
-    let _ = std::fs::remove_file(&log);
-    let mut cmd = Command::new("h2load");
-    cmd.arg(format!("http://{addr}/bench"))
-        .args(["-d", body.to_str().context("path")?])
-        .args(["-c", &load.connections.to_string()])
-        .args(["-D", &seconds.to_string()])
-        .args(["--warm-up-time", "1"])
-        .arg(format!("--log-file={}", log.display()));
-    if load.h1 {
-        cmd.arg("--h1");
-    }
-    match load.rate {
-        Some(rate) => {
-            cmd.args(["--rps", &(rate / load.connections).to_string()])
-                .args(["-m", "1"]);
+    let runs = if load.spread { load.connections } else { 1 };
+    let command = |i: u32| -> anyhow::Result<(Command, PathBuf)> {
+        let log = dir.join(format!("requests.{i}.log"));
+        let _ = std::fs::remove_file(&log);
+        let connections = load.connections / runs;
+        let mut cmd = Command::new("h2load");
+        cmd.arg(format!("http://{addr}/bench"))
+            .args(["-d", body.to_str().context("path")?])
+            .args(["-c", &connections.to_string()])
+            .args(["-D", &seconds.to_string()])
+            .args(["--warm-up-time", "1"])
+            .arg(format!("--log-file={}", log.display()));
+        if load.h1 {
+            cmd.arg("--h1");
         }
-        None => {
-            cmd.args(["-m", &load.streams.to_string()]);
+        match load.rate {
+            Some(rate) => {
+                cmd.args(["--rps", &(rate / load.connections).to_string()])
+                    .args(["-m", "1"]);
+            }
+            None => {
+                cmd.args(["-m", &load.streams.to_string()]);
+            }
         }
-    }
+        Ok((cmd, log))
+    };
+    let interval = Duration::from_secs_f64(1.0 / f64::from(load.rate.unwrap_or(1).max(1)));
     let before = pids.map(|(c, s)| (cpu_secs(c), cpu_secs(s)));
     let started = std::time::Instant::now();
-    let out = cmd.output().context("h2load runs")?;
+    let mut children = Vec::new();
+    for i in 0..runs {
+        if i > 0 {
+            std::thread::sleep(interval);
+        }
+        let (mut cmd, log) = command(i)?;
+        let child = cmd.stdout(Stdio::piped()).spawn().context("h2load runs")?;
+        children.push((child, log));
+    }
+    let mut outputs = Vec::new();
+    for (child, log) in children {
+        let out = child.wait_with_output().context("h2load runs")?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        ensure!(out.status.success(), "h2load failed: {text}");
+        outputs.push((text, log));
+    }
     let secs = started.elapsed().as_secs_f64();
     let after = pids.map(|(c, s)| (cpu_secs(c), cpu_secs(s)));
-    let text = String::from_utf8_lossy(&out.stdout);
-    ensure!(out.status.success(), "h2load failed: {text}");
-    let count = |what: &str| -> u64 {
+    let count = |text: &str, what: &str| -> u64 {
         text.lines()
             .find(|l| l.starts_with("requests:"))
             .and_then(|l| {
@@ -202,20 +259,26 @@ fn h2load(
             })
             .unwrap_or(0)
     };
-    let req_per_s = text
-        .lines()
-        .find(|l| l.starts_with("finished in"))
-        .and_then(|l| l.split(',').nth(1))
-        .and_then(|p| p.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0.0);
-    let mut latencies: Vec<f64> = std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split('\t').nth(2)?.trim().parse().ok())
-        .collect();
-    if latencies.is_empty() {
-        bail!("h2load logged no request: {text}");
+    let rate_of = |text: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with("finished in"))
+            .and_then(|l| l.split(',').nth(1))
+            .and_then(|p| p.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let mut latencies: Vec<f64> = Vec::new();
+    for (text, log) in &outputs {
+        let before = latencies.len();
+        latencies.extend(
+            std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.split('\t').nth(2)?.trim().parse::<f64>().ok()),
+        );
+        if latencies.len() == before {
+            bail!("h2load logged no request: {text}");
+        }
     }
     latencies.sort_by(f64::total_cmp);
     let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
@@ -225,9 +288,11 @@ fn h2load(
         (Some((c0, s0)), Some((c1, s1))) => Some((c1? - c0?, s1? - s0?)),
         _ => None,
     };
+    let sum = |what: &str| outputs.iter().map(|(t, _)| count(t, what)).sum::<u64>();
+    let req_per_s = outputs.iter().map(|(t, _)| rate_of(t)).sum::<f64>();
     Ok(Measured {
-        done: count("succeeded"),
-        failed: count("failed"),
+        done: sum("succeeded"),
+        failed: sum("failed"),
         req_per_s,
         p50_us: pct(0.50),
         p99_us: pct(0.99),

@@ -142,7 +142,7 @@ async fn request(shared: &Arc<Shared>, client: &SpiffeId, resolver: Resolver) {
             }
         }
     };
-    let Some(app_request) = to_app(req, client, app_protocol, H3Body::new(recv)) else {
+    let Some(app_request) = to_app(req, client, app_protocol, H3Body::peeked(recv)) else {
         return refuse(shared, &exchange, &mut send, grpc, HttpError::bad_request).await;
     };
     let app = shared

@@ -554,23 +554,35 @@ impl Call<'_> {
             }
         };
         let (mut send, mut recv) = stream.split();
-        let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(
-            async move {
-                tokio::select! {
-                    result = body::pump(body, &mut send) => {
-                        if let Err(error) = result {
-                            tracing::debug!(error = %phoenix_runtime::process::error_chain(&error), "request body not carried to its end");
+        let mut body = body;
+        // What of the body is ready goes with the head; a body that is not
+        // whole yet is pumped by a task of its own.
+        let whole = body::send_ready(&mut body, &mut send)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::debug!(error = %phoenix_runtime::process::error_chain(&error), "request body not carried to its end");
+                true
+            });
+        let cancel = (!whole).then(|| {
+            let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(
+                async move {
+                    tokio::select! {
+                        result = body::pump(body, &mut send) => {
+                            if let Err(error) = result {
+                                tracing::debug!(error = %phoenix_runtime::process::error_chain(&error), "request body not carried to its end");
+                            }
                         }
+                        // The exchange was abandoned (a timeout, a retry,
+                        // the client gone): reset, so the peer never takes
+                        // a cut body as whole.
+                        _ = cancelled => body::SendHalf::cancel(&mut send),
                     }
-                    // The exchange was abandoned (a timeout, a retry, the
-                    // client gone): reset, so the peer never takes a cut
-                    // body as whole.
-                    _ = cancelled => body::SendHalf::cancel(&mut send),
                 }
-            }
-            .in_current_span(),
-        );
+                .in_current_span(),
+            );
+            cancel
+        });
         let head = recv.recv_response().await.map_err(|error| {
             tracing::debug!(peer = %endpoint.address, %error, "peer sent no response");
             AttemptError::BadGateway("peer sent no response")
@@ -579,12 +591,12 @@ impl Call<'_> {
         let head_grpc = respond::grpc_status(&parts.headers);
         Ok(Answer {
             parts,
-            body: H3Body::new(recv).boxed_unsync(),
+            body: H3Body::peeked(recv).boxed_unsync(),
             head_grpc,
             peer_identity,
             hold: Hold {
                 _guard: guard,
-                _cancel: Some(cancel),
+                _cancel: cancel,
             },
         })
     }
