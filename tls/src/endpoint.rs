@@ -21,6 +21,17 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// grants these to every connection.
 const HTTP3_UNI_STREAMS: u32 = 8;
 
+/// Packets acknowledged after one that count it lost (quinn's default is
+/// 3, TCP's old dupthresh). At 3, reordering on the path reads as loss and
+/// halves the congestion window each time: measured by tests/faults.rs on
+/// a 100 ms round trip, 0.1% of packets reordered by 5 ms cut a transfer
+/// from 9.6 to 0.75–1.25 MiB/s, 1% to 0.26. At 1,000 the count never
+/// decides in practice and loss is found by time alone (9/8 of the round
+/// trip, RFC 9002 §6.1.2; the reordering window TCP's RACK keeps too):
+/// the same 1% reordering then costs nothing (8.6 MiB/s), and random loss
+/// on loopback recovers faster too (1%: 26 → 36 MiB/s, 5%: 4.2 → 8.3).
+const REORDERING_PACKETS: u32 = 1000;
+
 /// Transport knobs, with defaults for a 1500-byte-MTU network.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TransportSettings {
@@ -102,7 +113,8 @@ impl TransportSettings {
             .send_window(u64::from(self.connection_window))
             .keep_alive_interval(Some(self.keep_alive))
             .initial_mtu(mtu)
-            .min_mtu(1200);
+            .min_mtu(1200)
+            .packet_threshold(REORDERING_PACKETS);
         // Idle timeouts above 2^62 ms are impossible; ours are seconds.
         if let Ok(idle) = quinn::IdleTimeout::try_from(self.idle_timeout) {
             t.max_idle_timeout(Some(idle));
