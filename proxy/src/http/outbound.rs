@@ -68,7 +68,7 @@ pub async fn serve(shared: Arc<Shared>, target: Target, io: Prefixed<TcpStream>,
                 .timer(TokioTimer::new())
                 .max_header_list_size(max_header_bytes as u32)
                 .serve_connection(io, service);
-            until_drained(conn, drained).await
+            until_drained(conn, drained, |c| c.graceful_shutdown()).await
         }
         _ => {
             let conn = hyper::server::conn::http1::Builder::new()
@@ -77,7 +77,7 @@ pub async fn serve(shared: Arc<Shared>, target: Target, io: Prefixed<TcpStream>,
                 .max_header_size(max_header_bytes)
                 .serve_connection(io, service)
                 .with_upgrades();
-            until_drained(conn, drained).await
+            until_drained(conn, drained, |c| c.graceful_shutdown()).await
         }
     };
     if let Err(error) = result {
@@ -94,62 +94,32 @@ pub async fn serve(shared: Arc<Shared>, target: Target, io: Prefixed<TcpStream>,
     }
 }
 
-/// A hyper server connection that can end gracefully. hyper-util's
-/// `GracefulConnection` leaves out HTTP/1 with upgrades, which the
-/// outbound side serves (a later request may upgrade, [`upgrade`]).
-trait Drainable: Future<Output = hyper::Result<()>> + Send {
-    fn drain(self: std::pin::Pin<&mut Self>);
-}
-
-impl<I, S, B> Drainable for hyper::server::conn::http1::UpgradeableConnection<I, S>
-where
-    S: hyper::service::HttpService<Incoming, ResBody = B> + Send,
-    S::Future: Send,
-    S::Error: Into<body::BoxError>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<body::BoxError>,
-{
-    fn drain(self: std::pin::Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
-}
-
-impl<I, S, B, E> Drainable for hyper::server::conn::http2::Connection<I, S, E>
-where
-    S: hyper::service::HttpService<Incoming, ResBody = B> + Send,
-    S::Future: Send,
-    S::Error: Into<body::BoxError>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<body::BoxError>,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B> + Send,
-{
-    fn drain(self: std::pin::Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
-}
-
-/// Runs `conn` to its end; once the proxy drains, it ends gracefully
-/// (HTTP/2 GOAWAY, HTTP/1 no more keep-alive) after its requests in
-/// flight.
+/// Runs `conn` to its end; once the proxy drains, `drain` starts its
+/// graceful end (hyper's `graceful_shutdown`: HTTP/2 GOAWAY, HTTP/1 no
+/// more keep-alive) and it ends after its requests in flight. A closure
+/// and not a trait: hyper-util's `GracefulConnection` leaves out HTTP/1
+/// with upgrades, which the outbound side serves ([`upgrade`]).
 ///
 /// Not an `async fn`: its future must be proven `Send` here, where `C` is
 /// generic; as an `async fn` the caller's spawn hits rustc's "`Send` is not
 /// general enough" for the service's borrowed futures (rust#102211).
 #[allow(clippy::manual_async_fn)]
-fn until_drained<C: Drainable>(
+fn until_drained<C, F>(
     conn: C,
     shared: Arc<Shared>,
-) -> impl Future<Output = hyper::Result<()>> + Send {
+    drain: F,
+) -> impl Future<Output = C::Output> + Send
+where
+    C: Future + Send,
+    C::Output: Send,
+    F: FnOnce(std::pin::Pin<&mut C>) + Send,
+{
     async move {
         let mut conn = std::pin::pin!(conn);
         tokio::select! {
             result = conn.as_mut() => result,
             () = shared.drained() => {
-                conn.as_mut().drain();
+                drain(conn.as_mut());
                 conn.await
             }
         }
