@@ -321,6 +321,31 @@ pub fn service_traffic_crosses_the_mesh(cluster: &mut dyn MeshApi) {
         ),
     );
     assert_eq!(raw.line(Duration::from_secs(15)), "answered");
+    // A later request of a keep-alive connection that asks to upgrade
+    // takes a tunnel stream of its own, named by the Service (the path
+    // `http/upgrade.rs` adds); the app (http.server) ignores `Upgrade` and
+    // answers it like any GET, which comes back as an ordinary response.
+    let later = python(
+        &t,
+        "a",
+        "upgrade-client",
+        &format!(
+            "import socket\n\
+             s = socket.create_connection(('{shop_vip}', 80), timeout=10)\n\
+             f = s.makefile('rb')\n\
+             def get(extra):\n\
+             \x20   s.sendall(b'GET /index.txt HTTP/1.1\\r\\nHost: shop\\r\\n' + extra + b'\\r\\n')\n\
+             \x20   status = f.readline(); length = 0\n\
+             \x20   while True:\n\
+             \x20       line = f.readline()\n\
+             \x20       if line in (b'\\r\\n', b''): break\n\
+             \x20       if line.lower().startswith(b'content-length:'): length = int(line.split(b':')[1])\n\
+             \x20   return status, f.read(length)\n\
+             a = get(b''); b = get(b'Connection: Upgrade\\r\\nUpgrade: echo\\r\\n')\n\
+             print('both' if a[0].startswith(b'HTTP/1.1 200') and b[0].startswith(b'HTTP/1.1 200') and a[1] == b[1] == b'{shop_body}' * 100 else repr((a, b)))\n"
+        ),
+    );
+    assert_eq!(later.line(Duration::from_secs(15)), "both");
     stop_capture_asserting_no_tcp(tcpdump, &pcap);
     let quic = packets(&pcap, "udp port 4143");
     assert!(!quic.is_empty(), "the traffic crossed as QUIC");

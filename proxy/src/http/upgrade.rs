@@ -142,6 +142,10 @@ impl Route<'_> {
         if !switched {
             headers::strip_hop_by_hop(&mut parts.headers);
         }
+        // hyper writes the version it is given; the client spoke HTTP/1.1
+        // to us, whatever the app answered the tunnel stream in (1.0 for
+        // Python's http.server), as `finish` does for every other answer.
+        parts.version = Version::HTTP_11;
         // A 101 keeps its `Connection` and `Upgrade`: the client checks them.
         // Otherwise the stream counts as in flight until the body ends.
         let body = super::body::observed(body, move |_| drop(guard));
