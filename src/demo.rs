@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use phoenix_api::tls_policy::{AuthPolicy, IdentityAlgorithm};
 use phoenix_control_plane::mesh::Mesh;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -47,6 +48,9 @@ pub struct Summary {
     pub duration_seconds: f64,
     /// Tunnel handshakes by key-exchange group.
     pub kx_groups: BTreeMap<String, u64>,
+    /// Tunnel handshakes by the signature scheme that authenticated the
+    /// server (what the client proxy verified: ML-DSA in a PQ mesh).
+    pub sig_schemes: BTreeMap<String, u64>,
     /// Tunnel handshakes.
     pub handshakes: Counts,
     /// Requests (1 KiB echoed through the mesh).
@@ -99,7 +103,11 @@ struct Stats {
 }
 
 /// Runs the demo; `duration` None runs until Ctrl-C.
-pub async fn run(duration: Option<Duration>, json: bool) -> anyhow::Result<bool> {
+pub async fn run(
+    duration: Option<Duration>,
+    json: bool,
+    identities: IdentityAlgorithm,
+) -> anyhow::Result<bool> {
     let dir = std::env::temp_dir().join(format!("phoenix-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let _cleanup = RemoveDir(dir.clone());
@@ -117,6 +125,14 @@ pub async fn run(duration: Option<Duration>, json: bool) -> anyhow::Result<bool>
         tokio::spawn(apps::grpc_server(grpc));
     }
 
+    // ML-DSA identities make the mesh fully post-quantum: refuse classical
+    // authentication too.
+    let auth = if identities.is_post_quantum() {
+        AuthPolicy::PqOnly
+    } else {
+        AuthPolicy::Any
+    }
+    .as_str();
     let mesh_path = dir.join("mesh.yaml");
     std::fs::write(
         &mesh_path,
@@ -124,6 +140,8 @@ pub async fn run(duration: Option<Duration>, json: bool) -> anyhow::Result<bool>
             "# Written by `phoenix demo`.\n\
              trustDomain: phoenix.local\n\
              keyExchange: pq-only\n\
+             identityAlgorithm: {identities}\n\
+             authPolicy: {auth}\n\
              stateDir: state\n\
              workloads:\n  \
                - name: client\n    \
@@ -235,7 +253,7 @@ pub async fn run(duration: Option<Duration>, json: bool) -> anyhow::Result<bool>
         let _ = w.await;
     }
     let elapsed = started.elapsed();
-    let (kx_groups, failed_handshakes) = handshakes(&running).await;
+    let (kx_groups, sig_schemes, failed_handshakes) = handshakes(&running).await;
     let client_metrics = http::get(client_admin, "/metrics")
         .await
         .map(|(_, text)| text)
@@ -268,6 +286,7 @@ pub async fn run(duration: Option<Duration>, json: bool) -> anyhow::Result<bool>
             failed: failed_handshakes,
         },
         kx_groups,
+        sig_schemes,
         requests: Counts {
             ok: stats.ok.load(Ordering::Relaxed),
             failed: stats.failed.load(Ordering::Relaxed),
@@ -284,7 +303,9 @@ pub async fn run(duration: Option<Duration>, json: bool) -> anyhow::Result<bool>
         && summary.handshakes.failed == 0
         && summary.handshakes.ok > 0
         && summary.calls.values().all(|c| c.ok > 0)
-        && summary.services.values().all(|g| g.requests > 0);
+        && summary.services.values().all(|g| g.requests > 0)
+        && (!identities.is_post_quantum()
+            || summary.sig_schemes.keys().all(|s| s.starts_with("ML_DSA")));
     if json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
@@ -299,8 +320,11 @@ pub async fn run(duration: Option<Duration>, json: bool) -> anyhow::Result<bool>
             summary.bytes.sent, summary.bytes.received
         );
         println!(
-            "  handshakes  {} ok, {} failed, by group: {:?}",
-            summary.handshakes.ok, summary.handshakes.failed, summary.kx_groups
+            "  handshakes  {} ok, {} failed, by group: {:?}, by signature: {:?}",
+            summary.handshakes.ok,
+            summary.handshakes.failed,
+            summary.kx_groups,
+            summary.sig_schemes
         );
         println!(
             "  echo        p50 {} µs, p99 {} µs (round trip through two proxies)",
@@ -325,7 +349,11 @@ pub async fn run(duration: Option<Duration>, json: bool) -> anyhow::Result<bool>
         println!(
             "{}",
             if healthy {
-                "All traffic crossed the mesh over post-quantum mutual TLS."
+                if identities.is_post_quantum() {
+                    "All traffic crossed the mesh over post-quantum mutual TLS: ML-KEM key exchange, ML-DSA identities."
+                } else {
+                    "All traffic crossed the mesh over post-quantum mutual TLS."
+                }
             } else {
                 "The demo did not complete cleanly."
             }
@@ -334,22 +362,23 @@ pub async fn run(duration: Option<Duration>, json: bool) -> anyhow::Result<bool>
     Ok(healthy)
 }
 
-/// Tunnel handshakes by group (client side: one per connection) and failures.
-async fn handshakes(running: &up::Running) -> (BTreeMap<String, u64>, u64) {
+/// Tunnel handshakes by group and by signature scheme (client side: one
+/// per connection) and failures.
+async fn handshakes(running: &up::Running) -> (BTreeMap<String, u64>, BTreeMap<String, u64>, u64) {
     let mut groups = BTreeMap::new();
+    let mut schemes = BTreeMap::new();
     let mut failed = 0;
     for (_, text) in running.metrics().await {
-        for (g, n) in http::by_label(
-            &text,
-            "tls_handshakes_total",
-            "kx_group",
-            &[("side", "client"), ("result", "success")],
-        ) {
+        let ok = [("side", "client"), ("result", "success")];
+        for (g, n) in http::by_label(&text, "tls_handshakes_total", "kx_group", &ok) {
             *groups.entry(g).or_insert(0) += n as u64;
+        }
+        for (s, n) in http::by_label(&text, "tls_handshakes_total", "sig_scheme", &ok) {
+            *schemes.entry(s).or_insert(0) += n as u64;
         }
         failed += http::sum_metric(&text, "tls_handshakes_total", &[("result", "failure")]) as u64;
     }
-    (groups, failed)
+    (groups, schemes, failed)
 }
 
 async fn client(

@@ -77,6 +77,10 @@ enum Command {
         /// Output: `text`, or `json` (the summary as one JSON object).
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Text)]
         output: Output,
+        /// Identities: `ecdsa-p256`, or `ml-dsa-65` for a fully post-quantum
+        /// mesh (ML-DSA-65 certificates, `authPolicy: pq-only`).
+        #[arg(long, default_value = "ecdsa-p256")]
+        identity_algorithm: phoenix_api::tls_policy::IdentityAlgorithm,
     },
 }
 
@@ -116,16 +120,18 @@ fn main() -> ExitCode {
             Command::Install(args) => install::run(&args),
             #[cfg(feature = "kubernetes")]
             Command::Check(args) => check::run(&args).await,
-            Command::Demo { duration, output } => {
-                match demo::run(duration, output == Output::Json).await {
-                    Ok(true) => ExitCode::SUCCESS,
-                    Ok(false) => ExitCode::FAILURE,
-                    Err(error) => {
-                        eprintln!("phoenix demo: {error:#}");
-                        ExitCode::FAILURE
-                    }
+            Command::Demo {
+                duration,
+                output,
+                identity_algorithm,
+            } => match demo::run(duration, output == Output::Json, identity_algorithm).await {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(error) => {
+                    eprintln!("phoenix demo: {error:#}");
+                    ExitCode::FAILURE
                 }
-            }
+            },
         }
     })
 }

@@ -340,9 +340,11 @@ fn random_token() -> String {
 /// Prints where everything listens, for people.
 pub fn print_human(report: &UpReport, mesh: &Mesh) {
     println!(
-        "Phoenix mesh is up (trust domain {}, key exchange {}).",
+        "Phoenix mesh is up (trust domain {}, key exchange {}, identities {}, authentication {}).",
         mesh.trust_domain,
-        mesh.key_exchange.as_str()
+        mesh.key_exchange.as_str(),
+        mesh.identity_algorithm.as_str(),
+        mesh.auth_policy.as_str()
     );
     println!(
         "  control plane  quic {}  admin http://{}",

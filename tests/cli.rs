@@ -12,6 +12,52 @@ use std::time::Duration;
 use harness::{Proc, bin, client_echo_mesh, echo_server, eventually};
 
 #[test]
+fn the_demo_runs_a_fully_post_quantum_mesh_on_request() {
+    let out = Command::new(bin("phoenix"))
+        .args([
+            "demo",
+            "--for",
+            "3s",
+            "-o",
+            "json",
+            "--identity-algorithm",
+            "ml-dsa-65",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "demo failed: {}\n{stderr}",
+        out.status
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ok_hs = s["handshakes"]["ok"].as_u64().unwrap();
+    assert!(ok_hs >= 1);
+    assert_eq!(s["handshakes"]["failed"], 0);
+    // Every tunnel handshake: ML-KEM key exchange and an ML-DSA-65 server.
+    assert_eq!(s["kxGroups"]["X25519MLKEM768"].as_u64(), Some(ok_hs));
+    assert_eq!(
+        s["sigSchemes"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        vec!["ML_DSA_65"]
+    );
+    assert_eq!(s["sigSchemes"]["ML_DSA_65"].as_u64(), Some(ok_hs));
+    assert!(s["requests"]["ok"].as_u64().unwrap() > 10);
+    // A bad value is refused with the accepted ones named.
+    let bad = Command::new(bin("phoenix"))
+        .args(["demo", "--identity-algorithm", "rsa"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("ecdsa-p256 or ml-dsa-65"), "{stderr}");
+}
+
+#[test]
 fn demo_runs_real_traffic_and_reports_json() {
     let out = Command::new(bin("phoenix"))
         .args(["demo", "--for", "10s", "-o", "json"])
@@ -39,6 +85,11 @@ fn demo_runs_real_traffic_and_reports_json() {
     let ok_hs = s["handshakes"]["ok"].as_u64().unwrap();
     assert!(ok_hs >= 1);
     assert_eq!(groups["X25519MLKEM768"].as_u64().unwrap(), ok_hs);
+    // Classical identities by default: the summary says so.
+    assert_eq!(
+        s["sigSchemes"]["ECDSA_NISTP256_SHA256"].as_u64().unwrap(),
+        ok_hs
+    );
     assert_eq!(s["handshakes"]["failed"], 0);
     let ok = s["requests"]["ok"].as_u64().unwrap();
     assert!(ok > 100, "only {ok} requests in 10s");

@@ -34,7 +34,7 @@ impl Client {
         let root = std::fs::read_to_string(state.join("ca.crt")).unwrap();
         let credentials = Arc::new(Credentials::default());
         if let Some(identity) = identity {
-            let (ca, _) = Ca::load_or_create(&state, "phoenix.local").unwrap();
+            let (ca, _) = Ca::load_or_create(&state, "phoenix.local", Default::default()).unwrap();
             let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
             let pem = ca
                 .issue_for_key(&key, &identity.parse().unwrap(), Duration::from_secs(600))

@@ -105,7 +105,7 @@ impl TestClient {
 }
 
 fn mesh_ca(up: &Up) -> (Ca, String) {
-    let (ca, _) = Ca::load_or_create(&up.state_dir(), "phoenix.local").unwrap();
+    let (ca, _) = Ca::load_or_create(&up.state_dir(), "phoenix.local", Default::default()).unwrap();
     let pem = ca.root_pem().to_owned();
     (ca, pem)
 }

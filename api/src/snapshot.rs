@@ -20,7 +20,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::protocol::Protocol;
 use crate::service::ServiceName;
-use crate::tls_policy::{CipherSuite, KeyExchange};
+use crate::tls_policy::{AuthPolicy, CipherSuite, IdentityAlgorithm, KeyExchange};
 
 /// Key of the mesh-wide settings resource.
 pub const MESH_KEY: &str = "mesh";
@@ -103,6 +103,16 @@ pub struct MeshSettings {
     /// planes that predate rotation; the bootstrap anchor then stays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust_bundle_pem: Option<String>,
+    /// The algorithm of the root that signs now: proxies generate keys of
+    /// it when they next renew, and at once when theirs differs. Absent
+    /// means ECDSA P-256 (control planes before wire version 8).
+    #[serde(default, skip_serializing_if = "IdentityAlgorithm::is_default")]
+    pub identity_algorithm: IdentityAlgorithm,
+    /// Which signatures authenticate a peer. Not additive: a proxy that
+    /// cannot enforce `pq-only` is refused a subscription, never sent a
+    /// snapshot without it.
+    #[serde(default, skip_serializing_if = "AuthPolicy::is_default")]
+    pub auth_policy: AuthPolicy,
 }
 
 /// Plain TCP from clients outside the mesh, at an intercepting proxy.

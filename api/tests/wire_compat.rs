@@ -14,7 +14,7 @@ use phoenix_api::protocol::Protocol;
 use phoenix_api::snapshot::{
     Delta, Endpoint, Inbound, InboundMode, MeshSettings, Resource, RetryPolicy, Snapshot, Upstream,
 };
-use phoenix_api::tls_policy::{CipherSuite, KeyExchange};
+use phoenix_api::tls_policy::{AuthPolicy, CipherSuite, IdentityAlgorithm, KeyExchange};
 use serde_json::{Value, json};
 
 /// A snapshot with every field of every kind set, written without `..`: a
@@ -30,6 +30,8 @@ fn everything() -> Snapshot {
             connect_timeout_ms: 2_000,
             inbound_mode: InboundMode::Strict,
             trust_bundle_pem: Some("-----BEGIN CERTIFICATE-----".into()),
+            identity_algorithm: IdentityAlgorithm::MlDsa65,
+            auth_policy: AuthPolicy::PqOnly,
         }),
         Resource::Upstream(Upstream {
             service: "web.shop:80".parse().unwrap(),
@@ -153,6 +155,11 @@ fn older_versions_lose_only_what_came_later() {
         v7["upstream/web.shop:80"]["retry"]["grpcStatusCodes"][0],
         14
     );
+    assert!(v7["mesh"].get("identityAlgorithm").is_none());
+    assert!(v7["mesh"].get("authPolicy").is_none());
+    let v8 = mesh(8);
+    assert_eq!(v8["mesh"]["identityAlgorithm"], "ml-dsa-65");
+    assert_eq!(v8["mesh"]["authPolicy"], "pq-only");
 }
 
 /// A strict reader refuses what it does not know: the frozen copies are

@@ -394,7 +394,7 @@ async fn handshakes(req: HandshakeRequest) -> anyhow::Result<(HandshakeResult, K
         "no mesh CA in {}",
         req.state_dir.display()
     );
-    let (ca, _) = Ca::load_or_create(&req.state_dir, &req.trust_domain)?;
+    let (ca, _) = Ca::load_or_create(&req.state_dir, &req.trust_domain, Default::default())?;
     let client_id: SpiffeId = req
         .client_identity
         .parse()
@@ -403,7 +403,10 @@ async fn handshakes(req: HandshakeRequest) -> anyhow::Result<(HandshakeResult, K
         .server_identity
         .parse()
         .map_err(|e| anyhow::anyhow!("{}: {e:?}", req.server_identity))?;
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    // The client's key is of the mesh root's algorithm, as a proxy's is.
+    let key = rcgen::KeyPair::generate_for(phoenix_control_plane::ca::signature_algorithm(
+        ca.algorithm(),
+    ))?;
     let pem = ca.issue_for_key(&key, &client_id, Duration::from_secs(3600))?;
     let provider = phoenix_tls::provider::provider(KeyExchange::PqOnly, &[]);
     let credentials = Arc::new(Credentials::default());
@@ -463,7 +466,7 @@ async fn worker(
         match endpoint.connect_with(config, addr, "peer.phoenix")?.await {
             Ok(conn) => {
                 tally.ok += 1;
-                if lease.negotiated() == Some(NamedGroup::X25519MLKEM768) {
+                if lease.group() == Some(NamedGroup::X25519MLKEM768) {
                     tally.pq += 1;
                 }
                 open.push_back(conn);

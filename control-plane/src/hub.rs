@@ -22,6 +22,8 @@ use phoenix_api::snapshot::Snapshot;
 use phoenix_tls::handshake::TlsPolicy;
 use tokio::sync::watch;
 
+use crate::roots::TrustRoots;
+
 use crate::index::{self, Registrations};
 use crate::mesh::Mesh;
 use crate::publish::{Position, Publisher};
@@ -54,7 +56,7 @@ struct Inner {
     /// Shared resources, change log and version.
     publisher: Publisher,
     /// The mesh roots proxies must trust (set by the root schedule).
-    trust_bundle: Option<Arc<str>>,
+    roots: Option<Arc<TrustRoots>>,
 }
 
 /// The mesh no longer has the workload a subscription is for.
@@ -88,7 +90,7 @@ impl Hub {
                 generations: Default::default(),
                 next_generation: RESTORED,
                 publisher,
-                trust_bundle: None,
+                roots: None,
             }),
             changed: watch::channel(version).0,
             persist: None,
@@ -160,7 +162,7 @@ impl Hub {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let before = inner.registrations.clone();
         f(&mut inner);
-        let settings = index::mesh_settings(&inner.mesh, inner.trust_bundle.as_deref());
+        let settings = index::mesh_settings(&inner.mesh, inner.roots.as_deref());
         inner.publisher.publish(settings);
         // Any workload's own view may have changed (a registration is an
         // endpoint of its callers): subscribers diff theirs on wake.
@@ -178,16 +180,16 @@ impl Hub {
     }
 
     /// Sets the mesh roots every proxy must trust; a new version when they change.
-    pub fn set_trust_bundle(&self, pem: &str) {
+    pub fn set_roots(&self, roots: &TrustRoots) {
         let same = self
             .inner
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .trust_bundle
+            .roots
             .as_deref()
-            == Some(pem);
+            == Some(roots);
         if !same {
-            self.update(|i| i.trust_bundle = Some(pem.into()));
+            self.update(|i| i.roots = Some(Arc::new(roots.clone())));
         }
     }
 
@@ -276,7 +278,7 @@ impl Hub {
         index::snapshot_for(
             &inner.mesh,
             &inner.registrations,
-            inner.trust_bundle.as_deref(),
+            inner.roots.as_deref(),
             workload,
             inner.publisher.version(),
         )
@@ -321,6 +323,7 @@ impl MeshSource for Hub {
         TlsPolicy {
             key_exchange: mesh.key_exchange,
             cipher_suites: mesh.cipher_suites.clone(),
+            auth_policy: mesh.auth_policy,
         }
     }
 
@@ -378,8 +381,8 @@ impl MeshSource for Hub {
         }))
     }
 
-    fn set_trust_bundle(&self, pem: &str) {
-        Hub::set_trust_bundle(self, pem);
+    fn set_roots(&self, roots: &TrustRoots) {
+        Hub::set_roots(self, roots);
     }
 }
 

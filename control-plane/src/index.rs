@@ -13,6 +13,7 @@ use phoenix_api::protocol::Protocol;
 use phoenix_api::snapshot::{Endpoint, Inbound, MeshSettings, Resource, Snapshot, Upstream};
 
 use crate::mesh::Mesh;
+use crate::roots::TrustRoots;
 
 /// Where each subscribed proxy accepts QUIC, by workload name. A workload's
 /// services have endpoints only while its proxy is subscribed (the file-mode
@@ -20,7 +21,7 @@ use crate::mesh::Mesh;
 pub type Registrations = BTreeMap<String, SocketAddr>;
 
 /// The mesh settings every proxy shares.
-pub fn mesh_settings(mesh: &Mesh, trust_bundle: Option<&str>) -> Resource {
+pub fn mesh_settings(mesh: &Mesh, roots: Option<&TrustRoots>) -> Resource {
     Resource::Mesh(MeshSettings {
         trust_domain: mesh.trust_domain.clone(),
         key_exchange: mesh.key_exchange,
@@ -28,7 +29,9 @@ pub fn mesh_settings(mesh: &Mesh, trust_bundle: Option<&str>) -> Resource {
         peer_idle_timeout_ms: mesh.peer_idle_timeout.as_millis() as u64,
         connect_timeout_ms: mesh.connect_timeout.as_millis() as u64,
         inbound_mode: mesh.inbound_mode,
-        trust_bundle_pem: trust_bundle.map(str::to_owned),
+        trust_bundle_pem: roots.map(|r| r.bundle.clone()),
+        identity_algorithm: roots.map(|r| r.signing).unwrap_or_default(),
+        auth_policy: mesh.auth_policy,
     })
 }
 
@@ -110,12 +113,12 @@ fn served_port(mesh: &Mesh, service: &phoenix_api::ServiceName) -> Option<u16> {
 pub fn snapshot_for(
     mesh: &Mesh,
     registrations: &Registrations,
-    trust_bundle: Option<&str>,
+    roots: Option<&TrustRoots>,
     workload: &str,
     version: u64,
 ) -> Option<Snapshot> {
     let mut resources = own_resources(mesh, registrations, workload)?;
-    let settings = mesh_settings(mesh, trust_bundle);
+    let settings = mesh_settings(mesh, roots);
     resources.insert(settings.key(), settings);
     Some(Snapshot { version, resources })
 }

@@ -163,7 +163,11 @@ async fn run_body(
     let mut registry = Registry::default();
     metrics.register(&mut registry);
 
-    let (ca, origin) = Ca::load_or_create(&settings.state_dir, &mesh.trust_domain)?;
+    let (ca, origin) = Ca::load_or_create(
+        &settings.state_dir,
+        &mesh.trust_domain,
+        mesh.identity_algorithm,
+    )?;
     let trust_anchor = settings.state_dir.join(roots::BUNDLE_FILE);
     match origin {
         RootOrigin::Generated => {
@@ -182,6 +186,7 @@ async fn run_body(
     let policy = TlsPolicy {
         key_exchange: mesh.key_exchange,
         cipher_suites: mesh.cipher_suites.clone(),
+        auth_policy: mesh.auth_policy,
     };
     let front = Front::bind(
         &phase,
@@ -203,7 +208,7 @@ async fn run_body(
         );
     }
     let hub = Arc::new(hub);
-    hub.set_trust_bundle(&phase.bundle);
+    hub.set_roots(&phase.trust_roots());
     metrics.config_version.set(hub.version() as i64);
     let admin_state = Arc::new(ControlAdmin {
         hub: hub.clone(),
@@ -417,7 +422,7 @@ impl Front {
                             tracing::warn!(%error, "cannot write the trust bundle for local proxies");
                         }
                         metrics.trust_roots.set(phase.trusted as i64);
-                        source.set_trust_bundle(&phase.bundle);
+                        source.set_roots(&phase.trust_roots());
                         signer.store(phase.signer);
                     }
                 }
@@ -491,7 +496,9 @@ fn renew_serving_cert(
     identity: &phoenix_api::SpiffeId,
     policy: &TlsPolicy,
 ) -> Result<i64, StartError> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    // Our own certificate follows the signing root's algorithm, so a
+    // pq-only proxy accepts the control plane once the mesh has migrated.
+    let key = rcgen::KeyPair::generate_for(ca::signature_algorithm(ca.algorithm()))?;
     let pem = ca.issue_for_key(&key, identity, SERVING_CERT_LIFETIME)?;
     let provider = phoenix_tls::provider::provider(policy.key_exchange, &policy.cipher_suites);
     let loaded = Credentials::parse(&pem, &key.serialize_pem(), &provider)?;

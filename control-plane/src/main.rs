@@ -64,6 +64,11 @@ struct RotateArgs {
     /// proxy may be cut off from the control plane.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     overlap: std::time::Duration,
+    /// The new root's algorithm: ecdsa-p256 or ml-dsa-65. Defaults to the
+    /// mesh's identityAlgorithm (mesh file or MeshConfig): set that to
+    /// ml-dsa-65 and rotate to move a running mesh to ML-DSA.
+    #[arg(long)]
+    identity_algorithm: Option<phoenix_api::tls_policy::IdentityAlgorithm>,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -170,7 +175,7 @@ fn main() -> ExitCode {
     };
     let state_dir = args.state_dir.unwrap_or_else(|| mesh.state_dir.clone());
     if let Some(rotate) = rotate {
-        return rotate_files(&state_dir, &mesh, rotate.overlap);
+        return rotate_files(&state_dir, &mesh, &rotate);
     }
     let settings = Settings {
         tokens_path: args
@@ -203,11 +208,9 @@ fn main() -> ExitCode {
 }
 
 /// Announces a new root in `state_dir` (file mode).
-fn rotate_files(
-    state_dir: &std::path::Path,
-    mesh: &Mesh,
-    overlap: std::time::Duration,
-) -> ExitCode {
+fn rotate_files(state_dir: &std::path::Path, mesh: &Mesh, rotate: &RotateArgs) -> ExitCode {
+    let overlap = rotate.overlap;
+    let algorithm = rotate.identity_algorithm.unwrap_or(mesh.identity_algorithm);
     use phoenix_control_plane::ca::Ca;
     use phoenix_control_plane::roots::Schedule;
     // The control plane re-reads the schedule every second: it must see
@@ -219,13 +222,13 @@ fn rotate_files(
         return ExitCode::from(EXIT_CONFIG);
     }
     let result = (|| -> anyhow::Result<Schedule> {
-        let (ca, _) = Ca::load_or_create(state_dir, &mesh.trust_domain)?;
+        let (ca, _) = Ca::load_or_create(state_dir, &mesh.trust_domain, algorithm)?;
         let schedule = Schedule::load(state_dir, std::sync::Arc::new(ca))?;
         let next = schedule.rotate(
             std::time::SystemTime::now(),
             overlap,
             mesh.certificate_lifetime,
-            Ca::generate(&mesh.trust_domain)?,
+            Ca::generate_with(&mesh.trust_domain, algorithm)?,
         )?;
         next.save(state_dir)?;
         Ok(next)
@@ -255,8 +258,9 @@ fn print_rotation(schedule: &phoenix_control_plane::roots::Schedule) {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         println!(
-            "announced root {:?}: trusted now, signs from {} (Unix seconds); the previous root is retired once the certificates it signed have expired",
+            "announced root {:?} ({}): trusted now, signs from {} (Unix seconds); the previous root is retired once the certificates it signed have expired",
             new.ca.name(),
+            new.ca.algorithm(),
             at
         );
     }
@@ -306,7 +310,7 @@ fn run_kubernetes(
         Err(code) => return code,
     };
     if let Some(KubeCommand::RotateCa(rotate)) = &args.command {
-        return runtime.block_on(rotate_secret(&args, rotate.overlap));
+        return runtime.block_on(rotate_secret(&args, rotate));
     }
     let settings = KubeSettings {
         namespace: args.namespace,
@@ -359,7 +363,8 @@ fn run_kubernetes(
 /// Announces a new root in the CA Secret (Kubernetes mode), with the
 /// certificate lifetime of the MeshConfig `default`.
 #[cfg(feature = "kubernetes")]
-async fn rotate_secret(args: &KubeArgs, overlap: std::time::Duration) -> ExitCode {
+async fn rotate_secret(args: &KubeArgs, rotate: &RotateArgs) -> ExitCode {
+    let overlap = rotate.overlap;
     use phoenix_control_plane::crd::MeshConfig;
     use phoenix_control_plane::k8s::ca_secret;
     use phoenix_control_plane::k8s::policy::{MESH_CONFIG_NAME, MeshRecord};
@@ -383,6 +388,7 @@ async fn rotate_secret(args: &KubeArgs, overlap: std::time::Duration) -> ExitCod
             &args.namespace,
             &args.ca_secret,
             &args.trust_domain,
+            rotate.identity_algorithm.unwrap_or(mesh.identity_algorithm),
             overlap,
             mesh.certificate_lifetime,
         )

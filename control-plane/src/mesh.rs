@@ -14,7 +14,7 @@ use phoenix_api::identity::is_dns_label;
 use phoenix_api::protocol::{Protocol, UnknownProtocol};
 use phoenix_api::service::{ServiceNameError, Transport};
 use phoenix_api::snapshot::InboundMode;
-use phoenix_api::tls_policy::{CipherSuite, KeyExchange};
+use phoenix_api::tls_policy::{AuthPolicy, CipherSuite, IdentityAlgorithm, KeyExchange};
 use phoenix_api::{ServiceName, SpiffeId};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -38,6 +38,15 @@ pub struct MeshFile {
     /// TLS 1.3 cipher suites in preference order.
     #[serde(default)]
     pub cipher_suites: Option<Spanned<Vec<CipherSuite>>>,
+    /// `ecdsa-p256` (default) or `ml-dsa-65`: the algorithm of a new root
+    /// (and, through it, of every workload certificate). A mesh whose root
+    /// exists moves to another with `phoenix-control-plane rotate-ca`.
+    #[serde(default)]
+    pub identity_algorithm: IdentityAlgorithm,
+    /// `any` (default) or `pq-only`: whether a peer authenticating with a
+    /// classical signature is refused.
+    #[serde(default)]
+    pub auth_policy: Option<Spanned<AuthPolicy>>,
     /// Workload certificate lifetime, e.g. `24h`.
     #[serde(default)]
     pub certificate_lifetime: Option<Spanned<String>>,
@@ -163,6 +172,10 @@ pub struct Mesh {
     pub key_exchange: KeyExchange,
     /// Cipher suites in preference order.
     pub cipher_suites: Vec<CipherSuite>,
+    /// The algorithm of a newly made root.
+    pub identity_algorithm: IdentityAlgorithm,
+    /// Which signatures authenticate a peer.
+    pub auth_policy: AuthPolicy,
     /// Certificate lifetime.
     pub certificate_lifetime: Duration,
     /// Peer idle timeout.
@@ -327,6 +340,11 @@ pub enum Problem {
         "list at least one cipher suite (TLS13_AES_256_GCM_SHA384, TLS13_AES_128_GCM_SHA256, TLS13_CHACHA20_POLY1305_SHA256)"
     )]
     NoCipherSuites,
+    /// `pq-only` authentication with classical identities.
+    #[error(
+        "authPolicy pq-only refuses every ECDSA certificate, and identityAlgorithm is ecdsa-p256: set identityAlgorithm: ml-dsa-65 (and rotate the root) or use authPolicy: any"
+    )]
+    PqOnlyWithClassicalIdentities,
 }
 
 impl Mesh {
@@ -384,6 +402,8 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
         trust_domain,
         key_exchange,
         cipher_suites,
+        identity_algorithm,
+        auth_policy,
         certificate_lifetime,
         peer_idle_timeout,
         connect_timeout,
@@ -392,6 +412,17 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
         control_plane,
         workloads: workload_files,
     } = file;
+    let auth_policy = match auth_policy {
+        None => AuthPolicy::default(),
+        Some(a) if a.value == AuthPolicy::PqOnly && !identity_algorithm.is_post_quantum() => {
+            return Err(invalid(
+                a.referenced.line(),
+                "authPolicy".into(),
+                Problem::PqOnlyWithClassicalIdentities,
+            ));
+        }
+        Some(a) => a.value,
+    };
     let td = trust_domain.value.clone();
     let control_plane_identity = control_plane_identity(&td).map_err(|_| {
         invalid(
@@ -670,6 +701,8 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
         control_plane_identity,
         key_exchange,
         cipher_suites,
+        identity_algorithm,
+        auth_policy,
         certificate_lifetime,
         peer_idle_timeout,
         connect_timeout,

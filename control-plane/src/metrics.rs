@@ -27,6 +27,9 @@ pub struct HandshakeLabels {
     pub side: String,
     /// IANA group name.
     pub kx_group: String,
+    /// The scheme that authenticated the client (`none`: a bootstrapping
+    /// proxy without a certificate, or a failure).
+    pub sig_scheme: String,
     /// `success` or `failure`.
     pub result: String,
 }
@@ -151,7 +154,7 @@ impl Metrics {
 
     /// Counts a handshake failure, by reason.
     pub fn handshake_failure(&self, reason: &str) {
-        self.handshake("none", "failure");
+        self.handshake("none", "none", "failure");
         self.tls_handshake_failures
             .get_or_create(&FailureLabels {
                 side: "server".into(),
@@ -161,11 +164,12 @@ impl Metrics {
     }
 
     /// Counts a handshake.
-    pub fn handshake(&self, kx_group: &str, result: &str) {
+    pub fn handshake(&self, kx_group: &str, sig_scheme: &str, result: &str) {
         self.tls_handshakes
             .get_or_create(&HandshakeLabels {
                 side: "server".into(),
                 kx_group: kx_group.into(),
+                sig_scheme: sig_scheme.into(),
                 result: result.into(),
             })
             .inc();
@@ -173,8 +177,8 @@ impl Metrics {
 }
 
 impl phoenix_tls::establish::Record for Metrics {
-    fn success(&self, kx_group: &'static str) {
-        self.handshake(kx_group, "success");
+    fn success(&self, kx_group: &'static str, sig_scheme: &'static str) {
+        self.handshake(kx_group, sig_scheme, "success");
     }
 
     fn failure(&self, reason: phoenix_tls::HandshakeFailure) {

@@ -157,6 +157,27 @@ pub struct Phase {
     pub next_change: Option<SystemTime>,
 }
 
+impl Phase {
+    /// What proxies are told of the roots in this phase.
+    pub fn trust_roots(&self) -> TrustRoots {
+        TrustRoots {
+            bundle: self.bundle.clone(),
+            signing: self.signer.algorithm(),
+        }
+    }
+}
+
+/// The roots as every proxy's snapshot carries them: the bundle to trust,
+/// and the algorithm of the root that signs now (so proxies generate keys
+/// of it: how a mesh moves from ECDSA P-256 to ML-DSA-65).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrustRoots {
+    /// The PEM bundle (signer first).
+    pub bundle: String,
+    /// The signing root's algorithm.
+    pub signing: phoenix_api::tls_policy::IdentityAlgorithm,
+}
+
 /// How long a retired root stays trusted past the last certificate it
 /// signed: absorbs clock differences between nodes.
 fn margin(lifetime: Duration) -> Duration {

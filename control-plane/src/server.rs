@@ -18,6 +18,7 @@ use phoenix_api::control::{
     self, ALPN_CONTROL, ErrorCode, MIN_WIRE_VERSION, Request, Response, WIRE_VERSION,
 };
 use phoenix_api::frame::{Direction, FrameDecoder};
+use phoenix_api::tls_policy::AuthPolicy;
 use phoenix_tls::TlsContext;
 use phoenix_tls::endpoint::TransportSettings;
 use phoenix_tls::establish;
@@ -27,6 +28,9 @@ use phoenix_tls::handshake::ClientAuth;
 use crate::ca::Ca;
 use crate::metrics::{IssueLabels, Metrics, PushLabels};
 use crate::source::MeshSource;
+
+/// The first wire version whose proxies enforce `authPolicy: pq-only`.
+pub const PQ_AUTH_WIRE_VERSION: u32 = 8;
 
 /// How long a client has to send its request on a new stream.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -137,6 +141,22 @@ impl Server {
                     .await;
                     return;
                 };
+                let auth = self.source.tls_policy().auth_policy;
+                if auth == AuthPolicy::PqOnly && wire_version < PQ_AUTH_WIRE_VERSION {
+                    // Not additive: a proxy that ignores `authPolicy` would
+                    // accept classical peers, so it gets no config at all.
+                    let _ = reply(
+                        &mut send,
+                        &error_response(
+                            ErrorCode::UnsupportedVersion,
+                            format!(
+                                "the mesh's authPolicy is pq-only, which proxies of wire version {wire_version} cannot enforce: upgrade the proxy (wire version {PQ_AUTH_WIRE_VERSION} or later)"
+                            ),
+                        ),
+                    )
+                    .await;
+                    return;
+                }
                 if !Compat::CURRENT.serves(wire_version) {
                     let _ = reply(
                         &mut send,
@@ -173,7 +193,8 @@ impl Server {
                 return error_response(refusal.code, refusal.message);
             }
         };
-        match self.ca.load().issue(csr_pem, &identity, lifetime) {
+        let auth = self.source.tls_policy().auth_policy;
+        match self.ca.load().issue(csr_pem, &identity, lifetime, auth) {
             Ok(chain_pem) => {
                 count("issued");
                 tracing::info!(%identity, "certificate issued");
@@ -185,6 +206,7 @@ impl Server {
             Err(error) => {
                 count(match error {
                     crate::ca::CaError::IdentityMismatch { .. } => "identity_mismatch",
+                    crate::ca::CaError::ClassicalKey { .. } => "classical_key",
                     _ => "invalid_csr",
                 });
                 tracing::debug!(%identity, %error, "certificate refused");

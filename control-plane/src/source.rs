@@ -57,7 +57,7 @@ pub trait MeshSource: Send + Sync + 'static {
     ) -> Result<Box<dyn Subscription + '_>, Refusal>;
 
     /// Sends the mesh roots every proxy must trust (a root rotation).
-    fn set_trust_bundle(&self, pem: &str);
+    fn set_roots(&self, roots: &crate::roots::TrustRoots);
 }
 
 /// One subscribed proxy.

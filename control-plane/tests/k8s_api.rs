@@ -214,7 +214,14 @@ async fn the_ca_root_secret_is_created_once_and_reloaded_after() {
     let create = tokio::spawn({
         let c = client.clone();
         async move {
-            ca_secret::load_or_create(c, "phoenix-system", "phoenix-ca", "cluster.local").await
+            ca_secret::load_or_create(
+                c,
+                "phoenix-system",
+                "phoenix-ca",
+                "cluster.local",
+                Default::default(),
+            )
+            .await
         }
     });
     let (req, send) = next(&mut server).await;
@@ -239,7 +246,14 @@ async fn the_ca_root_secret_is_created_once_and_reloaded_after() {
     let load = tokio::spawn({
         let c = client.clone();
         async move {
-            ca_secret::load_or_create(c, "phoenix-system", "phoenix-ca", "cluster.local").await
+            ca_secret::load_or_create(
+                c,
+                "phoenix-system",
+                "phoenix-ca",
+                "cluster.local",
+                Default::default(),
+            )
+            .await
         }
     });
     let (_, send) = next(&mut server).await;
@@ -250,7 +264,14 @@ async fn the_ca_root_secret_is_created_once_and_reloaded_after() {
 
     // Two replicas racing: the loser's create gets 409 and it loads the winner's.
     let race = tokio::spawn(async move {
-        ca_secret::load_or_create(client, "phoenix-system", "phoenix-ca", "cluster.local").await
+        ca_secret::load_or_create(
+            client,
+            "phoenix-system",
+            "phoenix-ca",
+            "cluster.local",
+            Default::default(),
+        )
+        .await
     });
     lose_create_race(&mut server).await;
     let (req, send) = next(&mut server).await;
@@ -265,10 +286,71 @@ async fn the_ca_root_secret_is_created_once_and_reloaded_after() {
 }
 
 #[tokio::test]
+async fn an_ml_dsa_mesh_keeps_an_ml_dsa_root_in_its_secret() {
+    use phoenix_api::tls_policy::IdentityAlgorithm;
+    let (client, mut server) = mock();
+    let create = tokio::spawn({
+        let c = client.clone();
+        async move {
+            ca_secret::load_or_create(
+                c,
+                "phoenix-system",
+                "phoenix-ca",
+                "cluster.local",
+                IdentityAlgorithm::MlDsa65,
+            )
+            .await
+        }
+    });
+    let (_, send) = next(&mut server).await;
+    respond(send, StatusCode::NOT_FOUND, status_body(404, "NotFound"));
+    let (req, send) = next(&mut server).await;
+    assert_eq!(req.method(), Method::POST);
+    let stored = body_json(req).await;
+    respond(send, StatusCode::CREATED, stored.clone());
+    let (created, origin) = create.await.unwrap().unwrap();
+    assert_eq!(origin, RootOrigin::Generated);
+    assert_eq!(created.algorithm(), IdentityAlgorithm::MlDsa65);
+    // The Secret's certificate is an ML-DSA-65 root, and its key (which
+    // rcgen alone cannot load) signs again after a restart, whatever the
+    // MeshConfig says by then: a root keeps its algorithm until rotate-ca.
+    let secret: k8s_openapi::api::core::v1::Secret =
+        serde_json::from_value(stored.clone()).unwrap();
+    let cert = secret.data.unwrap()["ca.crt"].0.clone();
+    assert_eq!(
+        phoenix_tls::spiffe::signer_algorithm(std::str::from_utf8(&cert).unwrap()),
+        Some(IdentityAlgorithm::MlDsa65)
+    );
+    let load = tokio::spawn(async move {
+        ca_secret::load_or_create(
+            client,
+            "phoenix-system",
+            "phoenix-ca",
+            "cluster.local",
+            IdentityAlgorithm::EcdsaP256,
+        )
+        .await
+    });
+    let (_, send) = next(&mut server).await;
+    respond(send, StatusCode::OK, stored);
+    let (loaded, origin) = load.await.unwrap().unwrap();
+    assert_eq!(origin, RootOrigin::Loaded);
+    assert_eq!(loaded.algorithm(), IdentityAlgorithm::MlDsa65);
+    assert_eq!(loaded.root_pem(), created.root_pem());
+}
+
+#[tokio::test]
 async fn an_incomplete_ca_secret_is_refused_with_the_fix() {
     let (client, mut server) = mock();
     let load = tokio::spawn(async move {
-        ca_secret::load_or_create(client, "phoenix-system", "phoenix-ca", "cluster.local").await
+        ca_secret::load_or_create(
+            client,
+            "phoenix-system",
+            "phoenix-ca",
+            "cluster.local",
+            Default::default(),
+        )
+        .await
     });
     let (_, send) = next(&mut server).await;
     respond(
@@ -310,6 +392,7 @@ async fn a_root_rotation_is_written_conditionally_and_every_replica_reloads_it()
                 "phoenix-system",
                 "phoenix-ca",
                 "cluster.local",
+                Default::default(),
                 hour,
                 hour,
             )
@@ -377,6 +460,7 @@ async fn a_root_rotation_is_written_conditionally_and_every_replica_reloads_it()
                 "phoenix-system",
                 "phoenix-ca",
                 "cluster.local",
+                Default::default(),
                 hour,
                 hour,
             )
@@ -397,6 +481,7 @@ async fn a_root_rotation_is_written_conditionally_and_every_replica_reloads_it()
             "phoenix-system",
             "phoenix-ca",
             "cluster.local",
+            Default::default(),
             hour,
             hour,
         )

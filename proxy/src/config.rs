@@ -74,8 +74,11 @@ impl RouteIndex {
 pub struct MeshConfig {
     /// Trust domain of every identity.
     pub trust_domain: String,
-    /// Key exchange and cipher suites for tunnels.
+    /// Key exchange, cipher suites and authentication policy for tunnels.
     pub tls: TlsPolicy,
+    /// The algorithm of the signing root: our key's, from the next renewal
+    /// (at once when ours differs).
+    pub identity_algorithm: phoenix_api::tls_policy::IdentityAlgorithm,
     /// How long a peer connection may have no stream before it is closed.
     pub peer_idle_timeout: Duration,
     /// How long connecting to the local app may take.
@@ -470,6 +473,8 @@ fn mesh_config(m: &snapshot::MeshSettings) -> Result<MeshConfig, ConfigError> {
         connect_timeout_ms,
         inbound_mode,
         trust_bundle_pem,
+        identity_algorithm,
+        auth_policy,
     } = m;
     if let Some(pem) = trust_bundle_pem {
         phoenix_tls::handshake::parse_roots(pem).map_err(ConfigError::TrustBundle)?;
@@ -494,7 +499,9 @@ fn mesh_config(m: &snapshot::MeshSettings) -> Result<MeshConfig, ConfigError> {
         tls: TlsPolicy {
             key_exchange: *key_exchange,
             cipher_suites: cipher_suites.clone(),
+            auth_policy: *auth_policy,
         },
+        identity_algorithm: *identity_algorithm,
         peer_idle_timeout: Duration::from_millis(*peer_idle_timeout_ms),
         connect_timeout: Duration::from_millis(*connect_timeout_ms),
         inbound_mode: *inbound_mode,
@@ -599,6 +606,8 @@ mod tests {
             connect_timeout_ms: 1_000,
             inbound_mode: Default::default(),
             trust_bundle_pem: None,
+            identity_algorithm: Default::default(),
+            auth_policy: Default::default(),
         })
     }
 

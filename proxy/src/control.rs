@@ -19,6 +19,7 @@ use phoenix_api::control::{self, ALPN_CONTROL, ErrorCode, Request, Response, WIR
 use phoenix_api::frame::{Direction, FrameDecoder};
 use phoenix_api::secret::Secret;
 use phoenix_api::snapshot::Snapshot;
+use phoenix_api::tls_policy::IdentityAlgorithm;
 use phoenix_tls::credentials::{Credentials, Loaded};
 use phoenix_tls::frames::ReadFrameError;
 use phoenix_tls::handshake::TlsPolicy;
@@ -40,6 +41,8 @@ pub struct ControlPlane {
     pub token: Token,
     /// Key exchange for talking to it (the mesh setting is not known yet).
     pub policy: TlsPolicy,
+    /// The algorithm of our key until config names the mesh's.
+    pub identity_algorithm: IdentityAlgorithm,
 }
 
 /// The token that proves who we are.
@@ -146,12 +149,32 @@ impl ControlPlane {
     }
 }
 
-/// Asks the control plane for a certificate (server-authenticated only).
+/// The algorithm our next key should have: the mesh's signing root's, from
+/// config, or the bootstrap setting before any config arrived.
+pub fn wanted_algorithm(shared: &Shared, cp: &ControlPlane) -> IdentityAlgorithm {
+    shared
+        .config
+        .load()
+        .as_ref()
+        .map_or(cp.identity_algorithm, |c| c.mesh.identity_algorithm)
+}
+
+/// rcgen's signature algorithm for a key of `algorithm`.
+fn key_algorithm(algorithm: IdentityAlgorithm) -> &'static rcgen::SignatureAlgorithm {
+    match algorithm {
+        IdentityAlgorithm::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+        IdentityAlgorithm::MlDsa65 => &rcgen::PKCS_ML_DSA_65,
+    }
+}
+
+/// Asks the control plane for a certificate (server-authenticated only),
+/// for a new key of `algorithm`.
 pub async fn obtain_certificate(
     shared: &Shared,
     cp: &ControlPlane,
+    algorithm: IdentityAlgorithm,
 ) -> Result<Loaded, ControlError> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let key = rcgen::KeyPair::generate_for(key_algorithm(algorithm))?;
     let csr_pem = rcgen::CertificateParams::default()
         .serialize_request(&key)?
         .pem()?;
@@ -199,20 +222,43 @@ pub async fn obtain_certificate(
 }
 
 /// Keeps a valid certificate in `shared.tls` for ever: renews at two thirds
-/// of each certificate's lifetime, retrying with backoff.
+/// of each certificate's lifetime, retrying with backoff, and at once when
+/// config names another identity algorithm than our key's (a mesh moving
+/// to ML-DSA: the new root signs, so every proxy re-keys; the old root
+/// stays trusted meanwhile, so no handshake breaks).
 pub async fn certificates(shared: Arc<Shared>, cp: ControlPlane) {
     let mut backoff = control_backoff();
+    let mut config_changed = shared.config_changed.subscribe();
     loop {
-        match obtain_certificate(&shared, &cp).await {
+        let algorithm = wanted_algorithm(&shared, &cp);
+        match obtain_certificate(&shared, &cp, algorithm).await {
             Ok(loaded) => {
                 backoff.reset();
                 let (nb, na) = (loaded.not_before, loaded.not_after);
-                tracing::info!(identity = %loaded.identity, not_after = na, "certificate obtained");
+                tracing::info!(identity = %loaded.identity, not_after = na, algorithm = %algorithm, "certificate obtained");
                 shared.metrics.certificate_expiry_timestamp_seconds.set(na);
                 shared.metrics.certificate_renewals.inc();
                 shared.tls.credentials().store(loaded);
                 let renew_at = nb + (na - nb) * 2 / 3;
-                tokio::time::sleep(until_unix(renew_at)).await;
+                let renewal = tokio::time::sleep(until_unix(renew_at));
+                tokio::pin!(renewal);
+                loop {
+                    tokio::select! {
+                        () = &mut renewal => break,
+                        changed = config_changed.changed() => {
+                            if changed.is_err() {
+                                // The proxy is shutting down: renew on time.
+                                (&mut renewal).await;
+                                break;
+                            }
+                            let wanted = wanted_algorithm(&shared, &cp);
+                            if wanted != algorithm {
+                                tracing::info!(from = %algorithm, to = %wanted, "the mesh signs with another algorithm now: re-keying");
+                                break;
+                            }
+                        }
+                    }
+                }
             }
             Err(error) => {
                 let wait = backoff.next_delay();
@@ -399,6 +445,8 @@ mod tests {
                 connect_timeout_ms: 1000,
                 inbound_mode: Default::default(),
                 trust_bundle_pem: None,
+                identity_algorithm: Default::default(),
+                auth_policy: Default::default(),
             }),
             Resource::Upstream(Upstream {
                 service: "db".parse().unwrap(),

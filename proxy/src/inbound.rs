@@ -159,13 +159,14 @@ async fn accept(shared: Arc<Shared>, incoming: quinn::Incoming) {
     let Established {
         conn,
         kx_group,
+        sig_scheme,
         peer,
     } = established;
     let Some(client) = peer else {
         return;
     };
     tracing::Span::current().record("client", tracing::field::display(&client));
-    tracing::debug!(%remote, client = %client, kx_group, "peer connected");
+    tracing::debug!(%remote, client = %client, kx_group, sig_scheme, "peer connected");
     let _open = GaugeGuard::new(
         shared
             .metrics

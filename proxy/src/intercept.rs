@@ -300,6 +300,8 @@ mod tests {
                 connect_timeout_ms: 1000,
                 inbound_mode: InboundMode::Strict,
                 trust_bundle_pem: None,
+                identity_algorithm: Default::default(),
+                auth_policy: Default::default(),
             }),
             Resource::Upstream(Upstream {
                 service: "db.shop:5432".parse().unwrap(),

@@ -327,6 +327,9 @@ impl AdminState for ProxyAdmin {
                 "notBefore": c.not_before,
                 "notAfter": c.not_after,
                 "issuer": c.issuer,
+                // The key's algorithm and the scheme of our handshake signatures.
+                "algorithm": c.algorithm().map(|a| a.as_str()),
+                "signatureScheme": phoenix_tls::sig::scheme_name(c.scheme),
             })),
             "trustRoots": self.shared.tls.root_names(),
             "listeners": self.listeners.addresses().into_iter().map(|(service, listen)| {

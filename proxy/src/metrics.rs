@@ -58,6 +58,9 @@ pub struct HandshakeLabels {
     pub side: Side,
     /// IANA group name, e.g. `X25519MLKEM768`; `none` when no group was agreed.
     pub kx_group: String,
+    /// The scheme the peer's handshake signature used, e.g. `ML_DSA_65` or
+    /// `ECDSA_NISTP256_SHA256` (a closed set); `none` on failure.
+    pub sig_scheme: String,
     /// `success` or `failure`.
     pub result: Outcome,
 }
@@ -300,11 +303,12 @@ impl Metrics {
     }
 
     /// Counts a handshake.
-    pub fn handshake(&self, side: Side, kx_group: &str, result: Outcome) {
+    pub fn handshake(&self, side: Side, kx_group: &str, sig_scheme: &str, result: Outcome) {
         self.tls_handshakes
             .get_or_create(&HandshakeLabels {
                 side,
                 kx_group: kx_group.to_owned(),
+                sig_scheme: sig_scheme.to_owned(),
                 result,
             })
             .inc();
@@ -320,7 +324,7 @@ impl Metrics {
 
     /// Counts a handshake failure.
     pub fn handshake_failure(&self, side: Side, reason: &str) {
-        self.handshake(side, "none", Outcome::failure);
+        self.handshake(side, "none", "none", Outcome::failure);
         self.tls_handshake_failures
             .get_or_create(&FailureLabels {
                 side,
@@ -404,9 +408,9 @@ pub struct HandshakeRecorder<'a> {
 }
 
 impl phoenix_tls::establish::Record for HandshakeRecorder<'_> {
-    fn success(&self, kx_group: &'static str) {
+    fn success(&self, kx_group: &'static str, sig_scheme: &'static str) {
         self.metrics
-            .handshake(self.side, kx_group, Outcome::success);
+            .handshake(self.side, kx_group, sig_scheme, Outcome::success);
     }
 
     fn failure(&self, reason: phoenix_tls::HandshakeFailure) {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use phoenix_api::SpiffeId;
-use phoenix_api::tls_policy::{CipherSuite, KeyExchange};
+use phoenix_api::tls_policy::{AuthPolicy, CipherSuite, IdentityAlgorithm, KeyExchange};
 use phoenix_tls::endpoint::TransportSettings;
 use phoenix_tls::handshake::TlsPolicy;
 
@@ -72,6 +72,12 @@ pub struct Args {
     /// Key exchange towards the control plane: pq-only or pq-preferred.
     #[arg(long, env = "PHOENIX_KEY_EXCHANGE", default_value = "pq-only", value_parser = parse_kx)]
     pub key_exchange: KeyExchange,
+    /// The algorithm of the proxy's first key: ecdsa-p256 or ml-dsa-65. By
+    /// default that of the first root in the trust anchor (the control plane
+    /// writes the signing root first). Once config arrives the mesh's
+    /// signing root decides, and the proxy re-keys when they differ.
+    #[arg(long, env = "PHOENIX_IDENTITY_ALGORITHM")]
+    pub identity_algorithm: Option<IdentityAlgorithm>,
     /// Grace period for open connections on SIGTERM, e.g. `20s`.
     #[arg(long, env = "PHOENIX_DRAIN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub drain_grace: Duration,
@@ -217,7 +223,14 @@ impl Args {
                 policy: TlsPolicy {
                     key_exchange: self.key_exchange,
                     cipher_suites: CipherSuite::DEFAULT.to_vec(),
+                    // The control plane is known by its identity; the mesh's
+                    // authPolicy applies to tunnels once config arrives.
+                    auth_policy: AuthPolicy::Any,
                 },
+                identity_algorithm: self
+                    .identity_algorithm
+                    .or_else(|| phoenix_tls::spiffe::signer_algorithm(&trust_anchor_pem))
+                    .unwrap_or_default(),
             },
             trust_anchor_pem,
             inbound: self.inbound,

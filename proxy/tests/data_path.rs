@@ -157,6 +157,7 @@ fn mesh(peer_idle: Duration) -> MeshConfig {
     MeshConfig {
         trust_domain: "td".into(),
         tls: TlsPolicy::default(),
+        identity_algorithm: Default::default(),
         peer_idle_timeout: peer_idle,
         connect_timeout: Duration::from_secs(2),
         inbound_mode: Default::default(),
@@ -226,7 +227,7 @@ async fn an_idle_peer_connection_closes_and_its_slot_is_forgotten() {
     assert_eq!(
         sample(
             &metrics,
-            "tls_handshakes_total{side=\"client\",kx_group=\"X25519MLKEM768\",result=\"success\"}"
+            "tls_handshakes_total{side=\"client\",kx_group=\"X25519MLKEM768\",sig_scheme=\"ECDSA_NISTP256_SHA256\",result=\"success\"}"
         ),
         Some(1.0)
     );

@@ -15,7 +15,19 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use phoenix_api::tls_policy::IdentityAlgorithm;
+
 use crate::spiffe::{self, CertIdentityError};
+
+/// Every scheme a mesh key may sign with, to learn which one a key has.
+const SCHEMES: [SignatureScheme; 6] = [
+    SignatureScheme::ML_DSA_65,
+    SignatureScheme::ML_DSA_44,
+    SignatureScheme::ML_DSA_87,
+    SignatureScheme::ECDSA_NISTP256_SHA256,
+    SignatureScheme::ECDSA_NISTP384_SHA384,
+    SignatureScheme::ED25519,
+];
 
 /// Why credentials cannot be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +41,9 @@ pub enum CredentialsError {
     /// The key is not usable by the provider.
     #[error("private key is not usable")]
     Key(#[source] rustls::Error),
+    /// The key signs with no TLS 1.3 scheme the mesh knows.
+    #[error("private key signs with no TLS 1.3 scheme the mesh uses (ECDSA P-256, ML-DSA)")]
+    NoScheme,
     /// The leaf names no SPIFFE identity.
     #[error("certificate has no usable identity")]
     Identity(#[source] CertIdentityError),
@@ -47,6 +62,19 @@ pub struct Loaded {
     pub not_after: i64,
     /// Common name of the leaf's issuer (which mesh root signed it).
     pub issuer: String,
+    /// The scheme our handshake signatures use (the key's algorithm).
+    pub scheme: SignatureScheme,
+}
+
+impl Loaded {
+    /// The identity algorithm of our key, if it is one the mesh issues.
+    pub fn algorithm(&self) -> Option<IdentityAlgorithm> {
+        match self.scheme {
+            SignatureScheme::ECDSA_NISTP256_SHA256 => Some(IdentityAlgorithm::EcdsaP256),
+            SignatureScheme::ML_DSA_65 => Some(IdentityAlgorithm::MlDsa65),
+            _ => None,
+        }
+    }
 }
 
 /// Holder of the current credentials.
@@ -76,12 +104,17 @@ impl Credentials {
             .key_provider
             .load_private_key(key)
             .map_err(CredentialsError::Key)?;
+        let scheme = signing
+            .choose_scheme(&SCHEMES)
+            .map(|signer| signer.scheme())
+            .ok_or(CredentialsError::NoScheme)?;
         Ok(Loaded {
             key: Arc::new(CertifiedKey::new(chain, signing)),
             identity,
             not_before,
             not_after,
             issuer,
+            scheme,
         })
     }
 

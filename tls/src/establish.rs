@@ -1,6 +1,7 @@
 //! Finishing a QUIC handshake, once for every component: the outcome is
-//! classified ([`HandshakeFailure`]), the negotiated key-exchange group read
-//! from the live handshake ([`KxLease`]), and both recorded where the
+//! classified ([`HandshakeFailure`]), the negotiated key-exchange group and
+//! the peer's signature scheme read from the live handshake
+//! ([`Negotiation`]), and all of it recorded where the
 //! caller counts them ([`Record`]). The tunnel's server and client and the
 //! control plane's server all go through here, so each counts the same
 //! reasons under the same names.
@@ -15,13 +16,16 @@ use std::task::Poll;
 
 use phoenix_api::SpiffeId;
 
+use crate::Negotiation;
 use crate::handshake::{ClientAuth, HandshakeFailure, peer_identity};
-use crate::kx::{KxLease, group_name};
+use crate::kx::group_name;
+use crate::sig::scheme_name;
 
 /// Where handshake outcomes are counted.
 pub trait Record {
-    /// A handshake succeeded with `kx_group` (its IANA name).
-    fn success(&self, kx_group: &'static str);
+    /// A handshake succeeded with `kx_group` (its IANA name), the peer
+    /// authenticated with `sig_scheme` (`none` for an anonymous client).
+    fn success(&self, kx_group: &'static str, sig_scheme: &'static str);
     /// A handshake failed for `reason`.
     fn failure(&self, reason: HandshakeFailure);
 }
@@ -33,6 +37,8 @@ pub struct Established {
     pub conn: quinn::Connection,
     /// The key-exchange group its handshake negotiated.
     pub kx_group: &'static str,
+    /// The scheme of the peer's handshake signature (`none`: no certificate).
+    pub sig_scheme: &'static str,
     /// The peer's SPIFFE ID; always present when it was required.
     pub peer: Option<SpiffeId>,
 }
@@ -66,7 +72,7 @@ const CLOSE_NO_IDENTITY: quinn::VarInt = quinn::VarInt::from_u32(2);
 pub async fn accept(
     incoming: quinn::Incoming,
     config: quinn::ServerConfig,
-    lease: KxLease,
+    lease: Negotiation,
     client_auth: ClientAuth,
     record: &(dyn Record + Sync),
 ) -> Result<Established, Failed> {
@@ -90,7 +96,7 @@ pub async fn accept(
         record.failure(failed.reason);
         return Err(failed);
     }
-    record.success(established.kx_group);
+    record.success(established.kx_group, established.sig_scheme);
     Ok(established)
 }
 
@@ -100,7 +106,7 @@ pub async fn accept(
 /// for QUIC's whole idle timeout).
 pub async fn connect(
     connecting: quinn::Connecting,
-    lease: KxLease,
+    lease: Negotiation,
     deadline: impl Future<Output = ()>,
     record: &(dyn Record + Sync),
 ) -> Result<Established, Failed> {
@@ -117,13 +123,13 @@ pub async fn connect(
     })
     .await;
     let established = finish(handshake, lease, record)?;
-    record.success(established.kx_group);
+    record.success(established.kx_group, established.sig_scheme);
     Ok(established)
 }
 
 fn finish(
     handshake: Result<quinn::Connection, quinn::ConnectionError>,
-    lease: KxLease,
+    lease: Negotiation,
     record: &(dyn Record + Sync),
 ) -> Result<Established, Failed> {
     let conn = handshake.map_err(|error| {
@@ -131,12 +137,14 @@ fn finish(
         record.failure(failed.reason);
         failed
     })?;
-    let kx_group = lease.negotiated().map(group_name).unwrap_or("unknown");
+    let kx_group = lease.group().map(group_name).unwrap_or("unknown");
+    let sig_scheme = lease.peer_signature().map(scheme_name).unwrap_or("none");
     drop(lease);
     let peer = peer_identity(&conn);
     Ok(Established {
         conn,
         kx_group,
+        sig_scheme,
         peer,
     })
 }

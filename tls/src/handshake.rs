@@ -2,7 +2,8 @@
 //!
 //! A config is built for each connection because two things are per
 //! connection: the identity the server must present (it depends on the
-//! destination) and the [`KxLease`] that records the negotiated group.
+//! destination) and the [`Negotiation`] that records the negotiated group
+//! and the peer's signature scheme.
 //! Building one costs a few microseconds against ~1 ms for the handshake.
 
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use phoenix_api::SpiffeId;
-use phoenix_api::tls_policy::{CipherSuite, KeyExchange};
+use phoenix_api::tls_policy::{AuthPolicy, CipherSuite, KeyExchange};
 use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig, QuicServerConfig};
 use rustls::RootCertStore;
 use rustls::client::Resumption;
@@ -19,8 +20,9 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use rustls::server::WebPkiClientVerifier;
 
+use crate::sig::{RecordingClientVerifier, RecordingServerVerifier};
 use crate::verify::SpiffeServerVerifier;
-use crate::{Credentials, KxLease, provider};
+use crate::{Credentials, Negotiation, provider};
 
 /// Why a TLS configuration cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +75,13 @@ struct Trust {
     /// The roots' PEM, to tell a real change from a repeated bundle.
     pem: String,
     /// Client-certificate verifiers, built once per bundle: they depend only
-    /// on the roots and the signature algorithms, not on the per-connection lease.
+    /// on the roots and the signature algorithms, not on the connection.
+    /// One per authentication policy and client-auth mode.
+    verifiers: [ClientVerifiers; 2],
+}
+
+#[derive(Debug)]
+struct ClientVerifiers {
     require_client: Arc<dyn rustls::server::danger::ClientCertVerifier>,
     allow_anonymous: Arc<dyn rustls::server::danger::ClientCertVerifier>,
 }
@@ -81,14 +89,37 @@ struct Trust {
 impl Trust {
     fn new(pem: &str) -> Result<Self, TlsConfigError> {
         let roots = Arc::new(parse_roots(pem)?);
-        let base = Arc::new(provider::provider(KeyExchange::PqOnly, &[]));
-        let verifier = || WebPkiClientVerifier::builder_with_provider(roots.clone(), base.clone());
+        let verifiers = |auth| -> Result<ClientVerifiers, TlsConfigError> {
+            let mut base = provider::provider(KeyExchange::PqOnly, &[]);
+            base.signature_verification_algorithms = provider::verification_algorithms(auth);
+            let base = Arc::new(base);
+            let verifier =
+                || WebPkiClientVerifier::builder_with_provider(roots.clone(), base.clone());
+            Ok(ClientVerifiers {
+                require_client: verifier().build()?,
+                allow_anonymous: verifier().allow_unauthenticated().build()?,
+            })
+        };
         Ok(Self {
-            require_client: verifier().build()?,
-            allow_anonymous: verifier().allow_unauthenticated().build()?,
+            verifiers: [verifiers(AuthPolicy::Any)?, verifiers(AuthPolicy::PqOnly)?],
             roots,
             pem: pem.to_owned(),
         })
+    }
+
+    fn client_verifier(
+        &self,
+        auth: AuthPolicy,
+        client_auth: ClientAuth,
+    ) -> Arc<dyn rustls::server::danger::ClientCertVerifier> {
+        let set = match auth {
+            AuthPolicy::Any => &self.verifiers[0],
+            AuthPolicy::PqOnly => &self.verifiers[1],
+        };
+        match client_auth {
+            ClientAuth::Required => set.require_client.clone(),
+            ClientAuth::Optional => set.allow_anonymous.clone(),
+        }
     }
 }
 
@@ -112,6 +143,8 @@ pub struct TlsPolicy {
     pub key_exchange: KeyExchange,
     /// Cipher suites in preference order.
     pub cipher_suites: Vec<CipherSuite>,
+    /// Which signatures authenticate a peer.
+    pub auth_policy: AuthPolicy,
 }
 
 impl Default for TlsPolicy {
@@ -119,6 +152,7 @@ impl Default for TlsPolicy {
         Self {
             key_exchange: KeyExchange::PqOnly,
             cipher_suites: CipherSuite::DEFAULT.to_vec(),
+            auth_policy: AuthPolicy::Any,
         }
     }
 }
@@ -172,12 +206,15 @@ impl TlsContext {
         alpn: &[&[u8]],
         present_certificate: bool,
         transport: Arc<quinn::TransportConfig>,
-    ) -> Result<(quinn::ClientConfig, KxLease), TlsConfigError> {
+    ) -> Result<(quinn::ClientConfig, Negotiation), TlsConfigError> {
         let (provider, lease) = leased_provider(policy);
-        let verifier = SpiffeServerVerifier::new(
-            self.trust.load().roots.clone(),
-            expected,
-            provider.signature_verification_algorithms,
+        let verifier = RecordingServerVerifier::new(
+            SpiffeServerVerifier::new(
+                self.trust.load().roots.clone(),
+                expected,
+                provider.signature_verification_algorithms,
+            ),
+            lease.signature_slot(),
         );
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -205,15 +242,14 @@ impl TlsContext {
         client_auth: ClientAuth,
         alpn: &[&[u8]],
         transport: Arc<quinn::TransportConfig>,
-    ) -> Result<(quinn::ServerConfig, KxLease), TlsConfigError> {
+    ) -> Result<(quinn::ServerConfig, Negotiation), TlsConfigError> {
         let (provider, lease) = leased_provider(policy);
-        let verifier = {
-            let trust = self.trust.load();
-            match client_auth {
-                ClientAuth::Required => trust.require_client.clone(),
-                ClientAuth::Optional => trust.allow_anonymous.clone(),
-            }
-        };
+        let verifier = Arc::new(RecordingClientVerifier::new(
+            self.trust
+                .load()
+                .client_verifier(policy.auth_policy, client_auth),
+            lease.signature_slot(),
+        ));
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
@@ -305,10 +341,11 @@ impl HandshakeFailure {
     }
 }
 
-fn leased_provider(policy: &TlsPolicy) -> (Arc<CryptoProvider>, KxLease) {
-    let lease = KxLease::acquire();
+fn leased_provider(policy: &TlsPolicy) -> (Arc<CryptoProvider>, Negotiation) {
+    let lease = Negotiation::new();
     let mut p = provider::provider(policy.key_exchange, &policy.cipher_suites);
-    p.kx_groups = lease.wrap(&p.kx_groups);
+    p.kx_groups = lease.kx().wrap(&p.kx_groups);
+    p.signature_verification_algorithms = provider::verification_algorithms(policy.auth_policy);
     (Arc::new(p), lease)
 }
 

@@ -4,8 +4,9 @@
 //!   key-exchange groups and cipher suites in an explicit order. It is never
 //!   installed as the process default (the Kubernetes client must still reach
 //!   API servers that lack ML-KEM).
-//! - [`kx`]: records which group each handshake negotiated, since quinn does
-//!   not expose it.
+//! - [`kx`] and [`sig`]: record which group each handshake negotiated and
+//!   which signature scheme authenticated the peer, since quinn exposes
+//!   neither; [`negotiated`] holds both for one connection.
 //! - [`verify`] and [`spiffe`]: certificates name workloads by SPIFFE URI SAN,
 //!   not DNS, so server names are checked against the identity the control
 //!   plane expects, and client identities are read from the chain.
@@ -21,10 +22,13 @@ pub mod establish;
 pub mod frames;
 pub mod handshake;
 pub mod kx;
+pub mod negotiated;
 pub mod provider;
+pub mod sig;
 pub mod spiffe;
 pub mod verify;
 
 pub use credentials::Credentials;
 pub use handshake::{HandshakeFailure, TlsContext};
 pub use kx::KxLease;
+pub use negotiated::Negotiation;

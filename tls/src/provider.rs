@@ -1,8 +1,11 @@
 //! The crypto provider: aws-lc-rs, TLS 1.3 only, groups and suites in our order.
 
-use phoenix_api::tls_policy::{CipherSuite, KeyExchange};
+use std::sync::OnceLock;
+
+use phoenix_api::tls_policy::{AuthPolicy, CipherSuite, KeyExchange};
+use rustls::SignatureScheme;
 use rustls::crypto::aws_lc_rs::{self, cipher_suite, kx_group};
-use rustls::crypto::{CryptoProvider, SupportedKxGroup};
+use rustls::crypto::{CryptoProvider, SupportedKxGroup, WebPkiSupportedAlgorithms};
 
 /// The key-exchange groups a policy allows, most preferred first.
 ///
@@ -43,6 +46,46 @@ pub fn provider(policy: KeyExchange, suites: &[CipherSuite]) -> CryptoProvider {
     }
 }
 
+/// The post-quantum signature schemes (ML-DSA, FIPS 204).
+pub const PQ_SIGNATURE_SCHEMES: [SignatureScheme; 3] = [
+    SignatureScheme::ML_DSA_44,
+    SignatureScheme::ML_DSA_65,
+    SignatureScheme::ML_DSA_87,
+];
+
+/// The signature algorithms that may authenticate a peer under `auth`, for
+/// its certificate chain and its handshake signature alike.
+///
+/// `pq-only` keeps aws-lc-rs' own ML-DSA verifiers and nothing else: a chain
+/// signed with ECDSA anywhere, or an ECDSA CertificateVerify, then fails the
+/// handshake (`bad_signature`). rustls wants `'static` tables, so the
+/// filtered one is built once.
+pub fn verification_algorithms(auth: AuthPolicy) -> WebPkiSupportedAlgorithms {
+    let all = aws_lc_rs::default_provider().signature_verification_algorithms;
+    match auth {
+        AuthPolicy::Any => all,
+        AuthPolicy::PqOnly => {
+            static PQ: OnceLock<WebPkiSupportedAlgorithms> = OnceLock::new();
+            *PQ.get_or_init(|| {
+                let mapping: Vec<_> = all
+                    .mapping
+                    .iter()
+                    .filter(|(scheme, _)| PQ_SIGNATURE_SCHEMES.contains(scheme))
+                    .copied()
+                    .collect();
+                let algorithms: Vec<_> = mapping
+                    .iter()
+                    .flat_map(|(_, algs)| algs.iter().copied())
+                    .collect();
+                WebPkiSupportedAlgorithms {
+                    all: Vec::leak(algorithms),
+                    mapping: Vec::leak(mapping),
+                }
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,5 +113,15 @@ mod tests {
             rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
         );
         assert!(p.cipher_suites.iter().all(|s| s.tls13().is_some()));
+    }
+
+    #[test]
+    fn pq_only_authentication_verifies_ml_dsa_alone() {
+        let pq = verification_algorithms(AuthPolicy::PqOnly);
+        assert_eq!(pq.supported_schemes(), PQ_SIGNATURE_SCHEMES.to_vec());
+        assert_eq!(pq.all.len(), 3);
+        let any = verification_algorithms(AuthPolicy::Any).supported_schemes();
+        assert!(any.contains(&SignatureScheme::ECDSA_NISTP256_SHA256));
+        assert!(any.contains(&SignatureScheme::ML_DSA_65));
     }
 }

@@ -60,3 +60,31 @@ pub fn common_name(cert: &CertificateDer<'_>, issuer: bool) -> Option<String> {
     let cn = name.iter_common_name().next()?.as_str().ok()?;
     Some(cn.to_owned())
 }
+
+/// The identity algorithm of the certificate's own key (not of the
+/// signature on it); `None` for a key the mesh does not issue.
+pub fn key_algorithm(
+    cert: &CertificateDer<'_>,
+) -> Option<phoenix_api::tls_policy::IdentityAlgorithm> {
+    use phoenix_api::tls_policy::IdentityAlgorithm;
+    let (_, parsed) = X509Certificate::from_der(cert).ok()?;
+    let spki = parsed.public_key();
+    match spki.algorithm.algorithm.to_id_string().as_str() {
+        // id-ecPublicKey: the mesh issues P-256 only.
+        "1.2.840.10045.2.1" => Some(IdentityAlgorithm::EcdsaP256),
+        // id-ml-dsa-65 (FIPS 204).
+        "2.16.840.1.101.3.4.3.18" => Some(IdentityAlgorithm::MlDsa65),
+        _ => None,
+    }
+}
+
+/// The algorithm of the first root in a PEM bundle: the one that signs now,
+/// since the control plane writes the signer first. A bootstrapping proxy
+/// generates its first key of it.
+pub fn signer_algorithm(bundle_pem: &str) -> Option<phoenix_api::tls_policy::IdentityAlgorithm> {
+    use rustls::pki_types::pem::PemObject;
+    let first = CertificateDer::pem_slice_iter(bundle_pem.as_bytes())
+        .next()?
+        .ok()?;
+    key_algorithm(&first)
+}

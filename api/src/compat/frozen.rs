@@ -48,6 +48,7 @@ pub fn read(version: u32, body: &[u8]) -> Result<Value, FrozenError> {
         5 => via::<v5::Response>(version, body),
         6 => via::<v6::Response>(version, body),
         7 => via::<v7::Response>(version, body),
+        8 => via::<v8::Response>(version, body),
         other => Err(FrozenError::NotServed(other)),
     }
 }
@@ -603,6 +604,111 @@ pub mod v7 {
         pub non_idempotent: bool,
         pub budget_percent: u32,
         pub budget_min_per_second: u32,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(tag = "kind", rename_all = "camelCase")]
+    pub enum Resource {
+        Mesh(MeshSettings),
+        Upstream(Upstream),
+        Inbound(Inbound),
+    }
+
+    /// A resource as read: an unknown kind is kept as nothing.
+    #[derive(Deserialize)]
+    #[serde(tag = "kind", rename_all = "camelCase")]
+    enum Read {
+        Mesh(MeshSettings),
+        Upstream(Upstream),
+        Inbound(Inbound),
+        #[serde(other)]
+        Unknown,
+    }
+
+    fn known<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Resource>, D::Error> {
+        let all = BTreeMap::<String, Read>::deserialize(d)?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(key, read)| {
+                let resource = match read {
+                    Read::Mesh(m) => Resource::Mesh(m),
+                    Read::Upstream(u) => Resource::Upstream(u),
+                    Read::Inbound(i) => Resource::Inbound(i),
+                    Read::Unknown => return None,
+                };
+                Some((key, resource))
+            })
+            .collect())
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Snapshot {
+        pub version: u64,
+        #[serde(deserialize_with = "known")]
+        pub resources: BTreeMap<String, Resource>,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Delta {
+        pub from_version: u64,
+        pub version: u64,
+        #[serde(deserialize_with = "known")]
+        pub upserts: BTreeMap<String, Resource>,
+        pub removals: Vec<String>,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(tag = "type", rename_all = "camelCase")]
+    pub enum Response {
+        Snapshot(Snapshot),
+        Delta(Delta),
+        Error { code: String, message: String },
+    }
+}
+
+#[allow(missing_docs)]
+pub mod v8 {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize};
+
+    use super::policy::{CipherSuite, InboundMode, KeyExchange};
+    pub use super::v6::Inbound;
+    pub use super::v7::{RetryPolicy, Upstream};
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct MeshSettings {
+        pub trust_domain: String,
+        pub key_exchange: KeyExchange,
+        pub cipher_suites: Vec<CipherSuite>,
+        pub peer_idle_timeout_ms: u64,
+        pub connect_timeout_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub inbound_mode: Option<InboundMode>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub trust_bundle_pem: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub identity_algorithm: Option<IdentityAlgorithm>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub auth_policy: Option<AuthPolicy>,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "kebab-case")]
+    pub enum IdentityAlgorithm {
+        EcdsaP256,
+        #[serde(rename = "ml-dsa-65")]
+        MlDsa65,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "kebab-case")]
+    pub enum AuthPolicy {
+        Any,
+        PqOnly,
     }
 
     #[derive(Debug, Serialize, Deserialize)]

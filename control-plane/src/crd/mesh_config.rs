@@ -22,8 +22,11 @@ use serde::{Deserialize, Serialize};
     derive = "PartialEq",
     validation = Rule::new("self.metadata.name == 'default'")
         .message("a mesh has one MeshConfig and it is named `default`: rename this resource to default"),
+    validation = Rule::new("!has(self.spec) || !has(self.spec.authPolicy) || self.spec.authPolicy != 'pq-only' || (has(self.spec.identityAlgorithm) && self.spec.identityAlgorithm == 'ml-dsa-65')")
+        .message("authPolicy pq-only refuses every ECDSA certificate: set identityAlgorithm: ml-dsa-65 (and rotate the root) or use authPolicy: any"),
     printcolumn(name = "Trust Domain", type_ = "string", json_path = ".spec.trustDomain"),
     printcolumn(name = "Key Exchange", type_ = "string", json_path = ".spec.keyExchange"),
+    printcolumn(name = "Identity", type_ = "string", json_path = ".spec.identityAlgorithm"),
     printcolumn(name = "Inbound", type_ = "string", json_path = ".spec.inboundMode"),
     printcolumn(name = "Accepted", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].status"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
@@ -47,6 +50,21 @@ pub struct MeshConfigSpec {
     /// (X25519 also accepted and counted in metrics).
     #[serde(default)]
     pub key_exchange: KeyExchangePolicy,
+
+    /// The signature algorithm of the mesh root and of every workload
+    /// certificate: `ecdsa-p256` (default) or `ml-dsa-65` (post-quantum,
+    /// FIPS 204). It picks the algorithm of a root when one is made: at
+    /// install, and at `phoenix-control-plane rotate-ca`, which is how a
+    /// running mesh moves to ML-DSA without downtime (both roots trusted
+    /// during the overlap, every proxy re-keyed).
+    #[serde(default)]
+    pub identity_algorithm: IdentityAlgorithmName,
+
+    /// Which signatures authenticate a peer: `any` (default) or `pq-only`
+    /// (ML-DSA only: a peer with a classical certificate is refused; needs
+    /// `identityAlgorithm: ml-dsa-65` and a rotation completed).
+    #[serde(default)]
+    pub auth_policy: AuthPolicyName,
 
     /// TLS 1.3 cipher suites in preference order (IANA names).
     #[serde(default = "default_cipher_suites")]
@@ -96,6 +114,33 @@ pub enum KeyExchangePolicy {
     PqOnly,
     /// X25519MLKEM768 first, X25519 accepted.
     PqPreferred,
+}
+
+/// The signature algorithm of roots and workload certificates.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum IdentityAlgorithmName {
+    /// ECDSA P-256 with SHA-256.
+    #[default]
+    EcdsaP256,
+    /// ML-DSA-65 (FIPS 204): post-quantum.
+    #[serde(rename = "ml-dsa-65")]
+    MlDsa65,
+}
+
+/// Which signatures authenticate a peer.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthPolicyName {
+    /// ECDSA P-256 or ML-DSA.
+    #[default]
+    Any,
+    /// ML-DSA only.
+    PqOnly,
 }
 
 /// A TLS 1.3 cipher suite.
@@ -178,6 +223,8 @@ impl Default for MeshConfigSpec {
         Self {
             trust_domain: default_trust_domain(),
             key_exchange: KeyExchangePolicy::default(),
+            identity_algorithm: IdentityAlgorithmName::default(),
+            auth_policy: AuthPolicyName::default(),
             cipher_suites: default_cipher_suites(),
             certificate_lifetime: default_certificate_lifetime(),
             inbound_mode: InboundMode::default(),

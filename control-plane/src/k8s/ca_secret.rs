@@ -15,6 +15,8 @@ use kube::Api;
 use kube::ResourceExt;
 use kube::api::{ObjectMeta, PostParams};
 
+use phoenix_api::tls_policy::IdentityAlgorithm;
+
 use crate::ca::{Ca, CaError, RootOrigin};
 use crate::roots::{RootsError, Schedule};
 
@@ -76,15 +78,17 @@ pub enum CaSecretError {
     },
 }
 
-/// Loads the root from the Secret `namespace/name`, creating it for
-/// `trust_domain` when absent.
+/// Loads the root from the Secret `namespace/name`, creating one of
+/// `algorithm` for `trust_domain` when absent.
 pub async fn load_or_create(
     client: kube::Client,
     namespace: &str,
     name: &str,
     trust_domain: &str,
+    algorithm: IdentityAlgorithm,
 ) -> Result<(Ca, RootOrigin), CaSecretError> {
-    let (_, ca, origin) = load_or_create_secret(client, namespace, name, trust_domain).await?;
+    let (_, ca, origin) =
+        load_or_create_secret(client, namespace, name, trust_domain, algorithm).await?;
     Ok((ca, origin))
 }
 
@@ -96,8 +100,10 @@ pub async fn start_schedule(
     namespace: &str,
     name: &str,
     trust_domain: &str,
+    algorithm: IdentityAlgorithm,
 ) -> Result<(Schedule, RootOrigin, Option<String>), CaSecretError> {
-    let (secret, ca, origin) = load_or_create_secret(client, namespace, name, trust_domain).await?;
+    let (secret, ca, origin) =
+        load_or_create_secret(client, namespace, name, trust_domain, algorithm).await?;
     let schedule = schedule_of(&secret, Arc::new(ca), namespace, name)?;
     Ok((schedule, origin, secret.resource_version()))
 }
@@ -107,6 +113,7 @@ async fn load_or_create_secret(
     namespace: &str,
     name: &str,
     trust_domain: &str,
+    algorithm: IdentityAlgorithm,
 ) -> Result<(Secret, Ca, RootOrigin), CaSecretError> {
     let api: Api<Secret> = Api::namespaced(client, namespace);
     let api_error = |source| CaSecretError::Api {
@@ -123,7 +130,7 @@ async fn load_or_create_secret(
         let ca = parse(&secret, namespace, name)?;
         return Ok((secret, ca, RootOrigin::Loaded));
     }
-    let ca = Ca::generate(trust_domain).map_err(ca_error)?;
+    let ca = Ca::generate_with(trust_domain, algorithm).map_err(ca_error)?;
     let secret = Secret {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
@@ -226,6 +233,7 @@ pub async fn rotate(
     namespace: &str,
     name: &str,
     trust_domain: &str,
+    algorithm: IdentityAlgorithm,
     overlap: Duration,
     lifetime: Duration,
 ) -> Result<Schedule, CaSecretError> {
@@ -243,8 +251,8 @@ pub async fn rotate(
     let mut secret = api.get(name).await.map_err(api_error)?;
     let ca = Arc::new(parse(&secret, namespace, name)?);
     let schedule = schedule_of(&secret, ca, namespace, name)?;
-    let new =
-        Ca::generate(trust_domain).map_err(|source| roots_error(RootsError::Generate(source)))?;
+    let new = Ca::generate_with(trust_domain, algorithm)
+        .map_err(|source| roots_error(RootsError::Generate(source)))?;
     let next = schedule
         .rotate(SystemTime::now(), overlap, lifetime, new)
         .map_err(roots_error)?;

@@ -25,7 +25,7 @@ use kube::api::{ListParams, PostParams};
 
 use super::install::{NAME, WEBHOOK_CONFIG};
 use crate::crd::MeshConfig;
-use crate::crd::mesh_config::InboundMode;
+use crate::crd::mesh_config::{IdentityAlgorithmName, InboundMode};
 use crate::inject;
 
 /// The control plane's QUIC port (proxies subscribe there).
@@ -117,11 +117,22 @@ pub fn minor(minor: &str) -> Option<u32> {
     minor.trim_end_matches('+').parse().ok()
 }
 
-/// Handshake counts by key-exchange group, and handshake timeouts, from a
-/// proxy's OpenMetrics text.
-pub fn handshake_groups(metrics: &str) -> (BTreeMap<String, f64>, f64) {
-    let mut groups = BTreeMap::new();
-    let mut timeouts = 0.0;
+/// What a proxy's handshake metrics say.
+#[derive(Debug, Default, PartialEq)]
+pub struct Handshakes {
+    /// Successful handshakes by key-exchange group.
+    pub groups: BTreeMap<String, f64>,
+    /// Successful handshakes by the signature scheme that authenticated the
+    /// peer (`none`: an anonymous client, which tunnels never accept).
+    pub schemes: BTreeMap<String, f64>,
+    /// Handshakes that timed out.
+    pub timeouts: f64,
+}
+
+/// Handshake counts by key-exchange group and signature scheme, and
+/// handshake timeouts, from a proxy's OpenMetrics text.
+pub fn handshakes(metrics: &str) -> Handshakes {
+    let mut out = Handshakes::default();
     for line in metrics.lines().filter(|l| !l.starts_with('#')) {
         let Some((name_labels, value)) = line.rsplit_once(' ') else {
             continue;
@@ -140,16 +151,19 @@ pub fn handshake_groups(metrics: &str) -> (BTreeMap<String, f64>, f64) {
         match name {
             "tls_handshakes_total" if label("result").as_deref() == Some("success") => {
                 if let Some(g) = label("kx_group") {
-                    *groups.entry(g).or_insert(0.0) += value;
+                    *out.groups.entry(g).or_insert(0.0) += value;
+                }
+                if let Some(s) = label("sig_scheme").filter(|s| s != "none") {
+                    *out.schemes.entry(s).or_insert(0.0) += value;
                 }
             }
             "tls_handshake_failures_total" if label("reason").as_deref() == Some("timeout") => {
-                timeouts += value;
+                out.timeouts += value;
             }
             _ => {}
         }
     }
-    (groups, timeouts)
+    out
 }
 
 /// Runs the checks against `client`: pre-install ones only with `pre`.
@@ -343,8 +357,8 @@ async fn post_install(client: &kube::Client, namespace: &str, r: &mut Report) {
         ),
     }
     webhook_dry_run(client, r).await;
-    mesh_config(client, r).await;
-    proxies(client, r).await;
+    let identities = mesh_config(client, r).await;
+    proxies(client, identities, r).await;
 }
 
 /// The webhook, called by the API server for a dry-run pod that asks for
@@ -399,10 +413,16 @@ async fn webhook_dry_run(client: &kube::Client, r: &mut Report) {
     }
 }
 
-async fn mesh_config(client: &kube::Client, r: &mut Report) {
+/// Checks the MeshConfig; returns the identity algorithm it asks for.
+async fn mesh_config(client: &kube::Client, r: &mut Report) -> IdentityAlgorithmName {
     const MESH: &str = "mesh";
     let configs: Api<MeshConfig> = Api::all(client.clone());
-    match configs.get_opt("default").await {
+    let found = configs.get_opt("default").await;
+    let identities = match &found {
+        Ok(Some(mc)) => mc.spec.identity_algorithm,
+        _ => IdentityAlgorithmName::default(),
+    };
+    match found {
         Ok(Some(mc)) => match mc.spec.inbound_mode {
             InboundMode::Strict => r.push(
                 MESH,
@@ -425,9 +445,10 @@ async fn mesh_config(client: &kube::Client, r: &mut Report) {
         ),
         Err(error) => r.push(MESH, "MeshConfig default exists", Status::Fail, error.to_string()),
     }
+    identities
 }
 
-async fn proxies(client: &kube::Client, r: &mut Report) {
+async fn proxies(client: &kube::Client, identities: IdentityAlgorithmName, r: &mut Report) {
     const DP: &str = "phoenix-data-plane";
     let pods: Api<Pod> = Api::all(client.clone());
     let list = match pods
@@ -483,6 +504,7 @@ async fn proxies(client: &kube::Client, r: &mut Report) {
     }
     network_policies(client, &list, r).await;
     let mut groups: BTreeMap<String, f64> = BTreeMap::new();
+    let mut schemes: BTreeMap<String, f64> = BTreeMap::new();
     let mut timeouts = 0.0;
     let mut unreadable = 0;
     for p in list.iter().take(MAX_PROXIES_SCRAPED) {
@@ -502,11 +524,14 @@ async fn proxies(client: &kube::Client, r: &mut Report) {
             unreadable += 1;
             continue;
         };
-        let (g, t) = handshake_groups(&text);
-        for (k, v) in g {
+        let h = handshakes(&text);
+        for (k, v) in h.groups {
             *groups.entry(k).or_insert(0.0) += v;
         }
-        timeouts += t;
+        for (k, v) in h.schemes {
+            *schemes.entry(k).or_insert(0.0) += v;
+        }
+        timeouts += h.timeouts;
     }
     let summary = groups
         .iter()
@@ -526,6 +551,38 @@ async fn proxies(client: &kube::Client, r: &mut Report) {
             summary
         },
     );
+    let classical: f64 = schemes
+        .iter()
+        .filter(|(s, _)| !s.starts_with("ML_DSA"))
+        .map(|(_, n)| n)
+        .sum();
+    let detail = schemes
+        .iter()
+        .map(|(s, n)| format!("{s}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match identities {
+        IdentityAlgorithmName::MlDsa65 => r.push(
+            DP,
+            "proxies authenticate with ML-DSA (post-quantum signatures)",
+            if classical > 0.0 { Status::Warn } else { Status::Ok },
+            if classical > 0.0 {
+                format!(
+                    "{detail}: some peers still authenticate classically; they re-key once an ML-DSA root signs (phoenix-control-plane rotate-ca), and a proxy restart resets these counts"
+                )
+            } else {
+                detail
+            },
+        ),
+        IdentityAlgorithmName::EcdsaP256 => r.push(
+            DP,
+            "proxies' handshake signatures",
+            Status::Ok,
+            format!(
+                "{detail} (identityAlgorithm ecdsa-p256: set ml-dsa-65 in MeshConfig default and rotate-ca for post-quantum authentication)"
+            ),
+        ),
+    }
     r.push(
         DP,
         "proxies reach each other over UDP",
@@ -607,15 +664,22 @@ mod tests {
         assert_eq!(minor("28+"), Some(28));
         assert_eq!(minor("x"), None);
         let text = "# TYPE tls_handshakes counter\n\
-            tls_handshakes_total{side=\"client\",kx_group=\"X25519MLKEM768\",result=\"success\"} 7\n\
-            tls_handshakes_total{side=\"server\",kx_group=\"X25519\",result=\"success\"} 2\n\
+            tls_handshakes_total{side=\"client\",kx_group=\"X25519MLKEM768\",sig_scheme=\"ML_DSA_65\",result=\"success\"} 7\n\
+            tls_handshakes_total{side=\"server\",kx_group=\"X25519\",sig_scheme=\"ECDSA_NISTP256_SHA256\",result=\"success\"} 2\n\
             tls_handshakes_total{side=\"server\",kx_group=\"none\",result=\"failure\"} 4\n\
             tls_handshake_failures_total{side=\"client\",reason=\"timeout\"} 3\n\
             tls_handshake_failures_total{side=\"client\",reason=\"unknown_ca\"} 1\n";
-        let (groups, timeouts) = handshake_groups(text);
+        let Handshakes {
+            groups,
+            schemes,
+            timeouts,
+        } = handshakes(text);
         assert_eq!(groups.get("X25519MLKEM768"), Some(&7.0));
         assert_eq!(groups.get("X25519"), Some(&2.0));
         assert_eq!(groups.get("none"), None, "failures are not groups in use");
+        assert_eq!(schemes.get("ML_DSA_65"), Some(&7.0));
+        assert_eq!(schemes.get("ECDSA_NISTP256_SHA256"), Some(&2.0));
+        assert_eq!(schemes.get("none"), None);
         assert_eq!(timeouts, 3.0);
     }
 }

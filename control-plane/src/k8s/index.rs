@@ -65,7 +65,7 @@ pub struct Index {
     inbound: HashMap<ObjectKey, BTreeMap<String, Resource>>,
     inbound_version: HashMap<ObjectKey, u64>,
     /// The mesh roots proxies must trust (from the root schedule).
-    trust_bundle: Option<String>,
+    roots: Option<crate::roots::TrustRoots>,
     pods_by_service: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
     dirty: BTreeSet<ObjectKey>,
     mesh_dirty: bool,
@@ -132,7 +132,7 @@ impl Index {
             keys_by_service: HashMap::new(),
             inbound: HashMap::new(),
             inbound_version: HashMap::new(),
-            trust_bundle: None,
+            roots: None,
             pods_by_service: HashMap::new(),
             dirty: BTreeSet::new(),
             mesh_dirty: true,
@@ -318,9 +318,9 @@ impl Index {
     }
 
     /// Sets the mesh roots every proxy must trust (sent with the mesh settings).
-    pub fn set_trust_bundle(&mut self, pem: &str) {
-        if self.trust_bundle.as_deref() != Some(pem) {
-            self.trust_bundle = Some(pem.to_owned());
+    pub fn set_roots(&mut self, roots: &crate::roots::TrustRoots) {
+        if self.roots.as_ref() != Some(roots) {
+            self.roots = Some(roots.clone());
             self.mesh_dirty = true;
         }
     }
@@ -342,7 +342,9 @@ impl Index {
     pub fn commit(&mut self) -> Option<u64> {
         if std::mem::take(&mut self.mesh_dirty) {
             let mut settings = self.mesh.settings.clone();
-            settings.trust_bundle_pem = self.trust_bundle.clone();
+            settings.trust_bundle_pem = self.roots.as_ref().map(|r| r.bundle.clone());
+            settings.identity_algorithm =
+                self.roots.as_ref().map(|r| r.signing).unwrap_or_default();
             self.publisher.publish(Resource::Mesh(settings));
         }
         for service in std::mem::take(&mut self.dirty) {

@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use phoenix_api::duration::{self, DurationError};
 use phoenix_api::snapshot::MeshSettings;
-use phoenix_api::tls_policy::{CipherSuite, KeyExchange};
+use phoenix_api::tls_policy::{AuthPolicy, CipherSuite, IdentityAlgorithm, KeyExchange};
 
 use super::records::ObjectKey;
-use crate::crd::mesh_config::{CipherSuiteName, DefaultPolicy, KeyExchangePolicy, MeshConfigSpec};
+use crate::crd::mesh_config::{
+    AuthPolicyName, CipherSuiteName, DefaultPolicy, IdentityAlgorithmName, KeyExchangePolicy,
+    MeshConfigSpec,
+};
 use crate::crd::traffic_policy::{ClientSelector, TrafficPolicySpec};
 
 /// Name of the one MeshConfig Phoenix reads.
@@ -21,6 +24,8 @@ pub const MESH_CONFIG_NAME: &str = "default";
 pub struct MeshRecord {
     /// Sent to every proxy.
     pub settings: MeshSettings,
+    /// The algorithm of a root made from now on (install, `rotate-ca`).
+    pub identity_algorithm: IdentityAlgorithm,
     /// Lifetime of issued certificates.
     pub certificate_lifetime: Duration,
     /// Who may call a Service no policy covers.
@@ -62,6 +67,11 @@ pub enum MeshConfigError {
         /// Highest value.
         max: &'static str,
     },
+    /// `pq-only` authentication with classical identities.
+    #[error(
+        "authPolicy pq-only refuses every ECDSA certificate, and identityAlgorithm is ecdsa-p256: set identityAlgorithm: ml-dsa-65 (and rotate the root) or use authPolicy: any"
+    )]
+    PqOnlyWithClassicalIdentities,
 }
 
 impl MeshRecord {
@@ -83,7 +93,10 @@ impl MeshRecord {
                 // Set by the index from the root schedule.
                 inbound_mode: Default::default(),
                 trust_bundle_pem: None,
+                identity_algorithm: Default::default(),
+                auth_policy: Default::default(),
             },
+            identity_algorithm: Default::default(),
             certificate_lifetime: Duration::from_secs(24 * 3600),
             default_policy: DefaultPolicy::AllowMesh,
         })
@@ -98,6 +111,8 @@ impl MeshRecord {
         let MeshConfigSpec {
             trust_domain: requested,
             key_exchange,
+            identity_algorithm,
+            auth_policy,
             cipher_suites,
             certificate_lifetime,
             inbound_mode,
@@ -138,6 +153,17 @@ impl MeshRecord {
                 max: "any",
             });
         }
+        let identity_algorithm = match identity_algorithm {
+            IdentityAlgorithmName::EcdsaP256 => IdentityAlgorithm::EcdsaP256,
+            IdentityAlgorithmName::MlDsa65 => IdentityAlgorithm::MlDsa65,
+        };
+        let auth_policy = match auth_policy {
+            AuthPolicyName::Any => AuthPolicy::Any,
+            AuthPolicyName::PqOnly => AuthPolicy::PqOnly,
+        };
+        if auth_policy == AuthPolicy::PqOnly && !identity_algorithm.is_post_quantum() {
+            return Err(MeshConfigError::PqOnlyWithClassicalIdentities);
+        }
         let mut suites = Vec::new();
         for s in cipher_suites {
             let suite = match s {
@@ -166,7 +192,12 @@ impl MeshRecord {
                 connect_timeout_ms: connect.as_millis() as u64,
                 inbound_mode: wire_inbound_mode(*inbound_mode),
                 trust_bundle_pem: None,
+                // Set by the index from the root schedule (the signing
+                // root's algorithm), not from the spec.
+                identity_algorithm: Default::default(),
+                auth_policy,
             },
+            identity_algorithm,
             certificate_lifetime: lifetime,
             default_policy: *default_policy,
         })

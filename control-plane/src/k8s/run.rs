@@ -147,11 +147,15 @@ async fn run_body(
     // The Secret's schedule (one root until a rotation), from the one read
     // that loaded or created it; re-read every SECRET_POLL so a `rotate-ca`
     // reaches every replica.
+    // A root made now (a new mesh) has the MeshConfig's identityAlgorithm;
+    // an existing root keeps its own until `rotate-ca`.
+    let algorithm = first_root_algorithm(&client, &settings.trust_domain).await;
     let (schedule, origin, seen) = ca_secret::start_schedule(
         client.clone(),
         &settings.namespace,
         &settings.ca_secret,
         &settings.trust_domain,
+        algorithm,
     )
     .await?;
     let secret = format!("{}/{}", settings.namespace, settings.ca_secret);
@@ -178,7 +182,7 @@ async fn run_body(
     let live = Arc::new(Live::new(Index::new(&settings.trust_domain, start), KINDS));
     let policy = tls_policy(&live);
     let phase = schedule.phase(SystemTime::now(), live.mesh().certificate_lifetime);
-    live.apply(|index| index.set_trust_bundle(&phase.bundle));
+    live.apply(|index| index.set_roots(&phase.trust_roots()));
     let cp_identity = identity.clone();
     let front = Front::bind(
         &phase,
@@ -458,11 +462,32 @@ fn issue_webhook_cert(
     Ok(())
 }
 
+/// The identityAlgorithm of the MeshConfig, for a root made at start; the
+/// default when there is none or it is invalid (it is reported when read).
+async fn first_root_algorithm(
+    client: &kube::Client,
+    trust_domain: &str,
+) -> phoenix_api::tls_policy::IdentityAlgorithm {
+    use super::policy::{MESH_CONFIG_NAME, MeshRecord};
+    let configs: Api<MeshConfig> = Api::all(client.clone());
+    match configs.get_opt(MESH_CONFIG_NAME).await {
+        Ok(Some(mc)) => MeshRecord::validate(MESH_CONFIG_NAME, &mc.spec, trust_domain)
+            .map(|m| m.identity_algorithm)
+            .unwrap_or_default(),
+        Ok(None) => Default::default(),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the MeshConfig: a root made now is ECDSA P-256");
+            Default::default()
+        }
+    }
+}
+
 fn tls_policy(live: &Live) -> TlsPolicy {
     let mesh = live.mesh();
     TlsPolicy {
         key_exchange: mesh.settings.key_exchange,
         cipher_suites: mesh.settings.cipher_suites,
+        auth_policy: mesh.settings.auth_policy,
     }
 }
 

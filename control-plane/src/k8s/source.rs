@@ -29,6 +29,7 @@ impl MeshSource for KubeSource {
         TlsPolicy {
             key_exchange: mesh.settings.key_exchange,
             cipher_suites: mesh.settings.cipher_suites,
+            auth_policy: mesh.settings.auth_policy,
         }
     }
 
@@ -96,8 +97,8 @@ impl MeshSource for KubeSource {
         }))
     }
 
-    fn set_trust_bundle(&self, pem: &str) {
-        self.live.apply(|index| index.set_trust_bundle(pem));
+    fn set_roots(&self, roots: &crate::roots::TrustRoots) {
+        self.live.apply(|index| index.set_roots(roots));
     }
 }
 
