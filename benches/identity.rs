@@ -47,15 +47,25 @@ impl establish::Record for Tally {
 struct Figures {
     algorithm: IdentityAlgorithm,
     leaf_der_bytes: usize,
-    p50_us: f64,
-    p99_us: f64,
-    client_tx_bytes: f64,
-    client_rx_bytes: f64,
-    client_tx_datagrams: f64,
-    client_rx_datagrams: f64,
+    first: Contact,
+    returning: Contact,
     server_cpu_ms_per_handshake: f64,
     per_server_cpu_second: f64,
     sig_scheme: &'static str,
+}
+
+/// Sequential handshakes of one kind, per handshake.
+#[derive(Debug)]
+struct Contact {
+    p50_us: f64,
+    p99_us: f64,
+    tx_bytes: f64,
+    rx_bytes: f64,
+    tx_datagrams: f64,
+    rx_datagrams: f64,
+    /// Handshakes whose address a token validated at once.
+    validated: u32,
+    first: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,23 +88,38 @@ fn main() -> anyhow::Result<()> {
         all.push(runtime.block_on(measure(algorithm, count))?);
     }
     println!(
-        "| identity | leaf certificate bytes (DER) | handshake p50 µs | p99 µs | client → server bytes | server → client bytes | datagrams → / ← | server CPU per handshake ms | handshakes per server CPU-second | peer signature |"
+        "| identity | client | leaf certificate bytes (DER) | handshake p50 µs | p99 µs | client → server bytes | server → client bytes | datagrams → / ← | validated by token | peer signature |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    for f in &all {
+        for c in [&f.first, &f.returning] {
+            println!(
+                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} / {:.1} | {}/{count} | {} |",
+                f.algorithm,
+                if c.first {
+                    "first contact"
+                } else {
+                    "returning (token)"
+                },
+                f.leaf_der_bytes,
+                c.p50_us,
+                c.p99_us,
+                c.tx_bytes,
+                c.rx_bytes,
+                c.tx_datagrams,
+                c.rx_datagrams,
+                c.validated,
+                f.sig_scheme,
+            );
+        }
+    }
+    println!();
+    println!("| identity | server CPU per handshake ms | handshakes per server CPU-second |");
+    println!("|---|---:|---:|");
     for f in &all {
         println!(
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} / {:.1} | {:.3} | {:.0} | {} |",
-            f.algorithm,
-            f.leaf_der_bytes,
-            f.p50_us,
-            f.p99_us,
-            f.client_tx_bytes,
-            f.client_rx_bytes,
-            f.client_tx_datagrams,
-            f.client_rx_datagrams,
-            f.server_cpu_ms_per_handshake,
-            f.per_server_cpu_second,
-            f.sig_scheme,
+            "| {} | {:.3} | {:.0} |",
+            f.algorithm, f.server_cpu_ms_per_handshake, f.per_server_cpu_second
         );
     }
     Ok(())
@@ -140,28 +165,37 @@ async fn measure(algorithm: IdentityAlgorithm, count: u32) -> anyhow::Result<Fig
         addr: server.addr,
     });
 
-    // Latency, bytes and datagrams: one handshake at a time.
-    let mut latencies = Vec::with_capacity(count as usize);
-    let (mut tx, mut rx, mut txd, mut rxd) = (0u64, 0u64, 0u64, 0u64);
-    let mut sig_scheme = "none";
-    for _ in 0..count {
-        let start = Instant::now();
-        let established = client.handshake().await?;
-        latencies.push(start.elapsed());
-        let stats = established.conn.stats();
-        tx += stats.udp_tx.bytes;
-        rx += stats.udp_rx.bytes;
-        txd += stats.udp_tx.datagrams;
-        rxd += stats.udp_rx.datagrams;
-        sig_scheme = established.sig_scheme;
-        established.conn.close(0u32.into(), b"done");
+    // Latency, bytes and datagrams: one handshake at a time, first contact
+    // (no token) and returning (a token from the connection before).
+    let mut runs = Vec::new();
+    for returning in [false, true] {
+        if returning {
+            // The token the first measured handshake presents.
+            let conn = client.handshake(true).await?.conn;
+            wait_for_token(&conn).await;
+            conn.close(0u32.into(), b"done");
+        }
+        let mut run = Run::default();
+        let validated_before = server.validated();
+        for _ in 0..count {
+            let start = Instant::now();
+            let established = client.handshake(returning).await?;
+            run.latencies.push(start.elapsed());
+            let stats = established.conn.stats();
+            run.tx += stats.udp_tx.bytes;
+            run.rx += stats.udp_rx.bytes;
+            run.txd += stats.udp_tx.datagrams;
+            run.rxd += stats.udp_rx.datagrams;
+            run.sig_scheme = established.sig_scheme;
+            if returning {
+                wait_for_token(&established.conn).await;
+            }
+            established.conn.close(0u32.into(), b"done");
+        }
+        run.latencies.sort();
+        run.validated = server.validated() - validated_before;
+        runs.push(run);
     }
-    latencies.sort();
-    let pct = |p: f64| {
-        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-        latencies[i].as_secs_f64() * 1e6
-    };
-    let n = f64::from(count);
 
     // Server CPU: CONCURRENCY handshakes in flight.
     let before = server.cpu_secs();
@@ -172,7 +206,11 @@ async fn measure(algorithm: IdentityAlgorithm, count: u32) -> anyhow::Result<Fig
         workers.spawn(async move {
             let mut done = 0u32;
             while next.fetch_add(1, Ordering::Relaxed) < count {
-                client.handshake().await?.conn.close(0u32.into(), b"done");
+                client
+                    .handshake(true)
+                    .await?
+                    .conn
+                    .close(0u32.into(), b"done");
                 done += 1;
             }
             anyhow::Ok(done)
@@ -185,25 +223,62 @@ async fn measure(algorithm: IdentityAlgorithm, count: u32) -> anyhow::Result<Fig
     // Every handshake the server completed is in its CPU time once it has
     // accepted them all.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while server.accepted() < count + done && Instant::now() < deadline {
+    while server.accepted() < 2 * count + 1 + done && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let cpu = server.cpu_secs() - before;
     client.endpoint.wait_idle().await;
     server.stop();
+    let n = f64::from(count);
+    let per = |run: &Run, first: bool| Contact {
+        p50_us: run.pct(0.50),
+        p99_us: run.pct(0.99),
+        tx_bytes: run.tx as f64 / n,
+        rx_bytes: run.rx as f64 / n,
+        tx_datagrams: run.txd as f64 / n,
+        rx_datagrams: run.rxd as f64 / n,
+        validated: run.validated,
+        first,
+    };
     Ok(Figures {
         algorithm,
         leaf_der_bytes,
-        p50_us: pct(0.50),
-        p99_us: pct(0.99),
-        client_tx_bytes: tx as f64 / n,
-        client_rx_bytes: rx as f64 / n,
-        client_tx_datagrams: txd as f64 / n,
-        client_rx_datagrams: rxd as f64 / n,
+        first: per(&runs[0], true),
+        returning: per(&runs[1], false),
         server_cpu_ms_per_handshake: cpu * 1e3 / f64::from(done),
         per_server_cpu_second: f64::from(done) / cpu,
-        sig_scheme,
+        sig_scheme: runs[1].sig_scheme,
     })
+}
+
+/// Servers send NEW_TOKEN once the handshake is confirmed, after the
+/// client's `connect` has returned: a peer connection lives long enough to
+/// get it, a bench connection waits for it (not timed).
+async fn wait_for_token(conn: &quinn::Connection) {
+    let deadline = Instant::now() + Duration::from_millis(200);
+    while conn.stats().frame_rx.new_token == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
+
+/// One sequential run's raw figures.
+#[derive(Default)]
+struct Run {
+    latencies: Vec<Duration>,
+    tx: u64,
+    rx: u64,
+    txd: u64,
+    rxd: u64,
+    validated: u32,
+    sig_scheme: &'static str,
+}
+
+impl Run {
+    fn pct(&self, p: f64) -> f64 {
+        let len = self.latencies.len();
+        let i = ((len as f64 * p).ceil() as usize).clamp(1, len) - 1;
+        self.latencies[i].as_secs_f64() * 1e6
+    }
 }
 
 /// The client side: Phoenix's TLS context and client transport, as a
@@ -218,17 +293,26 @@ struct Client {
 }
 
 impl Client {
-    async fn handshake(&self) -> anyhow::Result<establish::Established> {
-        let (config, lease) = self.tls.client(
+    /// One full handshake; a `returning` client presents an address
+    /// validation token from an earlier connection, a first-contact one has
+    /// none (the server may then send only 3× what it received before the
+    /// client's address is validated).
+    async fn handshake(&self, returning: bool) -> anyhow::Result<establish::Established> {
+        let (mut config, lease) = self.tls.client(
             &self.policy,
             self.server_id.clone(),
             &[ALPN_TUNNEL],
             true,
             self.transport.clone(),
         )?;
-        let connecting = self
-            .endpoint
-            .connect_with(config, self.addr, "peer.phoenix")?;
+        if !returning {
+            config.token_store(Arc::new(quinn::NoneTokenStore));
+        }
+        let connecting = self.endpoint.connect_with(
+            config,
+            self.addr,
+            &phoenix_tls::tokens::peer_server_name(self.addr),
+        )?;
         establish::connect(
             connecting,
             lease,
@@ -245,6 +329,8 @@ impl Client {
 struct Server {
     addr: SocketAddr,
     accepted: Arc<AtomicU32>,
+    /// Connections whose address a token validated.
+    validated: Arc<AtomicU32>,
     cpu_nanos: Arc<std::sync::atomic::AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -259,17 +345,33 @@ impl Server {
             let accepted = Arc::new(AtomicU32::new(0));
             let cpu_nanos = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let stop = Arc::new(AtomicBool::new(false));
-            let (a, c, s) = (accepted.clone(), cpu_nanos.clone(), stop.clone());
+            let validated = Arc::new(AtomicU32::new(0));
+            let (a, c, s, v) = (
+                accepted.clone(),
+                cpu_nanos.clone(),
+                stop.clone(),
+                validated.clone(),
+            );
             let thread = std::thread::spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .unwrap();
                 runtime.block_on(async move {
+                    // A server config lets the endpoint take connections;
+                    // each is accepted with its own (`accept_with`).
+                    let (default, _lease) = tls
+                        .server(
+                            &policy,
+                            ClientAuth::Required,
+                            &[ALPN_TUNNEL],
+                            settings.server_transport(),
+                        )
+                        .unwrap();
                     let endpoint = phoenix_tls::endpoint::bind(
                         "127.0.0.1:0".parse().unwrap(),
                         &settings,
-                        None,
+                        Some(default),
                     )
                     .unwrap();
                     tx.send(endpoint.local_addr().unwrap()).unwrap();
@@ -284,6 +386,9 @@ impl Server {
                             _ = tick.tick() => continue,
                         };
                         let Some(incoming) = incoming else { break };
+                        if incoming.remote_address_validated() {
+                            v.fetch_add(1, Ordering::Relaxed);
+                        }
                         let (config, lease) = tls
                             .server(
                                 &policy,
@@ -315,6 +420,7 @@ impl Server {
             Self {
                 addr,
                 accepted,
+                validated,
                 cpu_nanos,
                 stop,
                 thread: Some(thread),
@@ -325,6 +431,10 @@ impl Server {
 
     fn accepted(&self) -> u32 {
         self.accepted.load(Ordering::Relaxed)
+    }
+
+    fn validated(&self) -> u32 {
+        self.validated.load(Ordering::Relaxed)
     }
 
     /// The server thread's CPU time so far (updated every 2 ms and at each

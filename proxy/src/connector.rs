@@ -96,7 +96,13 @@ impl Connector {
         let (config, lease) =
             self.tls
                 .client(policy, identity.clone(), offered, true, transport)?;
-        let connecting = self.endpoint.connect_with(config, addr, "peer.phoenix")?;
+        // A name per peer: the client keeps each peer's address-validation
+        // tokens under it (the verifier checks the SPIFFE ID, not names).
+        let connecting = self.endpoint.connect_with(
+            config,
+            addr,
+            &phoenix_tls::tokens::peer_server_name(addr),
+        )?;
         let recorder = self.metrics.handshakes(Side::client);
         match establish::connect(connecting, lease, tokio::time::sleep(timeout), &recorder).await {
             Ok(established) => {

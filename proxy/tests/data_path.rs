@@ -13,6 +13,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -95,6 +96,23 @@ where
     F: Fn(quinn::SendStream, quinn::RecvStream) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let (addr, metrics, _) = serve_peer_counting(root, identity, on_stream);
+    (addr, metrics)
+}
+
+/// [`serve_peer`], also counting connections whose client address an
+/// address-validation token proved before the handshake.
+fn serve_peer_counting<F, Fut>(
+    root: &Root,
+    identity: &str,
+    on_stream: F,
+) -> (SocketAddr, Arc<Metrics>, Arc<AtomicU32>)
+where
+    F: Fn(quinn::SendStream, quinn::RecvStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let validated = Arc::new(AtomicU32::new(0));
+    let counter = validated.clone();
     let tls = root.context(identity);
     let transport = TransportSettings::default();
     let (default, _) = tls
@@ -112,6 +130,9 @@ where
     let server_metrics = metrics.clone();
     tokio::spawn(async move {
         while let Some(incoming) = endpoint.accept().await {
+            if incoming.remote_address_validated() {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
             let (config, lease) = tls
                 .server(
                     &TlsPolicy::default(),
@@ -135,7 +156,7 @@ where
             });
         }
     });
-    (addr, metrics)
+    (addr, metrics, validated)
 }
 
 /// A pool dialling from its own endpoint as `identity`.
@@ -230,6 +251,45 @@ async fn an_idle_peer_connection_closes_and_its_slot_is_forgotten() {
             "tls_handshakes_total{side=\"client\",kx_group=\"X25519MLKEM768\",sig_scheme=\"ECDSA_NISTP256_SHA256\",result=\"success\"}"
         ),
         Some(1.0)
+    );
+}
+
+/// A peer that comes back after its connection closed presents the
+/// address-validation token the server gave it, so the server may send its
+/// whole flight at once (the wait that costs ML-DSA handshakes a round trip).
+#[tokio::test]
+async fn a_returning_peer_presents_an_address_validation_token() {
+    let root = Root::new();
+    let (addr, _, validated) = serve_peer_counting(&root, SERVER, discard);
+    let (pool, _) = pool(&root, CLIENT);
+    let idle = Duration::from_millis(150);
+    let first = pool
+        .get(addr, &id(SERVER), &mesh(idle), Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        validated.load(Ordering::Relaxed),
+        0,
+        "first contact has no token"
+    );
+    // Servers send tokens once the handshake is confirmed.
+    until("the server's tokens arrive", Duration::from_secs(5), || {
+        first.conn.stats().frame_rx.new_token >= 1
+    })
+    .await;
+    until("the idle connection closes", Duration::from_secs(5), || {
+        first.conn.close_reason().is_some() && pool.is_empty()
+    })
+    .await;
+    let again = pool
+        .get(addr, &id(SERVER), &mesh(idle), Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_ne!(again.conn.stable_id(), first.conn.stable_id());
+    assert_eq!(
+        validated.load(Ordering::Relaxed),
+        1,
+        "the returning peer's address was validated by its token"
     );
 }
 

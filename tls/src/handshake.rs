@@ -66,6 +66,8 @@ pub enum ClientAuth {
 pub struct TlsContext {
     trust: Arc<ArcSwap<Trust>>,
     credentials: Arc<Credentials>,
+    /// Address-validation tokens: one key for every server config made here.
+    tokens: crate::tokens::Tokens,
 }
 
 /// Roots and the verifiers built from them, swapped together.
@@ -163,6 +165,7 @@ impl TlsContext {
         Ok(Self {
             trust: Arc::new(ArcSwap::from_pointee(Trust::new(roots_pem)?)),
             credentials,
+            tokens: crate::tokens::Tokens::new(),
         })
     }
 
@@ -232,6 +235,7 @@ impl TlsContext {
         let quic = QuicClientConfig::with_initial(Arc::new(tls), initial_suite()?)?;
         let mut config = quinn::ClientConfig::new(Arc::new(quic));
         config.transport_config(transport);
+        config.token_store(self.tokens.store.clone());
         Ok((config, lease))
     }
 
@@ -257,7 +261,10 @@ impl TlsContext {
         tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         tls.send_tls13_tickets = 0;
         let quic = QuicServerConfig::with_initial(Arc::new(tls), initial_suite()?)?;
-        let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        // The context's token key, not a random one per config: the
+        // endpoint checks a token under its own config's key.
+        let mut config = quinn::ServerConfig::new(Arc::new(quic), self.tokens.key.clone());
+        config.validation_token_config(self.tokens.config.clone());
         config.transport_config(transport);
         Ok((config, lease))
     }

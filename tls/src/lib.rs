@@ -13,6 +13,8 @@
 //! - [`credentials`]: the proxy's own certificate, swapped on renewal without
 //!   touching established connections.
 //! - [`handshake`]: per-connection quinn client and server configs.
+//! - [`tokens`]: address-validation tokens, so returning peers skip QUIC's
+//!   anti-amplification wait (it costs a round trip with ML-DSA certificates).
 //! - [`endpoint`]: UDP sockets and QUIC transport settings tuned for throughput
 //!   with bounded memory.
 
@@ -26,6 +28,7 @@ pub mod negotiated;
 pub mod provider;
 pub mod sig;
 pub mod spiffe;
+pub mod tokens;
 pub mod verify;
 
 pub use credentials::Credentials;
