@@ -35,7 +35,11 @@ impl Client {
         let credentials = Arc::new(Credentials::default());
         if let Some(identity) = identity {
             let (ca, _) = Ca::load_or_create(&state, "phoenix.local", Default::default()).unwrap();
-            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            // A key of the mesh root's algorithm, as a proxy's.
+            let key = rcgen::KeyPair::generate_for(phoenix_control_plane::ca::signature_algorithm(
+                ca.algorithm(),
+            ))
+            .unwrap();
             let pem = ca
                 .issue_for_key(&key, &identity.parse().unwrap(), Duration::from_secs(600))
                 .unwrap();
@@ -248,6 +252,48 @@ async fn subscribing_needs_a_certificate_and_a_served_wire_version() {
         .await
     {
         Response::Error { code, .. } => assert_eq!(code, ErrorCode::UnknownWorkload),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// `authPolicy: pq-only` is not additive: a proxy of a wire version that
+/// cannot enforce it is refused config, with what to do; a current one is
+/// served the policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_that_cannot_enforce_pq_only_gets_no_config() {
+    let mut m = Manual::new(
+        &client_echo_mesh(
+            echo_server(),
+            "identityAlgorithm: ml-dsa-65\nauthPolicy: pq-only\n",
+        ),
+        &["client", "echo"],
+    );
+    m.start_control_plane("127.0.0.1:0");
+    let inbound = "127.0.0.1:4143".parse().unwrap();
+    let client = Client::new(&m, Some("spiffe://phoenix.local/ns/default/sa/client"));
+    let subscribe = |wire_version| Request::Subscribe {
+        wire_version,
+        inbound,
+    };
+    match client.one(true, &subscribe(7)).await {
+        Response::Error { code, message } => {
+            assert_eq!(code, ErrorCode::UnsupportedVersion);
+            assert!(
+                message.contains("pq-only") && message.contains("upgrade the proxy"),
+                "{message}"
+            );
+        }
+        other => panic!("a wire version 7 proxy was served: {other:?}"),
+    }
+    match client
+        .one(true, &subscribe(phoenix_api::compat::WIRE_VERSION))
+        .await
+    {
+        Response::Snapshot(s) => {
+            let mesh = serde_json::to_value(&s.resources["mesh"]).unwrap();
+            assert_eq!(mesh["authPolicy"], "pq-only");
+            assert_eq!(mesh["identityAlgorithm"], "ml-dsa-65");
+        }
         other => panic!("{other:?}"),
     }
 }

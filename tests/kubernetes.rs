@@ -540,5 +540,8 @@ fn service_traffic_crosses_the_mesh_on_a_real_cluster() {
     netns::require_root();
     let mut cluster = Cluster::connect();
     cluster.apply_crds();
-    service_traffic::service_traffic_crosses_the_mesh(&mut cluster);
+    service_traffic::service_traffic_crosses_the_mesh(
+        &mut cluster,
+        service_traffic::Identities::Classical,
+    );
 }

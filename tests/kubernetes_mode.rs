@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use apiserver::ApiServer;
 use serde_json::{Value, json};
-use service_traffic::{MeshApi, service_traffic_crosses_the_mesh};
+use service_traffic::{Identities, MeshApi, service_traffic_crosses_the_mesh};
 
 /// The stand-in as the traffic test's API: objects as given (ClusterIPs
 /// included, since nothing allocates them), tokens TokenReview accepts.
@@ -58,5 +58,24 @@ impl MeshApi for ApiServer {
 fn service_traffic_crosses_the_mesh_in_kubernetes_mode() {
     netns::require_root();
     let mut api = ApiServer::start();
-    service_traffic_crosses_the_mesh(&mut api);
+    service_traffic_crosses_the_mesh(&mut api, Identities::Classical);
+}
+
+/// The same traffic in a mesh made post-quantum throughout by its
+/// MeshConfig: the CA Secret is ML-DSA-65, every proxy's certificate too,
+/// and every handshake on every side is authenticated with ML-DSA-65.
+#[test]
+fn service_traffic_crosses_an_ml_dsa_mesh_in_kubernetes_mode() {
+    netns::require_root();
+    let mut api = ApiServer::start();
+    service_traffic_crosses_the_mesh(&mut api, Identities::PostQuantum);
+    let secret = api
+        .get("v1", "Secret", "phoenix-system", "phoenix-ca")
+        .expect("the CA Secret");
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(secret).unwrap();
+    let root = secret.data.unwrap()["ca.crt"].0.clone();
+    assert_eq!(
+        phoenix_tls::spiffe::signer_algorithm(std::str::from_utf8(&root).unwrap()),
+        Some(phoenix_api::tls_policy::IdentityAlgorithm::MlDsa65)
+    );
 }

@@ -23,7 +23,7 @@ use rcgen::{
 
 pub mod key;
 
-pub use key::{CsrError, CsrKey, RootKey};
+pub use key::{CsrError, CsrKey, KeyError, RootKey};
 
 /// File name of the root certificate in the state directory.
 pub const ROOT_CERT_FILE: &str = "ca.crt";
@@ -61,6 +61,15 @@ pub enum CaError {
         #[source]
         source: rcgen::Error,
     },
+    /// The stored root key cannot be loaded.
+    #[error("stored root key {}/ca.key is unusable; restore it from a backup", .dir.display())]
+    BadRootKey {
+        /// The state directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: KeyError,
+    },
     /// The CSR cannot be parsed or its signature is wrong.
     #[error("certificate signing request is invalid")]
     Csr(#[source] CsrError),
@@ -88,6 +97,12 @@ pub enum CaError {
     /// A stored root (a Kubernetes Secret) cannot be parsed.
     #[error("the stored root certificate or key is unusable")]
     BadStoredRoot(#[source] rcgen::Error),
+    /// A stored root key (file or Secret) cannot be loaded.
+    #[error("the stored root key is unusable")]
+    BadStoredKey(#[source] KeyError),
+    /// A new root key cannot be made.
+    #[error("cannot generate a root key")]
+    Key(#[source] KeyError),
 }
 
 /// A loaded CA.
@@ -137,6 +152,10 @@ impl Ca {
                 };
                 let ca = Self::from_pem(&root_pem, &key_pem).map_err(|e| match e {
                     CaError::BadStoredRoot(source) => bad(source),
+                    CaError::BadStoredKey(source) => CaError::BadRootKey {
+                        dir: dir.to_owned(),
+                        source,
+                    },
                     other => other,
                 })?;
                 Ok((ca, RootOrigin::Loaded))
@@ -164,7 +183,7 @@ impl Ca {
         trust_domain: &str,
         algorithm: IdentityAlgorithm,
     ) -> Result<Self, CaError> {
-        let key = RootKey::generate(algorithm).map_err(CaError::Sign)?;
+        let key = RootKey::generate(algorithm).map_err(CaError::Key)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "Phoenix");
@@ -218,7 +237,7 @@ impl Ca {
 
     /// A CA from a stored root certificate and key (PEM).
     pub fn from_pem(root_pem: &str, key_pem: &str) -> Result<Self, CaError> {
-        let key = RootKey::from_pem(key_pem).map_err(CaError::BadStoredRoot)?;
+        let key = RootKey::from_pem(key_pem).map_err(CaError::BadStoredKey)?;
         let issuer = Issuer::from_ca_cert_pem(root_pem, key).map_err(CaError::BadStoredRoot)?;
         Ok(Self {
             issuer,
@@ -487,7 +506,7 @@ mod tests {
         );
         assert!(matches!(
             Ca::from_pem(ca.root_pem(), "junk"),
-            Err(CaError::BadStoredRoot(_))
+            Err(CaError::BadStoredKey(_))
         ));
     }
 
@@ -669,5 +688,91 @@ mod tests {
             .issue(&csr, &id, Duration::from_secs(60), AuthPolicy::PqOnly)
             .unwrap();
         assert!(chain_verifies(&theirs, ca.root_pem(), AuthPolicy::PqOnly).is_err());
+    }
+
+    /// A genuine mesh certificate for a P-256 key (signed by the ML-DSA
+    /// root) passes the chain check; its ECDSA handshake signature is then
+    /// what `pq-only` refuses, in the verifier a proxy uses.
+    #[test]
+    fn pq_only_refuses_an_ecdsa_handshake_signature_from_a_genuine_certificate() {
+        use rustls::client::danger::ServerCertVerifier;
+        use rustls::internal::msgs::codec::{Codec, Reader};
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+        use rustls::{DigitallySignedStruct, SignatureScheme};
+        let ca = Ca::generate_with("td", IdentityAlgorithm::MlDsa65).unwrap();
+        let id: SpiffeId = "spiffe://td/ns/a/sa/b".parse().unwrap();
+        let (key, csr) = csr_asking_for("b", false);
+        let leaf = ca
+            .issue(&csr, &id, Duration::from_secs(60), AuthPolicy::Any)
+            .unwrap();
+        let cert = CertificateDer::from_pem_slice(leaf.as_bytes()).unwrap();
+        // The peer's CertificateVerify: its key signs the transcript.
+        let message = b"TLS 1.3, server CertificateVerify transcript hash";
+        let provider = phoenix_tls::provider::provider(Default::default(), &[]);
+        let signing = provider
+            .key_provider
+            .load_private_key(
+                PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
+            )
+            .unwrap();
+        let signer = signing
+            .choose_scheme(&[SignatureScheme::ECDSA_NISTP256_SHA256])
+            .unwrap();
+        let sig = signer.sign(message).unwrap();
+        let mut wire = Vec::new();
+        SignatureScheme::ECDSA_NISTP256_SHA256.encode(&mut wire);
+        wire.extend_from_slice(&(sig.len() as u16).to_be_bytes());
+        wire.extend_from_slice(&sig);
+        let dss = DigitallySignedStruct::read(&mut Reader::init(&wire)).unwrap();
+        let roots =
+            std::sync::Arc::new(phoenix_tls::handshake::parse_roots(ca.root_pem()).unwrap());
+        let verifier = |auth| {
+            phoenix_tls::verify::SpiffeServerVerifier::new(
+                roots.clone(),
+                id.clone(),
+                phoenix_tls::provider::verification_algorithms(auth),
+            )
+        };
+        for auth in [AuthPolicy::Any, AuthPolicy::PqOnly] {
+            let v = verifier(auth);
+            let server_name = rustls::pki_types::ServerName::try_from("peer.phoenix").unwrap();
+            v.verify_server_cert(&cert, &[], &server_name, &[], UnixTime::now())
+                .unwrap_or_else(|e| panic!("{auth:?}: the chain is ML-DSA: {e}"));
+            let outcome = v.verify_tls13_signature(message, &cert, &dss);
+            assert_eq!(
+                outcome.is_ok(),
+                auth == AuthPolicy::Any,
+                "{auth:?}: {outcome:?}"
+            );
+            assert!(
+                !v.supported_verify_schemes()
+                    .contains(&SignatureScheme::ECDSA_NISTP256_SHA256)
+                    || auth == AuthPolicy::Any
+            );
+        }
+    }
+
+    #[test]
+    fn a_corrupt_stored_key_is_refused_naming_the_file_and_both_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        Ca::load_or_create(dir.path(), "td", IdentityAlgorithm::MlDsa65).unwrap();
+        let garbage = pem::encode(&pem::Pem::new(
+            "PRIVATE KEY",
+            vec![0x30, 0x03, 0x02, 0x01, 0x00],
+        ));
+        std::fs::remove_file(dir.path().join(ROOT_KEY_FILE)).unwrap();
+        std::fs::write(dir.path().join(ROOT_KEY_FILE), garbage).unwrap();
+        let e = Ca::load_or_create(dir.path(), "td", IdentityAlgorithm::MlDsa65).unwrap_err();
+        assert!(matches!(e, CaError::BadRootKey { .. }), "{e:?}");
+        assert!(
+            e.to_string().contains("ca.key is unusable; restore it"),
+            "{e}"
+        );
+        let cause = std::error::Error::source(&e).unwrap().to_string();
+        assert!(
+            cause.contains("neither ECDSA P-256") && cause.contains("ML-DSA-65"),
+            "{cause}"
+        );
     }
 }

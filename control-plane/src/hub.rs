@@ -189,6 +189,12 @@ impl Hub {
             .as_deref()
             == Some(roots);
         if !same {
+            let configured = self.mesh().auth_policy;
+            if TrustRoots::effective(Some(roots), configured) != configured {
+                tracing::warn!(
+                    "authPolicy pq-only is not in force yet: a trusted root is ECDSA P-256; it applies once every root is ML-DSA (set identityAlgorithm: ml-dsa-65, run rotate-ca, and wait for the old root to retire)"
+                );
+            }
             self.update(|i| i.roots = Some(Arc::new(roots.clone())));
         }
     }
@@ -319,11 +325,11 @@ impl Hub {
 /// bootstrap tokens.
 impl MeshSource for Hub {
     fn tls_policy(&self) -> TlsPolicy {
-        let mesh = self.mesh();
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         TlsPolicy {
-            key_exchange: mesh.key_exchange,
-            cipher_suites: mesh.cipher_suites.clone(),
-            auth_policy: mesh.auth_policy,
+            key_exchange: inner.mesh.key_exchange,
+            cipher_suites: inner.mesh.cipher_suites.clone(),
+            auth_policy: TrustRoots::effective(inner.roots.as_deref(), inner.mesh.auth_policy),
         }
     }
 

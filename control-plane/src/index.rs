@@ -31,7 +31,7 @@ pub fn mesh_settings(mesh: &Mesh, roots: Option<&TrustRoots>) -> Resource {
         inbound_mode: mesh.inbound_mode,
         trust_bundle_pem: roots.map(|r| r.bundle.clone()),
         identity_algorithm: roots.map(|r| r.signing).unwrap_or_default(),
-        auth_policy: mesh.auth_policy,
+        auth_policy: TrustRoots::effective(roots, mesh.auth_policy),
     })
 }
 

@@ -160,9 +160,17 @@ pub struct Phase {
 impl Phase {
     /// What proxies are told of the roots in this phase.
     pub fn trust_roots(&self) -> TrustRoots {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let all_post_quantum = CertificateDer::pem_slice_iter(self.bundle.as_bytes()).all(|c| {
+            c.ok()
+                .and_then(|c| phoenix_tls::spiffe::key_algorithm(&c))
+                .is_some_and(|a| a.is_post_quantum())
+        });
         TrustRoots {
             bundle: self.bundle.clone(),
             signing: self.signer.algorithm(),
+            all_post_quantum,
         }
     }
 }
@@ -176,6 +184,27 @@ pub struct TrustRoots {
     pub bundle: String,
     /// The signing root's algorithm.
     pub signing: phoenix_api::tls_policy::IdentityAlgorithm,
+    /// Whether every trusted root is post-quantum (ML-DSA).
+    pub all_post_quantum: bool,
+}
+
+impl TrustRoots {
+    /// The authentication policy in force for a configured one: `pq-only`
+    /// only once every trusted root is ML-DSA. Before that (a mesh set to
+    /// `ml-dsa-65` and `pq-only` whose P-256 root still signs, or is still
+    /// trusted during a rotation's overlap) it would refuse every
+    /// certificate the mesh holds and every CSR its proxies can make, so it
+    /// waits, and the control plane says so.
+    pub fn effective(
+        roots: Option<&Self>,
+        configured: phoenix_api::tls_policy::AuthPolicy,
+    ) -> phoenix_api::tls_policy::AuthPolicy {
+        use phoenix_api::tls_policy::AuthPolicy;
+        match (configured, roots) {
+            (AuthPolicy::PqOnly, Some(r)) if r.all_post_quantum => AuthPolicy::PqOnly,
+            _ => AuthPolicy::Any,
+        }
+    }
 }
 
 /// How long a retired root stays trusted past the last certificate it
@@ -476,6 +505,51 @@ mod tests {
             .filter(|(_, r)| phase.bundle.contains(r.ca.root_pem()))
             .map(|(i, _)| i)
             .collect()
+    }
+
+    #[test]
+    fn pq_only_is_in_force_only_once_every_trusted_root_is_ml_dsa() {
+        use phoenix_api::tls_policy::{AuthPolicy, IdentityAlgorithm};
+        let p256 = Schedule::single(Arc::new(Ca::generate("td").unwrap()));
+        let two = p256
+            .rotate(
+                t(0),
+                HOUR,
+                HOUR,
+                Ca::generate_with("td", IdentityAlgorithm::MlDsa65).unwrap(),
+            )
+            .unwrap();
+        let in_force = |at: u64| {
+            let roots = two.phase(t(at), HOUR).trust_roots();
+            (
+                roots.signing,
+                TrustRoots::effective(Some(&roots), AuthPolicy::PqOnly),
+            )
+        };
+        // Announced, then signing with the P-256 root still trusted: any.
+        assert_eq!(
+            in_force(60),
+            (IdentityAlgorithm::EcdsaP256, AuthPolicy::Any)
+        );
+        assert_eq!(
+            in_force(3600),
+            (IdentityAlgorithm::MlDsa65, AuthPolicy::Any)
+        );
+        // The P-256 root retired: pq-only applies.
+        assert_eq!(
+            in_force(3 * 3600),
+            (IdentityAlgorithm::MlDsa65, AuthPolicy::PqOnly)
+        );
+        // `any` stays `any`; no roots known yet is never pq-only.
+        let roots = two.phase(t(3 * 3600), HOUR).trust_roots();
+        assert_eq!(
+            TrustRoots::effective(Some(&roots), AuthPolicy::Any),
+            AuthPolicy::Any
+        );
+        assert_eq!(
+            TrustRoots::effective(None, AuthPolicy::PqOnly),
+            AuthPolicy::Any
+        );
     }
 
     #[test]

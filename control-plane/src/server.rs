@@ -145,16 +145,7 @@ impl Server {
                 if auth == AuthPolicy::PqOnly && wire_version < PQ_AUTH_WIRE_VERSION {
                     // Not additive: a proxy that ignores `authPolicy` would
                     // accept classical peers, so it gets no config at all.
-                    let _ = reply(
-                        &mut send,
-                        &error_response(
-                            ErrorCode::UnsupportedVersion,
-                            format!(
-                                "the mesh's authPolicy is pq-only, which proxies of wire version {wire_version} cannot enforce: upgrade the proxy (wire version {PQ_AUTH_WIRE_VERSION} or later)"
-                            ),
-                        ),
-                    )
-                    .await;
+                    let _ = reply(&mut send, &pq_only_refusal(wire_version)).await;
                     return;
                 }
                 if !Compat::CURRENT.serves(wire_version) {
@@ -241,6 +232,14 @@ impl Server {
         let mut changes = subscription.changes();
         loop {
             changes.borrow_and_update();
+            if wire_version < PQ_AUTH_WIRE_VERSION
+                && self.source.tls_policy().auth_policy == AuthPolicy::PqOnly
+            {
+                // pq-only came into force while this proxy was subscribed:
+                // it could not enforce it, so it gets nothing more.
+                let _ = reply(&mut send, &pq_only_refusal(wire_version)).await;
+                break;
+            }
             match subscription.next_frame(wire_version) {
                 Ok(Some((frame, delta))) => {
                     if self.push_frame(&mut send, &frame, delta).await.is_err() {
@@ -280,6 +279,16 @@ impl Server {
         self.metrics.config_push_bytes.inc_by(frame.len() as u64);
         Ok(())
     }
+}
+
+/// The answer to a proxy that cannot enforce `authPolicy: pq-only`.
+fn pq_only_refusal(wire_version: u32) -> Response {
+    error_response(
+        ErrorCode::UnsupportedVersion,
+        format!(
+            "the mesh's authPolicy is pq-only, which proxies of wire version {wire_version} cannot enforce: upgrade the proxy (wire version {PQ_AUTH_WIRE_VERSION} or later)"
+        ),
+    )
 }
 
 fn error_response(code: ErrorCode, message: String) -> Response {

@@ -159,6 +159,17 @@ pub fn wanted_algorithm(shared: &Shared, cp: &ControlPlane) -> IdentityAlgorithm
         .map_or(cp.identity_algorithm, |c| c.mesh.identity_algorithm)
 }
 
+/// The TLS policy towards the control plane: the bootstrap one, with the
+/// mesh's `authPolicy` once config names it, so under `pq-only` a classical
+/// certificate cannot pose as the control plane either.
+fn control_policy(shared: &Shared, cp: &ControlPlane) -> TlsPolicy {
+    let mut policy = cp.policy.clone();
+    if let Some(config) = shared.config.load().as_ref() {
+        policy.auth_policy = config.mesh.tls.auth_policy;
+    }
+    policy
+}
+
 /// rcgen's signature algorithm for a key of `algorithm`.
 fn key_algorithm(algorithm: IdentityAlgorithm) -> &'static rcgen::SignatureAlgorithm {
     match algorithm {
@@ -179,7 +190,7 @@ pub async fn obtain_certificate(
         .serialize_request(&key)?
         .pem()?;
     let (config, _lease) = shared.tls.client(
-        &cp.policy,
+        &control_policy(shared, cp),
         cp.identity.clone(),
         &[ALPN_CONTROL],
         false,
@@ -253,7 +264,11 @@ pub async fn certificates(shared: Arc<Shared>, cp: ControlPlane) {
                             }
                             let wanted = wanted_algorithm(&shared, &cp);
                             if wanted != algorithm {
-                                tracing::info!(from = %algorithm, to = %wanted, "the mesh signs with another algorithm now: re-keying");
+                                // Spread the mesh's proxies over a second
+                                // rather than all at the CA at once.
+                                let jitter = Duration::from_millis(rand::random::<u64>() % 1000);
+                                tracing::info!(from = %algorithm, to = %wanted, in_ms = jitter.as_millis() as u64, "the mesh signs with another algorithm now: re-keying");
+                                tokio::time::sleep(jitter).await;
                                 break;
                             }
                         }
@@ -294,7 +309,7 @@ async fn subscription(
     backoff: &mut Backoff,
 ) -> Result<(), ControlError> {
     let (config, _lease) = shared.tls.client(
-        &cp.policy,
+        &control_policy(shared, cp),
         cp.identity.clone(),
         &[ALPN_CONTROL],
         true,

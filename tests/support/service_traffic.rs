@@ -147,8 +147,18 @@ fn web(t: &Topology, pod: &str, root: &Path, body: &str) -> Proc {
     Proc::spawn(&format!("http.server-{pod}"), cmd)
 }
 
+/// Which identities the mesh under test has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Identities {
+    /// The default: ECDSA P-256 certificates.
+    Classical,
+    /// MeshConfig `identityAlgorithm: ml-dsa-65` and `authPolicy: pq-only`
+    /// before the control plane first starts: its CA Secret is ML-DSA.
+    PostQuantum,
+}
+
 /// Sends the traffic and checks what crossed, against `cluster`.
-pub fn service_traffic_crosses_the_mesh(cluster: &mut dyn MeshApi) {
+pub fn service_traffic_crosses_the_mesh(cluster: &mut dyn MeshApi, identities: Identities) {
     let t = Topology::new();
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(
@@ -162,6 +172,14 @@ pub fn service_traffic_crosses_the_mesh(cluster: &mut dyn MeshApi) {
     // The cluster: client pod `curl` in shop; `web` in shop (pod b) and
     // another `web` in team (pod c), both on port 80.
     let cp_ns = cluster.namespace(CP_NAMESPACE);
+    if identities == Identities::PostQuantum {
+        cluster.apply(json!({
+            "apiVersion": "phoenix.dev/v1alpha1", "kind": "MeshConfig",
+            "metadata": {"name": "default"},
+            "spec": {"trustDomain": TRUST_DOMAIN, "identityAlgorithm": "ml-dsa-65",
+                     "authPolicy": "pq-only"},
+        }));
+    }
     let shop = cluster.namespace("shop");
     let team = cluster.namespace("team");
     cluster.apply(pod(&shop, "curl-0", "curl", CLIENT_IP));
@@ -359,8 +377,29 @@ pub fn service_traffic_crosses_the_mesh(cluster: &mut dyn MeshApi) {
 
     // Post-quantum on every side; streams connected, none refused.
     let metrics = |ip: &str| t.get(&format!("http://{ip}:4191/metrics")).unwrap();
+    // The scheme of the peer's handshake signature, on each side.
+    let scheme = match identities {
+        Identities::Classical => "ECDSA_NISTP256_SHA256",
+        Identities::PostQuantum => "ML_DSA_65",
+    };
+    let assert_signatures = |text: &str, side: &str| {
+        let n = metric(
+            text,
+            "tls_handshakes_total",
+            &[
+                ("side", side),
+                ("sig_scheme", scheme),
+                ("result", "success"),
+            ],
+        );
+        assert!(
+            n >= 1.0,
+            "{side}: {n} handshakes authenticated with {scheme}"
+        );
+    };
     let client = metrics(CLIENT_IP);
     assert_pq_handshakes(&client, "client");
+    assert_signatures(&client, "client");
     // HTTP crossed request by request (HTTP/3), the rest as tunnel streams.
     let requests = metric(
         &client,
@@ -377,6 +416,7 @@ pub fn service_traffic_crosses_the_mesh(cluster: &mut dyn MeshApi) {
     for ip in [SERVER_IP, OUTSIDER_IP] {
         let server = metrics(ip);
         assert_pq_handshakes(&server, "server");
+        assert_signatures(&server, "server");
         let inbound = metric(
             &server,
             "response_total",

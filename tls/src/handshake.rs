@@ -45,6 +45,9 @@ pub enum TlsConfigError {
     /// The provider lacks TLS_AES_128_GCM_SHA256 for QUIC Initial packets.
     #[error("TLS_AES_128_GCM_SHA256 is unavailable for QUIC Initial packets")]
     MissingInitialSuite,
+    /// No randomness for the address-validation token key.
+    #[error("the system gave no randomness for the QUIC token key")]
+    TokenKey(#[source] aws_lc_rs::error::Unspecified),
 }
 
 /// Whether a server asks clients for a certificate.
@@ -165,7 +168,7 @@ impl TlsContext {
         Ok(Self {
             trust: Arc::new(ArcSwap::from_pointee(Trust::new(roots_pem)?)),
             credentials,
-            tokens: crate::tokens::Tokens::new(),
+            tokens: crate::tokens::Tokens::new().map_err(TlsConfigError::TokenKey)?,
         })
     }
 

@@ -17,7 +17,7 @@
 //! gets a name of its own ([`peer_server_name`]); the certificate verifier
 //! ignores it.
 
-use std::collections::HashMap;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -38,9 +38,20 @@ pub const MAX_PEERS_WITH_TOKENS: u32 = 1024;
 pub const MAX_USED_TOKENS: usize = 16_384;
 
 /// A token log that refuses a nonce seen before, with bounded memory.
+///
+/// Entries leave in order of expiry (tokens share one lifetime, so that is
+/// about the order they came in): each insert costs O(1) amortized, and a
+/// full log of live tokens refuses new ones (the client then waits a round
+/// trip, as without a token) rather than forget one and accept it twice.
 #[derive(Debug, Default)]
 pub struct BoundedTokenLog {
-    used: Mutex<HashMap<u128, SystemTime>>,
+    used: Mutex<Used>,
+}
+
+#[derive(Debug, Default)]
+struct Used {
+    nonces: HashSet<u128>,
+    by_expiry: VecDeque<(SystemTime, u128)>,
 }
 
 impl TokenLog for BoundedTokenLog {
@@ -51,19 +62,24 @@ impl TokenLog for BoundedTokenLog {
         lifetime: Duration,
     ) -> Result<(), TokenReuseError> {
         let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
-        if used.contains_key(&nonce) {
+        if used.nonces.contains(&nonce) {
             return Err(TokenReuseError);
         }
-        if used.len() >= MAX_USED_TOKENS {
-            // Expired tokens are refused by quinn before they get here, so
-            // their entries are no longer needed.
-            let now = SystemTime::now();
-            used.retain(|_, expires| *expires > now);
-            if used.len() >= MAX_USED_TOKENS {
-                return Err(TokenReuseError);
+        // quinn refuses an expired token before asking, so expired entries
+        // are no longer needed.
+        let now = SystemTime::now();
+        while let Some(&(expires, old)) = used.by_expiry.front() {
+            if expires > now {
+                break;
             }
+            used.by_expiry.pop_front();
+            used.nonces.remove(&old);
         }
-        used.insert(nonce, issued + lifetime);
+        if used.nonces.len() >= MAX_USED_TOKENS {
+            return Err(TokenReuseError);
+        }
+        used.nonces.insert(nonce);
+        used.by_expiry.push_back((issued + lifetime, nonce));
         Ok(())
     }
 }
@@ -89,34 +105,27 @@ impl std::fmt::Debug for Tokens {
 }
 
 impl Tokens {
-    /// A fresh random key and a bounded log.
-    pub fn new() -> Self {
+    /// A fresh random key and a bounded log. Fails only when the system
+    /// gives no randomness (a predictable key would let anyone forge tokens
+    /// and skip address validation).
+    pub fn new() -> Result<Self, aws_lc_rs::error::Unspecified> {
         use aws_lc_rs::hkdf;
         let mut master = [0u8; 64];
-        // aws-lc's RNG only fails when the system has no entropy source, and
-        // then nothing in TLS works either; a zero key would still only
-        // weaken the tokens of this process, not the handshakes.
-        let _ = aws_lc_rs::rand::fill(&mut master);
+        aws_lc_rs::rand::fill(&mut master)?;
         let key = hkdf::Salt::new(hkdf::HKDF_SHA256, &[]).extract(&master);
         let mut config = ValidationTokenConfig::default();
         config
             .lifetime(TOKEN_LIFETIME)
             .sent(TOKENS_PER_CONNECTION)
             .log(Arc::new(BoundedTokenLog::default()));
-        Self {
+        Ok(Self {
             key: Arc::new(key),
             config,
             store: Arc::new(quinn::TokenMemoryCache::new(
                 MAX_PEERS_WITH_TOKENS,
                 TOKENS_PER_CONNECTION as usize,
             )),
-        }
-    }
-}
-
-impl Default for Tokens {
-    fn default() -> Self {
-        Self::new()
+        })
     }
 }
 

@@ -37,6 +37,29 @@ pub enum CsrError {
     BadSignature,
 }
 
+/// Why a root key cannot be made or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// rcgen could not make an ECDSA P-256 key.
+    #[error("cannot generate an ECDSA P-256 key")]
+    Ecdsa(#[source] rcgen::Error),
+    /// aws-lc could not make (or encode) an ML-DSA-65 key.
+    #[error("cannot generate an ML-DSA-65 key")]
+    MlDsa(#[source] aws_lc_rs::error::Unspecified),
+    /// The stored key is not PEM.
+    #[error("the stored key is not a PEM PKCS#8 private key")]
+    Pem,
+    /// The stored key is neither of the mesh's algorithms.
+    #[error("the stored key is neither ECDSA P-256 (rcgen: {ecdsa}) nor ML-DSA-65")]
+    Unreadable {
+        /// Why rcgen refused it as ECDSA (boxed: it is large).
+        ecdsa: Box<rcgen::Error>,
+        /// Why aws-lc refused it as ML-DSA-65.
+        #[source]
+        ml_dsa: aws_lc_rs::error::KeyRejected,
+    },
+}
+
 /// The CA's signing key.
 pub enum RootKey {
     /// ECDSA P-256, as rcgen loads and signs it.
@@ -61,32 +84,30 @@ impl std::fmt::Debug for RootKey {
 
 impl RootKey {
     /// A new key of `algorithm`.
-    pub fn generate(algorithm: IdentityAlgorithm) -> Result<Self, rcgen::Error> {
+    pub fn generate(algorithm: IdentityAlgorithm) -> Result<Self, KeyError> {
         match algorithm {
             IdentityAlgorithm::EcdsaP256 => {
-                KeyPair::generate_for(super::signature_algorithm(algorithm)).map(Self::EcdsaP256)
+                KeyPair::generate_for(super::signature_algorithm(algorithm))
+                    .map(Self::EcdsaP256)
+                    .map_err(KeyError::Ecdsa)
             }
             IdentityAlgorithm::MlDsa65 => {
-                let key = PqdsaKeyPair::generate(&ML_DSA_65_SIGNING)
-                    .map_err(|_| rcgen::Error::KeyGenerationUnavailable)?;
-                let pkcs8 = key
-                    .to_pkcs8v1()
-                    .map_err(|_| rcgen::Error::KeyGenerationUnavailable)?
-                    .as_ref()
-                    .to_vec();
+                let key = PqdsaKeyPair::generate(&ML_DSA_65_SIGNING).map_err(KeyError::MlDsa)?;
+                let pkcs8 = key.to_pkcs8v1().map_err(KeyError::MlDsa)?.as_ref().to_vec();
                 Ok(Self::MlDsa65 { key, pkcs8 })
             }
         }
     }
 
     /// A stored key (PKCS#8 PEM) of either algorithm.
-    pub fn from_pem(pem: &str) -> Result<Self, rcgen::Error> {
-        if let Ok(key) = KeyPair::from_pem(pem) {
-            return Ok(Self::EcdsaP256(key));
-        }
-        let der = pem_der(pem).ok_or(rcgen::Error::CouldNotParseKeyPair)?;
+    pub fn from_pem(pem: &str) -> Result<Self, KeyError> {
+        let ecdsa = match KeyPair::from_pem(pem) {
+            Ok(key) => return Ok(Self::EcdsaP256(key)),
+            Err(e) => Box::new(e),
+        };
+        let der = pem_der(pem).ok_or(KeyError::Pem)?;
         let key = PqdsaKeyPair::from_pkcs8(&ML_DSA_65_SIGNING, &der)
-            .map_err(|_| rcgen::Error::CouldNotParseKeyPair)?;
+            .map_err(|ml_dsa| KeyError::Unreadable { ecdsa, ml_dsa })?;
         Ok(Self::MlDsa65 { key, pkcs8: der })
     }
 

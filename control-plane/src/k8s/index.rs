@@ -317,6 +317,11 @@ impl Index {
         }
     }
 
+    /// The mesh roots set last.
+    pub fn roots(&self) -> Option<&crate::roots::TrustRoots> {
+        self.roots.as_ref()
+    }
+
     /// Sets the mesh roots every proxy must trust (sent with the mesh settings).
     pub fn set_roots(&mut self, roots: &crate::roots::TrustRoots) {
         if self.roots.as_ref() != Some(roots) {
@@ -345,6 +350,8 @@ impl Index {
             settings.trust_bundle_pem = self.roots.as_ref().map(|r| r.bundle.clone());
             settings.identity_algorithm =
                 self.roots.as_ref().map(|r| r.signing).unwrap_or_default();
+            settings.auth_policy =
+                crate::roots::TrustRoots::effective(self.roots.as_ref(), settings.auth_policy);
             self.publisher.publish(Resource::Mesh(settings));
         }
         for service in std::mem::take(&mut self.dirty) {

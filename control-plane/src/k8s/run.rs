@@ -78,6 +78,9 @@ pub enum KubeStartError {
     /// The CA root Secret.
     #[error("CA root")]
     CaSecret(#[from] CaSecretError),
+    /// The MeshConfig (read for the algorithm of a new root) cannot be read.
+    #[error("cannot read MeshConfig default")]
+    MeshConfig(#[source] kube::Error),
     /// The shared start-up (listeners, TLS).
     #[error(transparent)]
     Start(#[from] StartError),
@@ -149,7 +152,9 @@ async fn run_body(
     // reaches every replica.
     // A root made now (a new mesh) has the MeshConfig's identityAlgorithm;
     // an existing root keeps its own until `rotate-ca`.
-    let algorithm = first_root_algorithm(&client, &settings.trust_domain).await;
+    let algorithm = first_root_algorithm(&client, &settings.trust_domain)
+        .await
+        .map_err(KubeStartError::MeshConfig)?;
     let (schedule, origin, seen) = ca_secret::start_schedule(
         client.clone(),
         &settings.namespace,
@@ -462,32 +467,33 @@ fn issue_webhook_cert(
     Ok(())
 }
 
-/// The identityAlgorithm of the MeshConfig, for a root made at start; the
-/// default when there is none or it is invalid (it is reported when read).
+/// The identityAlgorithm of the MeshConfig, for a root made at start (the
+/// default when there is none, or when it is invalid: that is reported when
+/// it is read). An API error fails the start rather than make a root of
+/// the wrong algorithm, which would stay until a rotation.
 async fn first_root_algorithm(
     client: &kube::Client,
     trust_domain: &str,
-) -> phoenix_api::tls_policy::IdentityAlgorithm {
+) -> Result<phoenix_api::tls_policy::IdentityAlgorithm, kube::Error> {
     use super::policy::{MESH_CONFIG_NAME, MeshRecord};
     let configs: Api<MeshConfig> = Api::all(client.clone());
-    match configs.get_opt(MESH_CONFIG_NAME).await {
-        Ok(Some(mc)) => MeshRecord::validate(MESH_CONFIG_NAME, &mc.spec, trust_domain)
+    Ok(match configs.get_opt(MESH_CONFIG_NAME).await? {
+        Some(mc) => MeshRecord::validate(MESH_CONFIG_NAME, &mc.spec, trust_domain)
             .map(|m| m.identity_algorithm)
             .unwrap_or_default(),
-        Ok(None) => Default::default(),
-        Err(error) => {
-            tracing::warn!(%error, "cannot read the MeshConfig: a root made now is ECDSA P-256");
-            Default::default()
-        }
-    }
+        None => Default::default(),
+    })
 }
 
-fn tls_policy(live: &Live) -> TlsPolicy {
+/// The TLS policy in force: the MeshConfig's, with `pq-only` only once
+/// every trusted root is ML-DSA ([`crate::roots::TrustRoots::effective`]).
+pub(super) fn tls_policy(live: &Live) -> TlsPolicy {
     let mesh = live.mesh();
+    let roots = live.read(|index| index.roots().cloned());
     TlsPolicy {
         key_exchange: mesh.settings.key_exchange,
         cipher_suites: mesh.settings.cipher_suites,
-        auth_policy: mesh.settings.auth_policy,
+        auth_policy: crate::roots::TrustRoots::effective(roots.as_ref(), mesh.settings.auth_policy),
     }
 }
 

@@ -25,12 +25,7 @@ pub struct KubeSource {
 
 impl MeshSource for KubeSource {
     fn tls_policy(&self) -> TlsPolicy {
-        let mesh = self.live.mesh();
-        TlsPolicy {
-            key_exchange: mesh.settings.key_exchange,
-            cipher_suites: mesh.settings.cipher_suites,
-            auth_policy: mesh.settings.auth_policy,
-        }
+        super::run::tls_policy(&self.live)
     }
 
     fn certificate_lifetime(&self) -> Duration {
@@ -98,6 +93,12 @@ impl MeshSource for KubeSource {
     }
 
     fn set_roots(&self, roots: &crate::roots::TrustRoots) {
+        let configured = self.live.mesh().settings.auth_policy;
+        if crate::roots::TrustRoots::effective(Some(roots), configured) != configured {
+            tracing::warn!(
+                "authPolicy pq-only is not in force yet: a trusted root is ECDSA P-256; it applies once every root is ML-DSA (set identityAlgorithm: ml-dsa-65 in MeshConfig default, run rotate-ca, and wait for the old root to retire)"
+            );
+        }
         self.live.apply(|index| index.set_roots(roots));
     }
 }
