@@ -9,17 +9,12 @@ mod harness;
 
 use std::net::TcpStream;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use harness::{
-    Manual, bin, client_echo_mesh, echo_server, eventually, get, metric, metric_or_absent, ping,
+    Manual, Ticker, bin, client_echo_mesh, connect, echo_server, eventually, get, metric,
+    metric_or_absent, ping,
 };
-
-fn connect(addr: std::net::SocketAddr) -> TcpStream {
-    let c = TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    c
-}
 
 fn roots_of(m: &Manual, workload: &str) -> Vec<String> {
     serde_json::from_value(m.config(workload)["trustRoots"].clone()).unwrap()
@@ -67,20 +62,8 @@ fn a_root_rotation_reaches_every_proxy_without_breaking_a_stream() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("announced root"));
 
     // Traffic runs through every phase: one long stream and fresh connections.
-    let started = Instant::now();
-    let mut i = 0u32;
-    let mut tick = |long: &mut TcpStream| {
-        ping(long, format!("ping-{i:06}").as_bytes());
-        i += 1;
-        if i.is_multiple_of(5) {
-            ping(&mut connect(addr), b"fresh");
-        }
-        std::thread::sleep(Duration::from_millis(40));
-        assert!(
-            started.elapsed() < Duration::from_secs(40),
-            "rotation took too long"
-        );
-    };
+    let mut ticker = Ticker::new(addr, Duration::from_secs(40));
+    let mut tick = |long: &mut TcpStream| ticker.tick(long);
 
     // Announced: every proxy trusts both roots.
     let new = loop {

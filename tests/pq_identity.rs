@@ -12,10 +12,11 @@ mod harness;
 use std::net::TcpStream;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use harness::{
-    Manual, bin, client_echo_mesh, echo_server, eventually, get, metric, metric_or_absent, ping,
+    Manual, Ticker, bin, client_echo_mesh, connect, echo_server, eventually, get, metric,
+    metric_or_absent, ping,
 };
 use phoenix_api::SpiffeId;
 use phoenix_api::tls_policy::IdentityAlgorithm;
@@ -24,12 +25,6 @@ use phoenix_tls::credentials::Credentials;
 use phoenix_tls::handshake::TlsPolicy;
 
 const PQ_MESH: &str = "identityAlgorithm: ml-dsa-65\nauthPolicy: pq-only\n";
-
-fn connect(addr: std::net::SocketAddr) -> TcpStream {
-    let c = TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    c
-}
 
 fn certificate(m: &Manual, workload: &str) -> serde_json::Value {
     m.config(workload)["certificate"].clone()
@@ -261,20 +256,8 @@ fn a_rotation_moves_a_running_mesh_from_p256_to_ml_dsa_without_breaking_a_stream
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("(ml-dsa-65)"), "{stdout}");
 
-    let started = Instant::now();
-    let mut i = 0u32;
-    let mut tick = |long: &mut TcpStream| {
-        ping(long, format!("ping-{i:06}").as_bytes());
-        i += 1;
-        if i.is_multiple_of(5) {
-            ping(&mut connect(addr), b"fresh");
-        }
-        std::thread::sleep(Duration::from_millis(40));
-        assert!(
-            started.elapsed() < Duration::from_secs(45),
-            "the migration took too long"
-        );
-    };
+    let mut ticker = Ticker::new(addr, Duration::from_secs(45));
+    let mut tick = |long: &mut TcpStream| ticker.tick(long);
     // Every proxy re-keys once the ML-DSA root signs...
     while !["client", "echo"]
         .iter()

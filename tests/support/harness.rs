@@ -485,6 +485,48 @@ impl Manual {
     }
 }
 
+/// A connection to `addr` whose reads give up after 10 s.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c
+}
+
+/// Traffic through a root rotation: pings on one long connection, and a
+/// fresh connection every fifth tick, 40 ms apart, failing the test past
+/// `limit` from its start.
+pub struct Ticker {
+    addr: SocketAddr,
+    started: Instant,
+    limit: Duration,
+    i: u32,
+}
+
+impl Ticker {
+    pub fn new(addr: SocketAddr, limit: Duration) -> Self {
+        Self {
+            addr,
+            started: Instant::now(),
+            limit,
+            i: 0,
+        }
+    }
+
+    pub fn tick(&mut self, long: &mut TcpStream) {
+        ping(long, format!("ping-{:06}", self.i).as_bytes());
+        self.i += 1;
+        if self.i.is_multiple_of(5) {
+            ping(&mut connect(self.addr), b"fresh");
+        }
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(
+            self.started.elapsed() < self.limit,
+            "still not there after {:?}",
+            self.limit
+        );
+    }
+}
+
 /// Sends `msg` on `c` and checks the echo.
 pub fn ping(c: &mut TcpStream, msg: &[u8]) {
     c.write_all(msg).unwrap();
