@@ -186,7 +186,7 @@ async fn run_body(
     let policy = TlsPolicy {
         key_exchange: mesh.key_exchange,
         cipher_suites: mesh.cipher_suites.clone(),
-        auth_policy: mesh.auth_policy,
+        auth_policy: roots::TrustRoots::effective(Some(&phase.trust_roots()), mesh.auth_policy),
     };
     let front = Front::bind(
         &phase,

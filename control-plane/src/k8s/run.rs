@@ -488,12 +488,16 @@ async fn first_root_algorithm(
 /// The TLS policy in force: the MeshConfig's, with `pq-only` only once
 /// every trusted root is ML-DSA ([`crate::roots::TrustRoots::effective`]).
 pub(super) fn tls_policy(live: &Live) -> TlsPolicy {
+    // Read per handshake: the policy is computed inside the read, so the
+    // trust bundle is not copied.
     let mesh = live.mesh();
-    let roots = live.read(|index| index.roots().cloned());
+    let auth_policy = live.read(|index| {
+        crate::roots::TrustRoots::effective(index.roots(), mesh.settings.auth_policy)
+    });
     TlsPolicy {
         key_exchange: mesh.settings.key_exchange,
         cipher_suites: mesh.settings.cipher_suites,
-        auth_policy: crate::roots::TrustRoots::effective(roots.as_ref(), mesh.settings.auth_policy),
+        auth_policy,
     }
 }
 
