@@ -8,8 +8,11 @@
 //! server, a forwarder, or an agent that generates load from the client
 //! side), so that each can be placed in a namespace with `ip netns exec`.
 //!
-//! Flags: `--quick` (small sizes, a smoke run), `--no-netns` (loopback only),
-//! `--max-udp-payload N` (passed to both proxies; the veth MTU follows).
+//! Flags: `--quick` (small sizes, a smoke run), `--check` (tiny sizes; every
+//! path must deliver every byte unchanged, which CI runs), `--no-netns`
+//! (loopback only), `--veth-mtu N` (the veth link's MTU, 1500 by default;
+//! the proxies discover the payload), `--max-udp-payload N` (a fixed payload
+//! for both proxies; the veth MTU follows).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -54,8 +57,8 @@ const TARGET_ENV: &str = "PHOENIX_BENCH_TARGET";
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// Size of a ping-pong message.
 const MESSAGE_SIZE: usize = 100;
-/// Default largest UDP payload of the proxy (`--max-udp-payload`).
-const DEFAULT_UDP_PAYLOAD: u16 = 1452;
+/// The veth link's MTU unless `--veth-mtu` says otherwise.
+const DEFAULT_VETH_MTU: u32 = 1500;
 
 /// Command-line options.
 #[derive(Debug, Clone)]
@@ -64,8 +67,12 @@ pub struct Options {
     pub quick: bool,
     /// Also run over veth between namespaces (when possible).
     pub netns: bool,
-    /// `--max-udp-payload` for both proxies.
+    /// `--max-udp-payload` for both proxies; `None`: they discover it.
     pub max_udp_payload: Option<u16>,
+    /// `--veth-mtu`.
+    pub veth_mtu: u32,
+    /// `--check`: tiny sizes, correctness only.
+    pub check: bool,
 }
 
 /// How much of each measurement to do.
@@ -86,8 +93,21 @@ pub struct Sizes {
 }
 
 impl Sizes {
-    fn new(quick: bool) -> Self {
-        if quick {
+    fn new(opts: &Options) -> Self {
+        if opts.check {
+            // Every path and measurement once, in seconds: what CI runs.
+            Self {
+                throughput_bytes: 32 << 20,
+                throughput_secs: 10.0,
+                throughput_runs: 1,
+                pingpong_warmup: 20,
+                pingpong_blocks: 1,
+                pingpong_rounds: 200,
+                idle_connections: 20,
+                handshakes: 20,
+                handshake_concurrency: 4,
+            }
+        } else if opts.quick {
             Self {
                 throughput_bytes: 256 << 20,
                 throughput_secs: 1.0,
@@ -211,6 +231,11 @@ pub struct LinkResult {
     /// UDP datagrams dropped by the kernel during the Phoenix throughput
     /// runs (receive-buffer and other input errors), and datagrams received.
     pub udp_drops: (u64, u64),
+    /// The link's MTU.
+    pub mtu: u32,
+    /// The UDP payload the client proxy's peer connection sent after the
+    /// throughput runs (`None`: a proxy that does not report it).
+    pub udp_payload: Option<u64>,
     /// Proxy CPU per ping-pong round trip, µs.
     pub round_trip_cpu_us: ProxyPair<f64>,
     pub memory: Memory,
@@ -253,12 +278,23 @@ fn parse_args() -> anyhow::Result<Options> {
         quick: false,
         netns: true,
         max_udp_payload: None,
+        veth_mtu: DEFAULT_VETH_MTU,
+        check: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => opts.quick = true,
             "--no-netns" => opts.netns = false,
+            "--check" => opts.check = true,
+            "--veth-mtu" => {
+                let v = args.next().context("--veth-mtu needs a value")?;
+                opts.veth_mtu = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1280..=65_535).contains(n))
+                    .with_context(|| format!("--veth-mtu {v}: use 1280..=65535"))?;
+            }
             "--max-udp-payload" => {
                 let v = args.next().context("--max-udp-payload needs a value")?;
                 let n: u16 = v
@@ -272,7 +308,7 @@ fn parse_args() -> anyhow::Result<Options> {
             "--bench" => {}
             "-h" | "--help" => {
                 println!(
-                    "usage: benches/run [--quick] [--no-netns] [--max-udp-payload N]\n\
+                    "usage: benches/run [--quick | --check] [--no-netns] [--veth-mtu N] [--max-udp-payload N]\n\
                      Measures direct TCP, a TCP forwarder pair and the Phoenix proxy pair on\n\
                      loopback and (as root, with `ip`) over veth between two network namespaces."
                 );
@@ -285,7 +321,7 @@ fn parse_args() -> anyhow::Result<Options> {
 }
 
 fn orchestrate(opts: &Options) -> anyhow::Result<()> {
-    let sizes = Sizes::new(opts.quick);
+    let sizes = Sizes::new(opts);
     let machine = report::Machine::detect();
     cleanup_on_signal();
     netns::remove_stale();
@@ -354,10 +390,13 @@ fn helper(
 fn run_link(link: Link, opts: &Options, sizes: &Sizes) -> anyhow::Result<LinkResult> {
     eprintln!("== {}: starting", link.name());
     let foreign = procfs::ForeignCpu::start()?;
-    let payload = opts.max_udp_payload.unwrap_or(DEFAULT_UDP_PAYLOAD);
+    // A fixed payload sets the link's MTU; otherwise the proxies find it.
+    let veth_mtu = opts
+        .max_udp_payload
+        .map_or(opts.veth_mtu, |p| (u32::from(p) + 28).max(1500));
     // Declared first so it is dropped last: every process is gone by then.
     let pair = match link {
-        Link::Veth => Some(NetnsPair::create((u32::from(payload) + 28).max(1500))?),
+        Link::Veth => Some(NetnsPair::create(veth_mtu)?),
         Link::Loopback => None,
     };
     let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -531,6 +570,7 @@ fn run_link(link: Link, opts: &Options, sizes: &Sizes) -> anyhow::Result<LinkRes
                 addr: *addr,
                 max_bytes: sizes.throughput_bytes,
                 max_secs: sizes.throughput_secs,
+                checked: opts.check,
             })?;
             busy[i] += (procfs::machine_busy_secs()? - machine_before) / t.secs;
             if *name == "phoenix" {
@@ -552,6 +592,14 @@ fn run_link(link: Link, opts: &Options, sizes: &Sizes) -> anyhow::Result<LinkRes
             throughput[i].push(t);
         }
     }
+    // What path MTU discovery settled on, after the bulk runs.
+    let udp_payload = {
+        let config: serde_json::Value =
+            serde_json::from_str(&agent_a.get(mesh.client_admin, "/config")?.body)?;
+        config["peers"]
+            .as_array()
+            .and_then(|peers| peers.iter().find_map(|p| p["path"]["udpPayload"].as_u64()))
+    };
     let throughput_cpu = ProxyPair {
         client: proxy_cpu.client / phoenix_secs,
         echo: proxy_cpu.echo / phoenix_secs,
@@ -671,6 +719,11 @@ fn run_link(link: Link, opts: &Options, sizes: &Sizes) -> anyhow::Result<LinkRes
         },
         throughput_cpu,
         udp_drops,
+        mtu: match link {
+            Link::Veth => veth_mtu,
+            Link::Loopback => procfs::loopback_mtu(),
+        },
+        udp_payload,
         round_trip_cpu_us,
         memory,
         handshakes,

@@ -26,7 +26,7 @@ use phoenix_tls::handshake::{TlsContext, TlsPolicy};
 use rustls::NamedGroup;
 use serde::{Deserialize, Serialize};
 
-use crate::apps::{MODE_ECHO, MODE_THROUGHPUT, prepare_child};
+use crate::apps::{Fnv, MODE_CHECKED, MODE_ECHO, MODE_THROUGHPUT, prepare_child};
 
 /// How long one socket operation may block before the run is failed.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -47,6 +47,8 @@ pub enum Request {
         addr: SocketAddr,
         max_bytes: u64,
         max_secs: f64,
+        /// Also compare a digest of the bytes (`--check`).
+        checked: bool,
     },
     /// `size`-byte request/response, one persistent connection per address;
     /// the addresses take turns in `blocks` blocks of `rounds`, so a change
@@ -191,7 +193,8 @@ fn handle(
             addr,
             max_bytes,
             max_secs,
-        } => serde_json::to_value(throughput(addr, max_bytes, max_secs)?)?,
+            checked,
+        } => serde_json::to_value(throughput(addr, max_bytes, max_secs, checked)?)?,
         Request::PingPong {
             addrs,
             warmup,
@@ -250,18 +253,35 @@ fn round_trip(tcp: &mut TcpStream, msg: &[u8], answer_len: usize) -> anyhow::Res
     Ok(())
 }
 
-fn throughput(addr: SocketAddr, max_bytes: u64, max_secs: f64) -> anyhow::Result<ThroughputResult> {
+fn throughput(
+    addr: SocketAddr,
+    max_bytes: u64,
+    max_secs: f64,
+    checked: bool,
+) -> anyhow::Result<ThroughputResult> {
     let mut tcp = connect(addr)?;
     // Bytes that do not compress or repeat, in case anything on the path cares.
-    let chunk: Vec<u8> = (0..256 * 1024).map(|_| rand::random::<u8>()).collect();
+    let mut chunk: Vec<u8> = (0..256 * 1024).map(|_| rand::random::<u8>()).collect();
     let limit = Duration::from_secs_f64(max_secs);
-    tcp.write_all(&[MODE_THROUGHPUT])?;
+    tcp.write_all(&[if checked {
+        MODE_CHECKED
+    } else {
+        MODE_THROUGHPUT
+    }])?;
+    let mut digest = Fnv::default();
     let start = Instant::now();
     let mut sent = 0u64;
     while sent < max_bytes && start.elapsed() < limit {
         let n = chunk
             .len()
             .min(usize::try_from(max_bytes - sent).unwrap_or(usize::MAX));
+        if checked {
+            // A different chunk each time: a repeated or skipped chunk
+            // changes the digest too.
+            let k = n.min(8);
+            chunk[..k].copy_from_slice(&sent.to_be_bytes()[..k]);
+            digest.write(&chunk[..n]);
+        }
         tcp.write_all(&chunk[..n])?;
         sent += n as u64;
     }
@@ -275,6 +295,15 @@ fn throughput(addr: SocketAddr, max_bytes: u64, max_secs: f64) -> anyhow::Result
         bytes == sent,
         "sent {sent} bytes but the server counted {bytes}"
     );
+    if checked {
+        let mut theirs = [0u8; 8];
+        tcp.read_exact(&mut theirs)
+            .context("the server's digest did not arrive")?;
+        ensure!(
+            u64::from_be_bytes(theirs) == digest.0,
+            "the server read {bytes} bytes, as many as were sent, but not the same bytes (digest mismatch)"
+        );
+    }
     Ok(ThroughputResult { bytes, secs })
 }
 
@@ -286,7 +315,8 @@ fn ping_pong(
     size: usize,
 ) -> anyhow::Result<Vec<LatencyResult>> {
     ensure!(blocks > 0 && rounds > 0, "no rounds");
-    let msg = vec![0x42u8; size];
+    ensure!(size >= 4, "messages carry a 4-byte round number");
+    let mut msg = vec![0x42u8; size];
     let mut back = vec![0u8; size];
     let mut conns = Vec::with_capacity(addrs.len());
     for addr in addrs {
@@ -302,13 +332,16 @@ fn ping_pong(
     let mut samples: Vec<Vec<Duration>> = addrs.iter().map(|_| Vec::with_capacity(total)).collect();
     for _ in 0..blocks {
         for (tcp, samples) in conns.iter_mut().zip(&mut samples) {
-            for _ in 0..rounds {
+            for round in 0..rounds {
+                // Each message differs, and each echo is compared: a
+                // stale or misrouted answer cannot pass.
+                msg[..4].copy_from_slice(&round.to_be_bytes());
                 let t = Instant::now();
                 tcp.write_all(&msg)?;
                 tcp.read_exact(&mut back)?;
                 samples.push(t.elapsed());
+                ensure!(back == msg, "echo {round} came back different");
             }
-            ensure!(back == msg, "the echo came back different");
         }
     }
     Ok(samples.into_iter().map(summarize).collect())

@@ -5,6 +5,9 @@
 //! Server protocol: the first byte picks the mode.
 //! - `T` (throughput): read to EOF, then answer the byte count (u64, big
 //!   endian) and close, so the client times delivery, not just sending.
+//! - `C` (checked throughput, `--check`): as `T`, then also the FNV-1a
+//!   digest (u64, big endian) of every byte read, so the client knows the
+//!   bytes arrived unchanged, not only their number.
 //! - `E` (echo): write back everything read, until EOF.
 
 use std::net::SocketAddr;
@@ -15,6 +18,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// First byte of a throughput connection.
 pub const MODE_THROUGHPUT: u8 = b'T';
+/// First byte of a checked throughput connection.
+pub const MODE_CHECKED: u8 = b'C';
 /// First byte of an echo connection.
 pub const MODE_ECHO: u8 = b'E';
 
@@ -73,17 +78,24 @@ pub fn forwarder(listen: SocketAddr, to: SocketAddr) -> anyhow::Result<()> {
 async fn serve(mut tcp: TcpStream) -> anyhow::Result<()> {
     tcp.set_nodelay(true)?;
     match tcp.read_u8().await? {
-        MODE_THROUGHPUT => {
+        mode @ (MODE_THROUGHPUT | MODE_CHECKED) => {
             let mut buf = vec![0u8; SINK_BUFFER];
             let mut total = 0u64;
+            let mut digest = Fnv::default();
             loop {
                 let n = tcp.read(&mut buf).await?;
                 if n == 0 {
                     break;
                 }
                 total += n as u64;
+                if mode == MODE_CHECKED {
+                    digest.write(&buf[..n]);
+                }
             }
             tcp.write_all(&total.to_be_bytes()).await?;
+            if mode == MODE_CHECKED {
+                tcp.write_all(&digest.0.to_be_bytes()).await?;
+            }
             tcp.shutdown().await?;
         }
         MODE_ECHO => {
@@ -100,6 +112,26 @@ async fn serve(mut tcp: TcpStream) -> anyhow::Result<()> {
         other => bail!("unknown mode byte {other:#x}"),
     }
     Ok(())
+}
+
+/// FNV-1a, 64 bits: order-sensitive and dependency-free; `--check` needs
+/// to see a changed, lost or reordered byte, not resist an adversary.
+#[derive(Clone, Copy, Debug)]
+pub struct Fnv(pub u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    /// Adds `bytes` to the digest.
+    pub fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
 }
 
 /// What every helper does first: die with the bench (a killed bench leaves

@@ -40,6 +40,8 @@ pub struct Phoenix {
     pub echo_inbound: SocketAddr,
     /// The echo proxy's admin address (server side).
     pub echo_admin: SocketAddr,
+    /// The client proxy's admin address (client side).
+    pub client_admin: SocketAddr,
     /// The mesh state directory (CA, tokens).
     pub state_dir: PathBuf,
     /// Holds the mesh file and the state directory.
@@ -163,6 +165,7 @@ impl Phoenix {
             outbound,
             echo_inbound: echo_bound.inbound,
             echo_admin: echo_bound.admin,
+            client_admin: client_bound.admin,
             state_dir,
             _dir: dir,
         })

@@ -215,3 +215,11 @@ fn process_cpu_secs() -> (HashMap<u32, f64>, HashMap<u32, f64>) {
     }
     (group, kernel)
 }
+
+/// The loopback device's MTU (65,536 on Linux by default; 0 if unreadable).
+pub fn loopback_mtu() -> u32 {
+    std::fs::read_to_string("/sys/class/net/lo/mtu")
+        .ok()
+        .and_then(|m| m.trim().parse().ok())
+        .unwrap_or(0)
+}

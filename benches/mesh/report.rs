@@ -71,7 +71,13 @@ impl Machine {
 pub fn header(m: &Machine, opts: &Options, sizes: &Sizes) {
     println!(
         "# Phoenix mesh bench ({})",
-        if opts.quick { "--quick" } else { "full" }
+        if opts.check {
+            "--check: every path delivered every byte unchanged; figures at these sizes are not measurements"
+        } else if opts.quick {
+            "--quick"
+        } else {
+            "full"
+        }
     );
     println!();
     println!(
@@ -80,8 +86,10 @@ pub fn header(m: &Machine, opts: &Options, sizes: &Sizes) {
         m.cores,
         m.cpu,
         m.kernel,
-        opts.max_udp_payload
-            .map_or_else(|| "1452 (default)".to_owned(), |n| n.to_string())
+        opts.max_udp_payload.map_or_else(
+            || format!("auto (path MTU discovery; veth MTU {})", opts.veth_mtu),
+            |n| n.to_string()
+        )
     );
     println!(
         "throughput: one stream, {} MiB or {} s, whichever first, {} run(s) per path taking turns (median shown); \
@@ -196,6 +204,20 @@ pub fn print(results: &[LinkResult], notes: &[String], sizes: &Sizes) {
         );
     }
     println!();
+    for r in results {
+        println!(
+            "- {} (MTU {}): the client proxy's peer connection sent {} UDP payloads after the throughput runs{}",
+            r.link.name(),
+            r.mtu,
+            r.udp_payload
+                .map_or_else(|| "unreported".to_owned(), |p| format!("{p}-byte")),
+            if r.udp_payload.is_some() {
+                " (path MTU discovery, or the fixed --max-udp-payload)"
+            } else {
+                " (a proxy from before /config reported it)"
+            }
+        );
+    }
     for r in results {
         let (dropped, received) = r.udp_drops;
         println!(

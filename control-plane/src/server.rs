@@ -65,7 +65,8 @@ impl Server {
             &policy,
             ClientAuth::Optional,
             &[ALPN_CONTROL],
-            self.transport.server_transport(),
+            self.transport
+                .server_transport_for(Some(incoming.remote_address().ip())),
         ) else {
             incoming.refuse();
             return;

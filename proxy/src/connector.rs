@@ -87,10 +87,13 @@ impl Connector {
         // HTTP/3 (a rolling upgrade) picks it, and requests then go to it
         // as HTTP/1.1 or HTTP/2 inside tunnel streams.
         let (offered, transport): (&[&[u8]], _) = match self.protocol {
-            PeerProtocol::Tunnel => (&[ALPN_TUNNEL], self.transport.client_transport()),
+            PeerProtocol::Tunnel => (
+                &[ALPN_TUNNEL],
+                self.transport.client_transport_to(Some(addr.ip())),
+            ),
             PeerProtocol::Http3 => (
                 &[ALPN_HTTP3, ALPN_TUNNEL],
-                self.transport.http3_client_transport(),
+                self.transport.http3_client_transport_to(Some(addr.ip())),
             ),
         };
         let (config, lease) =

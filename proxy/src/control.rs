@@ -189,20 +189,17 @@ pub async fn obtain_certificate(
     let csr_pem = rcgen::CertificateParams::default()
         .serialize_request(&key)?
         .pem()?;
+    let addr = cp.resolve(&shared.endpoint).await?;
     let (config, _lease) = shared.tls.client(
         &control_policy(shared, cp),
         cp.identity.clone(),
         &[ALPN_CONTROL],
         false,
-        shared.transport.client_transport(),
+        shared.transport.client_transport_to(Some(addr.ip())),
     )?;
     let conn = shared
         .endpoint
-        .connect_with(
-            config,
-            cp.resolve(&shared.endpoint).await?,
-            "control-plane.phoenix",
-        )?
+        .connect_with(config, addr, "control-plane.phoenix")?
         .await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     write_frame(
@@ -308,20 +305,17 @@ async fn subscription(
     inbound: SocketAddr,
     backoff: &mut Backoff,
 ) -> Result<(), ControlError> {
+    let addr = cp.resolve(&shared.endpoint).await?;
     let (config, _lease) = shared.tls.client(
         &control_policy(shared, cp),
         cp.identity.clone(),
         &[ALPN_CONTROL],
         true,
-        shared.transport.client_transport(),
+        shared.transport.client_transport_to(Some(addr.ip())),
     )?;
     let conn = shared
         .endpoint
-        .connect_with(
-            config,
-            cp.resolve(&shared.endpoint).await?,
-            "control-plane.phoenix",
-        )?
+        .connect_with(config, addr, "control-plane.phoenix")?
         .await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     write_frame(

@@ -129,7 +129,7 @@ async fn accept(shared: Arc<Shared>, incoming: quinn::Incoming) {
         &policy,
         ClientAuth::Required,
         shared.inbound_alpn,
-        shared.transport.server_transport(),
+        shared.transport.server_transport_for(Some(remote.ip())),
     ) {
         Ok(c) => c,
         Err(error) => {

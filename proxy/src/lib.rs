@@ -318,6 +318,34 @@ impl AdminState for ProxyAdmin {
     fn config_dump(&self) -> serde_json::Value {
         let config = self.shared.config.load();
         let cert = self.shared.tls.credentials().current();
+        // Both pools: opaque streams ride tunnel connections, HTTP
+        // requests HTTP/3 ones (a peer may hold one of each).
+        let peers: Vec<serde_json::Value> = [
+            ("tunnel", &self.shared.pool),
+            ("http3", &self.shared.http_pool),
+        ]
+        .into_iter()
+        .flat_map(|(protocol, pool)| pool.peers().into_iter().map(move |p| (protocol, p)))
+        .map(|(protocol, p)| {
+            serde_json::json!({
+                "protocol": protocol,
+                "address": p.address,
+                "identity": p.identity,
+                "path": p.path.map(|path| serde_json::json!({
+                    // Path MTU discovery's result so far (1200 at first).
+                    "udpPayload": path.current_mtu,
+                    "rttMicros": u64::try_from(path.rtt.as_micros()).unwrap_or(u64::MAX),
+                    "congestionWindow": path.cwnd,
+                    "congestionEvents": path.congestion_events,
+                    "sentPackets": path.sent_packets,
+                    "lostPackets": path.lost_packets,
+                    "mtuProbesSent": path.sent_plpmtud_probes,
+                    "mtuProbesLost": path.lost_plpmtud_probes,
+                    "blackHolesDetected": path.black_holes_detected,
+                })),
+            })
+        })
+        .collect();
         serde_json::json!({
             "version": config.as_ref().map(|c| c.version),
             "inbound": self.bound.inbound,
@@ -335,12 +363,10 @@ impl AdminState for ProxyAdmin {
             "listeners": self.listeners.addresses().into_iter().map(|(service, listen)| {
                 serde_json::json!({"service": service, "listen": listen})
             }).collect::<Vec<_>>(),
-            "peers": self.shared.pool.peers().into_iter().map(|(address, identity)| {
-                serde_json::json!({"address": address, "identity": identity})
-            }).collect::<Vec<_>>(),
+            "peers": peers,
             // Peers the pool holds state for (live, connecting, or failing
             // now): falls back to 0 once their connections close.
-            "peerSlots": self.shared.pool.len(),
+            "peerSlots": self.shared.pool.len() + self.shared.http_pool.len(),
             "config": config.as_ref().map(|c| &c.snapshot),
         })
     }

@@ -372,8 +372,8 @@ impl Pool {
         })
     }
 
-    /// Number of peers with a usable connection (for `/config`).
-    pub fn peers(&self) -> Vec<(SocketAddr, String)> {
+    /// Peers with a usable connection (for `/config`).
+    pub fn peers(&self) -> Vec<PeerSummary> {
         let peers = self
             .inner
             .peers
@@ -381,15 +381,35 @@ impl Pool {
             .unwrap_or_else(PoisonError::into_inner);
         peers
             .iter()
-            .filter(|(_, slot)| {
-                slot.conn
-                    .try_lock()
-                    .map(|c| c.conn.as_ref().is_some_and(|c| c.usable()))
-                    .unwrap_or(true)
+            .filter_map(|((addr, id), slot)| {
+                // A slot being connected right now is listed without figures.
+                let path = match slot.conn.try_lock() {
+                    Ok(c) => {
+                        let live = c.conn.as_ref().filter(|c| c.usable())?;
+                        Some(live.conn.stats().path)
+                    }
+                    Err(_) => None,
+                };
+                Some(PeerSummary {
+                    address: *addr,
+                    identity: id.to_string(),
+                    path,
+                })
             })
-            .map(|((addr, id), _)| (*addr, id.to_string()))
             .collect()
     }
+}
+
+/// One peer connection as `/config` shows it.
+#[derive(Clone, Debug)]
+pub struct PeerSummary {
+    /// The peer proxy's QUIC address.
+    pub address: SocketAddr,
+    /// Its SPIFFE ID.
+    pub identity: String,
+    /// quinn's view of the path: round-trip time, congestion window,
+    /// losses, and the UDP payload path MTU discovery settled on so far.
+    pub path: Option<quinn::PathStats>,
 }
 
 /// Closes `peer` when idle, drains it before its peer certificate expires,

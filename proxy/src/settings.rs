@@ -81,9 +81,12 @@ pub struct Args {
     /// Grace period for open connections on SIGTERM, e.g. `20s`.
     #[arg(long, env = "PHOENIX_DRAIN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub drain_grace: Duration,
-    /// Largest UDP payload (MTU minus IP and UDP headers).
-    #[arg(long, env = "PHOENIX_MAX_UDP_PAYLOAD", default_value_t = 1452, value_parser = clap::value_parser!(u16).range(1200..=65527))]
-    pub max_udp_payload: u16,
+    /// Largest UDP payload (MTU minus IP and UDP headers): `auto` (the
+    /// default) starts at 1200 bytes and probes each peer's path up to the
+    /// route's interface MTU; a number (1200 to 65527) sends packets of
+    /// that size from the start and never probes.
+    #[arg(long, env = "PHOENIX_MAX_UDP_PAYLOAD", default_value = "auto", value_parser = parse_udp_payload)]
+    pub max_udp_payload: UdpPayload,
     /// A peer that sends nothing (not even keep-alives, sent every third of
     /// this) for this long is dead: its streams are reset. E.g. `10s`.
     #[arg(long, env = "PHOENIX_QUIC_IDLE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -244,7 +247,7 @@ impl Args {
             },
             drain_grace: self.drain_grace,
             transport: TransportSettings {
-                max_udp_payload: self.max_udp_payload,
+                max_udp_payload: self.max_udp_payload.fixed(),
                 idle_timeout: self.quic_idle_timeout,
                 keep_alive: self.quic_idle_timeout / 3,
                 ..TransportSettings::default()
@@ -285,6 +288,38 @@ pub fn parse_kx(s: &str) -> Result<KeyExchange, String> {
     }
 }
 
+/// `--max-udp-payload`: discovered per path, or fixed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UdpPayload {
+    /// Probe each peer's path from 1200 bytes up to its interface's MTU.
+    Auto,
+    /// This many bytes from the start, no probing.
+    Fixed(u16),
+}
+
+impl UdpPayload {
+    /// The fixed size, if one was set.
+    pub fn fixed(self) -> Option<u16> {
+        match self {
+            Self::Auto => None,
+            Self::Fixed(n) => Some(n),
+        }
+    }
+}
+
+/// Parses `auto` or a payload size in 1200..=65527.
+pub fn parse_udp_payload(s: &str) -> Result<UdpPayload, String> {
+    if s == "auto" {
+        return Ok(UdpPayload::Auto);
+    }
+    match s.parse::<u16>() {
+        Ok(n) if (1200..=65527).contains(&n) => Ok(UdpPayload::Fixed(n)),
+        _ => Err(format!(
+            "`{s}` is not a UDP payload size; use auto (path MTU discovery) or a number of bytes from 1200 to 65527 (the MTU minus 28 for IPv4, 48 for IPv6)"
+        )),
+    }
+}
+
 /// Parses durations like `500ms`, `20s`, `5m`, `24h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     phoenix_api::duration::parse(s).map_err(|e| e.to_string())
@@ -314,6 +349,20 @@ mod tests {
         ] {
             let e = parse_host_port(bad).unwrap_err();
             assert!(e.contains("is not host:port"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_udp_payload_is_auto_or_a_size_quic_allows() {
+        assert_eq!(parse_udp_payload("auto"), Ok(UdpPayload::Auto));
+        assert_eq!(parse_udp_payload("8972"), Ok(UdpPayload::Fixed(8972)));
+        assert_eq!(
+            parse_udp_payload("1200").map(UdpPayload::fixed),
+            Ok(Some(1200))
+        );
+        for bad in ["1199", "65528", "", "1500b", "Auto"] {
+            let e = parse_udp_payload(bad).unwrap_err();
+            assert!(e.contains("use auto"), "{bad}: {e}");
         }
     }
 }

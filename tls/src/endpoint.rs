@@ -5,7 +5,7 @@
 //! connection at 100 concurrent streams (one per tunnelled TCP connection)
 //! and use the kernel's 208 KiB socket buffers, which drop packets at speed.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -13,6 +13,8 @@ use std::time::Duration;
 use quinn::congestion::CubicConfig;
 use quinn::{EndpointConfig, MtuDiscoveryConfig, TransportConfig, VarInt};
 use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::path_mtu;
 
 /// Unidirectional streams an HTTP/3 peer may open: its control stream, the
 /// two QPACK streams, and room for the greasing streams RFC 9114 §6.2.3
@@ -32,11 +34,15 @@ const HTTP3_UNI_STREAMS: u32 = 8;
 /// on loopback recovers faster too (1%: 26 → 36 MiB/s, 5%: 4.2 → 8.3).
 const REORDERING_PACKETS: u32 = 1000;
 
-/// Transport knobs, with defaults for a 1500-byte-MTU network.
+/// Transport knobs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TransportSettings {
-    /// Largest UDP payload: 1452 fits a 1500-byte MTU over IPv6 as well as IPv4.
-    pub max_udp_payload: u16,
+    /// Largest UDP payload. `None` (the default) discovers it per peer:
+    /// packets start at 1200 bytes and quinn's path MTU discovery probes
+    /// up to the route's interface MTU minus headers ([`crate::path_mtu`]).
+    /// `Some(n)` sends `n`-byte packets from the start and never probes
+    /// (for paths that drop probes, or to pin a size in a benchmark).
+    pub max_udp_payload: Option<u16>,
     /// Bytes one stream may have in flight: bounds one TCP connection's buffer.
     pub stream_window: u32,
     /// Bytes one peer connection may have in flight in each direction: the
@@ -61,7 +67,7 @@ pub struct TransportSettings {
 impl Default for TransportSettings {
     fn default() -> Self {
         Self {
-            max_udp_payload: 1452,
+            max_udp_payload: None,
             stream_window: 8 * 1024 * 1024,
             connection_window: 32 * 1024 * 1024,
             initial_streams: 256,
@@ -76,11 +82,19 @@ impl Default for TransportSettings {
 }
 
 impl TransportSettings {
-    /// Transport config for connections we accept (the peer opens streams).
+    /// Transport config for connections we accept (the peer opens
+    /// streams), when the peer's address is not known.
     pub fn server_transport(&self) -> Arc<TransportConfig> {
+        self.server_transport_for(None)
+    }
+
+    /// Transport config for a connection accepted from `peer`: path MTU
+    /// discovery is bounded by the route toward it.
+    pub fn server_transport_for(&self, peer: Option<IpAddr>) -> Arc<TransportConfig> {
         Arc::new(self.transport(
             self.initial_streams.min(self.max_streams),
             HTTP3_UNI_STREAMS,
+            peer,
         ))
     }
 
@@ -92,49 +106,103 @@ impl TransportSettings {
         (open * 4 >= limit * 3 && limit < max).then(|| (limit * 2).min(max))
     }
 
-    /// Transport config for connections we open (the peer never opens streams).
+    /// Transport config for connections we open (the peer never opens
+    /// streams), when the peer's address is not known.
     pub fn client_transport(&self) -> Arc<TransportConfig> {
-        Arc::new(self.transport(0, 0))
+        self.client_transport_to(None)
+    }
+
+    /// Transport config for a connection we open to `peer`.
+    pub fn client_transport_to(&self, peer: Option<IpAddr>) -> Arc<TransportConfig> {
+        Arc::new(self.transport(0, 0, peer))
     }
 
     /// Transport config for HTTP/3 connections we open: the server opens
     /// no request stream, only its control and QPACK streams.
-    pub fn http3_client_transport(&self) -> Arc<TransportConfig> {
-        Arc::new(self.transport(0, HTTP3_UNI_STREAMS))
+    pub fn http3_client_transport_to(&self, peer: Option<IpAddr>) -> Arc<TransportConfig> {
+        Arc::new(self.transport(0, HTTP3_UNI_STREAMS, peer))
     }
 
-    fn transport(&self, remote_bidi: u32, remote_uni: u32) -> TransportConfig {
+    /// The floor and the ceiling of path MTU discovery toward `peer`. The
+    /// floor is the first packets' payload and where quinn falls back when
+    /// it judges the path a black hole: 1452 (what a 1500-byte MTU carries
+    /// over IPv6 too) or the interface's own payload when that is smaller.
+    /// Not 1200: quinn's black-hole heuristic fires on bursts of losses
+    /// that congestion alone explains (measured: a 300 MB echo over
+    /// loopback ended at 1200-byte packets), and each time it would cut the
+    /// packet size below what every pod network carries.
+    pub fn payload_bounds(&self, peer: Option<IpAddr>) -> (u16, u16) {
+        match self.max_udp_payload {
+            Some(fixed) => {
+                let fixed = fixed.clamp(path_mtu::MIN_PAYLOAD, path_mtu::MAX_PAYLOAD);
+                (fixed, fixed)
+            }
+            None => match peer {
+                Some(peer) => {
+                    let ceiling = path_mtu::payload_ceiling(peer);
+                    (ceiling.min(path_mtu::FALLBACK_PAYLOAD), ceiling)
+                }
+                // Nothing known of the path: QUIC's minimum is all that is
+                // safe, and probes find the rest.
+                None => (path_mtu::MIN_PAYLOAD, path_mtu::FALLBACK_PAYLOAD),
+            },
+        }
+    }
+
+    fn transport(
+        &self,
+        remote_bidi: u32,
+        remote_uni: u32,
+        peer: Option<IpAddr>,
+    ) -> TransportConfig {
         let mut t = TransportConfig::default();
-        let mtu = self.max_udp_payload.max(1200);
+        let (initial, ceiling) = self.payload_bounds(peer);
         t.max_concurrent_bidi_streams(VarInt::from_u32(remote_bidi))
             .max_concurrent_uni_streams(VarInt::from_u32(remote_uni))
             .stream_receive_window(VarInt::from_u32(self.stream_window))
             .receive_window(VarInt::from_u32(self.connection_window))
             .send_window(u64::from(self.connection_window))
             .keep_alive_interval(Some(self.keep_alive))
-            .initial_mtu(mtu)
-            .min_mtu(1200)
+            .initial_mtu(initial)
+            .min_mtu(initial)
             .packet_threshold(REORDERING_PACKETS);
         // Idle timeouts above 2^62 ms are impossible; ours are seconds.
         if let Ok(idle) = quinn::IdleTimeout::try_from(self.idle_timeout) {
             t.max_idle_timeout(Some(idle));
         }
-        let mut discovery = MtuDiscoveryConfig::default();
-        discovery.upper_bound(mtu);
-        t.mtu_discovery_config(Some(discovery));
+        if ceiling > initial {
+            let mut discovery = MtuDiscoveryConfig::default();
+            discovery
+                .upper_bound(ceiling)
+                // A path's MTU changes when routes do; a lost size is
+                // retried sooner than quinn's minute.
+                .black_hole_cooldown(Duration::from_secs(10));
+            t.mtu_discovery_config(Some(discovery));
+        } else {
+            t.mtu_discovery_config(None);
+        }
         // The initial window must cover at least ten full packets, or a
-        // connection with a large MTU stalls without an error.
+        // connection with a large fixed payload stalls without an error;
+        // RFC 9002's 14,720 bytes otherwise.
         let mut cubic = CubicConfig::default();
-        cubic.initial_window(u64::from(mtu) * 10);
+        cubic.initial_window((u64::from(initial) * 10).max(14_720));
         t.congestion_controller_factory(Arc::new(cubic));
         t
     }
 
-    /// Endpoint config: the largest UDP payload we accept.
+    /// Endpoint config: the largest UDP payload we accept (advertised to
+    /// peers, so it also caps what their discovery probes). Discovering,
+    /// that is the largest any interface here carries: quinn sizes its
+    /// receive buffers from it, but they are zeroed lazily by the kernel
+    /// and only the bytes received touch memory.
     pub fn endpoint_config(&self) -> EndpointConfig {
         let mut c = EndpointConfig::default();
-        // Values below 1200 are refused by quinn; ours is clamped above.
-        let _ = c.max_udp_payload_size(self.max_udp_payload.max(1200));
+        let largest = match self.max_udp_payload {
+            Some(fixed) => fixed,
+            None => path_mtu::largest_payload(),
+        };
+        // Values below 1200 are refused by quinn; ours are clamped above.
+        let _ = c.max_udp_payload_size(largest.clamp(path_mtu::MIN_PAYLOAD, path_mtu::MAX_PAYLOAD));
         c
     }
 }

@@ -15,6 +15,8 @@
 //! - [`handshake`]: per-connection quinn client and server configs.
 //! - [`tokens`]: address-validation tokens, so returning peers skip QUIC's
 //!   anti-amplification wait (it costs a round trip with ML-DSA certificates).
+//! - [`path_mtu`]: the ceiling of path MTU discovery toward a peer, from
+//!   the route's interface MTU.
 //! - [`endpoint`]: UDP sockets and QUIC transport settings tuned for throughput
 //!   with bounded memory.
 
@@ -25,6 +27,7 @@ pub mod frames;
 pub mod handshake;
 pub mod kx;
 pub mod negotiated;
+pub mod path_mtu;
 pub mod provider;
 pub mod sig;
 pub mod spiffe;
