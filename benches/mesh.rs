@@ -446,6 +446,8 @@ fn run_link(link: Link, opts: &Options, sizes: &Sizes) -> anyhow::Result<LinkRes
         &mut agent_b,
         server.addr,
         opts.max_udp_payload,
+        // A jumbo veth link: let discovery probe up to it.
+        (link == Link::Veth && veth_mtu > 1500).then_some(veth_mtu.min(9001)),
     )?;
     let tls = match tls_pair::stunnel() {
         Some(program) => Some(tls_pair::TlsPair::start(

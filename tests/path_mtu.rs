@@ -37,7 +37,7 @@ fn set_mtu(t: &Topology, pod: &str, mtu: u32) {
 /// A two-pod mesh (client in a, web in b) whose links run at `a_mtu` on
 /// a's side and `b_mtu` on b's; returns the UDP payload the client proxy's
 /// connection to b's proxy settled on once a request has crossed it.
-fn discovered_payload(a_mtu: u32, b_mtu: u32, extra_client_args: &[&str]) -> u64 {
+fn discovered_payload(a_mtu: u32, b_mtu: u32, extra_args: &[&str]) -> u64 {
     let t = Topology::new();
     // The bridge takes the largest MTU; its ports decide what crosses.
     t.exec(
@@ -106,8 +106,8 @@ fn discovered_payload(a_mtu: u32, b_mtu: u32, extra_client_args: &[&str]) -> u64
             .env("PHOENIX_TOKEN", token);
         Proc::spawn(&format!("proxy-{pod}"), cmd)
     };
-    let _client = proxy("a", &tokens[0].0, extra_client_args);
-    let _server = proxy("b", &tokens[1].0, &[]);
+    let _client = proxy("a", &tokens[0].0, extra_args);
+    let _server = proxy("b", &tokens[1].0, extra_args);
     let _web = Proc::spawn(
         "http.server",
         t.command(
@@ -169,7 +169,12 @@ fn a_link_below_1500_bytes_gets_packets_that_fit_it_from_the_start() {
 
 #[test]
 fn jumbo_frames_carry_jumbo_payloads() {
-    assert_eq!(discovered_payload(9000, 9000, &[]), 8972);
+    assert_eq!(
+        discovered_payload(9000, 9000, &["--max-path-mtu", "9001"]),
+        8972
+    );
+    // Without opting in, Ethernet's MTU is the ceiling.
+    assert_eq!(discovered_payload(9000, 9000, &[]), 1472);
 }
 
 #[test]
@@ -177,14 +182,18 @@ fn probes_find_a_smaller_hop_behind_a_jumbo_interface() {
     // a's route says 9000; the bridge port toward b carries 4000, and
     // drops bigger frames without a word. The binary search stops within
     // two of quinn's minimum steps (20 bytes) of the real 3972.
-    let got = discovered_payload(9000, 4000, &[]);
+    let got = discovered_payload(9000, 4000, &["--max-path-mtu", "9001"]);
     assert!((3932..=3972).contains(&got), "settled on {got}");
 }
 
 #[test]
 fn a_fixed_payload_is_not_probed_past() {
     assert_eq!(
-        discovered_payload(9000, 9000, &["--max-udp-payload", "1400"]),
+        discovered_payload(
+            9000,
+            9000,
+            &["--max-udp-payload", "1400", "--max-path-mtu", "9001"]
+        ),
         1400
     );
 }

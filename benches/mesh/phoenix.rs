@@ -73,6 +73,7 @@ impl Phoenix {
         agent_b: &mut AgentHandle,
         server: SocketAddr,
         max_udp_payload: Option<u16>,
+        max_path_mtu: Option<u32>,
     ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("phoenix-bench-")
@@ -126,6 +127,7 @@ impl Phoenix {
             &cp,
             &echo_token,
             max_udp_payload,
+            max_path_mtu,
         )?;
         let (client, client_bound) = start_proxy(
             "client proxy",
@@ -134,6 +136,7 @@ impl Phoenix {
             &cp,
             &client_token,
             max_udp_payload,
+            max_path_mtu,
         )?;
         let outbound = poll(
             READY_TIMEOUT,
@@ -179,6 +182,7 @@ fn start_proxy(
     cp: &ControlPlaneBound,
     token: &str,
     max_udp_payload: Option<u16>,
+    max_path_mtu: Option<u32>,
 ) -> anyhow::Result<(Child, ProxyBound)> {
     let mut args: Vec<OsString> = vec![
         "--control-plane".into(),
@@ -196,6 +200,9 @@ fn start_proxy(
         "--drain-grace".into(),
         "1s".into(),
     ];
+    if let Some(n) = max_path_mtu {
+        args.extend(["--max-path-mtu".into(), n.to_string().into()]);
+    }
     if let Some(n) = max_udp_payload {
         args.extend(["--max-udp-payload".into(), n.to_string().into()]);
     }

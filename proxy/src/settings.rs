@@ -87,6 +87,11 @@ pub struct Args {
     /// that size from the start and never probes.
     #[arg(long, env = "PHOENIX_MAX_UDP_PAYLOAD", default_value = "auto", value_parser = parse_udp_payload)]
     pub max_udp_payload: UdpPayload,
+    /// The largest path MTU `auto` probes for, 1280 to 9001: 1500 by
+    /// default; 9001 on jumbo-frame networks (AWS, GCP VPCs) to probe up
+    /// to their interface MTU.
+    #[arg(long, env = "PHOENIX_MAX_PATH_MTU", default_value_t = 1500, value_parser = clap::value_parser!(u32).range(1280..=9001))]
+    pub max_path_mtu: u32,
     /// A peer that sends nothing (not even keep-alives, sent every third of
     /// this) for this long is dead: its streams are reset. E.g. `10s`.
     #[arg(long, env = "PHOENIX_QUIC_IDLE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -248,6 +253,7 @@ impl Args {
             drain_grace: self.drain_grace,
             transport: TransportSettings {
                 max_udp_payload: self.max_udp_payload.fixed(),
+                max_path_mtu: self.max_path_mtu,
                 idle_timeout: self.quic_idle_timeout,
                 keep_alive: self.quic_idle_timeout / 3,
                 ..TransportSettings::default()

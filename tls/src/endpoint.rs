@@ -43,6 +43,9 @@ pub struct TransportSettings {
     /// `Some(n)` sends `n`-byte packets from the start and never probes
     /// (for paths that drop probes, or to pin a size in a benchmark).
     pub max_udp_payload: Option<u16>,
+    /// The largest path MTU discovery probes for (capped at 9001):
+    /// [`path_mtu::DEFAULT_MAX_PATH_MTU`] unless a jumbo network opts in.
+    pub max_path_mtu: u32,
     /// Bytes one stream may have in flight: bounds one TCP connection's buffer.
     pub stream_window: u32,
     /// Bytes one peer connection may have in flight in each direction: the
@@ -68,6 +71,7 @@ impl Default for TransportSettings {
     fn default() -> Self {
         Self {
             max_udp_payload: None,
+            max_path_mtu: path_mtu::DEFAULT_MAX_PATH_MTU,
             stream_window: 8 * 1024 * 1024,
             connection_window: 32 * 1024 * 1024,
             initial_streams: 256,
@@ -139,7 +143,7 @@ impl TransportSettings {
             }
             None => match peer {
                 Some(peer) => {
-                    let ceiling = path_mtu::payload_ceiling(peer);
+                    let ceiling = path_mtu::payload_ceiling(peer, self.max_path_mtu);
                     (ceiling.min(path_mtu::FALLBACK_PAYLOAD), ceiling)
                 }
                 // Nothing known of the path: QUIC's minimum is all that is
@@ -199,7 +203,7 @@ impl TransportSettings {
         let mut c = EndpointConfig::default();
         let largest = match self.max_udp_payload {
             Some(fixed) => fixed,
-            None => path_mtu::largest_payload(),
+            None => path_mtu::largest_payload(self.max_path_mtu),
         };
         // Values below 1200 are refused by quinn; ours are clamped above.
         let _ = c.max_udp_payload_size(largest.clamp(path_mtu::MIN_PAYLOAD, path_mtu::MAX_PAYLOAD));
