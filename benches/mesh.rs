@@ -44,7 +44,7 @@ use agent::{
 use apps::Announce;
 use child::Child;
 use netns::NetnsPair;
-use phoenix::Phoenix;
+use phoenix::{Phoenix, ProxySettings};
 
 /// Environment variable naming the helper role of this process.
 pub const ROLE_ENV: &str = "PHOENIX_BENCH_ROLE";
@@ -73,6 +73,54 @@ pub struct Options {
     pub veth_mtu: u32,
     /// `--check`: tiny sizes, correctness only.
     pub check: bool,
+    /// `--streams`: parallel connections per throughput run.
+    pub streams: u32,
+    /// `--variant`: more Phoenix meshes, each with one setting changed.
+    pub variants: Vec<Variant>,
+}
+
+/// A Phoenix mesh with one setting changed, measured in the same run as
+/// the default one (the machine drifts between runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// `cipherSuites: [TLS13_AES_128_GCM_SHA256]` (default: AES-256 first).
+    Aes128,
+    /// Both proxies with `--threads 2` (default: 1).
+    Threads2,
+}
+
+impl Variant {
+    fn parse(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "aes128" => Ok(Self::Aes128),
+            "threads2" => Ok(Self::Threads2),
+            other => bail!("--variant {other}: use aes128 or threads2"),
+        }
+    }
+
+    /// How the tables name it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Aes128 => "(AES-128-GCM)",
+            Self::Threads2 => "(--threads 2)",
+        }
+    }
+
+    /// The mesh file's `cipherSuites`, when the variant sets them.
+    pub fn cipher_suites(self) -> Option<&'static str> {
+        match self {
+            Self::Aes128 => Some("[TLS13_AES_128_GCM_SHA256]"),
+            Self::Threads2 => None,
+        }
+    }
+
+    /// Extra arguments of both proxies.
+    pub fn proxy_args(self) -> &'static [&'static str] {
+        match self {
+            Self::Aes128 => &[],
+            Self::Threads2 => &["--threads", "2"],
+        }
+    }
 }
 
 /// How much of each measurement to do.
@@ -215,6 +263,11 @@ pub struct Handshakes {
     pub metric_delta: f64,
 }
 
+/// A proxy pair's path: its figures, its two processes' CPU during the
+/// throughput runs (share of one core each) and per ping-pong round trip
+/// (µs), client side first.
+pub type PairFigures = (PathResult, ProxyPair<f64>, ProxyPair<f64>);
+
 /// Everything measured over one link.
 #[derive(Debug)]
 pub struct LinkResult {
@@ -225,7 +278,10 @@ pub struct LinkResult {
     /// The TLS-over-TCP proxy pair (stunnel), when installed, with its two
     /// processes' CPU during the throughput runs (share of one core) and per
     /// ping-pong round trip (µs), client side first.
-    pub tls: Option<(PathResult, ProxyPair<f64>, ProxyPair<f64>)>,
+    pub tls: Option<PairFigures>,
+    /// Phoenix meshes with another setting (`--variant`), measured as
+    /// the stunnel pair is.
+    pub variants: Vec<(Variant, PairFigures)>,
     /// Proxy CPU during the throughput runs, as a share of one core.
     pub throughput_cpu: ProxyPair<f64>,
     /// UDP datagrams dropped by the kernel during the Phoenix throughput
@@ -280,6 +336,8 @@ fn parse_args() -> anyhow::Result<Options> {
         max_udp_payload: None,
         veth_mtu: DEFAULT_VETH_MTU,
         check: false,
+        streams: 1,
+        variants: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -287,6 +345,18 @@ fn parse_args() -> anyhow::Result<Options> {
             "--quick" => opts.quick = true,
             "--no-netns" => opts.netns = false,
             "--check" => opts.check = true,
+            "--variant" => {
+                let v = args.next().context("--variant needs a value")?;
+                opts.variants.push(Variant::parse(&v)?);
+            }
+            "--streams" => {
+                let v = args.next().context("--streams needs a value")?;
+                opts.streams = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=64).contains(n))
+                    .with_context(|| format!("--streams {v}: use 1..=64"))?;
+            }
             "--veth-mtu" => {
                 let v = args.next().context("--veth-mtu needs a value")?;
                 opts.veth_mtu = v
@@ -308,7 +378,7 @@ fn parse_args() -> anyhow::Result<Options> {
             "--bench" => {}
             "-h" | "--help" => {
                 println!(
-                    "usage: benches/run [--quick | --check] [--no-netns] [--veth-mtu N] [--max-udp-payload N]\n\
+                    "usage: benches/run [--quick | --check] [--no-netns] [--veth-mtu N] [--max-udp-payload N] [--streams N] [--variant aes128|threads2]...\n\
                      Measures direct TCP, a TCP forwarder pair and the Phoenix proxy pair on\n\
                      loopback and (as root, with `ip`) over veth between two network namespaces."
                 );
@@ -439,16 +509,35 @@ fn run_link(link: Link, opts: &Options, sizes: &Sizes) -> anyhow::Result<LinkRes
         SocketAddr::new(localhost, 0),
         Some(fwd_b.addr),
     )?;
+    let proxy_settings = ProxySettings {
+        max_udp_payload: opts.max_udp_payload,
+        // A jumbo veth link: let discovery probe up to it.
+        max_path_mtu: (link == Link::Veth && veth_mtu > 1500).then_some(veth_mtu.min(9001)),
+        variant: None,
+    };
     let mesh = Phoenix::start(
         &a,
         &b,
         &mut agent_a,
         &mut agent_b,
         server.addr,
-        opts.max_udp_payload,
-        // A jumbo veth link: let discovery probe up to it.
-        (link == Link::Veth && veth_mtu > 1500).then_some(veth_mtu.min(9001)),
+        &proxy_settings,
     )?;
+    let mut variants = Vec::new();
+    for &variant in &opts.variants {
+        let m = Phoenix::start(
+            &a,
+            &b,
+            &mut agent_a,
+            &mut agent_b,
+            server.addr,
+            &ProxySettings {
+                variant: Some(variant),
+                ..proxy_settings
+            },
+        )?;
+        variants.push((variant, m));
+    }
     let tls = match tls_pair::stunnel() {
         Some(program) => Some(tls_pair::TlsPair::start(
             &program,
@@ -540,60 +629,68 @@ fn run_link(link: Link, opts: &Options, sizes: &Sizes) -> anyhow::Result<LinkRes
     )?;
 
     // (a) throughput: the paths take turns, the median run is reported.
-    let mut paths = vec![
-        ("direct", server.addr),
-        ("forwarder", fwd_a.addr),
-        ("phoenix", mesh.outbound),
+    // Each path with a proxy pair has its two PIDs, for CPU accounting.
+    let mut paths: Vec<(String, SocketAddr, Option<ProxyPair<u32>>)> = vec![
+        ("direct".into(), server.addr, None),
+        ("forwarder".into(), fwd_a.addr, None),
+        ("phoenix".into(), mesh.outbound, Some(pids)),
     ];
-    if let Some(t) = &tls {
-        paths.push(("tls", t.entry));
+    if let (Some(t), Some(tp)) = (&tls, tls_pids) {
+        paths.push(("tls".into(), t.entry, Some(tp)));
     }
-    let mut tls_cpu = ProxyPair {
+    for (variant, m) in &variants {
+        paths.push((
+            format!("phoenix {}", variant.label()),
+            m.outbound,
+            Some(ProxyPair {
+                client: m.client.pid(),
+                echo: m.echo.pid(),
+            }),
+        ));
+    }
+    let zero = ProxyPair {
         client: 0.0,
         echo: 0.0,
     };
-    let mut tls_secs = 0.0;
     let mut throughput: Vec<Vec<ThroughputResult>> = paths.iter().map(|_| Vec::new()).collect();
     let mut busy = vec![0.0f64; paths.len()];
-    let mut proxy_cpu = ProxyPair {
-        client: 0.0,
-        echo: 0.0,
-    };
-    let mut phoenix_secs = 0.0;
+    let mut pair_cpu = vec![zero; paths.len()];
+    let mut pair_secs = vec![0.0f64; paths.len()];
     let mut udp_drops = (0u64, 0u64);
     for run in 0..sizes.throughput_runs {
-        for (i, (name, addr)) in paths.iter().enumerate() {
+        for (i, (name, addr, pair)) in paths.iter().enumerate() {
             eprintln!("== {}: throughput, {name}, run {}", link.name(), run + 1);
             let machine_before = procfs::machine_busy_secs()?;
-            let cpu_before = procfs::cpu_pair(pids)?;
-            let tls_before = tls_pids.map(procfs::cpu_pair).transpose()?;
+            let cpu_before = pair.map(procfs::cpu_pair).transpose()?;
             let udp_before = udp_stats(&mut agent_a, &mut agent_b, link)?;
             let t: ThroughputResult = agent_a.call(&Request::Throughput {
                 addr: *addr,
                 max_bytes: sizes.throughput_bytes,
                 max_secs: sizes.throughput_secs,
                 checked: opts.check,
+                streams: opts.streams,
             })?;
             busy[i] += (procfs::machine_busy_secs()? - machine_before) / t.secs;
-            if *name == "phoenix" {
-                let cpu_after = procfs::cpu_pair(pids)?;
+            if let (Some(p), Some(before)) = (pair, cpu_before) {
+                let after = procfs::cpu_pair(*p)?;
+                pair_cpu[i].client += after.client - before.client;
+                pair_cpu[i].echo += after.echo - before.echo;
+                pair_secs[i] += t.secs;
+            }
+            if name == "phoenix" {
                 let udp_after = udp_stats(&mut agent_a, &mut agent_b, link)?;
-                proxy_cpu.client += cpu_after.client - cpu_before.client;
-                proxy_cpu.echo += cpu_after.echo - cpu_before.echo;
-                phoenix_secs += t.secs;
                 udp_drops.0 += (udp_after.rcvbuf_errors + udp_after.in_errors)
                     - (udp_before.rcvbuf_errors + udp_before.in_errors);
                 udp_drops.1 += udp_after.in_datagrams - udp_before.in_datagrams;
             }
-            if let (true, Some(before), Some(tp)) = (*name == "tls", tls_before, tls_pids) {
-                let after = procfs::cpu_pair(tp)?;
-                tls_cpu.client += after.client - before.client;
-                tls_cpu.echo += after.echo - before.echo;
-                tls_secs += t.secs;
-            }
             throughput[i].push(t);
         }
     }
+    // Share of one core per proxy, over the runs of its own path.
+    let cpu_share = |i: usize| ProxyPair {
+        client: pair_cpu[i].client / pair_secs[i].max(f64::MIN_POSITIVE),
+        echo: pair_cpu[i].echo / pair_secs[i].max(f64::MIN_POSITIVE),
+    };
     // What path MTU discovery settled on, after the bulk runs.
     let udp_payload = {
         let config: serde_json::Value =
@@ -602,42 +699,39 @@ fn run_link(link: Link, opts: &Options, sizes: &Sizes) -> anyhow::Result<LinkRes
             .as_array()
             .and_then(|peers| peers.iter().find_map(|p| p["path"]["udpPayload"].as_u64()))
     };
-    let throughput_cpu = ProxyPair {
-        client: proxy_cpu.client / phoenix_secs,
-        echo: proxy_cpu.echo / phoenix_secs,
-    };
+    let throughput_cpu = cpu_share(2);
     let runs = f64::from(sizes.throughput_runs);
 
     // (b) ping-pong, one persistent connection per path, taking turns.
+    // Every pair works only during its own path's rounds, all of equal
+    // number, so its CPU over the whole call is its CPU for them.
     eprintln!("== {}: ping-pong", link.name());
-    let before = procfs::cpu_pair(pids)?;
-    let tls_before = tls_pids.map(procfs::cpu_pair).transpose()?;
+    let before: Vec<Option<ProxyPair<f64>>> = paths
+        .iter()
+        .map(|(_, _, pair)| pair.map(procfs::cpu_pair).transpose())
+        .collect::<anyhow::Result<_>>()?;
     let latency: Vec<LatencyResult> = agent_a.call(&Request::PingPong {
-        addrs: paths.iter().map(|(_, a)| *a).collect(),
+        addrs: paths.iter().map(|(_, a, _)| *a).collect(),
         warmup: sizes.pingpong_warmup,
         blocks: sizes.pingpong_blocks,
         rounds: sizes.pingpong_rounds,
         size: MESSAGE_SIZE,
     })?;
-    let after = procfs::cpu_pair(pids)?;
-    // Only the Phoenix path goes through the proxies.
-    let phoenix_rounds =
-        f64::from(sizes.pingpong_warmup + sizes.pingpong_blocks * sizes.pingpong_rounds);
-    let round_trip_cpu_us = ProxyPair {
-        client: (after.client - before.client) * 1e6 / phoenix_rounds,
-        echo: (after.echo - before.echo) * 1e6 / phoenix_rounds,
-    };
-    // The stunnel pair works only on its own rounds, as the proxies do.
-    let tls_round_trip_cpu_us = match (tls_pids, tls_before) {
-        (Some(tp), Some(b)) => {
-            let a = procfs::cpu_pair(tp)?;
-            Some(ProxyPair {
-                client: (a.client - b.client) * 1e6 / phoenix_rounds,
-                echo: (a.echo - b.echo) * 1e6 / phoenix_rounds,
-            })
-        }
-        _ => None,
-    };
+    let rounds = f64::from(sizes.pingpong_warmup + sizes.pingpong_blocks * sizes.pingpong_rounds);
+    let mut round_trip_cpu: Vec<Option<ProxyPair<f64>>> = Vec::with_capacity(paths.len());
+    for ((_, _, pair), before) in paths.iter().zip(&before) {
+        round_trip_cpu.push(match (pair, before) {
+            (Some(p), Some(b)) => {
+                let a = procfs::cpu_pair(*p)?;
+                Some(ProxyPair {
+                    client: (a.client - b.client) * 1e6 / rounds,
+                    echo: (a.echo - b.echo) * 1e6 / rounds,
+                })
+            }
+            _ => None,
+        });
+    }
+    let round_trip_cpu_us = round_trip_cpu[2].unwrap_or(zero);
 
     // (d) handshakes against the echo proxy.
     eprintln!("== {}: handshakes", link.name());
@@ -692,33 +786,36 @@ fn run_link(link: Link, opts: &Options, sizes: &Sizes) -> anyhow::Result<LinkRes
         echo: procfs::settled_rss_kib(pids.echo)?,
     };
 
-    let mut paths_out =
-        throughput
-            .into_iter()
-            .zip(busy)
-            .zip(latency)
-            .map(|((throughput, busy), latency)| PathResult {
-                throughput,
-                machine_busy: busy / runs,
-                latency,
-            });
+    let mut paths_out = throughput
+        .into_iter()
+        .zip(busy)
+        .zip(latency)
+        .enumerate()
+        .map(|(i, ((throughput, busy), latency))| {
+            (
+                PathResult {
+                    throughput,
+                    machine_busy: busy / runs,
+                    latency,
+                },
+                cpu_share(i),
+                round_trip_cpu[i].unwrap_or(zero),
+            )
+        });
     let mut next = || paths_out.next().context("a path has no result");
     let result = LinkResult {
         link,
-        direct: next()?,
-        forwarder: next()?,
-        phoenix: next()?,
-        tls: match tls_round_trip_cpu_us {
-            Some(rt) => Some((
-                next()?,
-                ProxyPair {
-                    client: tls_cpu.client / tls_secs,
-                    echo: tls_cpu.echo / tls_secs,
-                },
-                rt,
-            )),
+        direct: next()?.0,
+        forwarder: next()?.0,
+        phoenix: next()?.0,
+        tls: match &tls {
+            Some(_) => Some(next()?),
             None => None,
         },
+        variants: variants
+            .iter()
+            .map(|(v, _)| Ok((*v, next()?)))
+            .collect::<anyhow::Result<_>>()?,
         throughput_cpu,
         udp_drops,
         mtu: match link {

@@ -49,6 +49,9 @@ pub enum Request {
         max_secs: f64,
         /// Also compare a digest of the bytes (`--check`).
         checked: bool,
+        /// Parallel connections (`--streams`), each carrying a share of
+        /// `max_bytes` from its own thread.
+        streams: u32,
     },
     /// `size`-byte request/response, one persistent connection per address;
     /// the addresses take turns in `blocks` blocks of `rounds`, so a change
@@ -194,7 +197,10 @@ fn handle(
             max_bytes,
             max_secs,
             checked,
-        } => serde_json::to_value(throughput(addr, max_bytes, max_secs, checked)?)?,
+            streams,
+        } => serde_json::to_value(parallel_throughput(
+            addr, max_bytes, max_secs, checked, streams,
+        )?)?,
         Request::PingPong {
             addrs,
             warmup,
@@ -251,6 +257,36 @@ fn round_trip(tcp: &mut TcpStream, msg: &[u8], answer_len: usize) -> anyhow::Res
     let mut back = vec![0u8; answer_len];
     tcp.read_exact(&mut back)?;
     Ok(())
+}
+
+/// `streams` connections at once; the bytes are their sum and the time
+/// the slowest one's (all start together).
+fn parallel_throughput(
+    addr: SocketAddr,
+    max_bytes: u64,
+    max_secs: f64,
+    checked: bool,
+    streams: u32,
+) -> anyhow::Result<ThroughputResult> {
+    if streams <= 1 {
+        return throughput(addr, max_bytes, max_secs, checked);
+    }
+    let share = max_bytes / u64::from(streams);
+    let workers: Vec<_> = (0..streams)
+        .map(|_| std::thread::spawn(move || throughput(addr, share, max_secs, checked)))
+        .collect();
+    let mut total = ThroughputResult {
+        bytes: 0,
+        secs: 0.0,
+    };
+    for w in workers {
+        let r = w
+            .join()
+            .map_err(|_| anyhow::anyhow!("a throughput stream panicked"))??;
+        total.bytes += r.bytes;
+        total.secs = total.secs.max(r.secs);
+    }
+    Ok(total)
 }
 
 fn throughput(

@@ -63,6 +63,17 @@ struct ProxyBound {
     admin: SocketAddr,
 }
 
+/// How both proxies of a mesh run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProxySettings {
+    /// `--max-udp-payload`, when fixed.
+    pub max_udp_payload: Option<u16>,
+    /// `--max-path-mtu`, on jumbo links.
+    pub max_path_mtu: Option<u32>,
+    /// The setting this mesh changes, if it is a variant.
+    pub variant: Option<crate::Variant>,
+}
+
 impl Phoenix {
     /// Starts the mesh in front of `server` and waits until a connection
     /// through it works.
@@ -72,20 +83,25 @@ impl Phoenix {
         agent_a: &mut AgentHandle,
         agent_b: &mut AgentHandle,
         server: SocketAddr,
-        max_udp_payload: Option<u16>,
-        max_path_mtu: Option<u32>,
+        settings: &ProxySettings,
     ) -> anyhow::Result<Self> {
+        let variant = settings.variant;
         let dir = tempfile::Builder::new()
             .prefix("phoenix-bench-")
             .tempdir()?;
         let state_dir = dir.path().join("state");
         std::fs::create_dir_all(&state_dir)?;
         let mesh_path = dir.path().join("mesh.yaml");
+        let ciphers = variant
+            .and_then(crate::Variant::cipher_suites)
+            .map(|c| format!("cipherSuites: {c}\n"))
+            .unwrap_or_default();
         std::fs::write(
             &mesh_path,
             format!(
                 "trustDomain: {TRUST_DOMAIN}\n\
                  stateDir: state\n\
+                 {ciphers}\
                  workloads:\n\
                  \x20 - name: client\n\
                  \x20   upstreams: [{{service: echo, listen: \"127.0.0.1:0\"}}]\n\
@@ -126,8 +142,7 @@ impl Phoenix {
             agent_b,
             &cp,
             &echo_token,
-            max_udp_payload,
-            max_path_mtu,
+            settings,
         )?;
         let (client, client_bound) = start_proxy(
             "client proxy",
@@ -135,8 +150,7 @@ impl Phoenix {
             agent_a,
             &cp,
             &client_token,
-            max_udp_payload,
-            max_path_mtu,
+            settings,
         )?;
         let outbound = poll(
             READY_TIMEOUT,
@@ -181,9 +195,9 @@ fn start_proxy(
     agent: &mut AgentHandle,
     cp: &ControlPlaneBound,
     token: &str,
-    max_udp_payload: Option<u16>,
-    max_path_mtu: Option<u32>,
+    settings: &ProxySettings,
 ) -> anyhow::Result<(Child, ProxyBound)> {
+    let extra: &[&str] = settings.variant.map_or(&[], crate::Variant::proxy_args);
     let mut args: Vec<OsString> = vec![
         "--control-plane".into(),
         cp.control.to_string().into(),
@@ -200,10 +214,11 @@ fn start_proxy(
         "--drain-grace".into(),
         "1s".into(),
     ];
-    if let Some(n) = max_path_mtu {
+    args.extend(extra.iter().map(OsString::from));
+    if let Some(n) = settings.max_path_mtu {
         args.extend(["--max-path-mtu".into(), n.to_string().into()]);
     }
-    if let Some(n) = max_udp_payload {
+    if let Some(n) = settings.max_udp_payload {
         args.extend(["--max-udp-payload".into(), n.to_string().into()]);
     }
     let mut child = Child::spawn(

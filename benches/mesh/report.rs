@@ -92,9 +92,10 @@ pub fn header(m: &Machine, opts: &Options, sizes: &Sizes) {
         )
     );
     println!(
-        "throughput: one stream, {} MiB or {} s, whichever first, {} run(s) per path taking turns (median shown); \
+        "throughput: {} stream(s) at once, {} MiB (in all) or {} s, whichever first, {} run(s) per path taking turns (median shown); \
          ping-pong: {} B, {} × {} round trips per path taking turns, after {} warm-up; \
          {} idle tunnelled connections; {} handshakes, {} at a time",
+        opts.streams,
         sizes.throughput_bytes >> 20,
         sizes.throughput_secs,
         sizes.throughput_runs,
@@ -120,13 +121,16 @@ pub fn print(results: &[LinkResult], notes: &[String], sizes: &Sizes) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     for r in results {
         let direct = &r.direct;
-        let mut paths = vec![
-            ("direct TCP", &r.direct),
-            ("TCP forwarder pair", &r.forwarder),
-            ("Phoenix proxy pair", &r.phoenix),
+        let mut paths: Vec<(std::borrow::Cow<'static, str>, &crate::PathResult)> = vec![
+            ("direct TCP".into(), &r.direct),
+            ("TCP forwarder pair".into(), &r.forwarder),
+            ("Phoenix proxy pair".into(), &r.phoenix),
         ];
         if let Some((tls, ..)) = &r.tls {
-            paths.push(("TLS-over-TCP pair (stunnel)", tls));
+            paths.push(("TLS-over-TCP pair (stunnel)".into(), tls));
+        }
+        for (v, (p, ..)) in &r.variants {
+            paths.push((format!("Phoenix proxy pair {}", v.label()).into(), p));
         }
         for (name, p) in paths {
             let runs: Vec<String> = p.runs_gbps().iter().map(|g| format!("{g:.2}")).collect();
@@ -160,14 +164,22 @@ pub fn print(results: &[LinkResult], notes: &[String], sizes: &Sizes) {
     );
     println!("|---|---|---:|---:|---:|---:|---:|");
     for r in results {
-        let mut pairs = vec![(
-            "Phoenix proxy pair",
+        let mut pairs: Vec<(std::borrow::Cow<'static, str>, &crate::PathResult, _, _)> = vec![(
+            "Phoenix proxy pair".into(),
             &r.phoenix,
             r.throughput_cpu,
             r.round_trip_cpu_us,
         )];
         if let Some((tls, cpu, rt)) = &r.tls {
-            pairs.push(("TLS-over-TCP pair (stunnel)", tls, *cpu, *rt));
+            pairs.push(("TLS-over-TCP pair (stunnel)".into(), tls, *cpu, *rt));
+        }
+        for (v, (p, cpu, rt)) in &r.variants {
+            pairs.push((
+                format!("Phoenix proxy pair {}", v.label()).into(),
+                p,
+                *cpu,
+                *rt,
+            ));
         }
         for (name, p, cpu, rt) in pairs {
             let cores = cpu.client + cpu.echo;
