@@ -263,10 +263,18 @@ pub struct Handshakes {
     pub metric_delta: f64,
 }
 
-/// A proxy pair's path: its figures, its two processes' CPU during the
-/// throughput runs (share of one core each) and per ping-pong round trip
-/// (µs), client side first.
-pub type PairFigures = (PathResult, ProxyPair<f64>, ProxyPair<f64>);
+/// A proxy pair's path and its two processes' CPU.
+#[derive(Debug)]
+pub struct PairFigures {
+    pub path: PathResult,
+    /// During the throughput runs, as a share of one core each.
+    pub throughput_cpu: ProxyPair<f64>,
+    /// Per ping-pong round trip, µs.
+    pub round_trip_cpu_us: ProxyPair<f64>,
+    /// The busiest thread of each during the throughput runs, as a share
+    /// of one core: equal to `throughput_cpu` when one thread does all.
+    pub busiest_thread: ProxyPair<f64>,
+}
 
 /// Everything measured over one link.
 #[derive(Debug)]
@@ -284,6 +292,8 @@ pub struct LinkResult {
     pub variants: Vec<(Variant, PairFigures)>,
     /// Proxy CPU during the throughput runs, as a share of one core.
     pub throughput_cpu: ProxyPair<f64>,
+    /// The busiest thread of each Phoenix proxy then, likewise.
+    pub busiest_thread: ProxyPair<f64>,
     /// UDP datagrams dropped by the kernel during the Phoenix throughput
     /// runs (receive-buffer and other input errors), and datagrams received.
     pub udp_drops: (u64, u64),
@@ -656,12 +666,21 @@ fn run_link(link: Link, opts: &Options, sizes: &Sizes) -> anyhow::Result<LinkRes
     let mut busy = vec![0.0f64; paths.len()];
     let mut pair_cpu = vec![zero; paths.len()];
     let mut pair_secs = vec![0.0f64; paths.len()];
+    let mut pair_busiest = vec![zero; paths.len()];
     let mut udp_drops = (0u64, 0u64);
     for run in 0..sizes.throughput_runs {
         for (i, (name, addr, pair)) in paths.iter().enumerate() {
             eprintln!("== {}: throughput, {name}, run {}", link.name(), run + 1);
             let machine_before = procfs::machine_busy_secs()?;
             let cpu_before = pair.map(procfs::cpu_pair).transpose()?;
+            let threads_before = pair
+                .map(|p| {
+                    anyhow::Ok((
+                        procfs::thread_cpu_secs(p.client)?,
+                        procfs::thread_cpu_secs(p.echo)?,
+                    ))
+                })
+                .transpose()?;
             let udp_before = udp_stats(&mut agent_a, &mut agent_b, link)?;
             let t: ThroughputResult = agent_a.call(&Request::Throughput {
                 addr: *addr,
@@ -671,11 +690,19 @@ fn run_link(link: Link, opts: &Options, sizes: &Sizes) -> anyhow::Result<LinkRes
                 streams: opts.streams,
             })?;
             busy[i] += (procfs::machine_busy_secs()? - machine_before) / t.secs;
-            if let (Some(p), Some(before)) = (pair, cpu_before) {
+            if let (Some(p), Some(before), Some((client_threads, echo_threads))) =
+                (pair, cpu_before, &threads_before)
+            {
                 let after = procfs::cpu_pair(*p)?;
                 pair_cpu[i].client += after.client - before.client;
                 pair_cpu[i].echo += after.echo - before.echo;
                 pair_secs[i] += t.secs;
+                pair_busiest[i].client += procfs::busiest_thread_secs(
+                    client_threads,
+                    &procfs::thread_cpu_secs(p.client)?,
+                );
+                pair_busiest[i].echo +=
+                    procfs::busiest_thread_secs(echo_threads, &procfs::thread_cpu_secs(p.echo)?);
             }
             if name == "phoenix" {
                 let udp_after = udp_stats(&mut agent_a, &mut agent_b, link)?;
@@ -687,10 +714,12 @@ fn run_link(link: Link, opts: &Options, sizes: &Sizes) -> anyhow::Result<LinkRes
         }
     }
     // Share of one core per proxy, over the runs of its own path.
-    let cpu_share = |i: usize| ProxyPair {
-        client: pair_cpu[i].client / pair_secs[i].max(f64::MIN_POSITIVE),
-        echo: pair_cpu[i].echo / pair_secs[i].max(f64::MIN_POSITIVE),
+    let per_sec = |v: &[ProxyPair<f64>], i: usize| ProxyPair {
+        client: v[i].client / pair_secs[i].max(f64::MIN_POSITIVE),
+        echo: v[i].echo / pair_secs[i].max(f64::MIN_POSITIVE),
     };
+    let cpu_share = |i: usize| per_sec(&pair_cpu, i);
+    let busiest_share = |i: usize| per_sec(&pair_busiest, i);
     // What path MTU discovery settled on, after the bulk runs.
     let udp_payload = {
         let config: serde_json::Value =
@@ -791,23 +820,22 @@ fn run_link(link: Link, opts: &Options, sizes: &Sizes) -> anyhow::Result<LinkRes
         .zip(busy)
         .zip(latency)
         .enumerate()
-        .map(|(i, ((throughput, busy), latency))| {
-            (
-                PathResult {
-                    throughput,
-                    machine_busy: busy / runs,
-                    latency,
-                },
-                cpu_share(i),
-                round_trip_cpu[i].unwrap_or(zero),
-            )
+        .map(|(i, ((throughput, busy), latency))| PairFigures {
+            path: PathResult {
+                throughput,
+                machine_busy: busy / runs,
+                latency,
+            },
+            throughput_cpu: cpu_share(i),
+            round_trip_cpu_us: round_trip_cpu[i].unwrap_or(zero),
+            busiest_thread: busiest_share(i),
         });
     let mut next = || paths_out.next().context("a path has no result");
     let result = LinkResult {
         link,
-        direct: next()?.0,
-        forwarder: next()?.0,
-        phoenix: next()?.0,
+        direct: next()?.path,
+        forwarder: next()?.path,
+        phoenix: next()?.path,
         tls: match &tls {
             Some(_) => Some(next()?),
             None => None,
@@ -817,6 +845,7 @@ fn run_link(link: Link, opts: &Options, sizes: &Sizes) -> anyhow::Result<LinkRes
             .map(|(v, _)| Ok((*v, next()?)))
             .collect::<anyhow::Result<_>>()?,
         throughput_cpu,
+        busiest_thread: busiest_share(2),
         udp_drops,
         mtu: match link {
             Link::Veth => veth_mtu,

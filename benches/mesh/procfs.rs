@@ -43,8 +43,40 @@ pub fn settled_rss_kib(pid: u32) -> anyhow::Result<u64> {
 
 /// utime + stime of the whole process (all threads), in seconds.
 pub fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
-    let path = format!("/proc/{pid}/stat");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    stat_cpu_secs(&format!("/proc/{pid}/stat"))
+}
+
+/// utime + stime of each thread of `pid`, by thread ID: which threads did
+/// the work (`--threads 2` shows whether a second worker took any).
+pub fn thread_cpu_secs(pid: u32) -> anyhow::Result<std::collections::HashMap<u32, f64>> {
+    let dir = format!("/proc/{pid}/task");
+    let mut threads = std::collections::HashMap::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot read {dir}"))? {
+        let entry = entry?;
+        let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        // A thread may end between the listing and the read.
+        if let Ok(secs) = stat_cpu_secs(&format!("{dir}/{tid}/stat")) {
+            threads.insert(tid, secs);
+        }
+    }
+    Ok(threads)
+}
+
+/// The CPU of the busiest thread between two readings, in seconds.
+pub fn busiest_thread_secs(
+    before: &std::collections::HashMap<u32, f64>,
+    after: &std::collections::HashMap<u32, f64>,
+) -> f64 {
+    after
+        .iter()
+        .map(|(tid, a)| a - before.get(tid).copied().unwrap_or(0.0))
+        .fold(0.0, f64::max)
+}
+
+fn stat_cpu_secs(path: &str) -> anyhow::Result<f64> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
     // The command name may hold spaces and parentheses: fields start after
     // the last ')'. There, field 3 (state) is index 0, so utime (field 14)
     // is index 11 and stime (15) index 12.

@@ -126,11 +126,11 @@ pub fn print(results: &[LinkResult], notes: &[String], sizes: &Sizes) {
             ("TCP forwarder pair".into(), &r.forwarder),
             ("Phoenix proxy pair".into(), &r.phoenix),
         ];
-        if let Some((tls, ..)) = &r.tls {
-            paths.push(("TLS-over-TCP pair (stunnel)".into(), tls));
+        if let Some(tls) = &r.tls {
+            paths.push(("TLS-over-TCP pair (stunnel)".into(), &tls.path));
         }
-        for (v, (p, ..)) in &r.variants {
-            paths.push((format!("Phoenix proxy pair {}", v.label()).into(), p));
+        for (v, f) in &r.variants {
+            paths.push((format!("Phoenix proxy pair {}", v.label()).into(), &f.path));
         }
         for (name, p) in paths {
             let runs: Vec<String> = p.runs_gbps().iter().map(|g| format!("{g:.2}")).collect();
@@ -160,31 +160,46 @@ pub fn print(results: &[LinkResult], notes: &[String], sizes: &Sizes) {
     );
     println!();
     println!(
-        "| link | pair | Gbit/s | pair CPU during throughput (cores) | Gbit per pair CPU-second | p50 added µs | pair CPU per round trip µs |"
+        "| link | pair | Gbit/s | pair CPU during throughput (cores) | busiest thread, client / server side (cores) | Gbit per pair CPU-second | p50 added µs | pair CPU per round trip µs |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for r in results {
-        let mut pairs: Vec<(std::borrow::Cow<'static, str>, &crate::PathResult, _, _)> = vec![(
+        let mut pairs: Vec<(std::borrow::Cow<'static, str>, &crate::PathResult, _, _, _)> = vec![(
             "Phoenix proxy pair".into(),
             &r.phoenix,
             r.throughput_cpu,
             r.round_trip_cpu_us,
+            r.busiest_thread,
         )];
-        if let Some((tls, cpu, rt)) = &r.tls {
-            pairs.push(("TLS-over-TCP pair (stunnel)".into(), tls, *cpu, *rt));
-        }
-        for (v, (p, cpu, rt)) in &r.variants {
+        for (name, f) in r
+            .tls
+            .iter()
+            .map(|f| (std::borrow::Cow::from("TLS-over-TCP pair (stunnel)"), f))
+            .chain(
+                r.variants
+                    .iter()
+                    .map(|(v, f)| (format!("Phoenix proxy pair {}", v.label()).into(), f)),
+            )
+        {
             pairs.push((
-                format!("Phoenix proxy pair {}", v.label()).into(),
-                p,
-                *cpu,
-                *rt,
+                name,
+                &f.path,
+                f.throughput_cpu,
+                f.round_trip_cpu_us,
+                f.busiest_thread,
             ));
         }
-        for (name, p, cpu, rt) in pairs {
+        for (name, p, cpu, rt, busiest) in pairs {
             let cores = cpu.client + cpu.echo;
+            // stunnel runs each connection on a thread of its own, gone
+            // by the time the run ends: no busiest thread to show.
+            let busiest = if busiest.client + busiest.echo > 0.0 {
+                format!("{:.2} / {:.2}", busiest.client, busiest.echo)
+            } else {
+                "–".to_owned()
+            };
             println!(
-                "| {} | {name} | {:.2} | {:.2} | {:.2} | {:+.1} | {:.0} |",
+                "| {} | {name} | {:.2} | {:.2} | {busiest} | {:.2} | {:+.1} | {:.0} |",
                 r.link.name(),
                 p.gbps(),
                 cores,
