@@ -75,6 +75,12 @@ pub mod annotations {
     pub const SKIP_INBOUND_PORTS: &str = "phoenix.dev/skip-inbound-ports";
     /// Outbound ports not redirected through the proxy, comma-separated.
     pub const SKIP_OUTBOUND_PORTS: &str = "phoenix.dev/skip-outbound-ports";
+    /// Worker threads of the proxy (`--threads`, default 1): raise it for
+    /// a proxy that keeps a core busy serving several busy peers.
+    pub const THREADS: &str = "phoenix.dev/proxy-threads";
+    /// The largest path MTU the proxy probes for (`--max-path-mtu`,
+    /// default 1500): 9001 on jumbo-frame networks.
+    pub const MAX_PATH_MTU: &str = "phoenix.dev/proxy-max-path-mtu";
 }
 
 /// What the injected containers need to know.
@@ -119,6 +125,18 @@ pub enum InjectError {
         annotation: &'static str,
         /// Its value.
         value: String,
+    },
+    /// A numeric annotation is not a whole number in its range.
+    #[error("annotation {annotation}: `{value}` is not a whole number from {min} to {max}")]
+    BadNumber {
+        /// The annotation.
+        annotation: &'static str,
+        /// Its value.
+        value: String,
+        /// The smallest value allowed.
+        min: u32,
+        /// The largest value allowed.
+        max: u32,
     },
     /// The object has no pod spec where one belongs.
     #[error("no pod spec at {path}")]
@@ -330,6 +348,27 @@ fn field_env(name: &str, field_path: &str) -> EnvVar {
     }
 }
 
+/// The annotation's value as a number in `min..=max`, if it is set.
+fn number(
+    annotations: &BTreeMap<String, String>,
+    annotation: &'static str,
+    min: u32,
+    max: u32,
+) -> Result<Option<u32>, InjectError> {
+    let Some(value) = annotations.get(annotation) else {
+        return Ok(None);
+    };
+    match value.trim().parse::<u32>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+        _ => Err(InjectError::BadNumber {
+            annotation,
+            value: value.clone(),
+            min,
+            max,
+        }),
+    }
+}
+
 impl Injector {
     /// The proxy container (a native sidecar); `probe_ports` are the app's
     /// (see [`probe_ports`]).
@@ -407,6 +446,14 @@ impl Injector {
                     // strict mode.
                     vars.push(field_env("PHOENIX_PROBE_SOURCES", "status.hostIPs"));
                     vars.push(env("PHOENIX_PROBE_PORTS", &join(probe_ports)));
+                }
+                for (annotation, var, min, max) in [
+                    (a::THREADS, "PHOENIX_THREADS", 1, 64),
+                    (a::MAX_PATH_MTU, "PHOENIX_MAX_PATH_MTU", 1280, 9001),
+                ] {
+                    if let Some(n) = number(annotations, annotation, min, max)? {
+                        vars.push(env(var, &n.to_string()));
+                    }
                 }
                 vars
             }),
@@ -738,5 +785,47 @@ mod tests {
         let r = c.resources.unwrap();
         assert_eq!(r.limits.unwrap()["memory"], Quantity("128Mi".into()));
         assert_eq!(r.requests.unwrap()["cpu"], Quantity("0.5".into()));
+    }
+
+    #[test]
+    fn thread_and_path_mtu_annotations_reach_the_proxy_or_are_refused_by_name() {
+        let i = Injector {
+            image: "img".into(),
+            control_plane: "cp:4180".into(),
+            control_plane_identity: "spiffe://td/ns/p/sa/cp".into(),
+            version: "0.1.0".into(),
+        };
+        let var = |c: &Container, name: &str| {
+            c.env
+                .iter()
+                .flatten()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value.clone())
+        };
+        let plain = i.proxy(&map(&[]), &[]).unwrap();
+        assert_eq!(var(&plain, "PHOENIX_THREADS"), None, "the proxy's default");
+        let tuned = i
+            .proxy(
+                &map(&[
+                    (annotations::THREADS, "4"),
+                    (annotations::MAX_PATH_MTU, "9001"),
+                ]),
+                &[],
+            )
+            .unwrap();
+        assert_eq!(var(&tuned, "PHOENIX_THREADS").as_deref(), Some("4"));
+        assert_eq!(var(&tuned, "PHOENIX_MAX_PATH_MTU").as_deref(), Some("9001"));
+        for (annotation, bad) in [
+            (annotations::THREADS, "0"),
+            (annotations::THREADS, "two"),
+            (annotations::MAX_PATH_MTU, "65536"),
+        ] {
+            let e = i.proxy(&map(&[(annotation, bad)]), &[]).unwrap_err();
+            let text = e.to_string();
+            assert!(
+                text.contains(annotation) && text.contains("whole number from"),
+                "{text}"
+            );
+        }
     }
 }
