@@ -249,6 +249,13 @@ fn prefix_matches6(ip: u128, dest: u128, prefix: u8) -> bool {
     ip & mask == dest & mask
 }
 
+/// A route's flags (hex), unless it rejects packets (unreachable,
+/// prohibit): such a route leads nowhere, so a shorter one decides.
+fn forwarding_flags(hex: &str) -> Option<u32> {
+    let flags = u32::from_str_radix(hex, 16).ok()?;
+    (flags & RTF_REJECT == 0).then_some(flags)
+}
+
 /// `Iface Destination Gateway Flags RefCnt Use Metric Mask MTU Window IRTT`,
 /// addresses as the kernel's native-endian u32 in hex.
 fn parse_route4(line: &str) -> Option<Route4> {
@@ -268,10 +275,7 @@ fn parse_route4(line: &str) -> Option<Route4> {
     else {
         return None;
     };
-    let flags = u32::from_str_radix(flags, 16).ok()?;
-    if flags & RTF_REJECT != 0 {
-        return None;
-    }
+    forwarding_flags(flags)?;
     let dest = Ipv4Addr::from(u32::from_str_radix(dest, 16).ok()?.to_ne_bytes());
     let mask = u32::from_be_bytes(u32::from_str_radix(mask, 16).ok()?.to_ne_bytes());
     // A mask is contiguous ones; anything else is not a route we can match.
@@ -306,10 +310,7 @@ fn parse_route6(line: &str) -> Option<Route6> {
     else {
         return None;
     };
-    let flags = u32::from_str_radix(flags, 16).ok()?;
-    if flags & RTF_REJECT != 0 {
-        return None;
-    }
+    let flags = forwarding_flags(flags)?;
     let prefix = u8::from_str_radix(prefix, 16).ok()?;
     if prefix > 128 || dest.len() != 32 {
         return None;
