@@ -4,7 +4,7 @@
 //! connection settled on after real traffic crossed it.
 //!
 //! The proxies start at 1200-byte packets and probe up to the route's
-//! interface MTU (tls/src/path_mtu.rs). Needs root, iproute2, curl and
+//! interface MTU (tls/src/endpoint.rs, `payload_bounds`). Needs root, iproute2, curl and
 //! python3 (`scripts/test` installs them).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on failure by design
@@ -14,7 +14,6 @@ mod harness;
 #[path = "support/netns.rs"]
 mod netns;
 
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -135,8 +134,7 @@ fn discovered_payload(a_mtu: u32, b_mtu: u32, extra_args: &[&str]) -> u64 {
     let admin = "http://127.0.0.1:4191/config";
     let mut last = None;
     // Discovery runs right after the handshake; lost probes are retried
-    // on the loss timer, a few milliseconds each on a bridge. Settled =
-    // the same value on two reads half a second apart, after more traffic.
+    // on the loss timer, a few milliseconds each on a bridge.
     eventually(
         Duration::from_secs(20),
         "path MTU discovery to settle",
@@ -144,9 +142,17 @@ fn discovered_payload(a_mtu: u32, b_mtu: u32, extra_args: &[&str]) -> u64 {
             assert_eq!(curl(&t, "a", &url).map(|b| b.len()), Some(body.len()));
             // `/config` answers loopback clients only.
             let dump: serde_json::Value = serde_json::from_str(&curl(&t, "a", admin)?).ok()?;
-            let payload = dump["peers"][0]["path"]["udpPayload"].as_u64()?;
-            let settled = last == Some(payload);
-            last = Some(payload);
+            // Settled: no probe sent or lost between two reads either (a
+            // lost probe waits on the loss timer, the size unchanged).
+            let path = &dump["peers"][0]["path"];
+            let now = (
+                path["udpPayload"].as_u64()?,
+                path["mtuProbesSent"].as_u64()?,
+                path["mtuProbesLost"].as_u64()?,
+            );
+            let payload = now.0;
+            let settled = last == Some(now);
+            last = Some(now);
             std::thread::sleep(Duration::from_millis(500));
             settled.then_some(payload)
         },
@@ -161,10 +167,19 @@ fn a_1500_byte_link_carries_1472_byte_payloads() {
 }
 
 #[test]
-fn a_link_below_1500_bytes_gets_packets_that_fit_it_from_the_start() {
+fn a_link_below_1500_bytes_gets_packets_that_fit_it() {
     // This VM's own eth0 runs at 1400, as overlays do (VXLAN: 1450): the
     // 1452-byte packets of a fixed default would not cross it.
     assert_eq!(discovered_payload(1400, 1400, &[]), 1372);
+}
+
+#[test]
+fn a_smaller_hop_behind_a_1500_byte_interface_does_not_stop_the_handshake() {
+    // a's route says 1500, but the bridge port toward b carries 1400:
+    // starting at 1200, the handshake completes, and the probes stop
+    // within two of quinn's minimum steps of the real 1372.
+    let got = discovered_payload(1500, 1400, &[]);
+    assert!((1332..=1372).contains(&got), "settled on {got}");
 }
 
 #[test]
@@ -199,44 +214,19 @@ fn a_fixed_payload_is_not_probed_past() {
 }
 
 #[test]
-fn loopback_peers_are_not_probed_and_keep_1452_under_a_bulk_transfer() {
+fn loopback_peers_are_not_probed() {
     // `phoenix up`: everything on 127.0.0.1, whose 65,536-byte MTU is no
-    // network's (tls/src/path_mtu.rs says what probing it cost).
+    // network's (tls/src/path_mtu.rs, `LARGEST_MTU`, says what probing it
+    // cost): 1452-byte packets, no probe, whatever the traffic.
     let echo = harness::echo_server();
     let up = harness::Up::start(&harness::client_echo_mesh(echo, ""));
     let mut conn = harness::connect(up.outbound("client", "echo"));
-    harness::ping(&mut conn, &[7u8; 60_000]);
-    let admin = up.admin("client");
-    let path = || -> serde_json::Value {
-        let dump: serde_json::Value =
-            serde_json::from_str(&harness::get(admin, "/config").1).unwrap();
-        dump["peers"][0]["path"].clone()
-    };
-    let before = path();
-    assert_eq!(before["udpPayload"], 1452, "{before}");
-    assert_eq!(before["mtuProbesSent"], 0, "{before}");
-    // 300 MiB each way: nothing moves the size, not even congestion losses.
-    let mut writer = conn.try_clone().unwrap();
-    let sender = std::thread::spawn(move || {
-        let chunk = vec![9u8; 1 << 20];
-        for _ in 0..300 {
-            writer.write_all(&chunk).unwrap();
-        }
-        writer.shutdown(std::net::Shutdown::Write).unwrap();
-    });
-    conn.set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut got = 0usize;
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        match conn.read(&mut buf).unwrap() {
-            0 => break,
-            n => got += n,
-        }
+    for _ in 0..20 {
+        harness::ping(&mut conn, &[7u8; 60_000]);
     }
-    sender.join().unwrap();
-    assert_eq!(got, 300 << 20);
-    let after = path();
-    assert_eq!(after["udpPayload"], 1452, "{after}");
-    assert_eq!(after["blackHolesDetected"], 0, "{after}");
+    let dump: serde_json::Value =
+        serde_json::from_str(&harness::get(up.admin("client"), "/config").1).unwrap();
+    let path = &dump["peers"][0]["path"];
+    assert_eq!(path["udpPayload"], 1452, "{path}");
+    assert_eq!(path["mtuProbesSent"], 0, "{path}");
 }

@@ -332,7 +332,7 @@ impl AdminState for ProxyAdmin {
                 "address": p.address,
                 "identity": p.identity,
                 "path": p.path.map(|path| serde_json::json!({
-                    // Path MTU discovery's result so far (1200 at first).
+                    // Path MTU discovery's result so far.
                     "udpPayload": path.current_mtu,
                     "rttMicros": u64::try_from(path.rtt.as_micros()).unwrap_or(u64::MAX),
                     "congestionWindow": path.cwnd,

@@ -83,8 +83,8 @@ pub struct Args {
     pub drain_grace: Duration,
     /// Largest UDP payload (MTU minus IP and UDP headers): `auto` (the
     /// default) starts at 1200 bytes and probes each peer's path up to the
-    /// route's interface MTU; a number (1200 to 65527) sends packets of
-    /// that size from the start and never probes.
+    /// route's interface MTU (loopback peers keep 1452); a number (1200 to 65527) sends packets of that size from the
+    /// start and never probes.
     #[arg(long, env = "PHOENIX_MAX_UDP_PAYLOAD", default_value = "auto", value_parser = parse_udp_payload)]
     pub max_udp_payload: UdpPayload,
     /// The largest path MTU `auto` probes for, 1280 to 9001: 1500 by
@@ -297,7 +297,7 @@ pub fn parse_kx(s: &str) -> Result<KeyExchange, String> {
 /// `--max-udp-payload`: discovered per path, or fixed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UdpPayload {
-    /// Probe each peer's path from 1200 bytes up to its interface's MTU.
+    /// Probe each peer's path up to its interface's MTU.
     Auto,
     /// This many bytes from the start, no probing.
     Fixed(u16),

@@ -39,7 +39,8 @@ const REORDERING_PACKETS: u32 = 1000;
 pub struct TransportSettings {
     /// Largest UDP payload. `None` (the default) discovers it per peer:
     /// packets start at 1200 bytes and quinn's path MTU discovery probes
-    /// up to the route's interface MTU minus headers ([`crate::path_mtu`]).
+    /// up to the route's interface MTU minus headers
+    /// ([`Self::payload_bounds`]).
     /// `Some(n)` sends `n`-byte packets from the start and never probes
     /// (for paths that drop probes, or to pin a size in a benchmark).
     pub max_udp_payload: Option<u16>,
@@ -127,28 +128,39 @@ impl TransportSettings {
         Arc::new(self.transport(0, HTTP3_UNI_STREAMS, peer))
     }
 
-    /// The floor and the ceiling of path MTU discovery toward `peer`. The
-    /// floor is the first packets' payload and where quinn falls back when
-    /// it judges the path a black hole: 1452 (what a 1500-byte MTU carries
-    /// over IPv6 too) or the interface's own payload when that is smaller.
-    /// Not 1200: quinn's black-hole heuristic fires on bursts of losses
-    /// that congestion alone explains (measured: a 300 MB echo over
-    /// loopback ended at 1200-byte packets), and each time it would cut the
-    /// packet size below what every pod network carries.
-    pub fn payload_bounds(&self, peer: Option<IpAddr>) -> (u16, u16) {
-        match self.max_udp_payload {
-            Some(fixed) => {
-                let fixed = fixed.clamp(path_mtu::MIN_PAYLOAD, path_mtu::MAX_PAYLOAD);
-                (fixed, fixed)
-            }
-            None => match peer {
-                Some(peer) => {
-                    let ceiling = path_mtu::payload_ceiling(peer, self.max_path_mtu);
-                    (ceiling.min(path_mtu::FALLBACK_PAYLOAD), ceiling)
-                }
-                // Nothing known of the path: QUIC's minimum is all that is
-                // safe, and probes find the rest.
-                None => (path_mtu::MIN_PAYLOAD, path_mtu::FALLBACK_PAYLOAD),
+    /// Path MTU discovery's bounds toward `peer`: (first packets'
+    /// payload, the least quinn falls back to, the ceiling of its probes).
+    ///
+    /// - A routed peer starts at QUIC's 1200, which every path carries
+    ///   (a handshake whose packets a smaller hop further on drops never
+    ///   completes, and black-hole detection does not run before it is
+    ///   done), and probes up to its interface's payload; quinn falls back
+    ///   to 1200 when losses look like a smaller hop (a tunnel, IPsec).
+    /// - A loopback peer keeps 1452 and is not probed (see
+    ///   [`path_mtu::LARGEST_MTU`]).
+    /// - A peer with no known route starts at 1200, all that is safe.
+    /// - A fixed `max_udp_payload` is used from the start and never left.
+    pub fn payload_bounds(&self, peer: Option<IpAddr>) -> PayloadBounds {
+        use path_mtu::{FALLBACK_PAYLOAD, MIN_PAYLOAD};
+        let fixed = |n: u16| PayloadBounds {
+            initial: n,
+            min: n,
+            ceiling: n,
+        };
+        if let Some(n) = self.max_udp_payload {
+            return fixed(n.clamp(MIN_PAYLOAD, path_mtu::MAX_PAYLOAD));
+        }
+        match peer.map(|p| path_mtu::path_to(p, self.max_path_mtu)) {
+            Some(path_mtu::PathKind::Loopback) => fixed(FALLBACK_PAYLOAD),
+            Some(path_mtu::PathKind::Routed(ceiling)) => PayloadBounds {
+                initial: MIN_PAYLOAD,
+                min: MIN_PAYLOAD,
+                ceiling,
+            },
+            Some(path_mtu::PathKind::Unknown) | None => PayloadBounds {
+                initial: MIN_PAYLOAD,
+                min: MIN_PAYLOAD,
+                ceiling: FALLBACK_PAYLOAD,
             },
         }
     }
@@ -160,7 +172,11 @@ impl TransportSettings {
         peer: Option<IpAddr>,
     ) -> TransportConfig {
         let mut t = TransportConfig::default();
-        let (initial, ceiling) = self.payload_bounds(peer);
+        let PayloadBounds {
+            initial,
+            min,
+            ceiling,
+        } = self.payload_bounds(peer);
         t.max_concurrent_bidi_streams(VarInt::from_u32(remote_bidi))
             .max_concurrent_uni_streams(VarInt::from_u32(remote_uni))
             .stream_receive_window(VarInt::from_u32(self.stream_window))
@@ -168,7 +184,7 @@ impl TransportSettings {
             .send_window(u64::from(self.connection_window))
             .keep_alive_interval(Some(self.keep_alive))
             .initial_mtu(initial)
-            .min_mtu(initial)
+            .min_mtu(min)
             .packet_threshold(REORDERING_PACKETS);
         // Idle timeouts above 2^62 ms are impossible; ours are seconds.
         if let Ok(idle) = quinn::IdleTimeout::try_from(self.idle_timeout) {
@@ -209,6 +225,17 @@ impl TransportSettings {
         let _ = c.max_udp_payload_size(largest.clamp(path_mtu::MIN_PAYLOAD, path_mtu::MAX_PAYLOAD));
         c
     }
+}
+
+/// UDP payload sizes of one peer connection, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PayloadBounds {
+    /// The first packets' size.
+    pub initial: u16,
+    /// What quinn falls back to when it judges the path a black hole.
+    pub min: u16,
+    /// The largest size probed (probing is off when it is `initial`).
+    pub ceiling: u16,
 }
 
 /// Binds a UDP socket with large buffers and wraps it in a quinn endpoint.

@@ -7,14 +7,19 @@
 //! QUIC's cost is mostly per packet), and it exceeds overlay MTUs (1450 on
 //! VXLAN, 1400 here on this VM's eth0), where every full packet is
 //! dropped until loss detection gives up on it. quinn's DPLPMTUD (RFC 8899)
-//! probes upward from 1200 with padded packets and settles on what the
-//! path really carries; the interface MTU is the ceiling of that search,
-//! so it ends in a few probes and never tries sizes the first hop refuses.
+//! probes upward with padded packets from QUIC's 1200 and settles on what
+//! the path really carries; the interface MTU is the ceiling of that search, so it
+//! ends in a few probes and never tries sizes the first hop refuses. A
+//! smaller hop further on (a tunnel, IPsec) is found by quinn's black-hole
+//! detection, which falls back to QUIC's 1200.
 //!
-//! The routes are read from `/proc/net/route` and `/proc/net/ipv6_route`
-//! (the main table; policy routing is not followed, which can only make
-//! the ceiling too high, and the probes then find the real size) and each
-//! interface's MTU from `/sys/class/net/<name>/mtu`. Safe code only: a
+//! The routes are read from `/proc/net/route` (IPv4's main table only) and
+//! `/proc/net/ipv6_route` (every IPv6 table, including the local one).
+//! Policy routing is not followed, nor an IPv4 peer at one of this host's
+//! own addresses (it goes over loopback, but is probed as its subnet's
+//! interface): both can only make the ceiling too high, and the probes
+//! then find the real size. Each interface's MTU is read from
+//! `/sys/class/net/<name>/mtu`. Safe code only: a
 //! connected socket's `IP_MTU` would need `getsockopt` through `unsafe`.
 //! The parse is pure (tested on captured tables); the read is cached for
 //! a few seconds, since it happens once per peer connection.
@@ -72,30 +77,48 @@ pub fn header_bytes(ip: IpAddr) -> u16 {
     }
 }
 
-/// The largest UDP payload to probe toward `peer`, in
-/// `MIN_PAYLOAD..=MAX_PAYLOAD`: the route's interface MTU (at most
-/// `max_mtu` and [`LARGEST_MTU`]) minus headers,
-/// or [`FALLBACK_PAYLOAD`] when the tables cannot be read.
-pub fn payload_ceiling(peer: IpAddr, max_mtu: u32) -> u16 {
+/// What the host knows of the path toward a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathKind {
+    /// Through the loopback device: not probed (see [`LARGEST_MTU`]).
+    Loopback,
+    /// No route, or the tables cannot be read.
+    Unknown,
+    /// Through an interface whose MTU allows payloads of this many bytes
+    /// (capped by `max_mtu` and [`LARGEST_MTU`]).
+    Routed(u16),
+}
+
+/// The path toward `peer`, its ceiling capped at `max_mtu`.
+pub fn path_to(peer: IpAddr, max_mtu: u32) -> PathKind {
     let Some(routes) = cached() else {
-        return FALLBACK_PAYLOAD;
+        return PathKind::Unknown;
     };
     if routes.via_loopback(peer) {
-        return FALLBACK_PAYLOAD;
+        return PathKind::Loopback;
     }
-    routes.mtu_to(peer).map_or(FALLBACK_PAYLOAD, |mtu| {
-        payload_for_mtu(mtu.min(max_mtu), peer)
+    routes.mtu_to(peer).map_or(PathKind::Unknown, |mtu| {
+        PathKind::Routed(payload_for_mtu(mtu.min(max_mtu), peer))
     })
 }
 
-/// The largest payload any interface of this host carries (the endpoint's
-/// receive ceiling, advertised to peers), or [`FALLBACK_PAYLOAD`].
+/// The largest payload any interface but loopback carries, at most
+/// `max_mtu`'s (the endpoint's receive ceiling, advertised to peers), or
+/// [`FALLBACK_PAYLOAD`].
 pub fn largest_payload(max_mtu: u32) -> u16 {
     cached()
-        .and_then(|routes| routes.mtus.values().copied().max())
+        .and_then(|routes| {
+            routes
+                .mtus
+                .iter()
+                .filter(|(name, _)| name.as_str() != "lo")
+                .map(|(_, mtu)| *mtu)
+                .max()
+        })
         .map_or(FALLBACK_PAYLOAD, |mtu| {
             payload_for_mtu(mtu.min(max_mtu), IpAddr::V4(Ipv4Addr::UNSPECIFIED))
         })
+        .max(FALLBACK_PAYLOAD)
 }
 
 fn payload_for_mtu(mtu: u32, peer: IpAddr) -> u16 {
@@ -136,8 +159,6 @@ struct Route4 {
     dest: Ipv4Addr,
     prefix: u8,
     metric: u32,
-    /// A route's own MTU (`ip route … mtu N`); 0 when it has none.
-    mtu: u32,
 }
 
 /// One IPv6 route (every table the file prints).
@@ -215,9 +236,6 @@ impl Routes {
             .iter()
             .filter(|r| prefix_matches4(bits, u32::from(r.dest), r.prefix))
             .max_by(|a, b| a.prefix.cmp(&b.prefix).then(b.metric.cmp(&a.metric)))?;
-        if route.mtu != 0 {
-            return Some(route.mtu);
-        }
         self.mtus.get(&route.iface).copied()
     }
 
@@ -257,22 +275,13 @@ fn forwarding_flags(hex: &str) -> Option<u32> {
 }
 
 /// `Iface Destination Gateway Flags RefCnt Use Metric Mask MTU Window IRTT`,
-/// addresses as the kernel's native-endian u32 in hex.
+/// addresses as the kernel's native-endian u32 in hex. The `MTU` column is
+/// the route's advmss plus 40, not its MTU (`ip route … mtu N` shows 0
+/// there): a route's own MTU is only in netlink, so it is not seen, and
+/// probing finds a smaller path.
 fn parse_route4(line: &str) -> Option<Route4> {
     let f: Vec<&str> = line.split_whitespace().collect();
-    let [
-        iface,
-        dest,
-        _gw,
-        flags,
-        _refcnt,
-        _use,
-        metric,
-        mask,
-        mtu,
-        ..,
-    ] = f.as_slice()
-    else {
+    let [iface, dest, _gw, flags, _refcnt, _use, metric, mask, ..] = f.as_slice() else {
         return None;
     };
     forwarding_flags(flags)?;
@@ -287,7 +296,6 @@ fn parse_route4(line: &str) -> Option<Route4> {
         dest,
         prefix: u8::try_from(mask.leading_ones()).ok()?,
         metric: metric.parse().ok()?,
-        mtu: mtu.parse().ok()?,
     })
 }
 
@@ -329,7 +337,7 @@ mod tests {
     use super::*;
 
     /// Captured on the benchmark VM (eth0 at MTU 1400), plus a veth at 9000
-    /// and a route with its own MTU.
+    /// and a route with an advmss.
     const V4: &str = "\
 Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
 eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0
@@ -365,7 +373,8 @@ fd000000000000000000000000000002 80 00000000000000000000000000000000 00 00000000
         assert_eq!(r.mtu_to(ip("10.77.1.2")), Some(9000), "veth subnet");
         assert_eq!(r.mtu_to(ip("192.0.2.9")), Some(1400), "eth0 subnet");
         assert_eq!(r.mtu_to(ip("8.8.8.8")), Some(1400), "default route");
-        assert_eq!(r.mtu_to(ip("10.9.9.9")), Some(1300), "the route's own MTU");
+        // The MTU column is advmss + 40, not a route MTU: ignored.
+        assert_eq!(r.mtu_to(ip("10.9.9.9")), Some(1400));
     }
 
     #[test]
