@@ -27,7 +27,7 @@ use crate::snapshot::Resource;
 pub mod frozen;
 
 /// The wire version this build speaks.
-pub const WIRE_VERSION: u32 = 8;
+pub const WIRE_VERSION: u32 = 9;
 /// The oldest wire version a control plane still serves.
 pub const MIN_WIRE_VERSION: u32 = 1;
 
@@ -85,6 +85,7 @@ pub const CHANGES: &[Change] = &[
     change(7, field("upstream", &["retry"])),
     change(8, field("mesh", &["identityAlgorithm"])),
     change(8, field("mesh", &["authPolicy"])),
+    change(9, field("upstream", &["routes"])),
 ];
 
 /// How one resource reads at an older version.

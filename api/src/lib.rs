@@ -5,7 +5,7 @@
 //! proxied stream ([`header`]), the control-plane messages ([`control`]) and
 //! their framing ([`frame`]), the config snapshots they carry
 //! ([`snapshot`]) and what each wire version added ([`compat`]),
-//! the classification of a client's first bytes ([`detect`], pure, so the
+//! the HTTP routes of a service ([`route`]), the classification of a client's first bytes ([`detect`], pure, so the
 //! proxy's protocol detection is fuzzed without sockets), workload identities ([`identity`]) and service names
 //! ([`service`]). The crate does no I/O:
 //! the codecs are pure functions over bytes, so they are fuzzed and tested
@@ -20,6 +20,7 @@ pub mod grpc_timeout;
 pub mod header;
 pub mod identity;
 pub mod protocol;
+pub mod route;
 pub mod secret;
 pub mod service;
 pub mod snapshot;

@@ -182,6 +182,11 @@ pub struct Upstream {
     /// only requests that never left, which every service gets).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
+    /// The HTTP routes attached to the service that apply to this proxy's
+    /// app, in the spec's tie-break order (wire version 9; absent: every
+    /// request goes to the service itself).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<crate::route::Route>,
 }
 
 /// Which failed HTTP requests of a service are retried, and how many
@@ -357,6 +362,7 @@ mod tests {
             protocol: Protocol::Detect,
             request_timeout_ms: None,
             retry: None,
+            routes: Vec::new(),
             endpoints: vec![Endpoint {
                 address: SocketAddr::from(([127, 0, 0, 1], port)),
                 identity: "spiffe://td/ns/default/sa/db".into(),

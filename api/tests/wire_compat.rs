@@ -54,6 +54,7 @@ fn everything() -> Snapshot {
                 budget_percent: 20,
                 budget_min_per_second: 10,
             }),
+            routes: vec![every_route()],
         }),
         Resource::Inbound(Inbound {
             service: "web.shop:80".parse().unwrap(),
@@ -67,6 +68,60 @@ fn everything() -> Snapshot {
     Snapshot {
         version: 7,
         resources: resources.into_iter().map(|r| (r.key(), r)).collect(),
+    }
+}
+
+/// A route with every field set (also without `..`).
+fn every_route() -> phoenix_api::route::Route {
+    use phoenix_api::route::*;
+    let nv = || NameValue {
+        name: "x-canary".into(),
+        value: "1".into(),
+    };
+    let modifier = || HeaderModifier {
+        set: vec![nv()],
+        add: vec![nv()],
+        remove: vec!["x-old".into()],
+    };
+    Route {
+        name: "web-canary".into(),
+        namespace: "shop".into(),
+        kind: RouteKind::Http,
+        rules: vec![RouteRule {
+            matches: vec![RouteMatch {
+                path: Some(PathMatch::PathPrefix("/api".into())),
+                method: Some("GET".into()),
+                headers: vec![nv()],
+                query_params: vec![nv()],
+                grpc_service: Some("echo.Echo".into()),
+                grpc_method: Some("Unary".into()),
+            }],
+            backends: vec![Backend {
+                service: "web-v2.shop:80".parse().unwrap(),
+                weight: 10,
+            }],
+            filters: vec![
+                Filter::RequestHeaderModifier(modifier()),
+                Filter::ResponseHeaderModifier(modifier()),
+                Filter::RequestRedirect(Redirect {
+                    scheme: Some("https".into()),
+                    hostname: Some("example.com".into()),
+                    port: Some(8443),
+                    path: Some(PathRewrite::ReplacePrefixMatch("/v2".into())),
+                    status_code: 302,
+                }),
+            ],
+            request_timeout_ms: Some(2_000),
+            backend_request_timeout_ms: Some(500),
+            retry: Some(RetryPolicy {
+                status_codes: vec![503],
+                grpc_status_codes: vec![],
+                max_retries: 1,
+                non_idempotent: false,
+                budget_percent: 20,
+                budget_min_per_second: 10,
+            }),
+        }],
     }
 }
 

@@ -19,6 +19,10 @@ use phoenix_api::{ServiceName, SpiffeId};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+pub mod routes;
+
+pub use routes::{MeshRoute, RouteProblem};
+
 /// Namespace given to workloads that name none.
 pub const DEFAULT_NAMESPACE: &str = "default";
 /// Default certificate lifetime.
@@ -68,6 +72,10 @@ pub struct MeshFile {
     pub control_plane: ControlPlaneFile,
     /// The workloads.
     pub workloads: Vec<WorkloadFile>,
+    /// HTTP routes (Gateway API `HTTPRoute` and `GRPCRoute`) attached to
+    /// mesh services.
+    #[serde(default)]
+    pub routes: Vec<routes::RouteFile>,
 }
 
 /// `controlPlane:` in the mesh file.
@@ -192,6 +200,8 @@ pub struct Mesh {
     pub control_admin: SocketAddr,
     /// Workloads by name.
     pub workloads: BTreeMap<String, Workload>,
+    /// HTTP routes, in file order (earlier counts as older).
+    pub routes: Vec<MeshRoute>,
 }
 
 /// A validated workload.
@@ -340,6 +350,9 @@ pub enum Problem {
         "list at least one cipher suite (TLS13_AES_256_GCM_SHA384, TLS13_AES_128_GCM_SHA256, TLS13_CHACHA20_POLY1305_SHA256)"
     )]
     NoCipherSuites,
+    /// A route that cannot be used.
+    #[error("{0}")]
+    Route(#[from] RouteProblem),
     /// `pq-only` authentication with classical identities.
     #[error(
         "authPolicy pq-only refuses every ECDSA certificate, and identityAlgorithm is ecdsa-p256: set identityAlgorithm: ml-dsa-65 (and rotate the root) or use authPolicy: any"
@@ -411,6 +424,7 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
         state_dir,
         control_plane,
         workloads: workload_files,
+        routes: route_files,
     } = file;
     let auth_policy = match auth_policy {
         None => AuthPolicy::default(),
@@ -696,6 +710,18 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
             }
         }
     }
+    // Every served service and the protocol its apps declare (the first
+    // declaration, when several workloads serve it).
+    let mut served_protocols = BTreeMap::new();
+    for w in workloads.values() {
+        for (service, serve) in &w.serve {
+            served_protocols
+                .entry(service.clone())
+                .or_insert(serve.protocol);
+        }
+    }
+    let routes = routes::validate(&route_files, &served_protocols)
+        .map_err(|(line, field, problem)| invalid(line, field, problem))?;
     Ok(Mesh {
         trust_domain: td,
         control_plane_identity,
@@ -711,6 +737,7 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
         control_listen,
         control_admin,
         workloads,
+        routes,
     })
 }
 
@@ -947,5 +974,144 @@ workloads:
             assert!(field.contains(".addresses["), "{field}");
             assert!(line == 5 || line == 6, "{line}");
         }
+    }
+
+    const ROUTES: &str = "\
+trustDomain: phoenix.local
+workloads:
+  - name: client
+    upstreams: [{service: web, listen: 127.0.0.1:0}]
+  - name: web
+    serve: [{service: web, target: 127.0.0.1:8001}, {service: web-v2, target: 127.0.0.1:8002}]
+routes:
+  - kind: HTTPRoute
+    name: canary
+    spec:
+      parentRefs: [{name: web}]
+      rules:
+        - matches: [{path: {type: PathPrefix, value: /api}, headers: [{name: X-Canary, value: \"1\"}]}]
+          filters:
+            - type: RequestHeaderModifier
+              requestHeaderModifier: {set: [{name: x-routed, value: canary}]}
+          backendRefs: [{name: web-v2}]
+          timeouts: {request: 2s, backendRequest: 500ms}
+          retry: {codes: [503], attempts: 2}
+";
+
+    #[test]
+    fn routes_parse_in_the_gateway_api_shape() {
+        let mesh = parse(ROUTES).unwrap();
+        let route = &mesh.routes[0];
+        assert_eq!(route.namespace, "default");
+        assert!(route.parents.contains("web"));
+        let rule = &route.rules[0];
+        assert_eq!(rule.backends[0].service.as_str(), "web-v2");
+        assert_eq!(rule.backends[0].weight, 1, "the default weight");
+        assert_eq!(
+            rule.matches[0].headers[0].name, "x-canary",
+            "names fold to lowercase"
+        );
+        assert_eq!(rule.request_timeout_ms, Some(2000));
+        assert_eq!(rule.backend_request_timeout_ms, Some(500));
+        assert_eq!(rule.retry.as_ref().unwrap().max_retries, 2);
+    }
+
+    #[test]
+    fn bad_routes_name_the_field_the_line_and_the_fix() {
+        let cases: &[(&str, &str, &str, &str)] = &[
+            (
+                "name: web}]\n      rules",
+                "name: nope}]\n      rules",
+                "spec.parentRefs[0]",
+                "no workload serves service `nope`",
+            ),
+            (
+                "backendRefs: [{name: web-v2}]",
+                "backendRefs: [{name: web-v2, weight: 2000000}]",
+                "spec.rules[0].backendRefs[0].weight",
+                "over 1000000",
+            ),
+            (
+                "type: RequestHeaderModifier\n              requestHeaderModifier: {set: [{name: x-routed, value: canary}]}",
+                "type: URLRewrite",
+                "spec.rules[0].filters[0]",
+                "URLRewrite filter is not supported",
+            ),
+            (
+                "type: PathPrefix, value: /api",
+                "type: RegularExpression, value: /api",
+                "spec.rules[0].matches[0]",
+                "not supported",
+            ),
+            (
+                "request: 2s, backendRequest: 500ms",
+                "request: 1s, backendRequest: 5s",
+                "spec.rules[0].timeouts.backendRequest",
+                "must not be longer",
+            ),
+            (
+                "attempts: 2}",
+                "attempts: 2, backoff: 100ms}",
+                "spec.rules[0].retry.backoff",
+                "backoff",
+            ),
+            (
+                "kind: HTTPRoute",
+                "kind: TCPRoute",
+                "kind",
+                "HTTPRoute or GRPCRoute",
+            ),
+            (
+                "parentRefs: [{name: web}]",
+                "parentRefs: [{name: web, namespace: shop}]",
+                "spec.parentRefs[0]",
+                "no namespace",
+            ),
+            (
+                "backendRefs: [{name: web-v2}]",
+                "backendRefs: [{name: web-v2}]\n          filters2: []",
+                "",
+                "unknown field",
+            ),
+        ];
+        for (from, to, field, message) in cases {
+            assert!(ROUTES.contains(from), "case does not apply: {from}");
+            let text = ROUTES.replace(from, to);
+            match parse(&text) {
+                Err(MeshError::Invalid {
+                    line,
+                    field: got,
+                    problem,
+                    ..
+                }) => {
+                    assert_eq!(got, format!("routes[0].{field}"), "{to}");
+                    assert!(problem.to_string().contains(message), "{to}: {problem}");
+                    assert!(line > 6, "{to}: line {line}");
+                }
+                Err(other) if field.is_empty() => {
+                    assert!(other.to_string().contains(message), "{to}: {other}");
+                }
+                other => panic!("{to}: expected an error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn grpc_routes_match_methods_and_refuse_http_fields() {
+        let text = ROUTES.replace(
+            "  - kind: HTTPRoute\n    name: canary\n    spec:\n      parentRefs: [{name: web}]\n      rules:\n        - matches: [{path: {type: PathPrefix, value: /api}, headers: [{name: X-Canary, value: \"1\"}]}]\n          filters:\n            - type: RequestHeaderModifier\n              requestHeaderModifier: {set: [{name: x-routed, value: canary}]}\n          backendRefs: [{name: web-v2}]\n          timeouts: {request: 2s, backendRequest: 500ms}\n          retry: {codes: [503], attempts: 2}\n",
+            "  - kind: GRPCRoute\n    name: by-method\n    spec:\n      parentRefs: [{name: web}]\n      rules:\n        - matches: [{method: {service: echo.Echo, method: Unary}}]\n          backendRefs: [{name: web-v2}]\n",
+        );
+        let mesh = parse(&text).unwrap();
+        let m = &mesh.routes[0].rules[0].matches[0];
+        assert_eq!(m.grpc_service.as_deref(), Some("echo.Echo"));
+        assert_eq!(m.grpc_method.as_deref(), Some("Unary"));
+        let bad = text.replace(
+            "{method: {service: echo.Echo, method: Unary}}",
+            "{path: {value: /x}}",
+        );
+        let (_, field, problem) = problem(&bad);
+        assert_eq!(field, "routes[0].spec.rules[0].matches[0]");
+        assert!(problem.to_string().contains("GRPCRoute"), "{problem}");
     }
 }

@@ -110,6 +110,8 @@ pub struct UpstreamConfig {
     pub request_timeout: Option<Duration>,
     /// Which failed HTTP requests are tried again.
     pub retry: Option<RetryConfig>,
+    /// The HTTP routes attached to it (empty: requests go to it).
+    pub routes: crate::http::route::RouteTable,
 }
 
 /// Which failed HTTP requests of a service are retried (validated
@@ -135,7 +137,7 @@ pub struct RetryConfig {
 pub const MAX_RETRIES: u32 = 10;
 
 impl RetryConfig {
-    fn validate(key: &str, policy: &snapshot::RetryPolicy) -> Result<Self, ConfigError> {
+    pub(crate) fn validate(key: &str, policy: &snapshot::RetryPolicy) -> Result<Self, ConfigError> {
         let snapshot::RetryPolicy {
             status_codes,
             grpc_status_codes,
@@ -329,6 +331,16 @@ pub enum ConfigError {
         /// The service.
         service: String,
     },
+    /// An upstream's route cannot be used.
+    #[error("resource `{key}` has a route `{route}` that cannot be used: {problem}")]
+    Route {
+        /// The resource.
+        key: String,
+        /// The route's name (empty when the problem is in a match).
+        route: String,
+        /// What is wrong.
+        problem: crate::http::route::RouteProblem,
+    },
     /// An upstream's retry policy cannot be used.
     #[error("resource `{key}` has a retry policy that cannot be used: {problem}")]
     Retry {
@@ -364,6 +376,7 @@ impl TryFrom<&Snapshot> for ProxyConfig {
                         protocol,
                         request_timeout_ms,
                         retry,
+                        routes,
                     } = u;
                     let positive = |field: &'static str, ms: &Option<u64>| match ms {
                         Some(0) => Err(ConfigError::ZeroTimeout { field }),
@@ -410,6 +423,7 @@ impl TryFrom<&Snapshot> for ProxyConfig {
                             protocol: *protocol,
                             request_timeout,
                             retry,
+                            routes: crate::http::route::RouteTable::build(key, routes)?,
                         },
                     );
                 }
@@ -659,6 +673,7 @@ mod tests {
             protocol: Default::default(),
             request_timeout_ms: None,
             retry: None,
+            routes: vec![],
         })
     }
 

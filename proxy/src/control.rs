@@ -471,6 +471,7 @@ mod tests {
                 protocol: Default::default(),
                 request_timeout_ms: None,
                 retry: None,
+                routes: Vec::new(),
             }),
         ];
         Snapshot {

@@ -10,7 +10,9 @@
 //! inbound proxy serves HTTP/3 ([`inbound`]), checks the service's
 //! allow-list for every request, and forwards it to the app over pooled
 //! connections in the version the app speaks ([`app`]). Which connections
-//! take this path is decided in [`detect`].
+//! take this path is decided in [`detect`]; which service a request goes
+//! to, when Gateway API routes are attached to the one called, in
+//! [`route`].
 
 pub mod app;
 pub mod body;
@@ -23,4 +25,5 @@ pub mod outbound;
 pub mod replay;
 pub mod respond;
 pub mod retry;
+pub mod route;
 pub mod upgrade;

@@ -320,6 +320,7 @@ mod tests {
                 protocol: Default::default(),
                 request_timeout_ms: None,
                 retry: None,
+                routes: Vec::new(),
             }),
             Resource::Inbound(phoenix_api::snapshot::Inbound {
                 service: "legacy.shop:80".parse().unwrap(),

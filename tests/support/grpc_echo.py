@@ -11,7 +11,8 @@ test needs nothing generated.
     /echo.Echo/Bidi        echoes every message as NAME + ":" + message
   grpc_echo.py call ADDR CALLS     on one channel (one HTTP/2 connection):
                            CALLS unary calls, a stream of 5, a bidi of 3 and
-                           one failing call; prints one JSON object
+                           one failing call; prints one JSON object (who
+                           served each kind of call among it)
 """
 import json
 import sys
@@ -84,6 +85,8 @@ def call(addr, calls):
         "served": served,
         "trailersOk": trailers_ok,
         "stream": [m.partition(":")[2] for m in streamed],
+        "streamServedBy": sorted({m.partition(":")[0] for m in streamed}),
+        "bidiServedBy": sorted({m.partition(":")[0] for m in bidi_out}),
         "bidi": [m.partition(":")[2] for m in bidi_out],
         "failed": failed,
     }), flush=True)

@@ -1,7 +1,7 @@
 //! The snapshot types of every served wire version, frozen as those proxies
 //! read them: strict (`deny_unknown_fields`, a closed set of kinds) up to
 //! version 4, tolerant from version 5 (version 6 adds a service's
-//! `protocol`). Never edit a version's copy once it
+//! `protocol`, version 9 its `routes`). Never edit a version's copy once it
 //! ships; a new version gets a new copy.
 //!
 //! They exist so a test can decode what the control plane sends a proxy of
@@ -49,6 +49,7 @@ pub fn read(version: u32, body: &[u8]) -> Result<Value, FrozenError> {
         6 => via::<v6::Response>(version, body),
         7 => via::<v7::Response>(version, body),
         8 => via::<v8::Response>(version, body),
+        9 => via::<v9::Response>(version, body),
         other => Err(FrozenError::NotServed(other)),
     }
 }
@@ -709,6 +710,212 @@ pub mod v8 {
     pub enum AuthPolicy {
         Any,
         PqOnly,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(tag = "kind", rename_all = "camelCase")]
+    pub enum Resource {
+        Mesh(MeshSettings),
+        Upstream(Upstream),
+        Inbound(Inbound),
+    }
+
+    /// A resource as read: an unknown kind is kept as nothing.
+    #[derive(Deserialize)]
+    #[serde(tag = "kind", rename_all = "camelCase")]
+    enum Read {
+        Mesh(MeshSettings),
+        Upstream(Upstream),
+        Inbound(Inbound),
+        #[serde(other)]
+        Unknown,
+    }
+
+    fn known<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Resource>, D::Error> {
+        let all = BTreeMap::<String, Read>::deserialize(d)?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(key, read)| {
+                let resource = match read {
+                    Read::Mesh(m) => Resource::Mesh(m),
+                    Read::Upstream(u) => Resource::Upstream(u),
+                    Read::Inbound(i) => Resource::Inbound(i),
+                    Read::Unknown => return None,
+                };
+                Some((key, resource))
+            })
+            .collect())
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Snapshot {
+        pub version: u64,
+        #[serde(deserialize_with = "known")]
+        pub resources: BTreeMap<String, Resource>,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Delta {
+        pub from_version: u64,
+        pub version: u64,
+        #[serde(deserialize_with = "known")]
+        pub upserts: BTreeMap<String, Resource>,
+        pub removals: Vec<String>,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(tag = "type", rename_all = "camelCase")]
+    pub enum Response {
+        Snapshot(Snapshot),
+        Delta(Delta),
+        Error { code: String, message: String },
+    }
+}
+
+#[allow(missing_docs)]
+pub mod v9 {
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serialize};
+
+    pub use super::v5::Endpoint;
+    pub use super::v6::Inbound;
+    pub use super::v7::RetryPolicy;
+    pub use super::v8::MeshSettings;
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Upstream {
+        pub service: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub listen: Option<SocketAddr>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub addresses: Vec<SocketAddr>,
+        pub endpoints: Vec<Endpoint>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub connect_timeout_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub idle_timeout_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub protocol: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub request_timeout_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub retry: Option<RetryPolicy>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub routes: Vec<Route>,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    pub enum RouteKind {
+        #[serde(rename = "HTTPRoute")]
+        Http,
+        #[serde(rename = "GRPCRoute")]
+        Grpc,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Route {
+        pub name: String,
+        pub namespace: String,
+        pub kind: RouteKind,
+        pub rules: Vec<RouteRule>,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct RouteRule {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub matches: Vec<RouteMatch>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub backends: Vec<Backend>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub filters: Vec<Filter>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub request_timeout_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub backend_request_timeout_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub retry: Option<RetryPolicy>,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct RouteMatch {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub path: Option<PathMatch>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub method: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub headers: Vec<NameValue>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub query_params: Vec<NameValue>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub grpc_service: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub grpc_method: Option<String>,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(tag = "type", content = "value")]
+    pub enum PathMatch {
+        Exact(String),
+        PathPrefix(String),
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct NameValue {
+        pub name: String,
+        pub value: String,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct Backend {
+        pub service: String,
+        pub weight: u32,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(tag = "type")]
+    pub enum Filter {
+        RequestHeaderModifier(HeaderModifier),
+        ResponseHeaderModifier(HeaderModifier),
+        RequestRedirect(Redirect),
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct HeaderModifier {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub set: Vec<NameValue>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub add: Vec<NameValue>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub remove: Vec<String>,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Redirect {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub scheme: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub hostname: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub port: Option<u16>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub path: Option<PathRewrite>,
+        pub status_code: u16,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(tag = "type", content = "value")]
+    pub enum PathRewrite {
+        ReplaceFullPath(String),
+        ReplacePrefixMatch(String),
     }
 
     #[derive(Debug, Serialize, Deserialize)]

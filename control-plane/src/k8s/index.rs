@@ -697,6 +697,7 @@ impl Index {
                     protocol,
                     request_timeout_ms,
                     retry: retry.clone(),
+                    routes: Vec::new(),
                 }));
             }
         }

@@ -213,7 +213,19 @@ async fn refuse(
             super::respond::GRPC_DEADLINE_EXCEEDED,
             "request timed out",
         ),
-        HttpError::no_route | HttpError::unavailable => (
+        // Routes are chosen by the client's proxy; the inbound side never
+        // refuses for them, but a reason is a reason.
+        HttpError::route_not_found => (
+            StatusCode::NOT_FOUND,
+            super::respond::GRPC_UNIMPLEMENTED,
+            "no route matches the request",
+        ),
+        HttpError::backend_invalid => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            super::respond::GRPC_INTERNAL,
+            "the route's backend is not a known service",
+        ),
+        HttpError::no_route | HttpError::unavailable | HttpError::backend_unavailable => (
             StatusCode::SERVICE_UNAVAILABLE,
             GRPC_UNAVAILABLE,
             "no such service here",

@@ -20,14 +20,18 @@ use super::body::{self, H3Body};
 use super::detect::{Carry, Prefixed};
 use super::headers::{self, CLIENT_PROTO, DST_ADDR, DST_SERVICE};
 use super::legacy;
-use super::respond::{self, Exchange, GRPC_DEADLINE_EXCEEDED, GRPC_UNAVAILABLE, ProxyBody};
+use super::respond::{
+    self, Exchange, GRPC_DEADLINE_EXCEEDED, GRPC_INTERNAL, GRPC_UNAVAILABLE, GRPC_UNIMPLEMENTED,
+    ProxyBody,
+};
 use super::retry::{self, Budget};
+use super::route::Pick;
 use super::{deadline, replay, upgrade};
 use crate::balance;
 use crate::config::EndpointConfig;
 use crate::metrics::Direction;
 use crate::metrics::http::HttpError;
-use crate::metrics::http::{RetryLabels, RetrySkipped, SkippedLabels};
+use crate::metrics::http::{RetryLabels, RetrySkipped, RouteLabels, SkippedLabels};
 use crate::state::Shared;
 
 /// How long an HTTP/1 client has to send a request's head.
@@ -157,18 +161,85 @@ async fn request(
     let Some(upstream) = config.upstreams.get(&target.service) else {
         return unavailable(HttpError::no_route, "service no longer configured");
     };
+    // Gateway API routes attached to the service: the rule that takes
+    // this request decides its backend, header changes, timeouts and
+    // retries. A request to a pod's own address is not routed.
+    let mut rule = None;
+    let mut service = &target.service;
+    let mut backend = upstream;
+    if target.pod.is_none() && !upstream.routes.is_empty() {
+        let Some(selected) = upstream
+            .routes
+            .select(req.method(), req.uri(), req.headers())
+        else {
+            return fail(
+                HttpError::route_not_found,
+                StatusCode::NOT_FOUND,
+                GRPC_UNIMPLEMENTED,
+                "no route matches the request",
+            );
+        };
+        let r = selected.rule;
+        let labels = |backend: &str| RouteLabels {
+            route_name: r.route.name.clone(),
+            route_namespace: r.route.namespace.clone(),
+            route_kind: r.route.kind.into(),
+            backend: backend.to_owned(),
+        };
+        let authority = request_authority(&req, &target.service);
+        if let Some((status, location)) =
+            r.redirect_location(req.uri(), &authority, selected.prefix)
+        {
+            exchange.routed(metrics, labels(""));
+            return redirect(metrics, &exchange, status, &location);
+        }
+        match r.pick(rand::random()) {
+            Pick::Nothing => {
+                exchange.routed(metrics, labels(""));
+                return fail(
+                    HttpError::backend_invalid,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    GRPC_INTERNAL,
+                    "the route's backends all have weight 0",
+                );
+            }
+            Pick::Parent => exchange.routed(metrics, labels(target.service.as_str())),
+            Pick::Backend(chosen) => {
+                exchange.routed(metrics, labels(chosen.as_str()));
+                let Some(b) = config.upstreams.get(chosen) else {
+                    return fail(
+                        HttpError::backend_invalid,
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        GRPC_INTERNAL,
+                        "the route's backend is not a known service",
+                    );
+                };
+                // The spec: a backend with no endpoints fails its share
+                // of the requests, not the others'.
+                if b.endpoints.is_empty() {
+                    return unavailable(
+                        HttpError::backend_unavailable,
+                        "the route's backend has no endpoints",
+                    );
+                }
+                service = chosen;
+                backend = b;
+            }
+        }
+        rule = Some(r.clone());
+    }
     let (endpoints, dst) = match &target.pod {
         Some((endpoint, addr)) => (std::slice::from_ref(endpoint), Dst::Addr(*addr)),
-        None => (upstream.endpoints.as_slice(), Dst::Service),
+        None => (backend.endpoints.as_slice(), Dst::Service),
     };
-    let connect_timeout = upstream
+    let connect_timeout = backend
         .connect_timeout
         .unwrap_or(config.mesh.connect_timeout);
     if proto == "http1" && upgrade::wanted(&req) {
         let route = upgrade::Route {
             shared,
             endpoints,
-            header: tunnel_header(shared, target, dst),
+            header: tunnel_header(shared, service, dst),
             mesh: &config.mesh,
             connect_timeout,
         };
@@ -188,12 +259,18 @@ async fn request(
             }
         };
     }
-    let deadline = deadline::of(exchange.started, upstream.request_timeout, req.headers());
-    let policy = upstream
-        .retry
+    let request_timeout = rule
         .as_ref()
-        .filter(|p| retry::retryable(p, req.method(), grpc));
-    let Some((prepared, body)) = Prepared::new(req, &target.service) else {
+        .and_then(|r| r.request_timeout)
+        .or(upstream.request_timeout);
+    let backend_timeout = rule.as_ref().and_then(|r| r.backend_timeout);
+    let deadline = deadline::of(exchange.started, request_timeout, req.headers());
+    let policy = match rule.as_ref().and_then(|r| r.retry.as_ref()) {
+        Some(own) => Some(own),
+        None => upstream.retry.as_ref(),
+    }
+    .filter(|p| retry::retryable(p, req.method(), grpc));
+    let Some((mut prepared, body)) = Prepared::new(req, &target.service) else {
         return fail(
             HttpError::bad_request,
             StatusCode::BAD_REQUEST,
@@ -201,6 +278,11 @@ async fn request(
             "request cannot be carried",
         );
     };
+    if let Some(edit) = rule.as_ref().and_then(|r| r.request_headers.as_ref()) {
+        edit.apply(&mut prepared.headers);
+        // What the route set must not pose as the mesh's own.
+        headers::strip_mesh(&mut prepared.headers);
+    }
     // A request its policy may retry keeps a copy of its body (at most
     // 64 KiB) as it streams; every request pays into its service's budget.
     let (mut body, replay, budget) = match policy {
@@ -214,7 +296,7 @@ async fn request(
     };
     let call = Call {
         shared,
-        target,
+        service,
         endpoints,
         dst,
         proto,
@@ -226,7 +308,16 @@ async fn request(
     let mut unsent = 0;
     let answer = loop {
         let attempt = call.attempt(body);
-        let result = match deadline {
+        // A route's backend timeout bounds each attempt, within the
+        // request's own deadline.
+        let attempt_deadline = match (deadline, backend_timeout) {
+            (d, Some(t)) => {
+                let own = tokio::time::Instant::now() + t;
+                Some(d.map_or(own, |d| d.min(own)))
+            }
+            (d, None) => d,
+        };
+        let result = match attempt_deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, attempt)
                 .await
                 .unwrap_or(Err(AttemptError::Timeout)),
@@ -312,7 +403,46 @@ async fn request(
         // The failed answer is dropped: its stream is stopped, its body unread.
         body = again.boxed_unsync();
     };
-    finish(shared, exchange, answer, deadline, grpc, proto)
+    let edit = rule.as_ref().and_then(|r| r.response_headers.as_ref());
+    finish(shared, exchange, answer, deadline, grpc, proto, edit)
+}
+
+/// The authority a request names: its URI's, its `Host`, or the service.
+fn request_authority(req: &Request<Incoming>, service: &ServiceName) -> String {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| service.to_string())
+}
+
+/// A route's redirect, answered by the proxy.
+fn redirect(
+    metrics: &crate::metrics::http::HttpMetrics,
+    exchange: &Exchange,
+    status: StatusCode,
+    location: &str,
+) -> Response<ProxyBody> {
+    exchange.headers(metrics, status);
+    exchange.ended(metrics, "", status, None, false);
+    let mut response = Response::new(
+        http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    if let Ok(value) = http::HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, http::HeaderValue::from(0));
+    response
 }
 
 /// The final answer, as the app gets it: counted when its body ends, cut
@@ -324,6 +454,7 @@ fn finish(
     deadline: Option<tokio::time::Instant>,
     grpc: bool,
     proto: &'static str,
+    edit: Option<&super::route::HeaderEdit>,
 ) -> Response<ProxyBody> {
     let Answer {
         mut parts,
@@ -336,6 +467,9 @@ fn finish(
     exchange.headers(metrics, parts.status);
     let status = parts.status;
     headers::strip_hop_by_hop(&mut parts.headers);
+    if let Some(edit) = edit {
+        edit.apply(&mut parts.headers);
+    }
     // hyper writes the version it serves; the peer's is not ours.
     parts.version = if proto == "http2" {
         Version::HTTP_2
@@ -450,7 +584,9 @@ enum AttemptError {
 /// One request's fixed facts, for each of its attempts.
 struct Call<'a> {
     shared: &'a Arc<Shared>,
-    target: &'a Target,
+    /// The service the request goes to: the one called, or the backend
+    /// its route chose.
+    service: &'a ServiceName,
     endpoints: &'a [EndpointConfig],
     dst: Dst,
     proto: &'static str,
@@ -491,7 +627,7 @@ impl Call<'_> {
             Err(_) => false,
         };
         if pool.accrual().record(endpoint.address, failed, now) {
-            tracing::info!(peer = %endpoint.address, service = %self.target.service, "endpoint failing requests in a row: set aside for a while");
+            tracing::info!(peer = %endpoint.address, service = %self.service, "endpoint failing requests in a row: set aside for a while");
         }
         answer
     }
@@ -510,7 +646,7 @@ impl Call<'_> {
         };
         let h3_request = self
             .prepared
-            .to_h3(&self.target.service, self.dst, self.proto)
+            .to_h3(self.service, self.dst, self.proto)
             .ok_or(AttemptError::BadRequest)?;
         let stream = match sender.send_request(h3_request).await {
             Ok(stream) => stream,
@@ -579,7 +715,7 @@ impl Call<'_> {
         body: ProxyBody,
         guard: crate::pool::StreamGuard,
     ) -> Result<Answer, AttemptError> {
-        let header = tunnel_header(self.shared, self.target, self.dst);
+        let header = tunnel_header(self.shared, self.service, self.dst);
         let version = if self.proto == "http2" {
             AppProtocol::Http2
         } else {
@@ -615,10 +751,10 @@ enum Dst {
     Addr(SocketAddr),
 }
 
-/// What a tunnel stream for `target` asks the peer for.
-fn tunnel_header(shared: &Shared, target: &Target, dst: Dst) -> ConnectRequest {
+/// What a tunnel stream to `service` asks the peer for.
+fn tunnel_header(shared: &Shared, service: &ServiceName, dst: Dst) -> ConnectRequest {
     ConnectRequest {
-        service: matches!(dst, Dst::Service).then(|| target.service.clone()),
+        service: matches!(dst, Dst::Service).then(|| service.clone()),
         original_dst: match dst {
             Dst::Addr(addr) => Some(addr),
             Dst::Service => None,

@@ -7,7 +7,10 @@ use tokio::time::Instant;
 
 use super::body::BoxError;
 use crate::metrics::Direction;
-use crate::metrics::http::{Classification, HttpMetrics, LatencyLabels, ResponseLabels};
+use crate::metrics::http::{
+    Classification, HttpMetrics, LatencyLabels, ResponseLabels, RouteLabels, RouteLatencyLabels,
+    RouteResponseLabels,
+};
 
 /// The body of every response the outbound proxy gives its app.
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -16,6 +19,10 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 pub const GRPC_UNAVAILABLE: u8 = 14;
 /// gRPC's status for a call past its deadline.
 pub const GRPC_DEADLINE_EXCEEDED: u8 = 4;
+/// gRPC's status for a method nothing serves (no route matches).
+pub const GRPC_UNIMPLEMENTED: u8 = 12;
+/// gRPC's status for a failure inside the mesh (an invalid backend).
+pub const GRPC_INTERNAL: u8 = 13;
 /// gRPC's status for a caller the server's policy refuses.
 pub const GRPC_PERMISSION_DENIED: u8 = 7;
 
@@ -89,6 +96,9 @@ pub struct Exchange {
     pub service: String,
     /// When its headers arrived.
     pub started: Instant,
+    /// The route and backend that took it, if routes apply (set once,
+    /// after the exchange has started).
+    pub route: std::sync::OnceLock<RouteLabels>,
 }
 
 impl Exchange {
@@ -105,7 +115,14 @@ impl Exchange {
             direction,
             service: service.to_owned(),
             started: Instant::now(),
+            route: std::sync::OnceLock::new(),
         }
+    }
+
+    /// A route took the request (to `route.backend`): counts it there.
+    pub fn routed(&self, metrics: &HttpMetrics, route: RouteLabels) {
+        metrics.route_requests.get_or_create(&route).inc();
+        let _ = self.route.set(route);
     }
 
     /// The response's headers arrived with `status`: observes the latency.
@@ -118,6 +135,15 @@ impl Exchange {
                 status_code: status.as_u16(),
             })
             .observe(self.started.elapsed().as_secs_f64());
+        if let Some(route) = self.route.get() {
+            metrics
+                .route_latency
+                .get_or_create(&RouteLatencyLabels {
+                    route: route.clone(),
+                    status_code: status.as_u16(),
+                })
+                .observe(self.started.elapsed().as_secs_f64());
+        }
     }
 
     /// The response ended: counts it. A failure is a 5xx, a gRPC status
@@ -132,6 +158,22 @@ impl Exchange {
     ) {
         let failed =
             broke || status.is_server_error() || grpc_status.as_deref().is_some_and(|g| g != "0");
+        let classification = if failed {
+            Classification::failure
+        } else {
+            Classification::success
+        };
+        if let Some(route) = self.route.get() {
+            metrics
+                .route_responses
+                .get_or_create(&RouteResponseLabels {
+                    route: route.clone(),
+                    status_code: status.as_u16(),
+                    classification,
+                    grpc_status: grpc_status.clone().unwrap_or_default(),
+                })
+                .inc();
+        }
         metrics
             .responses
             .get_or_create(&ResponseLabels {
@@ -139,11 +181,7 @@ impl Exchange {
                 service: self.service.clone(),
                 peer_identity: peer_identity.to_owned(),
                 status_code: status.as_u16(),
-                classification: if failed {
-                    Classification::failure
-                } else {
-                    Classification::success
-                },
+                classification,
                 grpc_status: grpc_status.unwrap_or_default(),
             })
             .inc();

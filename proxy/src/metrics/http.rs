@@ -87,6 +87,14 @@ pub enum HttpError {
     /// The request took longer than its timeout or gRPC deadline (504,
     /// gRPC DEADLINE_EXCEEDED).
     timeout,
+    /// Routes are attached to the service and none matches the request
+    /// (404, gRPC UNIMPLEMENTED).
+    route_not_found,
+    /// The route's backend is not a service the proxy knows, or every
+    /// weight is zero (500).
+    backend_invalid,
+    /// The route's backend has no endpoints (503 for its share alone).
+    backend_unavailable,
 }
 
 /// Labels of `retry_total` and `retry_skipped_total`.
@@ -150,6 +158,64 @@ pub struct DetectLabels {
     pub result: DetectResult,
 }
 
+/// A route's kind, as a label.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum RouteKindLabel {
+    /// Gateway API `HTTPRoute`.
+    HTTPRoute,
+    /// Gateway API `GRPCRoute`.
+    GRPCRoute,
+}
+
+impl From<phoenix_api::route::RouteKind> for RouteKindLabel {
+    fn from(kind: phoenix_api::route::RouteKind) -> Self {
+        match kind {
+            phoenix_api::route::RouteKind::Http => Self::HTTPRoute,
+            phoenix_api::route::RouteKind::Grpc => Self::GRPCRoute,
+        }
+    }
+}
+
+/// Labels of `route_request_total`: which route and backend took a
+/// request (all from config, so bounded by it; `backend` is empty for a
+/// redirect the proxy answered).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The route's name.
+    pub route_name: String,
+    /// Its namespace.
+    pub route_namespace: String,
+    /// `HTTPRoute` or `GRPCRoute`.
+    pub route_kind: RouteKindLabel,
+    /// The backend service chosen.
+    pub backend: String,
+}
+
+/// Labels of `route_response_latency_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLatencyLabels {
+    /// The route and backend.
+    #[prometheus(flatten)]
+    pub route: RouteLabels,
+    /// The HTTP status sent to the client.
+    pub status_code: u16,
+}
+
+/// Labels of `route_response_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteResponseLabels {
+    /// The route and backend.
+    #[prometheus(flatten)]
+    pub route: RouteLabels,
+    /// The HTTP status sent to the client.
+    pub status_code: u16,
+    /// `success` or `failure`.
+    pub classification: Classification,
+    /// The gRPC status; empty for plain HTTP.
+    pub grpc_status: String,
+}
+
 /// The HTTP metrics of one proxy.
 #[derive(Debug)]
 pub struct HttpMetrics {
@@ -167,6 +233,12 @@ pub struct HttpMetrics {
     pub retries: Family<RetryLabels, Counter>,
     /// Retryable failures not retried, by reason.
     pub retries_skipped: Family<SkippedLabels, Counter>,
+    /// Requests a route took, by route and backend.
+    pub route_requests: Family<RouteLabels, Counter>,
+    /// Responses to routed requests, completed.
+    pub route_responses: Family<RouteResponseLabels, Counter>,
+    /// Routed requests' time to their response's headers.
+    pub route_latency: Family<RouteLatencyLabels, Histogram>,
 }
 
 impl Default for HttpMetrics {
@@ -179,6 +251,9 @@ impl Default for HttpMetrics {
             detect: Family::default(),
             retries: Family::default(),
             retries_skipped: Family::default(),
+            route_requests: Family::default(),
+            route_responses: Family::default(),
+            route_latency: Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS)),
         }
     }
 }
@@ -211,6 +286,21 @@ impl HttpMetrics {
             "retry_skipped",
             "Retryable HTTP failures not retried (budget spent, body not replayable)",
             self.retries_skipped.clone(),
+        );
+        registry.register(
+            "route_request",
+            "HTTP requests taken by a Gateway API route, by route and backend",
+            self.route_requests.clone(),
+        );
+        registry.register(
+            "route_response",
+            "Responses to routed HTTP requests, by route, backend and status",
+            self.route_responses.clone(),
+        );
+        registry.register(
+            "route_response_latency_seconds",
+            "Time from a routed request's headers to its response's headers",
+            self.route_latency.clone(),
         );
         registry.register(
             "protocol_detect",
