@@ -79,24 +79,41 @@ impl Cluster {
 
     /// Applies the generated CRDs and waits until they are served.
     fn apply_crds(&self) {
-        let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
         for c in crd::all() {
-            let name = c.metadata.name.clone().unwrap();
-            self.run(api.patch(
-                &name,
-                &PatchParams::apply("phoenix-tests").force(),
-                &Patch::Apply(&c),
-            ))
-            .unwrap();
-            eventually(Duration::from_secs(30), "CRD established", || {
-                let c = self.run(api.get(&name)).ok()?;
-                c.status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-                    .then_some(())
-            });
+            self.apply_crd(&c);
         }
+    }
+
+    /// Applies the Gateway API's route CRDs (v1.5.1, experimental channel:
+    /// `retry` included), as a user installs them, and waits until served.
+    fn apply_gateway_api_crds(&self) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("manifests/gateway-api/v1.5.1/experimental");
+        for kind in ["httproutes", "grpcroutes", "referencegrants"] {
+            let file = dir.join(format!("gateway.networking.k8s.io_{kind}.yaml"));
+            let text = std::fs::read_to_string(file).unwrap();
+            self.apply_crd(&serde_saphyr::from_str(&text).unwrap());
+        }
+    }
+
+    /// Applies one CRD (server-side) and waits until it is established.
+    fn apply_crd(&self, c: &CustomResourceDefinition) {
+        let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        let name = c.metadata.name.clone().unwrap();
+        self.run(api.patch(
+            &name,
+            &PatchParams::apply("phoenix-tests").force(),
+            &Patch::Apply(c),
+        ))
+        .unwrap();
+        eventually(Duration::from_secs(30), "CRD established", || {
+            let c = self.run(api.get(&name)).ok()?;
+            c.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+                .then_some(())
+        });
     }
 
     fn namespace(&mut self, prefix: &str) -> String {
@@ -529,6 +546,22 @@ impl service_traffic::MeshApi for Cluster {
     fn unexpected(&self) -> Vec<String> {
         Vec::new()
     }
+
+    fn get(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Option<serde_json::Value> {
+        use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), namespace, &resource);
+        let obj = self.run(api.get_opt(name)).unwrap()?;
+        Some(serde_json::to_value(obj).unwrap())
+    }
 }
 
 /// Service traffic through proxies whose control plane reads a real API
@@ -540,6 +573,7 @@ fn service_traffic_crosses_the_mesh_on_a_real_cluster() {
     netns::require_root();
     let mut cluster = Cluster::connect();
     cluster.apply_crds();
+    cluster.apply_gateway_api_crds();
     service_traffic::service_traffic_crosses_the_mesh(
         &mut cluster,
         service_traffic::Identities::Classical,

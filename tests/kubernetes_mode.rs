@@ -52,6 +52,10 @@ impl MeshApi for ApiServer {
     fn unexpected(&self) -> Vec<String> {
         ApiServer::unexpected(self)
     }
+
+    fn get(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        ApiServer::get(self, api_version, kind, namespace, name)
+    }
 }
 
 #[test]

@@ -15,6 +15,7 @@ pub mod network_policy;
 pub mod policy;
 pub mod rbac;
 pub mod records;
+pub mod routes;
 pub mod run;
 pub mod source;
 pub mod status;

@@ -10,6 +10,8 @@ pub mod admission;
 pub mod ca;
 #[cfg(feature = "kubernetes")]
 pub mod crd;
+#[cfg(feature = "kubernetes")]
+pub mod gateway;
 pub mod hub;
 pub mod index;
 #[cfg(feature = "kubernetes")]

@@ -208,12 +208,14 @@ impl Publisher {
         own_changed: bool,
     ) -> Option<Plan<'_>> {
         let Some(sent) = position.sent.filter(|_| position.seen >= self.oldest) else {
+            position.own = own();
+            // An own resource stands in for the shared one of its key.
             let mut upserts: Vec<(String, Item<'_>)> = self
                 .published
                 .iter()
+                .filter(|(k, _)| !position.own.contains_key(*k))
                 .map(|(k, p)| (k.clone(), Item::Shared(p)))
                 .collect();
-            position.own = own();
             upserts.extend(
                 position
                     .own
@@ -233,27 +235,44 @@ impl Publisher {
         }
         let mut upserts = Vec::new();
         let mut removals = Vec::new();
+        let previous = if own_changed {
+            Some(std::mem::replace(&mut position.own, own()))
+        } else {
+            None
+        };
+        // Shared changes, except under keys the subscriber has its own
+        // resource for (that one stands in for the shared one).
         for (_, key) in self.log.range((position.seen + 1, String::new())..) {
+            if position.own.contains_key(key) {
+                continue;
+            }
             match self.published.get(key) {
                 Some(p) => upserts.push((key.clone(), Item::Shared(p))),
                 _ => removals.push(key.clone()),
             }
         }
-        if own_changed {
-            let current = own();
-            for (key, resource) in &current {
-                if position.own.get(key) != Some(resource) {
+        if let Some(previous) = previous {
+            for (key, resource) in &position.own {
+                if previous.get(key) != Some(resource) {
                     upserts.push((key.clone(), Item::Own(Box::new(resource.clone()))));
                 }
             }
-            removals.extend(
-                position
-                    .own
-                    .keys()
-                    .filter(|k| !current.contains_key(*k))
-                    .cloned(),
-            );
-            position.own = current;
+            for key in previous.keys().filter(|k| !position.own.contains_key(*k)) {
+                // An own resource gone: the shared one of its key (if any)
+                // takes its place again, unless the log already sent it.
+                match self.published.get(key) {
+                    Some(p) => {
+                        if !upserts.iter().any(|(k, _)| k == key) {
+                            upserts.push((key.clone(), Item::Shared(p)));
+                        }
+                    }
+                    None => {
+                        if !removals.contains(key) {
+                            removals.push(key.clone());
+                        }
+                    }
+                }
+            }
         }
         position.seen = self.version;
         if upserts.is_empty() && removals.is_empty() {
@@ -482,6 +501,52 @@ mod tests {
         };
         assert_eq!(d.upserts.keys().collect::<Vec<_>>(), vec!["upstream/y"]);
         assert_eq!(d.removals, vec!["upstream/x".to_owned()]);
+    }
+
+    /// What a consumer route does to one namespace's proxies: their own
+    /// copy of a shared upstream stands in for it, shared changes to that
+    /// key stop reaching them, and the shared one comes back when the
+    /// own copy goes.
+    #[test]
+    fn an_own_resource_stands_in_for_the_shared_one_of_its_key() {
+        let mut p = Publisher::new(0);
+        p.publish(upstream("a", 1));
+        p.publish(upstream("b", 2));
+        p.commit();
+        let mut pos = Position::default();
+        let mut mine = BTreeMap::from([("upstream/a".to_owned(), upstream("a", 9))]);
+        let Some(Update::Snapshot(s)) = p.update(&mut pos, &mut || mine.clone(), false) else {
+            panic!("a snapshot first")
+        };
+        assert_eq!(s.resources.len(), 2, "one resource per key");
+        assert_eq!(s.resources["upstream/a"], upstream("a", 9), "its own copy");
+        // A shared change under the key is not sent over the own copy.
+        p.publish(upstream("a", 3));
+        p.commit();
+        assert_eq!(p.update(&mut pos, &mut || mine.clone(), false), None);
+        // The own copy goes: the shared one (as it is now) takes its place.
+        mine.clear();
+        p.touch();
+        p.commit();
+        let Some(Update::Delta(d)) = p.update(&mut pos, &mut || mine.clone(), true) else {
+            panic!("a delta")
+        };
+        assert_eq!(d.upserts.len(), 1);
+        assert_eq!(d.upserts["upstream/a"], upstream("a", 3));
+        assert!(d.removals.is_empty(), "{:?}", d.removals);
+        // An own copy of a key nobody shares is removed outright.
+        mine.insert("upstream/z".into(), upstream("z", 4));
+        p.touch();
+        p.commit();
+        p.update(&mut pos, &mut || mine.clone(), true).unwrap();
+        mine.clear();
+        p.touch();
+        p.commit();
+        let Some(Update::Delta(d)) = p.update(&mut pos, &mut || mine.clone(), true) else {
+            panic!("a delta")
+        };
+        assert!(d.upserts.is_empty());
+        assert_eq!(d.removals, vec!["upstream/z".to_owned()]);
     }
 
     #[test]

@@ -81,20 +81,62 @@ fn cel_verdict(doc: &Doc) -> Result<(), String> {
                 serde_json::from_value(doc.object.clone()).map_err(|e| e.to_string())?;
             typed.validate_cel().map_err(|e| e.to_string())
         }
+        // The Gateway API's kinds: no offline CEL for CRDs Phoenix does
+        // not generate; instead, what Phoenix itself makes of them (read
+        // into the generated types, checked as the control plane checks
+        // them: a route Phoenix would refuse is no example).
+        Some(kind @ ("HTTPRoute" | "GRPCRoute")) => {
+            use phoenix_api::route::RouteKind;
+            use phoenix_control_plane::gateway::{GrpcRoute, HttpRoute};
+            use phoenix_control_plane::k8s::routes::RouteRecord;
+            let ns = doc.object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default");
+            let record = if kind == "HTTPRoute" {
+                let r: HttpRoute =
+                    serde_json::from_value(doc.object.clone()).map_err(|e| e.to_string())?;
+                RouteRecord::new(RouteKind::Http, ns, &r.metadata, &r.spec)
+            } else {
+                let r: GrpcRoute =
+                    serde_json::from_value(doc.object.clone()).map_err(|e| e.to_string())?;
+                RouteRecord::new(RouteKind::Grpc, ns, &r.metadata, &r.spec)
+            };
+            record.rules.map(drop).map_err(|e| e.to_string())
+        }
+        Some("ReferenceGrant") => serde_json::from_value::<
+            phoenix_control_plane::gateway::ReferenceGrant,
+        >(doc.object.clone())
+        .map(drop)
+        .map_err(|e| e.to_string()),
         other => panic!("{}: unexpected kind {other:?}", doc.file.display()),
     }
 }
 
 /// What check-jsonschema (PyPI) says about `doc` against the CRD's
 /// `openAPIV3Schema` (it checks types, enums and patterns; it ignores CEL).
+/// A Gateway API kind is checked against both channels' schemas.
 fn schema_verdict(doc: &Doc, schemas: &Path) -> Result<(), String> {
     let kind = doc.object["kind"].as_str().unwrap();
-    let schema = schemas.join(format!("{kind}.json"));
+    let channels: &[&str] = if doc.object["apiVersion"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("gateway.networking.k8s.io/"))
+    {
+        &[".standard", ".experimental"]
+    } else {
+        &[""]
+    };
+    for channel in channels {
+        check_schema(doc, &schemas.join(format!("{kind}{channel}.json")), schemas)?;
+    }
+    Ok(())
+}
+
+fn check_schema(doc: &Doc, schema: &Path, schemas: &Path) -> Result<(), String> {
     let instance = schemas.join("instance.json");
     std::fs::write(&instance, serde_json::to_vec(&doc.object).unwrap()).unwrap();
     let out = std::process::Command::new("check-jsonschema")
         .arg("--schemafile")
-        .arg(&schema)
+        .arg(schema)
         .arg(&instance)
         .output()
         .expect(
@@ -126,6 +168,31 @@ fn write_schemas() -> tempfile::TempDir {
         )
         .unwrap();
     }
+    // The Gateway API's, as vendored (v1.5.1, both channels; version v1).
+    for channel in ["standard", "experimental"] {
+        let vendored = repo().join(format!("manifests/gateway-api/v1.5.1/{channel}"));
+        for kind in ["httproutes", "grpcroutes", "referencegrants"] {
+            let text = std::fs::read_to_string(
+                vendored.join(format!("gateway.networking.k8s.io_{kind}.yaml")),
+            )
+            .unwrap();
+            let c: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+            let v1 = c["spec"]["versions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == "v1")
+                .unwrap();
+            std::fs::write(
+                dir.path().join(format!(
+                    "{}.{channel}.json",
+                    c["spec"]["names"]["kind"].as_str().unwrap()
+                )),
+                serde_json::to_vec(&v1["schema"]["openAPIV3Schema"]).unwrap(),
+            )
+            .unwrap();
+        }
+    }
     dir
 }
 
@@ -152,10 +219,12 @@ fn invalid_resources_are_refused_with_a_message_that_names_the_problem() {
             .strip_prefix("# expect (")
             .and_then(|r| r.split_once("): "))
             .unwrap_or_else(|| {
-                panic!("{name}: first line must be `# expect (cel|schema): <message>`")
+                panic!("{name}: first line must be `# expect (cel|phoenix|schema): <message>`")
             });
         let verdict = match layer {
-            "cel" => {
+            // `phoenix`: what the control plane refuses of a Gateway API
+            // route (reported in its status) that the schema lets in.
+            "cel" | "phoenix" => {
                 // CEL-only problems pass the structural schema: the API
                 // server needs the rules to refuse them.
                 schema_verdict(&doc, schemas.path())
@@ -171,4 +240,17 @@ fn invalid_resources_are_refused_with_a_message_that_names_the_problem() {
             "{name}: refused, but the message does not say `{expected}`: {error}"
         );
     }
+}
+
+/// The README's Kubernetes canary is the example file itself (which the
+/// tests above check against the schemas and Phoenix's own rules).
+#[test]
+fn the_readme_shows_the_route_example_as_it_is() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let example =
+        std::fs::read_to_string(repo().join("manifests/examples/httproute-canary.yaml")).unwrap();
+    assert!(
+        readme.contains(&format!("```yaml\n{example}```")),
+        "README.md's canary differs from manifests/examples/httproute-canary.yaml: paste the file"
+    );
 }

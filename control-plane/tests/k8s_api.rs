@@ -630,6 +630,173 @@ async fn every_namespace_gets_the_mesh_roots_in_a_config_map() {
     assert!(e.to_string().contains("shop/phoenix-trust-bundle"), "{e}");
 }
 
+/// Answers `req` if it is about the control plane's Lease (as a real API
+/// server would: 404, then what was created or renewed); hands it back
+/// otherwise.
+async fn answer_lease(
+    req: Request<Body>,
+    send: SendResponse<Response<Body>>,
+    lease: &mut Option<Value>,
+) -> Option<(Request<Body>, SendResponse<Response<Body>>)> {
+    let lease_path =
+        "/apis/coordination.k8s.io/v1/namespaces/phoenix-system/leases/phoenix-control-plane";
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    match (method, path.as_str()) {
+        (Method::GET, p) if p == lease_path => match lease {
+            None => respond(send, StatusCode::NOT_FOUND, status_body(404, "NotFound")),
+            Some(l) => respond(send, StatusCode::OK, l.clone()),
+        },
+        (Method::POST, "/apis/coordination.k8s.io/v1/namespaces/phoenix-system/leases") => {
+            let mut body = body_json(req).await;
+            assert_eq!(body["spec"]["holderIdentity"], "cp-0");
+            body["metadata"]["resourceVersion"] = "1".into();
+            *lease = Some(body.clone());
+            respond(send, StatusCode::CREATED, body);
+        }
+        (Method::PUT, p) if p == lease_path => {
+            let body = body_json(req).await;
+            assert_eq!(
+                body["metadata"]["resourceVersion"], "1",
+                "renewals carry what was read"
+            );
+            *lease = Some(body.clone());
+            respond(send, StatusCode::OK, body);
+        }
+        _ => return Some((req, send)),
+    }
+    None
+}
+
+/// Without the Gateway API's CRDs the API answers 404 for routes: the
+/// kind counts as listed (the control plane is ready without routes), and
+/// the watch keeps asking, so routes apply once the CRDs are installed.
+#[tokio::test]
+async fn route_watches_wait_for_the_gateway_api_crds_without_holding_readiness() {
+    use phoenix_control_plane::gateway::HttpRoute;
+    let (client, mut server) = mock();
+    let live = Arc::new(Live::new(Index::new("cluster.local", 1), &["HTTPRoute"]));
+    let task = tokio::spawn(watch::run(
+        Api::<HttpRoute>::all(client),
+        watcher::Config::default(),
+        live.clone(),
+        Arc::new(Metrics::default()),
+    ));
+    let (req, send) = next(&mut server).await;
+    assert_eq!(
+        req.uri().path(),
+        "/apis/gateway.networking.k8s.io/v1/httproutes"
+    );
+    respond(send, StatusCode::NOT_FOUND, status_body(404, "NotFound"));
+    until("HTTPRoute to count as listed", || {
+        live.health.unsynced().is_empty()
+    })
+    .await;
+    assert!(
+        live.health.warnings(std::time::Instant::now()).is_empty(),
+        "a missing optional CRD is not a failing watch"
+    );
+    // The CRDs are installed: the next list has a route.
+    let (_, send) = next(&mut server).await;
+    let route = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"namespace": "shop", "name": "canary", "resourceVersion": "5"},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": 80}],
+                 "rules": [{"backendRefs": [{"name": "web-v2", "port": 80}]}]},
+    });
+    respond(send, StatusCode::OK, list(vec![route], "5"));
+    let (_req, _hold) = next(&mut server).await;
+    until("the route in the index", || {
+        live.read(|i| i.routes().count() == 1)
+    })
+    .await;
+    task.abort();
+}
+
+/// Route status is written under Phoenix's controller name, one entry per
+/// parent Service, and another controller's entry is kept as it was.
+#[tokio::test]
+async fn the_leader_writes_route_status_beside_other_controllers() {
+    use phoenix_api::route::RouteKind;
+    use phoenix_control_plane::gateway::HttpRoute;
+    use phoenix_control_plane::k8s::routes::RouteRecord;
+    use phoenix_control_plane::k8s::{leader, status};
+
+    let (client, mut server) = mock();
+    let live = Arc::new(Live::new(Index::new("cluster.local", 1), &["HTTPRoute"]));
+    let other = json!({"parentRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "edge"},
+                       "controllerName": "example.com/gateway",
+                       "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted",
+                                       "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]});
+    let route: HttpRoute = serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"namespace": "shop", "name": "canary", "generation": 2},
+        "spec": {"parentRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "edge"},
+                                {"group": "", "kind": "Service", "name": "web", "port": 80}],
+                 "rules": [{"backendRefs": [{"name": "web-v2", "port": 80}]}]},
+        "status": {"parents": [other.clone()]},
+    }))
+    .unwrap();
+    let key = ObjectKey::new("shop", "canary");
+    live.apply(|i| {
+        i.apply_route(
+            RouteKind::Http,
+            key.clone(),
+            Some(RouteRecord::new(
+                RouteKind::Http,
+                "shop",
+                &route.metadata,
+                &route.spec,
+            )),
+        )
+    });
+    let (leading, lead) = tokio::sync::watch::channel(false);
+    let elector = tokio::spawn(leader::run(
+        client.clone(),
+        "phoenix-system".into(),
+        "cp-0".into(),
+        leading,
+    ));
+    let writer = tokio::spawn(status::run(client, live.clone(), lead));
+    let path = "/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/canary";
+    let mut lease: Option<Value> = None;
+    let patch = loop {
+        let (req, send) = next(&mut server).await;
+        let Some((req, send)) = answer_lease(req, send, &mut lease).await else {
+            continue;
+        };
+        let (method, p) = (req.method().clone(), req.uri().path().to_owned());
+        match method {
+            Method::GET if p == path => {
+                respond(send, StatusCode::OK, serde_json::to_value(&route).unwrap());
+            }
+            Method::PATCH if p == format!("{path}/status") => {
+                let body = body_json(req).await;
+                respond(send, StatusCode::OK, serde_json::to_value(&route).unwrap());
+                break body;
+            }
+            m => panic!("unexpected call {m} {p}"),
+        }
+    };
+    let parents = patch["status"]["parents"].as_array().unwrap();
+    assert_eq!(parents.len(), 2, "{parents:?}");
+    assert_eq!(parents[0], other, "the other controller's entry, untouched");
+    let ours = &parents[1];
+    assert_eq!(ours["controllerName"], "phoenix.dev/mesh");
+    assert_eq!(
+        ours["parentRef"],
+        json!({"group": "", "kind": "Service", "name": "web", "port": 80})
+    );
+    let conditions = ours["conditions"].as_array().unwrap();
+    let by_type = |t: &str| conditions.iter().find(|c| c["type"] == t).unwrap().clone();
+    // The Service is not in the index: the route waits for it.
+    assert_eq!(by_type("Accepted")["status"], "False");
+    assert_eq!(by_type("Accepted")["reason"], "NoMatchingParent");
+    assert_eq!(by_type("ResolvedRefs")["reason"], "BackendNotFound");
+    assert_eq!(by_type("Accepted")["observedGeneration"], 2);
+    elector.abort();
+    writer.abort();
+}
+
 #[tokio::test]
 async fn the_leader_takes_the_lease_and_writes_policy_status() {
     use phoenix_control_plane::crd::TrafficPolicy;
@@ -667,33 +834,14 @@ async fn the_leader_takes_the_lease_and_writes_policy_status() {
     let writer = tokio::spawn(status::run(client, live.clone(), lead.clone()));
 
     // A scripted API server: the Lease and the status subresource.
-    let lease_path =
-        "/apis/coordination.k8s.io/v1/namespaces/phoenix-system/leases/phoenix-control-plane";
     let mut lease: Option<Value> = None;
     let status_patch = loop {
         let (req, send) = next(&mut server).await;
+        let Some((req, send)) = answer_lease(req, send, &mut lease).await else {
+            continue;
+        };
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
         match (method, path.as_str()) {
-            (Method::GET, p) if p == lease_path => match &lease {
-                None => respond(send, StatusCode::NOT_FOUND, status_body(404, "NotFound")),
-                Some(l) => respond(send, StatusCode::OK, l.clone()),
-            },
-            (Method::POST, "/apis/coordination.k8s.io/v1/namespaces/phoenix-system/leases") => {
-                let mut body = body_json(req).await;
-                assert_eq!(body["spec"]["holderIdentity"], "cp-0");
-                body["metadata"]["resourceVersion"] = "1".into();
-                lease = Some(body.clone());
-                respond(send, StatusCode::CREATED, body);
-            }
-            (Method::PUT, p) if p == lease_path => {
-                let body = body_json(req).await;
-                assert_eq!(
-                    body["metadata"]["resourceVersion"], "1",
-                    "renewals carry what was read"
-                );
-                lease = Some(body.clone());
-                respond(send, StatusCode::OK, body);
-            }
             (
                 Method::PATCH,
                 "/apis/phoenix.dev/v1alpha1/namespaces/shop/trafficpolicies/db/status",
@@ -797,6 +945,37 @@ async fn phoenix_check_reports_each_problem_with_its_fix() {
                     )).unwrap());
                     continue;
                 }
+                // Gateway API installed; one route Phoenix refused, one in force.
+                (
+                    "GET",
+                    "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/httproutes.gateway.networking.k8s.io"
+                    | "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/grpcroutes.gateway.networking.k8s.io"
+                    | "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/referencegrants.gateway.networking.k8s.io",
+                ) => ok(json!({
+                    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                    "metadata": {"name": path.rsplit('/').next().unwrap()},
+                    "spec": {"group": "gateway.networking.k8s.io", "scope": "Namespaced",
+                             "names": {"plural": "x", "kind": "X"}, "versions": []}})),
+                ("GET", "/apis/gateway.networking.k8s.io/v1/httproutes") => {
+                    let route = |name: &str, accepted: (&str, &str, &str)| {
+                        json!({
+                            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                            "metadata": {"name": name, "namespace": "shop"},
+                            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web"}]},
+                            "status": {"parents": [{"parentRef": {"group": "", "kind": "Service", "name": "web"},
+                                "controllerName": "phoenix.dev/mesh",
+                                "conditions": [{"type": "Accepted", "status": accepted.0, "reason": accepted.1,
+                                                "message": accepted.2, "lastTransitionTime": "2026-01-01T00:00:00Z"}]}]},
+                        })
+                    };
+                    ok(
+                        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRouteList", "metadata": {},
+                              "items": [route("canary", ("True", "Accepted", "in force")),
+                                        route("rewrite", ("False", "UnsupportedValue", "the URLRewrite filter is not supported"))]}),
+                    )
+                }
+                ("GET", "/apis/gateway.networking.k8s.io/v1/grpcroutes") => ok(json!({
+                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRouteList", "metadata": {}, "items": []})),
                 other => panic!("unexpected request {other:?}"),
             };
             respond(send, status, body);
@@ -849,6 +1028,16 @@ async fn phoenix_check_reports_each_problem_with_its_fix() {
     let udp = status("proxies reach each other over UDP");
     assert_eq!(udp.status, Status::Warn);
     assert!(udp.detail.contains("UDP 4143"));
+    let routes = status("every mesh route is accepted");
+    assert_eq!(routes.status, Status::Fail);
+    assert!(
+        routes
+            .detail
+            .contains("HTTPRoute shop/rewrite: Accepted UnsupportedValue (the URLRewrite filter")
+            && !routes.detail.contains("canary"),
+        "{}",
+        routes.detail
+    );
     assert!(report.failed());
     let text = report.render();
     assert!(

@@ -1081,3 +1081,389 @@ fn a_service_ports_protocol_comes_from_its_policy_then_app_protocol_then_its_num
         Protocol::Detect
     );
 }
+
+mod routes {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+    use phoenix_api::route::RouteKind;
+    use phoenix_control_plane::k8s::routes::{GATEWAY_GROUP, GrantRecord, RouteRecord};
+
+    fn route(index: &mut Index, ns: &str, name: &str, created: i64, spec: serde_json::Value) {
+        let meta = ObjectMeta {
+            namespace: Some(ns.into()),
+            name: Some(name.into()),
+            creation_timestamp: Some(Time(
+                k8s_openapi::jiff::Timestamp::from_second(created).unwrap(),
+            )),
+            generation: Some(1),
+            ..ObjectMeta::default()
+        };
+        let record = RouteRecord::new(RouteKind::Http, ns, &meta, &spec);
+        index.apply_route(RouteKind::Http, key(ns, name), Some(record));
+    }
+
+    fn parent(name: &str, ns: Option<&str>) -> serde_json::Value {
+        let mut r = json!({"group": "", "kind": "Service", "name": name, "port": 80});
+        if let Some(ns) = ns {
+            r["namespace"] = json!(ns);
+        }
+        r
+    }
+
+    fn to(name: &str, ns: Option<&str>, weight: u32) -> serde_json::Value {
+        let mut r = parent(name, ns);
+        r["weight"] = json!(weight);
+        r
+    }
+
+    /// `web` and `web-v2` (one pod each) and a client in shop; a client and
+    /// `api` in team; `web-v3` in shop has no endpoint.
+    fn mesh() -> Index {
+        let mut index = Index::new(TD, 0);
+        for (ns, svc, vip, ip) in [
+            ("shop", "web", "10.96.0.1", "10.0.0.1"),
+            ("shop", "web-v2", "10.96.0.2", "10.0.0.2"),
+            ("team", "api", "10.96.1.1", "10.0.1.1"),
+        ] {
+            service(
+                &mut index,
+                ns,
+                svc,
+                vip,
+                json!([{"name": "http", "port": 80, "targetPort": 8080, "appProtocol": "http"}]),
+            );
+            slice(
+                &mut index,
+                ns,
+                &format!("{svc}-1"),
+                svc,
+                json!([{"name": "http", "port": 8080, "protocol": "TCP"}]),
+                &[(&format!("{svc}-0"), ip, true, false)],
+            );
+            pod(&mut index, ns, &format!("{svc}-0"), svc, ip, true);
+        }
+        service(
+            &mut index,
+            "shop",
+            "web-v3",
+            "10.96.0.3",
+            json!([{"name": "http", "port": 80, "targetPort": 8080}]),
+        );
+        pod(&mut index, "shop", "curl-0", "curl", "10.0.0.9", true);
+        pod(&mut index, "team", "curl-0", "curl", "10.0.1.9", true);
+        index.commit().unwrap();
+        index
+    }
+
+    fn names(u: &Upstream) -> Vec<String> {
+        u.routes
+            .iter()
+            .map(|r| format!("{}/{}", r.namespace, r.name))
+            .collect()
+    }
+
+    fn backends(u: &Upstream) -> Vec<(String, u32)> {
+        u.routes[0].rules[0]
+            .backends
+            .iter()
+            .map(|b| (b.service.to_string(), b.weight))
+            .collect()
+    }
+
+    #[test]
+    fn producer_routes_reach_every_client_and_consumer_routes_replace_them_for_their_namespace() {
+        let mut index = mesh();
+        let mut shop = Proxy::new("shop", "curl", ip("10.0.0.9"));
+        let mut team = Proxy::new("team", "curl", ip("10.0.1.9"));
+        shop.sync(&index);
+        team.sync(&index);
+        assert!(shop.upstream("web.shop:80").unwrap().routes.is_empty());
+        assert!(
+            shop.upstream("web-v3.shop:80").is_none(),
+            "no endpoint, no route: not sent"
+        );
+
+        // A producer canary (and an older producer route first by age).
+        route(
+            &mut index,
+            "shop",
+            "canary",
+            200,
+            json!({
+                "parentRefs": [parent("web", None)],
+                "rules": [{"backendRefs": [to("web", None, 90), to("web-v2", None, 10)]}],
+            }),
+        );
+        route(
+            &mut index,
+            "shop",
+            "older",
+            100,
+            json!({
+                "parentRefs": [parent("web", None)],
+                "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/v3"}}],
+                           "backendRefs": [to("web-v3", None, 1)]}],
+            }),
+        );
+        index.commit().unwrap();
+        shop.sync(&index);
+        team.sync(&index);
+        for p in [&shop, &team] {
+            let web = p.upstream("web.shop:80").unwrap();
+            assert_eq!(names(web), ["shop/older", "shop/canary"], "oldest first");
+            assert_eq!(backends(web), [("web-v3.shop:80".to_owned(), 1)]);
+            // A backend with no endpoint is sent (its share gets 503), but
+            // not by its address: its own traffic is left as it was.
+            let v3 = p.upstream("web-v3.shop:80").unwrap();
+            assert!(v3.endpoints.is_empty() && v3.addresses.is_empty(), "{v3:?}");
+        }
+
+        // A consumer route in team: team's clients follow it, and only it.
+        route(
+            &mut index,
+            "team",
+            "mine",
+            300,
+            json!({
+                "parentRefs": [parent("web", Some("shop"))],
+                "rules": [{"backendRefs": [to("web-v2", Some("shop"), 1)]}],
+            }),
+        );
+        index.commit().unwrap();
+        shop.sync(&index);
+        let delta = team.sync(&index).expect("team's view changed");
+        assert!(
+            delta.upserts.contains_key("upstream/web.shop:80"),
+            "{:?}",
+            delta.upserts.keys()
+        );
+        assert_eq!(
+            names(shop.upstream("web.shop:80").unwrap()),
+            ["shop/older", "shop/canary"]
+        );
+        let web = team.upstream("web.shop:80").unwrap();
+        assert_eq!(names(web), ["team/mine"]);
+        // No ReferenceGrant in shop lets team's routes send there.
+        assert_eq!(
+            backends(web),
+            [("unresolved.phoenix.invalid".to_owned(), 1)]
+        );
+
+        index.apply_grant(
+            key("shop", "from-team"),
+            Some(GrantRecord {
+                from: vec![(GATEWAY_GROUP.into(), "HTTPRoute".into(), "team".into())],
+                to: vec![(String::new(), "Service".into(), Some("web-v2".into()))],
+            }),
+        );
+        index.commit().unwrap();
+        team.sync(&index);
+        assert_eq!(
+            backends(team.upstream("web.shop:80").unwrap()),
+            [("web-v2.shop:80".to_owned(), 1)]
+        );
+        // The shared upstream changes under the copy: the copy follows.
+        slice(
+            &mut index,
+            "shop",
+            "web-1",
+            "web",
+            json!([{"name": "http", "port": 8080, "protocol": "TCP"}]),
+            &[
+                ("web-0", "10.0.0.1", true, false),
+                ("curl-0", "10.0.0.9", true, false),
+            ],
+        );
+        index.commit().unwrap();
+        team.sync(&index);
+        assert_eq!(team.upstream("web.shop:80").unwrap().endpoints.len(), 2);
+        assert_eq!(names(team.upstream("web.shop:80").unwrap()), ["team/mine"]);
+
+        // Removed: team falls back to the producer routes.
+        index.apply_route(RouteKind::Http, key("team", "mine"), None);
+        index.commit().unwrap();
+        team.sync(&index).expect("a delta");
+        assert_eq!(
+            names(team.upstream("web.shop:80").unwrap()),
+            ["shop/older", "shop/canary"]
+        );
+        // A route in a namespace that is neither applies to no one.
+        route(
+            &mut index,
+            "ops",
+            "stray",
+            1,
+            json!({
+                "parentRefs": [parent("api", Some("team"))],
+                "rules": [{"backendRefs": [to("api", Some("team"), 1)]}],
+            }),
+        );
+        index.commit();
+        shop.sync(&index);
+        team.sync(&index);
+        assert!(shop.upstream("api.team:80").unwrap().routes.is_empty());
+        assert!(team.upstream("api.team:80").unwrap().routes.is_empty());
+    }
+
+    #[test]
+    fn a_refused_route_applies_nowhere_and_a_port_narrows_the_parent() {
+        let mut index = mesh();
+        service(
+            &mut index,
+            "shop",
+            "web",
+            "10.96.0.1",
+            json!([
+            {"name": "http", "port": 80, "targetPort": 8080, "appProtocol": "http"},
+            {"name": "alt", "port": 81, "targetPort": 8080, "appProtocol": "http"}]),
+        );
+        route(
+            &mut index,
+            "shop",
+            "bad",
+            1,
+            json!({
+                "parentRefs": [parent("web", None)],
+                "rules": [{"filters": [{"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplaceFullPath", "replaceFullPath": "/"}}}]}],
+            }),
+        );
+        route(
+            &mut index,
+            "shop",
+            "port-80",
+            2,
+            json!({
+                "parentRefs": [parent("web", None)],
+                "rules": [{"backendRefs": [to("web-v2", None, 1)]}],
+            }),
+        );
+        let mut alt = parent("web", None);
+        alt["port"] = json!(81);
+        route(
+            &mut index,
+            "shop",
+            "port-81",
+            3,
+            json!({
+                "parentRefs": [alt],
+                "rules": [{"backendRefs": [to("web-v2", None, 1)]}],
+            }),
+        );
+        index.commit().unwrap();
+        let mut shop = Proxy::new("shop", "curl", ip("10.0.0.9"));
+        shop.sync(&index);
+        assert_eq!(
+            names(shop.upstream("web.shop:80").unwrap()),
+            ["shop/port-80"]
+        );
+        // Port 81 has no endpoint (the slice lists port 80's only), yet as a
+        // parent it is sent, with the one route attached to it.
+        assert_eq!(
+            names(shop.upstream("web.shop:81").unwrap()),
+            ["shop/port-81"]
+        );
+    }
+
+    fn verdicts(
+        index: &Index,
+        kind: RouteKind,
+        ns: &str,
+        name: &str,
+    ) -> Vec<(String, bool, &'static str)> {
+        index
+            .route_verdicts(&(kind, key(ns, name)))
+            .unwrap()
+            .into_iter()
+            .flat_map(|(p, vs)| {
+                vs.into_iter().map(move |v| {
+                    (
+                        format!("{}:{}", p.service, v.type_),
+                        v.ok,
+                        v.reason.as_str(),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn route_status_names_missing_parents_backends_grants_and_kind_conflicts() {
+        let mut index = mesh();
+        route(
+            &mut index,
+            "shop",
+            "fine",
+            10,
+            json!({
+                "parentRefs": [parent("web", None)],
+                "rules": [{"backendRefs": [to("web-v2", None, 1)]}],
+            }),
+        );
+        route(
+            &mut index,
+            "shop",
+            "nowhere",
+            11,
+            json!({
+                "parentRefs": [parent("gone", None), {"group": "", "kind": "Service", "name": "web", "port": 8443}],
+                "rules": [{"backendRefs": [to("missing", None, 1), to("web", None, 1)]}],
+            }),
+        );
+        route(
+            &mut index,
+            "team",
+            "far",
+            12,
+            json!({
+                "parentRefs": [parent("api", None)],
+                "rules": [{"backendRefs": [to("web", Some("shop"), 1)]}],
+            }),
+        );
+        // A GRPCRoute younger than `fine` on the same Service.
+        let meta = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            creation_timestamp: Some(Time(k8s_openapi::jiff::Timestamp::from_second(20).unwrap())),
+            ..Default::default()
+        };
+        let spec = json!({"parentRefs": [parent("web", None)], "rules": [{"backendRefs": [to("web", None, 1)]}]});
+        index.apply_route(
+            RouteKind::Grpc,
+            key("shop", "grpc"),
+            Some(RouteRecord::new(RouteKind::Grpc, "shop", &meta, &spec)),
+        );
+        index.commit();
+        assert_eq!(
+            verdicts(&index, RouteKind::Http, "shop", "fine"),
+            [
+                ("shop/web:Accepted".into(), true, "Accepted"),
+                ("shop/web:ResolvedRefs".into(), true, "ResolvedRefs")
+            ]
+        );
+        assert_eq!(
+            verdicts(&index, RouteKind::Http, "shop", "nowhere"),
+            [
+                ("shop/gone:Accepted".into(), false, "NoMatchingParent"),
+                ("shop/gone:ResolvedRefs".into(), false, "BackendNotFound"),
+                ("shop/web:Accepted".into(), false, "NoMatchingParent"),
+                ("shop/web:ResolvedRefs".into(), false, "BackendNotFound"),
+            ]
+        );
+        assert_eq!(
+            verdicts(&index, RouteKind::Http, "team", "far")[1],
+            ("team/api:ResolvedRefs".into(), false, "RefNotPermitted")
+        );
+        assert_eq!(
+            verdicts(&index, RouteKind::Grpc, "shop", "grpc")[0],
+            ("shop/web:Accepted".into(), false, "Conflicted"),
+            "the older HTTPRoute keeps the Service"
+        );
+        // And the table holds the older kind only.
+        let mut shop = Proxy::new("shop", "curl", ip("10.0.0.9"));
+        shop.sync(&index);
+        let web = shop.upstream("web.shop:80").unwrap();
+        assert!(
+            web.routes.iter().all(|r| r.kind == RouteKind::Http),
+            "{:?}",
+            web.routes
+        );
+    }
+}

@@ -35,6 +35,58 @@ pub trait MeshApi {
     fn kubeconfig(&self, dir: &Path) -> (PathBuf, SocketAddr);
     /// Requests the control plane made that the API did not serve.
     fn unexpected(&self) -> Vec<String>;
+    /// The object as stored now, if it exists.
+    fn get(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> Option<Value>;
+}
+
+/// The conditions Phoenix wrote on route `name` for its parent `service`:
+/// `(type, status, reason, message)` each.
+fn route_conditions(
+    cluster: &dyn MeshApi,
+    ns: &str,
+    name: &str,
+    service: &str,
+) -> Vec<(String, String, String, String)> {
+    let route = cluster
+        .get("gateway.networking.k8s.io/v1", "HTTPRoute", ns, name)
+        .unwrap_or_default();
+    route["status"]["parents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["controllerName"] == "phoenix.dev/mesh" && p["parentRef"]["name"] == service)
+        .flat_map(|p| p["conditions"].as_array().cloned().unwrap_or_default())
+        .map(|c| {
+            let s = |f: &str| c[f].as_str().unwrap_or_default().to_owned();
+            (s("type"), s("status"), s("reason"), s("message"))
+        })
+        .collect()
+}
+
+/// Waits until route `name`'s condition `type_` for `service` has `status`
+/// and `reason`; returns its message.
+fn await_condition(
+    cluster: &dyn MeshApi,
+    ns: &str,
+    name: &str,
+    service: &str,
+    (type_, status, reason): (&str, &str, &str),
+) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let conditions = route_conditions(cluster, ns, name, service);
+        if let Some(c) = conditions
+            .iter()
+            .find(|c| c.0 == type_ && c.1 == status && c.2 == reason)
+        {
+            return c.3.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "HTTPRoute {ns}/{name}: wanted {type_}={status} ({reason}) for {service}; has {conditions:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A meshed pod as the injector leaves it: labelled, with its IP in status.
@@ -433,10 +485,197 @@ pub fn service_traffic_crosses_the_mesh(cluster: &mut dyn MeshApi, identities: I
         );
     }
     assert!(!client.contains("status=\"bad_request\""));
+
+    routes_steer_the_traffic(
+        cluster,
+        &t,
+        &shop,
+        &team,
+        (&shop_vip, &shop_body),
+        (&team_vip, &team_body),
+    );
     assert_eq!(
         cluster.unexpected(),
         Vec::<String>::new(),
         "requests the API did not serve"
     );
     drop(cp);
+}
+
+/// One HTTP exchange by curl in `pod`: status, response head, body.
+fn exchange(t: &Topology, pod: &str, url: &str, headers: &[&str]) -> Option<(u16, String, String)> {
+    let mut args = vec!["curl", "-gs", "-i", "--max-time", "5"];
+    for h in headers {
+        args.extend(["-H", h]);
+    }
+    args.push(url);
+    let out = t.command(pod, &args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, head.to_ascii_lowercase(), body.to_owned()))
+}
+
+/// Gateway API routes (GAMMA) in Kubernetes mode, crossing the same mesh:
+/// a producer HTTPRoute on shop's `web` sends a header canary to team's
+/// `web` (500 until a ReferenceGrant in team allows it, then team's
+/// answer), a consumer HTTPRoute in shop changes how shop's clients reach
+/// team's `web`, and the client's proxy counts each by route and backend.
+fn routes_steer_the_traffic(
+    cluster: &mut dyn MeshApi,
+    t: &Topology,
+    shop: &str,
+    team: &str,
+    (shop_vip, shop_body): (&str, &str),
+    (team_vip, team_body): (&str, &str),
+) {
+    let svc = |name: &str, ns: &str| json!({"group": "", "kind": "Service", "name": name, "namespace": ns, "port": 80});
+    let tag = |value: &str| {
+        json!([{"type": "ResponseHeaderModifier",
+        "responseHeaderModifier": {"add": [{"name": "x-phoenix-route", "value": value}]}}])
+    };
+    cluster.apply(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"namespace": shop, "name": "web-split"},
+        "spec": {
+            "parentRefs": [svc("web", shop)],
+            "rules": [
+                {"matches": [{"headers": [{"type": "Exact", "name": "x-canary", "value": "team"}]}],
+                 "backendRefs": [svc("web", team)]},
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                 "filters": tag("producer"),
+                 "backendRefs": [svc("web", shop)]},
+            ],
+        },
+    }));
+    let shop_url = format!("http://{shop_vip}/index.txt");
+    let team_url = format!("http://{team_vip}/index.txt");
+    let (_, _, body) = eventually(
+        Duration::from_secs(20),
+        "the producer route in force",
+        || {
+            exchange(t, "a", &shop_url, &[])
+                .filter(|(s, h, _)| *s == 200 && h.contains("x-phoenix-route: producer"))
+        },
+    );
+    assert_eq!(
+        body,
+        shop_body.repeat(100),
+        "the route's default rule keeps shop's web"
+    );
+    // No ReferenceGrant in team yet: the canary's backend may not be
+    // reached, and its requests (only those) get 500.
+    let (status, _, _) = exchange(t, "a", &shop_url, &["x-canary: team"]).unwrap();
+    assert_eq!(
+        status, 500,
+        "a backend in another namespace needs a ReferenceGrant"
+    );
+    // The route's status says so, under Phoenix's controller name.
+    await_condition(
+        &*cluster,
+        shop,
+        "web-split",
+        "web",
+        ("Accepted", "True", "Accepted"),
+    );
+    let why = await_condition(
+        &*cluster,
+        shop,
+        "web-split",
+        "web",
+        ("ResolvedRefs", "False", "RefNotPermitted"),
+    );
+    assert!(why.contains("ReferenceGrant"), "{why}");
+    cluster.apply(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "ReferenceGrant",
+        "metadata": {"namespace": team, "name": "from-shop"},
+        "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": shop}],
+                 "to": [{"group": "", "kind": "Service", "name": "web"}]},
+    }));
+    let (_, _, body) = eventually(Duration::from_secs(20), "the canary granted", || {
+        exchange(t, "a", &shop_url, &["x-canary: team"]).filter(|(s, ..)| *s == 200)
+    });
+    assert_eq!(body, team_body.repeat(100), "the canary reached team's web");
+    await_condition(
+        &*cluster,
+        shop,
+        "web-split",
+        "web",
+        ("ResolvedRefs", "True", "ResolvedRefs"),
+    );
+
+    // What Phoenix does not carry out is refused, said in status, and
+    // changes no traffic.
+    cluster.apply(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"namespace": shop, "name": "rewrite"},
+        "spec": {"parentRefs": [svc("web", shop)],
+                 "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/old"}}],
+                            "filters": [{"type": "URLRewrite",
+                                         "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/new"}}}],
+                            "backendRefs": [svc("web", shop)]}]},
+    }));
+    let why = await_condition(
+        &*cluster,
+        shop,
+        "rewrite",
+        "web",
+        ("Accepted", "False", "UnsupportedValue"),
+    );
+    assert!(why.contains("URLRewrite"), "{why}");
+    let (status, head, _) = exchange(t, "a", &shop_url, &[]).unwrap();
+    assert!(
+        status == 200 && head.contains("x-phoenix-route: producer"),
+        "{status} {head}"
+    );
+
+    // A consumer route: in shop, parented to team's web, for shop's clients.
+    cluster.apply(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"namespace": shop, "name": "team-web"},
+        "spec": {"parentRefs": [svc("web", team)],
+                 "rules": [{"filters": tag("consumer"), "backendRefs": [svc("web", team)]}]},
+    }));
+    let (_, _, body) = eventually(
+        Duration::from_secs(20),
+        "the consumer route in force",
+        || {
+            exchange(t, "a", &team_url, &[])
+                .filter(|(s, h, _)| *s == 200 && h.contains("x-phoenix-route: consumer"))
+        },
+    );
+    assert_eq!(body, team_body.repeat(100));
+    let whom = await_condition(
+        &*cluster,
+        shop,
+        "team-web",
+        "web",
+        ("Accepted", "True", "Accepted"),
+    );
+    assert!(
+        whom.contains(&format!("clients in namespace {shop}")),
+        "{whom}"
+    );
+
+    // Counted by route and backend on the client's proxy.
+    let m = t.get(&format!("http://{CLIENT_IP}:4191/metrics")).unwrap();
+    let routed = |route: &str, backend: &str| {
+        metric(
+            &m,
+            "route_request_total",
+            &[
+                ("route_name", route),
+                ("route_namespace", shop),
+                ("route_kind", "HTTPRoute"),
+                ("backend", backend),
+            ],
+        )
+    };
+    assert!(routed("web-split", &format!("web.{team}:80")) >= 1.0, "{m}");
+    assert!(
+        routed("web-split", "unresolved.phoenix.invalid") >= 1.0,
+        "the ungranted request is counted"
+    );
+    assert!(routed("web-split", &format!("web.{shop}:80")) >= 1.0);
+    assert!(routed("team-web", &format!("web.{team}:80")) >= 1.0);
 }

@@ -24,8 +24,18 @@ pub enum Reason {
     ResolvedRefs,
     /// The target Service does not exist (yet).
     ServiceNotFound,
-    /// An older policy already targets the same Service.
+    /// An older policy already targets the same Service (or an older
+    /// route of the other kind attaches to it).
     Conflicted,
+    /// A route's parent Service (or its port) does not exist.
+    NoMatchingParent,
+    /// A route uses a field or value Phoenix does not carry out.
+    UnsupportedValue,
+    /// A route's backend is in another namespace and no ReferenceGrant
+    /// there allows it.
+    RefNotPermitted,
+    /// A route's backend Service (or its port) does not exist.
+    BackendNotFound,
 }
 
 impl Reason {
@@ -38,6 +48,10 @@ impl Reason {
             Reason::ResolvedRefs => "ResolvedRefs",
             Reason::ServiceNotFound => "ServiceNotFound",
             Reason::Conflicted => "Conflicted",
+            Reason::NoMatchingParent => "NoMatchingParent",
+            Reason::UnsupportedValue => "UnsupportedValue",
+            Reason::RefNotPermitted => "RefNotPermitted",
+            Reason::BackendNotFound => "BackendNotFound",
         }
     }
 }

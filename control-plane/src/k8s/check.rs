@@ -359,6 +359,140 @@ async fn post_install(client: &kube::Client, namespace: &str, r: &mut Report) {
     webhook_dry_run(client, r).await;
     let identities = mesh_config(client, r).await;
     proxies(client, identities, r).await;
+    routes(client, r).await;
+}
+
+/// Gateway API routes parented to Services: the CRDs (optional: routes
+/// are off without them), and every route whose Phoenix status is not
+/// `Accepted` and `ResolvedRefs`, with the control plane's message.
+async fn routes(client: &kube::Client, r: &mut Report) {
+    const ROUTES: &str = "routes";
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut missing = Vec::new();
+    for name in [
+        "httproutes.gateway.networking.k8s.io",
+        "grpcroutes.gateway.networking.k8s.io",
+        "referencegrants.gateway.networking.k8s.io",
+    ] {
+        match crds.get_opt(name).await {
+            Ok(Some(_)) => {}
+            Ok(None) => missing.push(name),
+            Err(error) => {
+                r.push(
+                    ROUTES,
+                    "the Gateway API CRDs are installed",
+                    Status::Fail,
+                    error.to_string(),
+                );
+                return;
+            }
+        }
+    }
+    if !missing.is_empty() {
+        r.push(
+            ROUTES,
+            "the Gateway API CRDs are installed",
+            Status::Warn,
+            format!(
+                "missing {}: HTTPRoute and GRPCRoute are off; install Gateway API v1.5.1 (kubectl apply --server-side -f https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.5.1/standard-install.yaml, or experimental-install.yaml for retry)",
+                missing.join(", ")
+            ),
+        );
+        return;
+    }
+    r.push(
+        ROUTES,
+        "the Gateway API CRDs are installed",
+        Status::Ok,
+        String::new(),
+    );
+    let mut problems = Vec::new();
+    let mut seen = 0;
+    for kind in ["HTTPRoute", "GRPCRoute"] {
+        let resource = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+            super::routes::GATEWAY_GROUP,
+            "v1",
+            kind,
+        ));
+        let api: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &resource);
+        let list = match api.list(&ListParams::default()).await {
+            Ok(l) => l,
+            Err(error) => {
+                r.push(
+                    ROUTES,
+                    "every mesh route is accepted",
+                    Status::Fail,
+                    error.to_string(),
+                );
+                return;
+            }
+        };
+        for route in list.items {
+            let name = format!(
+                "{kind} {}/{}",
+                route.metadata.namespace.as_deref().unwrap_or_default(),
+                route.metadata.name.as_deref().unwrap_or_default()
+            );
+            problems.extend(route_problems(&name, &route.data));
+            if mesh_parented(&route.data) {
+                seen += 1;
+            }
+        }
+    }
+    if problems.is_empty() {
+        r.push(
+            ROUTES,
+            "every mesh route is accepted",
+            Status::Ok,
+            format!("{seen} routes parented to Services"),
+        );
+    } else {
+        r.push(
+            ROUTES,
+            "every mesh route is accepted",
+            Status::Fail,
+            problems.join("; "),
+        );
+    }
+}
+
+/// Whether a route names a Service among its parents (a mesh route).
+fn mesh_parented(data: &serde_json::Value) -> bool {
+    data["spec"]["parentRefs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|p| p["kind"] == "Service" && p["group"].as_str().unwrap_or_default().is_empty())
+}
+
+/// What is wrong with one mesh route, from the conditions Phoenix wrote.
+fn route_problems(name: &str, data: &serde_json::Value) -> Vec<String> {
+    if !mesh_parented(data) {
+        return Vec::new();
+    }
+    let ours: Vec<&serde_json::Value> = data["status"]["parents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["controllerName"] == super::routes::CONTROLLER_NAME)
+        .collect();
+    if ours.is_empty() {
+        return vec![format!(
+            "{name} has no status from Phoenix yet: is the control plane's leader running? (kubectl -n phoenix-system logs deploy/{NAME})"
+        )];
+    }
+    ours.iter()
+        .flat_map(|p| p["conditions"].as_array().cloned().unwrap_or_default())
+        .filter(|c| c["status"] != "True")
+        .map(|c| {
+            format!(
+                "{name}: {} {} ({})",
+                c["type"].as_str().unwrap_or_default(),
+                c["reason"].as_str().unwrap_or_default(),
+                c["message"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
 }
 
 /// The webhook, called by the API server for a dry-run pod that asks for

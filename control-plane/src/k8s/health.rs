@@ -42,6 +42,11 @@ impl WatchHealth {
         self.with(kind, |h| h.synced = true);
     }
 
+    /// Whether `kind` has listed once.
+    pub fn is_synced(&self, kind: &'static str) -> bool {
+        self.with(kind, |h| h.synced)
+    }
+
     /// `kind`'s watch delivered an event: it works.
     pub fn ok(&self, kind: &'static str) {
         self.with(kind, |h| {

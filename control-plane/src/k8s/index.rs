@@ -29,6 +29,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use phoenix_api::ServiceName;
 use phoenix_api::protocol::Protocol;
+use phoenix_api::route::{Route, RouteKind, RouteRule};
 use phoenix_api::snapshot::{Endpoint, Inbound, Resource, Snapshot, Upstream};
 
 pub use crate::publish::Update;
@@ -36,6 +37,7 @@ use crate::publish::{Position, Publisher};
 
 use super::policy::{Audience, MeshConfigError, MeshRecord, PolicyRecord};
 use super::records::{NamespaceRecord, ObjectKey, PodRecord, ServiceRecord, SliceRecord};
+use super::routes::{GrantRecord, RouteRecord, UNRESOLVED_BACKEND, service_key};
 use crate::crd::conditions::{ACCEPTED, RESOLVED_REFS, Reason, Verdict};
 use crate::crd::mesh_config::MeshConfigSpec;
 
@@ -58,6 +60,13 @@ pub struct Index {
     namespaces: HashMap<String, NamespaceRecord>,
     policies: HashMap<ObjectKey, PolicyRecord>,
     policies_by_service: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+    /// HTTPRoutes and GRPCRoutes (few: looked through whole).
+    routes: BTreeMap<(RouteKind, ObjectKey), RouteRecord>,
+    grants: BTreeMap<ObjectKey, GrantRecord>,
+    /// When the consumer routes of a namespace (or an upstream they
+    /// change) last changed: that namespace's proxies get their own copy
+    /// of each upstream their routes attach to.
+    consumer_version: HashMap<String, u64>,
 
     /// The shared resources, their change log and the version.
     publisher: Publisher,
@@ -128,6 +137,9 @@ impl Index {
             namespaces: HashMap::new(),
             policies: HashMap::new(),
             policies_by_service: HashMap::new(),
+            routes: BTreeMap::new(),
+            grants: BTreeMap::new(),
+            consumer_version: HashMap::new(),
             publisher: Publisher::new(start),
             keys_by_service: HashMap::new(),
             inbound: HashMap::new(),
@@ -368,6 +380,10 @@ impl Index {
             || pod
                 .as_ref()
                 .and_then(|p| self.inbound_version.get(p))
+                .is_some_and(|v| *v > sub.position.seen())
+            || self
+                .consumer_version
+                .get(&sub.namespace)
                 .is_some_and(|v| *v > sub.position.seen());
         (pod, changed)
     }
@@ -377,7 +393,7 @@ impl Index {
         let (pod, own_changed) = self.own_view(sub);
         let update = self.publisher.update(
             &mut sub.position,
-            &mut || self.inbound_of(pod.as_ref()),
+            &mut || self.own_of(pod.as_ref(), &sub.namespace),
             own_changed,
         );
         sub.pod = pod;
@@ -405,7 +421,7 @@ impl Index {
         let (pod, own_changed) = self.own_view(sub);
         let frame = self.publisher.next_frame(
             &mut sub.position,
-            &mut || self.inbound_of(pod.as_ref()),
+            &mut || self.own_of(pod.as_ref(), &sub.namespace),
             own_changed,
             wire_version,
         );
@@ -430,6 +446,161 @@ impl Index {
     /// them); a subscriber behind that gets a full snapshot instead.
     pub fn compact(&mut self, version: u64) {
         self.publisher.compact(version);
+    }
+
+    /// The conditions to write on the route `id`, per parent Service it
+    /// names (its `status.parents[]` under Phoenix's controller name).
+    pub fn route_verdicts(
+        &self,
+        id: &(RouteKind, ObjectKey),
+    ) -> Option<Vec<(super::routes::Parent, Vec<Verdict>)>> {
+        let route = self.routes.get(id)?;
+        let (kind, key) = id;
+        let verdict = |type_, ok, reason, message: String| Verdict {
+            type_,
+            ok,
+            reason,
+            message,
+        };
+        let resolved = match &route.rules {
+            Err(_) => verdict(
+                RESOLVED_REFS,
+                false,
+                Reason::UnsupportedValue,
+                "the spec is not accepted (see Accepted), so its references were not resolved"
+                    .into(),
+            ),
+            Ok(rules) => self.resolve_backends(*kind, &key.namespace, rules),
+        };
+        let verdicts = route
+            .parents
+            .iter()
+            .map(|parent| {
+                let accepted = match &route.rules {
+                    Err(error) => verdict(
+                        ACCEPTED,
+                        false,
+                        Reason::UnsupportedValue,
+                        format!("{error}; the route applies nowhere until this is fixed"),
+                    ),
+                    Ok(_) => self.accept_parent(*kind, key, route, parent),
+                };
+                (parent.clone(), vec![accepted, resolved.clone()])
+            })
+            .collect();
+        Some(verdicts)
+    }
+
+    /// `Accepted` for one parent of a valid route.
+    fn accept_parent(
+        &self,
+        kind: RouteKind,
+        key: &ObjectKey,
+        route: &RouteRecord,
+        parent: &super::routes::Parent,
+    ) -> Verdict {
+        let service = &parent.service;
+        let refuse = |reason, message| Verdict {
+            type_: ACCEPTED,
+            ok: false,
+            reason,
+            message,
+        };
+        let Some(record) = self.services.get(service) else {
+            return refuse(
+                Reason::NoMatchingParent,
+                format!(
+                    "Service {} does not exist in namespace {}; the route applies once it does",
+                    service.name, service.namespace
+                ),
+            );
+        };
+        if let Some(port) = parent.port
+            && !record.ports.iter().any(|p| p.port == port)
+        {
+            return refuse(
+                Reason::NoMatchingParent,
+                format!("Service {} has no port {port}", service.name),
+            );
+        }
+        // One kind per Service: the oldest route attached to it decides.
+        let older_other = self.routes.iter().find(|((k, other), r)| {
+            *k != kind
+                && r.rules.is_ok()
+                && r.parents.iter().any(|p| &p.service == service)
+                && (r.created, &other.namespace, &other.name)
+                    < (route.created, &key.namespace, &key.name)
+        });
+        if let Some(((k, other), _)) = older_other {
+            return refuse(
+                Reason::Conflicted,
+                format!(
+                    "{} {}/{} is older and attaches to Service {}; Phoenix takes one route kind per Service",
+                    k.as_str(),
+                    other.namespace,
+                    other.name,
+                    service.name
+                ),
+            );
+        }
+        let who = if key.namespace == service.namespace {
+            "every client (a producer route)".to_owned()
+        } else {
+            format!("clients in namespace {} (a consumer route)", key.namespace)
+        };
+        Verdict {
+            type_: ACCEPTED,
+            ok: true,
+            reason: Reason::Accepted,
+            message: format!("in force for {who}"),
+        }
+    }
+
+    /// `ResolvedRefs` for a valid route's backends.
+    fn resolve_backends(&self, kind: RouteKind, namespace: &str, rules: &[RouteRule]) -> Verdict {
+        for backend in rules.iter().flat_map(|r| r.backends.iter()) {
+            let Some(target) = service_key(&backend.service) else {
+                continue;
+            };
+            if target.namespace != namespace && !self.grant_allows(kind, namespace, &target) {
+                return Verdict {
+                    type_: RESOLVED_REFS,
+                    ok: false,
+                    reason: Reason::RefNotPermitted,
+                    message: format!(
+                        "backendRef {} is in namespace {}: a ReferenceGrant there must allow {} from namespace {namespace}; its share of the requests gets 500",
+                        target.name,
+                        target.namespace,
+                        kind.as_str()
+                    ),
+                };
+            }
+            let port = backend.service.port();
+            let found = self
+                .services
+                .get(&target)
+                .is_some_and(|s| s.ports.iter().any(|p| Some(p.port) == port));
+            if !found {
+                return Verdict {
+                    type_: RESOLVED_REFS,
+                    ok: false,
+                    reason: Reason::BackendNotFound,
+                    message: format!(
+                        "backendRef {}: no Service {} with port {} in namespace {}; its share of the requests gets 500",
+                        backend.service,
+                        target.name,
+                        port.unwrap_or_default(),
+                        target.namespace
+                    ),
+                };
+            }
+        }
+        Verdict {
+            type_: RESOLVED_REFS,
+            ok: true,
+            reason: Reason::ResolvedRefs,
+            message: "every backendRef resolves".into(),
+        }
     }
 
     /// The conditions to write on the TrafficPolicy `key`.
@@ -523,10 +694,190 @@ impl Index {
             .then(|| key.clone())
     }
 
-    fn inbound_of(&self, pod: Option<&ObjectKey>) -> BTreeMap<String, Resource> {
-        pod.and_then(|p| self.inbound.get(p))
+    /// What is particular to a proxy: its pod's inbound services, and its
+    /// namespace's copies of the upstreams its consumer routes attach to.
+    fn own_of(&self, pod: Option<&ObjectKey>, namespace: &str) -> BTreeMap<String, Resource> {
+        let mut own = pod
+            .and_then(|p| self.inbound.get(p))
             .cloned()
-            .unwrap_or_default()
+            .unwrap_or_default();
+        own.extend(self.consumer_of(namespace));
+        own
+    }
+
+    /// Sets or deletes an HTTPRoute or GRPCRoute.
+    pub fn apply_route(&mut self, kind: RouteKind, key: ObjectKey, record: Option<RouteRecord>) {
+        let id = (kind, key);
+        if self.routes.get(&id) == record.as_ref() {
+            return;
+        }
+        let old = match record {
+            Some(r) => self.routes.insert(id.clone(), r),
+            None => self.routes.remove(&id),
+        };
+        let touched: Vec<ObjectKey> = old
+            .iter()
+            .chain(self.routes.get(&id))
+            .flat_map(|r| {
+                r.parents
+                    .iter()
+                    .map(|p| p.service.clone())
+                    .chain(r.backends())
+            })
+            .collect();
+        self.dirty.extend(touched);
+        let version = self.publisher.touch();
+        self.consumer_version.insert(id.1.namespace, version);
+    }
+
+    /// Sets or deletes a ReferenceGrant.
+    pub fn apply_grant(&mut self, key: ObjectKey, record: Option<GrantRecord>) {
+        if self.grants.get(&key) == record.as_ref() {
+            return;
+        }
+        match record {
+            Some(r) => self.grants.insert(key, r),
+            None => self.grants.remove(&key),
+        };
+        // Grants are few and change rarely: every route is looked at again.
+        let parents: Vec<ObjectKey> = self
+            .routes
+            .values()
+            .flat_map(|r| r.parents.iter().map(|p| p.service.clone()))
+            .collect();
+        self.dirty.extend(parents);
+        let version = self.publisher.touch();
+        let namespaces: Vec<String> = self
+            .routes
+            .keys()
+            .map(|(_, k)| k.namespace.clone())
+            .collect();
+        for ns in namespaces {
+            self.consumer_version.insert(ns, version);
+        }
+    }
+
+    /// Every route with its kind and generation (for status writing).
+    pub fn routes(&self) -> impl Iterator<Item = (&(RouteKind, ObjectKey), &RouteRecord)> {
+        self.routes.iter()
+    }
+
+    /// Whether some route attaches to `service`, or sends to it.
+    fn routed(&self, service: &ObjectKey) -> (bool, bool) {
+        let parent = self
+            .routes
+            .values()
+            .any(|r| r.parents.iter().any(|p| &p.service == service));
+        let backend = self
+            .routes
+            .values()
+            .any(|r| r.backends().any(|b| &b == service));
+        (parent, backend)
+    }
+
+    /// The routes a client in `client_ns` follows to port `port` of
+    /// `service`, oldest first, by GAMMA's rules: the routes in its own
+    /// namespace (consumer routes) when it has any for the service, else
+    /// those in the service's namespace (producer routes). A route in any
+    /// other namespace applies to no one there. One kind per Service: the
+    /// oldest route's (the others are not in force; their status says so).
+    fn routes_for(&self, service: &ObjectKey, port: u16, client_ns: &str) -> Vec<Route> {
+        let attached: Vec<(&(RouteKind, ObjectKey), &RouteRecord, &Vec<RouteRule>)> = self
+            .routes
+            .iter()
+            .filter_map(|(id, r)| Some((id, r, r.rules.as_ref().ok()?)))
+            .filter(|(_, r, _)| {
+                r.parents
+                    .iter()
+                    .any(|p| &p.service == service && p.port.is_none_or(|q| q == port))
+            })
+            .collect();
+        let consumer = client_ns != service.namespace
+            && attached.iter().any(|(id, ..)| id.1.namespace == client_ns);
+        let namespace = if consumer {
+            client_ns
+        } else {
+            service.namespace.as_str()
+        };
+        let mut chosen: Vec<_> = attached
+            .into_iter()
+            .filter(|(id, ..)| id.1.namespace == namespace)
+            .collect();
+        // The spec's tie-break: older first, then by namespace and name.
+        chosen.sort_by(|a, b| {
+            (a.1.created, &a.0.1.namespace, &a.0.1.name).cmp(&(
+                b.1.created,
+                &b.0.1.namespace,
+                &b.0.1.name,
+            ))
+        });
+        let kind = chosen.first().map(|(id, ..)| id.0);
+        chosen
+            .into_iter()
+            .filter(|(id, ..)| Some(id.0) == kind)
+            .map(|((kind, key), _, rules)| Route {
+                name: key.name.clone(),
+                namespace: key.namespace.clone(),
+                kind: *kind,
+                rules: self.granted(*kind, &key.namespace, rules),
+            })
+            .collect()
+    }
+
+    /// `rules` with every backend in another namespace that no
+    /// ReferenceGrant there lets a `kind` route in `namespace` reach
+    /// replaced by one no proxy knows (its share gets 500).
+    fn granted(&self, kind: RouteKind, namespace: &str, rules: &[RouteRule]) -> Vec<RouteRule> {
+        let mut rules = rules.to_vec();
+        for backend in rules.iter_mut().flat_map(|r| r.backends.iter_mut()) {
+            let Some(target) = service_key(&backend.service) else {
+                continue;
+            };
+            if target.namespace != namespace
+                && !self.grant_allows(kind, namespace, &target)
+                && let Ok(unresolved) = ServiceName::new(UNRESOLVED_BACKEND, None)
+            {
+                backend.service = unresolved;
+            }
+        }
+        rules
+    }
+
+    /// Whether a ReferenceGrant in `target`'s namespace lets a `kind`
+    /// route in `namespace` send to it.
+    pub fn grant_allows(&self, kind: RouteKind, namespace: &str, target: &ObjectKey) -> bool {
+        self.grants
+            .iter()
+            .filter(|(k, _)| k.namespace == target.namespace)
+            .any(|(_, g)| g.allows(kind, namespace, &target.name))
+    }
+
+    /// The upstreams `namespace`'s consumer routes change, as its proxies
+    /// get them: the shared upstream with the consumer routes in place of
+    /// the producer routes.
+    fn consumer_of(&self, namespace: &str) -> BTreeMap<String, Resource> {
+        let services: BTreeSet<&ObjectKey> = self
+            .routes
+            .iter()
+            .filter(|((_, key), r)| key.namespace == namespace && r.rules.is_ok())
+            .flat_map(|(_, r)| r.parents.iter().map(|p| &p.service))
+            .filter(|s| s.namespace != namespace)
+            .collect();
+        let mut own = BTreeMap::new();
+        for service in services {
+            for key in self.keys_by_service.get(service).into_iter().flatten() {
+                let Some(Resource::Upstream(shared)) = self.publisher.get(key) else {
+                    continue;
+                };
+                let Some(port) = shared.service.port() else {
+                    continue;
+                };
+                let mut upstream = shared.clone();
+                upstream.routes = self.routes_for(service, port, namespace);
+                own.insert(key.clone(), Resource::Upstream(upstream));
+            }
+        }
+        own
     }
 
     fn winning_policy(&self, service: &ObjectKey) -> Option<(&ObjectKey, &PolicyRecord)> {
@@ -579,6 +930,7 @@ impl Index {
         let retry = policy.and_then(|p| p.retry.clone());
         let allow = audience.allow_list(&self.trust_domain);
         let td = self.trust_domain.clone();
+        let routed = self.routed(service);
         let mut upstreams = Vec::new();
         let mut pod_inbound: BTreeMap<ObjectKey, Vec<Resource>> = BTreeMap::new();
         if let Some(record) = self.services.get(service) {
@@ -680,24 +1032,35 @@ impl Index {
                     }
                 }
                 let endpoints = if ready.is_empty() { terminating } else { ready };
+                // A Service with no meshed endpoint is not sent, unless a
+                // route needs it: a parent is caught by its ClusterIP and
+                // routed; a backend alone is reached only by routes (not by
+                // its address, whose traffic stays as it is), and its share
+                // of the requests gets 503, as the spec asks.
+                let mut addresses: Vec<SocketAddr> = record
+                    .cluster_ips
+                    .iter()
+                    .map(|ip| SocketAddr::new(*ip, port.port))
+                    .collect();
                 if endpoints.is_empty() {
-                    continue;
+                    match routed {
+                        (true, _) => {}
+                        (false, true) => addresses.clear(),
+                        (false, false) => continue,
+                    }
                 }
+                let routes = self.routes_for(service, port.port, &service.namespace);
                 upstreams.push(Resource::Upstream(Upstream {
                     service: name,
                     listen: None,
-                    addresses: record
-                        .cluster_ips
-                        .iter()
-                        .map(|ip| SocketAddr::new(*ip, port.port))
-                        .collect(),
+                    addresses,
                     endpoints: endpoints.into_iter().collect(),
                     connect_timeout_ms,
                     idle_timeout_ms,
                     protocol,
                     request_timeout_ms,
                     retry: retry.clone(),
-                    routes: Vec::new(),
+                    routes,
                 }));
             }
         }
@@ -743,6 +1106,23 @@ impl Index {
         }
         if !now.is_empty() {
             self.pods_by_service.insert(service.clone(), now);
+        }
+        // Namespaces whose consumer routes attach here hold copies of
+        // these upstreams: theirs change with them.
+        let consumers: BTreeSet<String> = self
+            .routes
+            .iter()
+            .filter(|((_, key), r)| {
+                key.namespace != service.namespace
+                    && r.parents.iter().any(|p| &p.service == service)
+            })
+            .map(|((_, key), _)| key.namespace.clone())
+            .collect();
+        if !consumers.is_empty() {
+            let version = self.publisher.touch();
+            for ns in consumers {
+                self.consumer_version.insert(ns, version);
+            }
         }
     }
 

@@ -57,6 +57,20 @@ const CLUSTER_RULES: &[Rule] = &[
         why: "Accepted/ResolvedRefs conditions, written by the leader (k8s/status.rs)",
     },
     Rule {
+        group: "gateway.networking.k8s.io",
+        resources: &["httproutes", "grpcroutes", "referencegrants"],
+        names: &[],
+        verbs: &["list", "watch"],
+        why: "watch of Gateway API routes and grants (k8s/watch.rs; GAMMA)",
+    },
+    Rule {
+        group: "gateway.networking.k8s.io",
+        resources: &["httproutes/status", "grpcroutes/status"],
+        names: &[],
+        verbs: &["patch"],
+        why: "routes' parents[] Accepted/ResolvedRefs conditions, written by the leader (k8s/status.rs)",
+    },
+    Rule {
         group: "admissionregistration.k8s.io",
         resources: &["mutatingwebhookconfigurations"],
         names: &["phoenix-proxy-injector"],

@@ -26,6 +26,7 @@ use super::watch::{self, KINDS};
 use super::webhook::Webhook;
 use crate::ca::RootOrigin;
 use crate::crd::{MeshConfig, TrafficPolicy};
+use crate::gateway::{GrpcRoute, HttpRoute, ReferenceGrant};
 use crate::inject::Injector;
 use crate::metrics::{KindLabels, Metrics};
 use crate::roots::Phase;
@@ -202,63 +203,25 @@ async fn run_body(
 
     let mut tasks = Supervisor::default();
     let w = |l: &Arc<Live>| (l.clone(), metrics.clone());
-    let (l, m) = w(&live);
-    tasks.spawn(
-        "Service watch",
-        watch::run(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-            l,
-            m,
-        ),
-    );
-    let (l, m) = w(&live);
-    tasks.spawn(
-        "EndpointSlice watch",
-        watch::run(
-            Api::<EndpointSlice>::all(client.clone()),
-            watcher::Config::default(),
-            l,
-            m,
-        ),
-    );
-    let (l, m) = w(&live);
+    // One watch per kind; the Gateway API's kinds are optional (their CRDs
+    // may be missing: see watch::OPTIONAL_KINDS).
+    let all = watcher::Config::default;
     // Only meshed pods: the rest of the cluster's pods are not held in memory.
-    let meshed = watcher::Config::default().labels(&format!("{MESHED_LABEL}=true"));
-    tasks.spawn(
-        "Pod watch",
-        watch::run(Api::<Pod>::all(client.clone()), meshed, l, m),
-    );
-    let (l, m) = w(&live);
-    tasks.spawn(
-        "Namespace watch",
-        watch::run(
-            Api::<Namespace>::all(client.clone()),
-            watcher::Config::default(),
-            l,
-            m,
-        ),
-    );
-    let (l, m) = w(&live);
-    tasks.spawn(
-        "MeshConfig watch",
-        watch::run(
-            Api::<MeshConfig>::all(client.clone()),
-            watcher::Config::default(),
-            l,
-            m,
-        ),
-    );
-    let (l, m) = w(&live);
-    tasks.spawn(
-        "TrafficPolicy watch",
-        watch::run(
-            Api::<TrafficPolicy>::all(client.clone()),
-            watcher::Config::default(),
-            l,
-            m,
-        ),
-    );
+    let meshed = all().labels(&format!("{MESHED_LABEL}=true"));
+    let watches = [
+        spawn_watch::<Service>(&client, all(), &live, &metrics),
+        spawn_watch::<EndpointSlice>(&client, all(), &live, &metrics),
+        spawn_watch::<Pod>(&client, meshed, &live, &metrics),
+        spawn_watch::<Namespace>(&client, all(), &live, &metrics),
+        spawn_watch::<MeshConfig>(&client, all(), &live, &metrics),
+        spawn_watch::<TrafficPolicy>(&client, all(), &live, &metrics),
+        spawn_watch::<HttpRoute>(&client, all(), &live, &metrics),
+        spawn_watch::<GrpcRoute>(&client, all(), &live, &metrics),
+        spawn_watch::<ReferenceGrant>(&client, all(), &live, &metrics),
+    ];
+    for (name, task) in watches {
+        tasks.spawn(name, task);
+    }
     {
         let (live, metrics) = w(&live);
         tasks.spawn("watch health", async move {
@@ -541,4 +504,20 @@ impl AdminState for KubeAdmin {
             })
         })
     }
+}
+
+/// A watch of every `K` (cluster-wide), as a named task.
+fn spawn_watch<K: watch::Watched>(
+    client: &kube::Client,
+    config: watcher::Config,
+    live: &Arc<Live>,
+    metrics: &Arc<Metrics>,
+) -> (&'static str, futures::future::BoxFuture<'static, ()>) {
+    let task = watch::run(
+        Api::<K>::all(client.clone()),
+        config,
+        live.clone(),
+        metrics.clone(),
+    );
+    (K::TASK, Box::pin(task))
 }

@@ -18,13 +18,16 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, ResourceExt};
+use phoenix_api::route::RouteKind;
 use serde::de::DeserializeOwned;
 
 use super::index::Index;
 use super::live::Live;
 use super::policy::PolicyRecord;
 use super::records::{self, ObjectKey};
+use super::routes::{GrantRecord, RouteRecord};
 use crate::crd::{MeshConfig, TrafficPolicy};
+use crate::gateway::{GrpcRoute, HttpRoute, ReferenceGrant};
 use crate::metrics::Metrics;
 
 /// Every kind the control plane watches, for health reporting.
@@ -35,7 +38,17 @@ pub const KINDS: &[&str] = &[
     "Namespace",
     "MeshConfig",
     "TrafficPolicy",
+    "HTTPRoute",
+    "GRPCRoute",
+    "ReferenceGrant",
 ];
+
+/// Kinds whose CRDs a cluster may not have (the Gateway API's: users
+/// install them, Phoenix does not own them). While the API server answers
+/// 404 for one, it counts as listed and empty, so the control plane is
+/// ready without them, and its watch keeps asking, so routes apply once
+/// the CRDs are installed (no restart).
+pub const OPTIONAL_KINDS: &[&str] = &["HTTPRoute", "GRPCRoute", "ReferenceGrant"];
 
 /// A kind the index consumes.
 pub trait Watched:
@@ -49,12 +62,15 @@ pub trait Watched:
 {
     /// Its kind, as in `KINDS`.
     const KIND: &'static str;
+    /// Its watch's task name (in the error should it ever end).
+    const TASK: &'static str;
     /// Sets (`Some`) or deletes (`None`) the object `key` in the index.
     fn apply(index: &mut Index, key: &ObjectKey, obj: Option<&Self>);
 }
 
 impl Watched for Service {
     const KIND: &'static str = "Service";
+    const TASK: &'static str = "Service watch";
     fn apply(index: &mut Index, key: &ObjectKey, obj: Option<&Self>) {
         index.apply_service(key.clone(), obj.and_then(records::service));
     }
@@ -62,6 +78,7 @@ impl Watched for Service {
 
 impl Watched for EndpointSlice {
     const KIND: &'static str = "EndpointSlice";
+    const TASK: &'static str = "EndpointSlice watch";
     fn apply(index: &mut Index, key: &ObjectKey, obj: Option<&Self>) {
         index.apply_slice(key.clone(), obj.and_then(records::slice));
     }
@@ -69,6 +86,7 @@ impl Watched for EndpointSlice {
 
 impl Watched for Pod {
     const KIND: &'static str = "Pod";
+    const TASK: &'static str = "Pod watch";
     fn apply(index: &mut Index, key: &ObjectKey, obj: Option<&Self>) {
         index.apply_pod(key.clone(), obj.and_then(records::pod));
     }
@@ -76,6 +94,7 @@ impl Watched for Pod {
 
 impl Watched for Namespace {
     const KIND: &'static str = "Namespace";
+    const TASK: &'static str = "Namespace watch";
     fn apply(index: &mut Index, key: &ObjectKey, obj: Option<&Self>) {
         let record = obj.map(records::namespace);
         if let Some(value) = record
@@ -90,6 +109,7 @@ impl Watched for Namespace {
 
 impl Watched for MeshConfig {
     const KIND: &'static str = "MeshConfig";
+    const TASK: &'static str = "MeshConfig watch";
     fn apply(index: &mut Index, key: &ObjectKey, obj: Option<&Self>) {
         index.apply_mesh_config(
             &key.name,
@@ -101,6 +121,7 @@ impl Watched for MeshConfig {
 
 impl Watched for TrafficPolicy {
     const KIND: &'static str = "TrafficPolicy";
+    const TASK: &'static str = "TrafficPolicy watch";
     fn apply(index: &mut Index, key: &ObjectKey, obj: Option<&Self>) {
         let record = obj.map(|p| {
             let created = p
@@ -117,11 +138,64 @@ impl Watched for TrafficPolicy {
     }
 }
 
+impl Watched for HttpRoute {
+    const KIND: &'static str = "HTTPRoute";
+    const TASK: &'static str = "HTTPRoute watch";
+    fn apply(index: &mut Index, key: &ObjectKey, obj: Option<&Self>) {
+        let record =
+            obj.map(|r| RouteRecord::new(RouteKind::Http, &key.namespace, &r.metadata, &r.spec));
+        index.apply_route(RouteKind::Http, key.clone(), record);
+    }
+}
+
+impl Watched for GrpcRoute {
+    const KIND: &'static str = "GRPCRoute";
+    const TASK: &'static str = "GRPCRoute watch";
+    fn apply(index: &mut Index, key: &ObjectKey, obj: Option<&Self>) {
+        let record =
+            obj.map(|r| RouteRecord::new(RouteKind::Grpc, &key.namespace, &r.metadata, &r.spec));
+        index.apply_route(RouteKind::Grpc, key.clone(), record);
+    }
+}
+
+impl Watched for ReferenceGrant {
+    const KIND: &'static str = "ReferenceGrant";
+    const TASK: &'static str = "ReferenceGrant watch";
+    fn apply(index: &mut Index, key: &ObjectKey, obj: Option<&Self>) {
+        let record = obj.map(|g| GrantRecord {
+            from: g
+                .spec
+                .from
+                .iter()
+                .map(|f| (f.group.clone(), f.kind.clone(), f.namespace.clone()))
+                .collect(),
+            to: g
+                .spec
+                .to
+                .iter()
+                .map(|t| (t.group.clone(), t.kind.clone(), t.name.clone()))
+                .collect(),
+        });
+        index.apply_grant(key.clone(), record);
+    }
+}
+
 /// The index key of any object (cluster-scoped objects have namespace `""`).
 pub fn key_of<K: kube::Resource>(obj: &K) -> ObjectKey {
     ObjectKey::new(
         obj.meta().namespace.as_deref().unwrap_or(""),
         &obj.name_any(),
+    )
+}
+
+/// Whether the API server answered that it has no such resource (its
+/// CRD is not installed).
+fn is_not_found(error: &watcher::Error) -> bool {
+    matches!(
+        error,
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+            | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+            if s.code == 404
     )
 }
 
@@ -139,6 +213,16 @@ pub async fn run<K: Watched>(
     while let Some(event) = events.next().await {
         let event = match event {
             Ok(e) => e,
+            Err(error) if OPTIONAL_KINDS.contains(&K::KIND) && is_not_found(&error) => {
+                if !live.health.is_synced(K::KIND) {
+                    tracing::info!(
+                        kind = K::KIND,
+                        "the API server does not serve this kind (Gateway API CRDs not installed?); routes are off until it does"
+                    );
+                    live.health.synced(K::KIND);
+                }
+                continue;
+            }
             Err(error) => {
                 tracing::warn!(kind = K::KIND, %error, "watch failed; serving what is known, retrying");
                 live.health.failed(K::KIND, &error, Instant::now());

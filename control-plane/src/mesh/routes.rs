@@ -335,6 +335,9 @@ pub enum RouteProblem {
         "mesh-file services have no namespace: name the service as the workloads' serve lists do"
     )]
     RefNamespace,
+    /// A Kubernetes backend without its port.
+    #[error("a backendRef to a Service needs its port (the Service port, e.g. port: 80)")]
+    BackendPort,
     /// A `sectionName`.
     #[error("sectionName applies to Gateways, not to a mesh Service; remove it")]
     SectionName,
@@ -415,10 +418,8 @@ pub fn validate(
     for (i, file) in files.iter().enumerate() {
         let at = |f: &str| format!("routes[{i}].{f}");
         let bad = |line: u64, f: &str, p: RouteProblem| (line, at(f), Problem::Route(p));
-        let kind = match file.kind.value.as_str() {
-            "HTTPRoute" => RouteKind::Http,
-            "GRPCRoute" => RouteKind::Grpc,
-            _ => return Err(bad(file.kind.referenced.line(), "kind", RouteProblem::Kind)),
+        let Some(kind) = route_kind(&file.kind.value) else {
+            return Err(bad(file.kind.referenced.line(), "kind", RouteProblem::Kind));
         };
         let line = file.name.referenced.line();
         let name = file.name.value.clone();
@@ -440,13 +441,6 @@ pub fn validate(
             hostnames,
             rules,
         } = &file.spec;
-        if let Some(h) = hostnames {
-            return Err(bad(
-                h.referenced.line(),
-                "spec.hostnames",
-                RouteProblem::Hostnames,
-            ));
-        }
         let mut parents = BTreeSet::new();
         for (j, r) in parent_refs.iter().enumerate() {
             let f = format!("spec.parentRefs[{j}]");
@@ -473,14 +467,8 @@ pub fn validate(
             kinds.insert(service.clone(), kind);
             parents.insert(service);
         }
-        let rules = rules
-            .iter()
-            .enumerate()
-            .map(|(j, r)| {
-                rule(kind, &r.value, served)
-                    .map_err(|(f, p)| bad(r.referenced.line(), &format!("spec.rules[{j}]{f}"), p))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let rules = spec_rules(kind, hostnames.as_ref(), rules, &|r| reference(r, served))
+            .map_err(|(line, f, p)| bad(line, &f, p))?;
         routes.push(MeshRoute {
             name,
             namespace,
@@ -490,6 +478,47 @@ pub fn validate(
         });
     }
     Ok(routes)
+}
+
+/// Names the service a `backendRefs` entry refers to, by the rules of one
+/// mode (file mode: a served mesh service; Kubernetes: a Service by
+/// namespace, name and port).
+pub type ResolveBackend<'a> = dyn Fn(&RefFile) -> Result<ServiceName, RouteProblem> + 'a;
+
+/// A route's `hostnames` and `rules` in wire form: the one validation both
+/// modes share, so a spec is accepted or refused alike in the mesh file and
+/// in a cluster. Errors carry the line (the rule's), the field under
+/// `spec`, and the problem.
+pub fn spec_rules(
+    kind: RouteKind,
+    hostnames: Option<&Spanned<Vec<String>>>,
+    rules: &[Spanned<RuleFile>],
+    backend: &ResolveBackend<'_>,
+) -> Result<Vec<RouteRule>, (u64, String, RouteProblem)> {
+    if let Some(h) = hostnames {
+        return Err((
+            h.referenced.line(),
+            "spec.hostnames".into(),
+            RouteProblem::Hostnames,
+        ));
+    }
+    rules
+        .iter()
+        .enumerate()
+        .map(|(j, r)| {
+            rule(kind, &r.value, backend)
+                .map_err(|(f, p)| (r.referenced.line(), format!("spec.rules[{j}]{f}"), p))
+        })
+        .collect()
+}
+
+/// `HTTPRoute` or `GRPCRoute` → its kind.
+pub fn route_kind(kind: &str) -> Option<RouteKind> {
+    match kind {
+        "HTTPRoute" => Some(RouteKind::Http),
+        "GRPCRoute" => Some(RouteKind::Grpc),
+        _ => None,
+    }
 }
 
 /// A parent or backend reference → the service it names.
@@ -523,7 +552,7 @@ type RuleError = (String, RouteProblem);
 fn rule(
     kind: RouteKind,
     r: &RuleFile,
-    served: &BTreeMap<ServiceName, Option<phoenix_api::protocol::Protocol>>,
+    backend: &ResolveBackend<'_>,
 ) -> Result<RouteRule, RuleError> {
     let RuleFile {
         name: _,
@@ -554,7 +583,7 @@ fn rule(
                 RouteProblem::Unsupported("a backendRef's filters"),
             ));
         }
-        let service = reference(&b.value, served).map_err(|p| (f(), p))?;
+        let service = backend(&b.value).map_err(|p| (f(), p))?;
         let weight = b.value.weight.unwrap_or(1);
         if weight > MAX_WEIGHT {
             return Err((f() + ".weight", RouteProblem::Weight(weight)));
