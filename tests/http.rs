@@ -15,7 +15,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use harness::{Up, eventually, metric, metric_or_absent};
+use harness::{Up, curl_status, eventually, metric, metric_or_absent};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use sha2::{Digest, Sha256};
@@ -800,19 +800,6 @@ fn http_reaches_a_peer_from_before_http3_inside_tunnel_streams() {
         ),
         49.0
     );
-}
-
-/// Runs curl with `args`, whatever its exit status: (stdout, exit code).
-fn curl_status(args: &[&str]) -> (String, i32) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "30"])
-        .args(args)
-        .output()
-        .expect("curl runs");
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        out.status.code().unwrap_or(-1),
-    )
 }
 
 /// A service's `requestTimeout` ends a slow request with 504 at the

@@ -63,6 +63,84 @@ fn service_traffic_crosses_the_mesh_in_kubernetes_mode() {
     netns::require_root();
     let mut api = ApiServer::start();
     service_traffic_crosses_the_mesh(&mut api, Identities::Classical);
+    assert_every_request_is_allowed_by_the_rbac(&api);
+}
+
+/// The stand-in does not enforce RBAC, so every request the control plane
+/// made is checked here against the ClusterRole and Role it is installed
+/// with (`k8s/rbac.rs`, the chart's): a call the RBAC does not grant would
+/// get 403 on a real cluster.
+fn assert_every_request_is_allowed_by_the_rbac(api: &ApiServer) {
+    let objects = phoenix_control_plane::k8s::rbac::objects("phoenix-system");
+    let rules = |kind: &str| -> Vec<Value> {
+        objects
+            .iter()
+            .filter(|o| o["kind"] == kind)
+            .flat_map(|o| o["rules"].as_array().cloned().unwrap_or_default())
+            .collect()
+    };
+    let (cluster, namespaced) = (rules("ClusterRole"), rules("Role"));
+    let mut denied = Vec::new();
+    for request in api.requests() {
+        let Some((method, target)) = request.split_once(' ') else {
+            continue;
+        };
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        // `/api/v1/...` or `/apis/<group>/<version>/...`; others (`/version`)
+        // are non-resource URLs every authenticated user may read.
+        let (group, rest) = match parts.as_slice() {
+            ["api", _, rest @ ..] => ("", rest),
+            ["apis", group, _, rest @ ..] => (*group, rest),
+            _ => continue,
+        };
+        let (namespace, rest) = match rest {
+            ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(*ns), rest),
+            _ => (None, rest),
+        };
+        let (resource, name) = match rest {
+            [resource] => (resource.to_string(), None),
+            [resource, name] => (resource.to_string(), Some(*name)),
+            [resource, name, sub] => (format!("{resource}/{sub}"), Some(*name)),
+            _ => continue,
+        };
+        let verb = match (method, name) {
+            ("GET", None) if query.contains("watch=true") => "watch",
+            ("GET", None) => "list",
+            ("GET", Some(_)) => "get",
+            ("POST", _) => "create",
+            ("PUT", _) => "update",
+            ("PATCH", _) => "patch",
+            ("DELETE", _) => "delete",
+            _ => continue,
+        };
+        let grants = |rule: &Value| {
+            let has = |field: &str, v: &str| {
+                rule[field]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == v || x == "*"))
+            };
+            let names_ok = match rule["resourceNames"].as_array() {
+                None => true,
+                Some(names) => {
+                    verb != "create" && name.is_some_and(|n| names.iter().any(|x| x == n))
+                }
+            };
+            has("apiGroups", group) && has("resources", &resource) && has("verbs", verb) && names_ok
+        };
+        let allowed = cluster.iter().any(grants)
+            || (namespace == Some("phoenix-system") && namespaced.iter().any(grants));
+        if !allowed {
+            denied.push(format!("{verb} {group}/{resource} ({request})"));
+        }
+    }
+    denied.sort();
+    denied.dedup();
+    assert!(
+        denied.is_empty(),
+        "the control plane made calls its RBAC does not grant:\n{}",
+        denied.join("\n")
+    );
 }
 
 /// The same traffic in a mesh made post-quantum throughout by its
@@ -73,6 +151,7 @@ fn service_traffic_crosses_an_ml_dsa_mesh_in_kubernetes_mode() {
     netns::require_root();
     let mut api = ApiServer::start();
     service_traffic_crosses_the_mesh(&mut api, Identities::PostQuantum);
+    assert_every_request_is_allowed_by_the_rbac(&api);
     let secret = api
         .get("v1", "Secret", "phoenix-system", "phoenix-ca")
         .expect("the CA Secret");

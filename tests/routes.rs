@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use harness::{Manual, eventually, metric, metric_or_absent};
+use harness::{Manual, curl_status, eventually, metric, metric_or_absent};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 
@@ -60,19 +60,6 @@ fn app(name: &'static str) -> SocketAddr {
             )
         }
     })
-}
-
-/// curl with `args`: (stdout, exit code).
-fn curl(args: &[&str]) -> (String, i32) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "30"])
-        .args(args)
-        .output()
-        .expect("curl runs");
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        out.status.code().unwrap_or(-1),
-    )
 }
 
 /// Which app answered each JSON line of `out` (`"<status>"` lines, as
@@ -180,7 +167,7 @@ fn http_routes_split_match_redirect_modify_time_out_and_retry() {
 
     // A 90/10 split, per request, over 1,000 requests on one keep-alive
     // connection (curl reuses it across a URL glob).
-    let (out, code) = curl(&[&format!("{url}/split/[1-1000]")]);
+    let (out, code) = curl_status(&[&format!("{url}/split/[1-1000]")]);
     assert_eq!(code, 0, "{out}");
     let by = answered_by(&out);
     assert_eq!(by.len(), 1000);
@@ -196,9 +183,9 @@ fn http_routes_split_match_redirect_modify_time_out_and_retry() {
 
     // A header match sends any path to the canary; without it, a path no
     // rule takes is a 404 (counted), never the parent service.
-    let (out, _) = curl(&["-H", "x-canary: 1", &format!("{url}/anything")]);
+    let (out, _) = curl_status(&["-H", "x-canary: 1", &format!("{url}/anything")]);
     assert_eq!(answered_by(&out), ["web-v2"]);
-    let (out, _) = curl(&[
+    let (out, _) = curl_status(&[
         "-o",
         "/dev/null",
         "-w",
@@ -222,12 +209,12 @@ fn http_routes_split_match_redirect_modify_time_out_and_retry() {
         ("/api/v2", "web-v2"),
         ("/api/v2x", "web-v1"),
     ] {
-        let (out, _) = curl(&[&format!("{url}{path}")]);
+        let (out, _) = curl_status(&[&format!("{url}{path}")]);
         assert_eq!(answered_by(&out), [want], "{path}");
     }
 
     // A redirect, answered by the proxy, keeping the authority.
-    let (out, _) = curl(&[
+    let (out, _) = curl_status(&[
         "-o",
         "/dev/null",
         "-w",
@@ -238,7 +225,7 @@ fn http_routes_split_match_redirect_modify_time_out_and_retry() {
 
     // Header modifiers: the app sees the set header and not the removed
     // one; the client sees the added response header.
-    let (out, _) = curl(&[
+    let (out, _) = curl_status(&[
         "-D",
         "-",
         "-H",
@@ -258,7 +245,7 @@ fn http_routes_split_match_redirect_modify_time_out_and_retry() {
 
     // The route's request timeout (300 ms) ends a 3 s request with 504.
     let started = Instant::now();
-    let (out, _) = curl(&[
+    let (out, _) = curl_status(&[
         "-o",
         "/dev/null",
         "-w",
@@ -273,7 +260,7 @@ fn http_routes_split_match_redirect_modify_time_out_and_retry() {
     );
 
     // The route's retry turns the flaky app's 503 into a 200.
-    let (out, _) = curl(&["-w", "%{http_code}", &format!("{url}/flaky")]);
+    let (out, _) = curl_status(&["-w", "%{http_code}", &format!("{url}/flaky")]);
     assert!(out.ends_with("200"), "{out}");
     assert_eq!(
         metric(&m.metrics("client"), "retry_total", &[("service", "web")]),
@@ -282,7 +269,7 @@ fn http_routes_split_match_redirect_modify_time_out_and_retry() {
 
     // Half the requests go to a backend with no endpoints: they alone
     // fail (503), the other half reach web-v1.
-    let (out, _) = curl(&[
+    let (out, _) = curl_status(&[
         "-w",
         "\n%{http_code}\n",
         &format!("{url}/half-gone/[1-200]"),
@@ -325,7 +312,7 @@ fn http_routes_split_match_redirect_modify_time_out_and_retry() {
     let in_flight = {
         let url = url.clone();
         std::thread::spawn(move || {
-            curl(&["-w", " %{http_code}", &format!("{url}/split/long?ms=1500")])
+            curl_status(&["-w", " %{http_code}", &format!("{url}/split/long?ms=1500")])
         })
     };
     eventually(
@@ -349,7 +336,7 @@ fn http_routes_split_match_redirect_modify_time_out_and_retry() {
         let routes = m.config("client")["config"]["resources"]["upstream/web"]["routes"].clone();
         (routes[0]["rules"][1]["backends"][0]["weight"] == 0).then_some(())
     });
-    let (out, _) = curl(&[&format!("{url}/split/[1-50]")]);
+    let (out, _) = curl_status(&[&format!("{url}/split/[1-50]")]);
     assert_eq!(count(&answered_by(&out), "web-v2"), 50, "{out}");
     let (out, code) = in_flight.join().unwrap();
     assert_eq!(code, 0, "{out}");

@@ -125,8 +125,25 @@ fn schema_verdict(doc: &Doc, schemas: &Path) -> Result<(), String> {
     } else {
         &[""]
     };
+    // Gateway API schemas are per served version (`.v1`, `.v1beta1`).
+    let version = match channels {
+        [""] => String::new(),
+        _ => format!(
+            ".{}",
+            doc.object["apiVersion"]
+                .as_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+        ),
+    };
     for channel in channels {
-        check_schema(doc, &schemas.join(format!("{kind}{channel}.json")), schemas)?;
+        check_schema(
+            doc,
+            &schemas.join(format!("{kind}{channel}{version}.json")),
+            schemas,
+        )?;
     }
     Ok(())
 }
@@ -168,7 +185,7 @@ fn write_schemas() -> tempfile::TempDir {
         )
         .unwrap();
     }
-    // The Gateway API's, as vendored (v1.5.1, both channels; version v1).
+    // The Gateway API's, as vendored (v1.5.1, both channels, every version).
     for channel in ["standard", "experimental"] {
         let vendored = repo().join(format!("manifests/gateway-api/v1.5.1/{channel}"));
         for kind in ["httproutes", "grpcroutes", "referencegrants"] {
@@ -177,20 +194,17 @@ fn write_schemas() -> tempfile::TempDir {
             )
             .unwrap();
             let c: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
-            let v1 = c["spec"]["versions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|v| v["name"] == "v1")
+            for v in c["spec"]["versions"].as_array().unwrap() {
+                std::fs::write(
+                    dir.path().join(format!(
+                        "{}.{channel}.{}.json",
+                        c["spec"]["names"]["kind"].as_str().unwrap(),
+                        v["name"].as_str().unwrap()
+                    )),
+                    serde_json::to_vec(&v["schema"]["openAPIV3Schema"]).unwrap(),
+                )
                 .unwrap();
-            std::fs::write(
-                dir.path().join(format!(
-                    "{}.{channel}.json",
-                    c["spec"]["names"]["kind"].as_str().unwrap()
-                )),
-                serde_json::to_vec(&v1["schema"]["openAPIV3Schema"]).unwrap(),
-            )
-            .unwrap();
+            }
         }
     }
     dir

@@ -119,7 +119,7 @@ fn routes_of_both_channels_read_into_the_types_without_losing_a_field() {
     assert_eq!(rules[0].matches[0].grpc_method.as_deref(), Some("Unary"));
     assert_eq!(rules[0].backends[0].service.as_str(), "echo-v2.shop:50051");
     let grant = serde_json::json!({
-        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "ReferenceGrant",
+        "apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
         "metadata": {"namespace": "team", "name": "from-shop"},
         "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "shop"}],
                  "to": [{"group": "", "kind": "Service"}]},

@@ -672,11 +672,13 @@ async fn answer_lease(
 /// the watch keeps asking, so routes apply once the CRDs are installed.
 #[tokio::test]
 async fn route_watches_wait_for_the_gateway_api_crds_without_holding_readiness() {
+    use phoenix_api::route::RouteKind;
     use phoenix_control_plane::gateway::HttpRoute;
+    use phoenix_control_plane::k8s::routes::Raw;
     let (client, mut server) = mock();
     let live = Arc::new(Live::new(Index::new("cluster.local", 1), &["HTTPRoute"]));
     let task = tokio::spawn(watch::run(
-        Api::<HttpRoute>::all(client),
+        Api::<Raw<HttpRoute>>::all(client),
         watcher::Config::default(),
         live.clone(),
         Arc::new(Metrics::default()),
@@ -703,10 +705,52 @@ async fn route_watches_wait_for_the_gateway_api_crds_without_holding_readiness()
         "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": 80}],
                  "rules": [{"backendRefs": [{"name": "web-v2", "port": 80}]}]},
     });
-    respond(send, StatusCode::OK, list(vec![route], "5"));
-    let (_req, _hold) = next(&mut server).await;
+    respond(send, StatusCode::OK, list(vec![route.clone()], "5"));
+    let (_, send) = next(&mut server).await;
     until("the route in the index", || {
         live.read(|i| i.routes().count() == 1)
+    })
+    .await;
+    // A route the v1.5.1 types cannot read (a filter of a newer release)
+    // comes in a relist beside a good one: it is refused on its own, said
+    // in its status; it holds nothing else back.
+    let gone = json!({"type": "ERROR", "object": status_body(410, "Expired")});
+    send.send_response(
+        Response::builder()
+            .body(Body::from(format!("{gone}\n").into_bytes()))
+            .unwrap(),
+    );
+    let (_, send) = next(&mut server).await;
+    let newer = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"namespace": "shop", "name": "newer", "resourceVersion": "6"},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": 80}],
+                 "rules": [{"filters": [{"type": "FutureFilter"}]}]},
+    });
+    respond(send, StatusCode::OK, list(vec![route, newer], "6"));
+    let (_, send) = next(&mut server).await;
+    until("both routes in the index", || {
+        live.read(|i| i.routes().count() == 2)
+    })
+    .await;
+    let verdicts = live.read(|i| {
+        i.route_verdicts(&(RouteKind::Http, ObjectKey::new("shop", "newer")))
+            .unwrap()
+    });
+    let (parent, conditions) = &verdicts[0];
+    assert_eq!(parent.service, ObjectKey::new("shop", "web"));
+    assert_eq!(conditions[0].reason.as_str(), "UnsupportedValue");
+    assert!(
+        conditions[0]
+            .message
+            .contains("not a Gateway API v1.5.1 spec"),
+        "{}",
+        conditions[0].message
+    );
+    // The CRDs are deleted: the API answers 404, and the routes go.
+    respond(send, StatusCode::NOT_FOUND, status_body(404, "NotFound"));
+    until("the routes to be removed", || {
+        live.read(|i| i.routes().count() == 0)
     })
     .await;
     task.abort();
@@ -729,7 +773,7 @@ async fn the_leader_writes_route_status_beside_other_controllers() {
                                        "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]});
     let route: HttpRoute = serde_json::from_value(json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-        "metadata": {"namespace": "shop", "name": "canary", "generation": 2},
+        "metadata": {"namespace": "shop", "name": "canary", "generation": 2, "resourceVersion": "7"},
         "spec": {"parentRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "edge"},
                                 {"group": "", "kind": "Service", "name": "web", "port": 80}],
                  "rules": [{"backendRefs": [{"name": "web-v2", "port": 80}]}]},
@@ -759,6 +803,7 @@ async fn the_leader_writes_route_status_beside_other_controllers() {
     let writer = tokio::spawn(status::run(client, live.clone(), lead));
     let path = "/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/canary";
     let mut lease: Option<Value> = None;
+    let (mut gets, mut patches) = (0, 0);
     let patch = loop {
         let (req, send) = next(&mut server).await;
         let Some((req, send)) = answer_lease(req, send, &mut lease).await else {
@@ -767,16 +812,32 @@ async fn the_leader_writes_route_status_beside_other_controllers() {
         let (method, p) = (req.method().clone(), req.uri().path().to_owned());
         match method {
             Method::GET if p == path => {
+                gets += 1;
                 respond(send, StatusCode::OK, serde_json::to_value(&route).unwrap());
             }
             Method::PATCH if p == format!("{path}/status") => {
+                patches += 1;
                 let body = body_json(req).await;
+                assert_eq!(
+                    body["metadata"]["resourceVersion"], "7",
+                    "the write is conditional on what was read"
+                );
+                if patches == 1 {
+                    // Someone else wrote in between: read again, write again.
+                    respond(send, StatusCode::CONFLICT, status_body(409, "Conflict"));
+                    continue;
+                }
                 respond(send, StatusCode::OK, serde_json::to_value(&route).unwrap());
                 break body;
             }
             m => panic!("unexpected call {m} {p}"),
         }
     };
+    assert_eq!(
+        (gets, patches),
+        (2, 2),
+        "a conflict is read again before it is written again"
+    );
     let parents = patch["status"]["parents"].as_array().unwrap();
     assert_eq!(parents.len(), 2, "{parents:?}");
     assert_eq!(parents[0], other, "the other controller's entry, untouched");
@@ -955,7 +1016,9 @@ async fn phoenix_check_reports_each_problem_with_its_fix() {
                     "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
                     "metadata": {"name": path.rsplit('/').next().unwrap()},
                     "spec": {"group": "gateway.networking.k8s.io", "scope": "Namespaced",
-                             "names": {"plural": "x", "kind": "X"}, "versions": []}})),
+                             "names": {"plural": "x", "kind": "X"},
+                             "versions": [{"name": "v1", "served": true, "storage": true},
+                                          {"name": "v1beta1", "served": true, "storage": false}]}})),
                 ("GET", "/apis/gateway.networking.k8s.io/v1/httproutes") => {
                     let route = |name: &str, accepted: (&str, &str, &str)| {
                         json!({

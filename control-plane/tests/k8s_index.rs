@@ -1362,6 +1362,49 @@ mod routes {
             names(shop.upstream("web.shop:81").unwrap()),
             ["shop/port-81"]
         );
+
+        // web-v3 has no meshed endpoint: its traffic passes through as it
+        // would without a mesh, and a refused route or a consumer route (for
+        // another namespace) must not make every client capture it.
+        route(
+            &mut index,
+            "shop",
+            "bad-v3",
+            4,
+            json!({
+                "parentRefs": [parent("web-v3", None)],
+                "rules": [{"filters": [{"type": "URLRewrite", "urlRewrite": {}}]}],
+            }),
+        );
+        route(
+            &mut index,
+            "team",
+            "v3-for-team",
+            5,
+            json!({
+                "parentRefs": [parent("web-v3", Some("shop"))],
+                "rules": [{"backendRefs": [to("web-v2", Some("shop"), 1)]}],
+            }),
+        );
+        index.commit();
+        shop.sync(&index);
+        assert!(shop.upstream("web-v3.shop:80").is_none(), "left alone");
+        // A valid producer route makes it a routed parent, for everyone.
+        route(
+            &mut index,
+            "shop",
+            "v3",
+            6,
+            json!({
+                "parentRefs": [parent("web-v3", None)],
+                "rules": [{"backendRefs": [to("web-v2", None, 1)]}],
+            }),
+        );
+        index.commit();
+        shop.sync(&index);
+        let v3 = shop.upstream("web-v3.shop:80").expect("a routed parent");
+        assert!(!v3.addresses.is_empty() && v3.endpoints.is_empty());
+        assert_eq!(names(v3), ["shop/v3"]);
     }
 
     fn verdicts(
@@ -1419,17 +1462,6 @@ mod routes {
                 "rules": [{"backendRefs": [to("web", Some("shop"), 1)]}],
             }),
         );
-        // A GRPCRoute younger than `fine` on the same Service.
-        let meta = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-            creation_timestamp: Some(Time(k8s_openapi::jiff::Timestamp::from_second(20).unwrap())),
-            ..Default::default()
-        };
-        let spec = json!({"parentRefs": [parent("web", None)], "rules": [{"backendRefs": [to("web", None, 1)]}]});
-        index.apply_route(
-            RouteKind::Grpc,
-            key("shop", "grpc"),
-            Some(RouteRecord::new(RouteKind::Grpc, "shop", &meta, &spec)),
-        );
         index.commit();
         assert_eq!(
             verdicts(&index, RouteKind::Http, "shop", "fine"),
@@ -1451,19 +1483,56 @@ mod routes {
             verdicts(&index, RouteKind::Http, "team", "far")[1],
             ("team/api:ResolvedRefs".into(), false, "RefNotPermitted")
         );
+        // A GRPCRoute, younger, on the same Service: it takes the Service
+        // from the HTTPRoute (GEP-1426), in status and in the table alike.
+        let meta = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            creation_timestamp: Some(Time(k8s_openapi::jiff::Timestamp::from_second(20).unwrap())),
+            ..Default::default()
+        };
+        let spec = json!({"parentRefs": [parent("web", None)], "rules": [{"backendRefs": [to("web", None, 1)]}]});
+        index.apply_route(
+            RouteKind::Grpc,
+            key("shop", "grpc"),
+            Some(RouteRecord::new(RouteKind::Grpc, "shop", &meta, &spec)),
+        );
+        index.commit();
+        assert_eq!(
+            verdicts(&index, RouteKind::Http, "shop", "fine")[0],
+            ("shop/web:Accepted".into(), false, "Conflicted")
+        );
         assert_eq!(
             verdicts(&index, RouteKind::Grpc, "shop", "grpc")[0],
-            ("shop/web:Accepted".into(), false, "Conflicted"),
-            "the older HTTPRoute keeps the Service"
+            ("shop/web:Accepted".into(), true, "Accepted")
         );
-        // And the table holds the older kind only.
         let mut shop = Proxy::new("shop", "curl", ip("10.0.0.9"));
         shop.sync(&index);
         let web = shop.upstream("web.shop:80").unwrap();
         assert!(
-            web.routes.iter().all(|r| r.kind == RouteKind::Http),
+            !web.routes.is_empty() && web.routes.iter().all(|r| r.kind == RouteKind::Grpc),
             "{:?}",
             web.routes
         );
+        // A consumer HTTPRoute in another namespace does not conflict with
+        // shop's GRPCRoute: team's clients follow it.
+        route(
+            &mut index,
+            "team",
+            "mine",
+            30,
+            json!({
+                "parentRefs": [parent("web", Some("shop"))],
+                "rules": [{"backendRefs": [to("web", Some("shop"), 1)]}],
+            }),
+        );
+        index.commit();
+        assert_eq!(
+            verdicts(&index, RouteKind::Http, "team", "mine")[0],
+            ("shop/web:Accepted".into(), true, "Accepted")
+        );
+        let mut team = Proxy::new("team", "curl", ip("10.0.1.9"));
+        team.sync(&index);
+        let web = team.upstream("web.shop:80").unwrap();
+        assert_eq!(web.routes.len(), 1);
+        assert_eq!(web.routes[0].kind, RouteKind::Http);
     }
 }

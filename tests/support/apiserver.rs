@@ -108,7 +108,7 @@ pub const KINDS: &[Kind] = &[
     kind("TrafficPolicy", "phoenix.dev/v1alpha1", "trafficpolicies", true, true),
     kind("HTTPRoute", "gateway.networking.k8s.io/v1", "httproutes", true, true),
     kind("GRPCRoute", "gateway.networking.k8s.io/v1", "grpcroutes", true, true),
-    kind("ReferenceGrant", "gateway.networking.k8s.io/v1", "referencegrants", true, false),
+    kind("ReferenceGrant", "gateway.networking.k8s.io/v1beta1", "referencegrants", true, false),
     kind("TokenReview", "authentication.k8s.io/v1", "tokenreviews", false, false),
     kind("SelfSubjectAccessReview", "authorization.k8s.io/v1", "selfsubjectaccessreviews", false, false),
 ];

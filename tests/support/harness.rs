@@ -321,6 +321,20 @@ pub fn wait_metric(up: &Up, workload: &str, metric_name: &str, labels: &[(&str, 
     });
 }
 
+/// Runs curl (from the machine, not a pod) with `args`, whatever its
+/// exit status: (stdout, exit code).
+pub fn curl_status(args: &[&str]) -> (String, i32) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
 /// Polls `f` until it returns `Some`, or panics after `timeout` with `what`.
 pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

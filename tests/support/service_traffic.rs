@@ -587,7 +587,7 @@ fn routes_steer_the_traffic(
     );
     assert!(why.contains("ReferenceGrant"), "{why}");
     cluster.apply(json!({
-        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "ReferenceGrant",
+        "apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
         "metadata": {"namespace": team, "name": "from-shop"},
         "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": shop}],
                  "to": [{"group": "", "kind": "Service", "name": "web"}]},

@@ -369,13 +369,24 @@ async fn routes(client: &kube::Client, r: &mut Report) {
     const ROUTES: &str = "routes";
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let mut missing = Vec::new();
-    for name in [
-        "httproutes.gateway.networking.k8s.io",
-        "grpcroutes.gateway.networking.k8s.io",
-        "referencegrants.gateway.networking.k8s.io",
+    let mut old = Vec::new();
+    // The versions the control plane watches (every release since v1.1).
+    for (name, version) in [
+        ("httproutes.gateway.networking.k8s.io", "v1"),
+        ("grpcroutes.gateway.networking.k8s.io", "v1"),
+        ("referencegrants.gateway.networking.k8s.io", "v1beta1"),
     ] {
         match crds.get_opt(name).await {
-            Ok(Some(_)) => {}
+            Ok(Some(crd)) => {
+                if !crd
+                    .spec
+                    .versions
+                    .iter()
+                    .any(|v| v.name == version && v.served)
+                {
+                    old.push(format!("{name} does not serve {version}"));
+                }
+            }
             Ok(None) => missing.push(name),
             Err(error) => {
                 r.push(
@@ -396,6 +407,18 @@ async fn routes(client: &kube::Client, r: &mut Report) {
             format!(
                 "missing {}: HTTPRoute and GRPCRoute are off; install Gateway API v1.5.1 (kubectl apply --server-side -f https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.5.1/standard-install.yaml, or experimental-install.yaml for retry)",
                 missing.join(", ")
+            ),
+        );
+        return;
+    }
+    if !old.is_empty() {
+        r.push(
+            ROUTES,
+            "the Gateway API CRDs are installed",
+            Status::Fail,
+            format!(
+                "{}: this Gateway API is older than Phoenix reads; install v1.5.1 (kubectl apply --server-side -f https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.5.1/standard-install.yaml)",
+                old.join(", ")
             ),
         );
         return;

@@ -483,7 +483,7 @@ impl Index {
                         Reason::UnsupportedValue,
                         format!("{error}; the route applies nowhere until this is fixed"),
                     ),
-                    Ok(_) => self.accept_parent(*kind, key, route, parent),
+                    Ok(_) => self.accept_parent(*kind, key, parent),
                 };
                 (parent.clone(), vec![accepted, resolved.clone()])
             })
@@ -496,7 +496,6 @@ impl Index {
         &self,
         kind: RouteKind,
         key: &ObjectKey,
-        route: &RouteRecord,
         parent: &super::routes::Parent,
     ) -> Verdict {
         let service = &parent.service;
@@ -523,23 +522,28 @@ impl Index {
                 format!("Service {} has no port {port}", service.name),
             );
         }
-        // One kind per Service: the oldest route attached to it decides.
-        let older_other = self.routes.iter().find(|((k, other), r)| {
-            *k != kind
-                && r.rules.is_ok()
-                && r.parents.iter().any(|p| &p.service == service)
-                && (r.created, &other.namespace, &other.name)
-                    < (route.created, &key.namespace, &key.name)
-        });
-        if let Some(((k, other), _)) = older_other {
+        // One kind per Service port: a GRPCRoute of the same namespace on
+        // the same port takes it from an HTTPRoute (as `routes_for` does).
+        let overlaps = |p: &super::routes::Parent| {
+            &p.service == service
+                && (p.port.is_none() || parent.port.is_none() || p.port == parent.port)
+        };
+        let grpc = (kind == RouteKind::Http)
+            .then(|| {
+                self.routes.iter().find(|((k, other), r)| {
+                    *k == RouteKind::Grpc
+                        && other.namespace == key.namespace
+                        && r.rules.is_ok()
+                        && r.parents.iter().any(overlaps)
+                })
+            })
+            .flatten();
+        if let Some(((_, other), _)) = grpc {
             return refuse(
                 Reason::Conflicted,
                 format!(
-                    "{} {}/{} is older and attaches to Service {}; Phoenix takes one route kind per Service",
-                    k.as_str(),
-                    other.namespace,
-                    other.name,
-                    service.name
+                    "GRPCRoute {}/{} attaches to Service {} too, and a GRPCRoute takes precedence over an HTTPRoute (GEP-1426); this route is not in force where they overlap",
+                    other.namespace, other.name, service.name
                 ),
             );
         }
@@ -762,17 +766,22 @@ impl Index {
         self.routes.iter()
     }
 
-    /// Whether some route attaches to `service`, or sends to it.
-    fn routed(&self, service: &ObjectKey) -> (bool, bool) {
-        let parent = self
-            .routes
-            .values()
-            .any(|r| r.parents.iter().any(|p| &p.service == service));
-        let backend = self
-            .routes
-            .values()
-            .any(|r| r.backends().any(|b| &b == service));
-        (parent, backend)
+    /// Why `service` is sent even with no meshed endpoint: the ports a
+    /// valid producer route attaches to (`None` in the set: every port),
+    /// and whether a valid route sends to it. A refused route, or a
+    /// consumer route (for one namespace's clients), changes nothing for
+    /// the others: their traffic to a Service without meshed endpoints
+    /// keeps passing through as it did.
+    fn routed(&self, service: &ObjectKey) -> (BTreeSet<Option<u16>>, bool) {
+        let valid = || self.routes.iter().filter(|(_, r)| r.rules.is_ok());
+        let parent_ports = valid()
+            .filter(|((_, key), _)| key.namespace == service.namespace)
+            .flat_map(|(_, r)| r.parents.iter())
+            .filter(|p| &p.service == service)
+            .map(|p| p.port)
+            .collect();
+        let backend = valid().any(|(_, r)| r.backends().any(|b| &b == service));
+        (parent_ports, backend)
     }
 
     /// The routes a client in `client_ns` follows to port `port` of
@@ -811,10 +820,16 @@ impl Index {
                 &b.0.1.name,
             ))
         });
-        let kind = chosen.first().map(|(id, ..)| id.0);
+        // One kind per Service port, GRPCRoute before HTTPRoute (GEP-1426,
+        // as Linkerd does); the HTTPRoutes' status says `Conflicted`.
+        let kind = if chosen.iter().any(|(id, ..)| id.0 == RouteKind::Grpc) {
+            RouteKind::Grpc
+        } else {
+            RouteKind::Http
+        };
         chosen
             .into_iter()
-            .filter(|(id, ..)| Some(id.0) == kind)
+            .filter(|(id, ..)| id.0 == kind)
             .map(|((kind, key), _, rules)| Route {
                 name: key.name.clone(),
                 namespace: key.namespace.clone(),
@@ -833,11 +848,13 @@ impl Index {
             let Some(target) = service_key(&backend.service) else {
                 continue;
             };
-            if target.namespace != namespace
-                && !self.grant_allows(kind, namespace, &target)
-                && let Ok(unresolved) = ServiceName::new(UNRESOLVED_BACKEND, None)
-            {
-                backend.service = unresolved;
+            if target.namespace != namespace && !self.grant_allows(kind, namespace, &target) {
+                match ServiceName::new(UNRESOLVED_BACKEND, None) {
+                    Ok(unresolved) => backend.service = unresolved,
+                    // Cannot happen (a constant name); should it, the
+                    // backend takes no request rather than one not allowed.
+                    Err(_) => backend.weight = 0,
+                }
             }
         }
         rules
@@ -921,6 +938,12 @@ impl Index {
 
     /// Rebuilds the upstreams of `service` and the inbound entries of its pods.
     fn rebuild(&mut self, service: &ObjectKey) {
+        let consumers = self.consumers_of(service);
+        let shared_before = if consumers.is_empty() {
+            Vec::new()
+        } else {
+            self.shared_upstreams(service)
+        };
         let audience = self.audience(service);
         let policy = self.winning_policy(service).map(|(_, p)| p);
         let millis = |d: Option<std::time::Duration>| d.map(|d| d.as_millis() as u64);
@@ -1043,7 +1066,10 @@ impl Index {
                     .map(|ip| SocketAddr::new(*ip, port.port))
                     .collect();
                 if endpoints.is_empty() {
-                    match routed {
+                    let (parent_ports, backend) = &routed;
+                    let parent =
+                        parent_ports.contains(&None) || parent_ports.contains(&Some(port.port));
+                    match (parent, backend) {
                         (true, _) => {}
                         (false, true) => addresses.clear(),
                         (false, false) => continue,
@@ -1108,22 +1134,35 @@ impl Index {
             self.pods_by_service.insert(service.clone(), now);
         }
         // Namespaces whose consumer routes attach here hold copies of
-        // these upstreams: theirs change with them.
-        let consumers: BTreeSet<String> = self
-            .routes
+        // these upstreams: theirs change with them (and only then).
+        if !consumers.is_empty() && self.shared_upstreams(service) != shared_before {
+            let version = self.publisher.touch();
+            for ns in consumers {
+                self.consumer_version.insert(ns, version);
+            }
+        }
+    }
+
+    /// The namespaces whose consumer routes attach to `service`.
+    fn consumers_of(&self, service: &ObjectKey) -> BTreeSet<String> {
+        self.routes
             .iter()
             .filter(|((_, key), r)| {
                 key.namespace != service.namespace
                     && r.parents.iter().any(|p| &p.service == service)
             })
             .map(|((_, key), _)| key.namespace.clone())
-            .collect();
-        if !consumers.is_empty() {
-            let version = self.publisher.touch();
-            for ns in consumers {
-                self.consumer_version.insert(ns, version);
-            }
-        }
+            .collect()
+    }
+
+    /// The shared upstreams of `service`, as published now.
+    fn shared_upstreams(&self, service: &ObjectKey) -> Vec<(String, Option<Resource>)> {
+        self.keys_by_service
+            .get(service)
+            .into_iter()
+            .flatten()
+            .map(|k| (k.clone(), self.publisher.get(k).cloned()))
+            .collect()
     }
 
     fn remember_refs(&mut self, slice: &SliceRecord) {

@@ -46,8 +46,8 @@ const CLUSTER_RULES: &[Rule] = &[
         group: "phoenix.dev",
         resources: &["meshconfigs", "trafficpolicies"],
         names: &[],
-        verbs: &["list", "watch"],
-        why: "watch of Phoenix resources (k8s/watch.rs)",
+        verbs: &["get", "list", "watch"],
+        why: "watch of Phoenix resources (k8s/watch.rs); get: MeshConfig default's identityAlgorithm for a root made at first start (k8s/run.rs)",
     },
     Rule {
         group: "phoenix.dev",
@@ -60,8 +60,8 @@ const CLUSTER_RULES: &[Rule] = &[
         group: "gateway.networking.k8s.io",
         resources: &["httproutes", "grpcroutes", "referencegrants"],
         names: &[],
-        verbs: &["list", "watch"],
-        why: "watch of Gateway API routes and grants (k8s/watch.rs; GAMMA)",
+        verbs: &["get", "list", "watch"],
+        why: "watch of Gateway API routes and grants (k8s/watch.rs; GAMMA); get: a route's status as it is before Phoenix writes its own entries (k8s/status.rs)",
     },
     Rule {
         group: "gateway.networking.k8s.io",

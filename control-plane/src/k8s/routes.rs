@@ -29,6 +29,80 @@ pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 /// the requests gets 500, as the spec asks of an invalid backend.
 pub const UNRESOLVED_BACKEND: &str = "unresolved.phoenix.invalid";
 
+/// A route or grant as its watch receives it: the metadata and the raw
+/// `spec`, read into the generated types per object. One object those
+/// types cannot read (a value of a newer Gateway API release) is then
+/// that object's refusal, said in its status, instead of a list the
+/// watcher cannot decode, which would hold every route (and readiness)
+/// back.
+#[derive(Debug, serde::Deserialize)]
+pub struct Raw<K> {
+    /// The object's metadata.
+    pub metadata: ObjectMeta,
+    /// Its `spec`, as sent.
+    #[serde(default)]
+    pub spec: serde_json::Value,
+    #[serde(skip)]
+    kind: std::marker::PhantomData<fn() -> K>,
+}
+
+// By hand: a derive would ask `K: Clone`, which the marker does not need.
+impl<K> Clone for Raw<K> {
+    fn clone(&self) -> Self {
+        Self {
+            metadata: self.metadata.clone(),
+            spec: self.spec.clone(),
+            kind: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<K: kube::Resource<DynamicType = ()>> kube::Resource for Raw<K> {
+    type DynamicType = ();
+    type Scope = K::Scope;
+
+    fn kind(dt: &()) -> std::borrow::Cow<'_, str> {
+        K::kind(dt)
+    }
+
+    fn group(dt: &()) -> std::borrow::Cow<'_, str> {
+        K::group(dt)
+    }
+
+    fn version(dt: &()) -> std::borrow::Cow<'_, str> {
+        K::version(dt)
+    }
+
+    fn plural(dt: &()) -> std::borrow::Cow<'_, str> {
+        K::plural(dt)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl<K> Raw<K> {
+    /// The route record of this object, for a route kind whose spec type
+    /// is `S`.
+    pub fn route<S: serde::de::DeserializeOwned + Serialize>(
+        &self,
+        kind: RouteKind,
+        namespace: &str,
+    ) -> RouteRecord {
+        match serde_json::from_value::<S>(self.spec.clone()) {
+            Ok(spec) => RouteRecord::new(kind, namespace, &self.metadata, &spec),
+            Err(error) => {
+                RouteRecord::unreadable(kind, namespace, &self.metadata, &self.spec, error)
+            }
+        }
+    }
+}
+
 /// A route, as the index keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteRecord {
@@ -86,10 +160,14 @@ pub enum RouteError {
         /// What.
         problem: RouteProblem,
     },
-    /// A field the mesh file's shape does not have (e.g. one newer than
-    /// Gateway API v1.5.1, or an experimental one Phoenix does not carry).
+    /// A field the mesh file's shape does not have (e.g. an experimental
+    /// one Phoenix does not carry).
     #[error("{0}")]
     Shape(Arc<serde_saphyr::Error>),
+    /// A spec the Gateway API v1.5.1 types cannot read (a value of a newer
+    /// release, say).
+    #[error("not a Gateway API v1.5.1 spec: {0}")]
+    Typed(Arc<serde_json::Error>),
 }
 
 impl PartialEq for RouteError {
@@ -105,6 +183,7 @@ impl PartialEq for RouteError {
             // The decoder's errors have no equality: the same message is
             // the same refusal.
             (Self::Shape(a), Self::Shape(b)) => a.to_string() == b.to_string(),
+            (Self::Typed(a), Self::Typed(b)) => a.to_string() == b.to_string(),
             _ => false,
         }
     }
@@ -122,7 +201,11 @@ impl RouteRecord {
             .map_or(0, |t| t.0.as_second());
         let (parents, rules) = match read(spec) {
             Ok(spec) => (parents(namespace, &spec), rules(kind, namespace, &spec)),
-            Err(error) => (Vec::new(), Err(error)),
+            // Still said in status, on the parents it names.
+            Err(error) => (
+                lenient_parents(namespace, &serde_json::to_value(spec).unwrap_or_default()),
+                Err(error),
+            ),
         };
         let rules = rules.and_then(|rules| with_annotated_retry(kind, meta, rules));
         Self {
@@ -131,6 +214,27 @@ impl RouteRecord {
             created,
             parents,
             rules,
+        }
+    }
+
+    /// The record of a route whose `spec` (as JSON) the generated types
+    /// cannot read: refused, and said so on each parent Service it names.
+    pub fn unreadable(
+        kind: RouteKind,
+        namespace: &str,
+        meta: &ObjectMeta,
+        spec: &serde_json::Value,
+        error: serde_json::Error,
+    ) -> Self {
+        Self {
+            kind,
+            generation: meta.generation,
+            created: meta
+                .creation_timestamp
+                .as_ref()
+                .map_or(0, |t| t.0.as_second()),
+            parents: lenient_parents(namespace, spec),
+            rules: Err(RouteError::Typed(Arc::new(error))),
         }
     }
 
@@ -253,6 +357,25 @@ fn read(spec: &impl Serialize) -> Result<SpecFile, RouteError> {
     // The typed spec always serializes; its JSON is a YAML document.
     let json = serde_json::to_string(spec).unwrap_or_default();
     serde_saphyr::from_str::<SpecFile>(&json).map_err(|e| RouteError::Shape(Arc::new(e)))
+}
+
+/// The Service parents of a spec read no further: each `parentRefs`
+/// entry that reads as a reference.
+fn lenient_parents(namespace: &str, spec: &serde_json::Value) -> Vec<Parent> {
+    spec["parentRefs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(index, r)| Some((index, serde_json::from_value::<RefFile>(r.clone()).ok()?)))
+        .filter(|(_, r)| is_service(r))
+        .map(|(index, r)| Parent {
+            index,
+            service: ObjectKey::new(r.namespace.as_deref().unwrap_or(namespace), &r.name),
+            port: r.port,
+            namespace_written: r.namespace.is_some(),
+        })
+        .collect()
 }
 
 fn parents(namespace: &str, spec: &SpecFile) -> Vec<Parent> {
@@ -418,6 +541,8 @@ mod tests {
         ];
         for (spec, want) in cases {
             let r = record(spec.clone());
+            // Refused, and still said so on its parent (in status).
+            assert_eq!(r.parents.len(), 1, "{spec}");
             let error = r.rules.expect_err(&spec.to_string()).to_string();
             assert!(error.contains(want), "{spec}: {error}");
         }

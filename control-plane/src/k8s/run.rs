@@ -21,6 +21,7 @@ use super::MESHED_LABEL;
 use super::ca_secret::{self, CaSecretError};
 use super::index::Index;
 use super::live::Live;
+use super::routes::Raw;
 use super::token_review::Reviewer;
 use super::watch::{self, KINDS};
 use super::webhook::Webhook;
@@ -215,9 +216,9 @@ async fn run_body(
         spawn_watch::<Namespace>(&client, all(), &live, &metrics),
         spawn_watch::<MeshConfig>(&client, all(), &live, &metrics),
         spawn_watch::<TrafficPolicy>(&client, all(), &live, &metrics),
-        spawn_watch::<HttpRoute>(&client, all(), &live, &metrics),
-        spawn_watch::<GrpcRoute>(&client, all(), &live, &metrics),
-        spawn_watch::<ReferenceGrant>(&client, all(), &live, &metrics),
+        spawn_watch::<Raw<HttpRoute>>(&client, all(), &live, &metrics),
+        spawn_watch::<Raw<GrpcRoute>>(&client, all(), &live, &metrics),
+        spawn_watch::<Raw<ReferenceGrant>>(&client, all(), &live, &metrics),
     ];
     for (name, task) in watches {
         tasks.spawn(name, task);

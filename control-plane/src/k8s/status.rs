@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::Api;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use tokio::sync::watch;
 
 use phoenix_api::route::RouteKind;
@@ -42,7 +42,7 @@ type RouteId = (RouteKind, ObjectKey);
 /// Writes statuses while `leading` is true.
 pub async fn run(client: kube::Client, live: Arc<Live>, mut leading: watch::Receiver<bool>) {
     let mut written: HashMap<Target, Vec<Condition>> = HashMap::new();
-    let mut routes_written: HashMap<RouteId, Vec<Value>> = HashMap::new();
+    let mut routes_written: HashMap<RouteId, RouteFacts> = HashMap::new();
     let mut changes = live.touches();
     let mut resync = tokio::time::interval(RESYNC);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -118,64 +118,61 @@ pub async fn run(client: kube::Client, live: Arc<Live>, mut leading: watch::Rece
     }
 }
 
+/// What a route's Phoenix status is made of: its generation and the
+/// verdicts per parent. A route is looked at again only when this changes
+/// (or on the periodic resync).
+type RouteFacts = (Option<i64>, Vec<(Value, Vec<Verdict>)>);
+
 /// Writes each route's `status.parents[]` entries under Phoenix's
-/// controller name, one per Service it names, leaving other controllers'
-/// entries as they are (read just before, so only a write racing this one
-/// could be lost, and the next pass puts it back).
+/// controller name, one per Service it names. The route is read first, as
+/// raw JSON (so no field of another controller's entry is lost to the
+/// types): other controllers' entries are kept as they are, conditions
+/// whose status did not change keep their `lastTransitionTime`, nothing is
+/// written when nothing changed, and the write carries the
+/// `resourceVersion` read, so a write by someone else in between makes it
+/// fail (409) and be done again from a fresh read.
 async fn write_routes(
     client: &kube::Client,
     live: &Live,
-    written: &mut HashMap<RouteId, Vec<Value>>,
+    written: &mut HashMap<RouteId, RouteFacts>,
 ) {
-    type Work = Vec<(
-        RouteId,
-        Option<i64>,
-        Vec<(super::routes::Parent, Vec<Verdict>)>,
-    )>;
+    type Work = Vec<(RouteId, RouteFacts)>;
     let work: Work = live.read(|index| {
         index
             .routes()
-            .filter_map(|(id, r)| Some((id.clone(), r.generation, index.route_verdicts(id)?)))
+            .filter_map(|(id, r)| {
+                let verdicts = index.route_verdicts(id)?;
+                let facts = verdicts
+                    .into_iter()
+                    .map(|(parent, v)| (parent.parent_ref(), v))
+                    .collect();
+                Some((id.clone(), (r.generation, facts)))
+            })
             .collect()
     });
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-    written.retain(|id, _| work.iter().any(|(w, ..)| w == id));
-    for (id, generation, parents) in work {
-        let previous = written.get(&id).cloned().unwrap_or_default();
-        let ours: Vec<Value> = parents
-            .iter()
-            .map(|(parent, verdicts)| {
-                let parent_ref = parent.parent_ref();
-                let before: Vec<Condition> = previous
-                    .iter()
-                    .find(|p| p["parentRef"] == parent_ref)
-                    .and_then(|p| serde_json::from_value(p["conditions"].clone()).ok())
-                    .unwrap_or_default();
-                let conditions = conditions::merge(&before, verdicts, generation, now.clone());
-                serde_json::json!({
-                    "parentRef": parent_ref,
-                    "controllerName": CONTROLLER_NAME,
-                    "conditions": conditions,
-                })
-            })
-            .collect();
-        if written.get(&id) == Some(&ours) {
+    written.retain(|id, _| work.iter().any(|(w, _)| w == id));
+    for (id, facts) in work {
+        if written.get(&id) == Some(&facts) {
             continue;
         }
         let (kind, key) = &id;
-        let result = match kind {
-            RouteKind::Http => {
-                let api = Api::<HttpRoute>::namespaced(client.clone(), &key.namespace);
-                patch_parents(&api, &key.name, &ours).await
-            }
-            RouteKind::Grpc => {
-                let api = Api::<GrpcRoute>::namespaced(client.clone(), &key.namespace);
-                patch_parents(&api, &key.name, &ours).await
-            }
+        let resource = match kind {
+            RouteKind::Http => ApiResource::erase::<HttpRoute>(&()),
+            RouteKind::Grpc => ApiResource::erase::<GrpcRoute>(&()),
         };
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &key.namespace, &resource);
+        let mut result = Ok(false);
+        // A conflict (someone wrote in between) is read again, a few times.
+        for _ in 0..3 {
+            result = write_route(&api, &key.name, &facts).await;
+            if !matches!(&result, Err(kube::Error::Api(s)) if s.code == 409) {
+                break;
+            }
+        }
         match result {
-            Ok(()) => {
-                written.insert(id, ours);
+            Ok(_) => {
+                written.insert(id, facts);
             }
             // Deleted meanwhile: the watch will drop it.
             Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -186,22 +183,46 @@ async fn write_routes(
     }
 }
 
-/// Sets `status.parents` to the other controllers' entries and `ours`.
-async fn patch_parents<K>(api: &Api<K>, name: &str, ours: &[Value]) -> Result<(), kube::Error>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    let current = serde_json::to_value(api.get(name).await?).unwrap_or_default();
-    let mut parents: Vec<Value> = current["status"]["parents"]
+/// Reads route `name`, and writes Phoenix's `status.parents[]` entries
+/// for `facts` if they differ from what it holds. Whether it wrote.
+async fn write_route(
+    api: &Api<DynamicObject>,
+    name: &str,
+    (generation, parents): &RouteFacts,
+) -> Result<bool, kube::Error> {
+    let current = api.get(name).await?;
+    let held: Vec<Value> = current.data["status"]["parents"]
         .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["controllerName"] != CONTROLLER_NAME)
         .cloned()
+        .unwrap_or_default();
+    let is_ours = |p: &Value| p["controllerName"] == CONTROLLER_NAME;
+    let ours_before: Vec<&Value> = held.iter().filter(|p| is_ours(p)).collect();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let ours: Vec<Value> = parents
+        .iter()
+        .map(|(parent_ref, verdicts)| {
+            let before: Vec<Condition> = ours_before
+                .iter()
+                .find(|p| p["parentRef"] == *parent_ref)
+                .and_then(|p| serde_json::from_value(p["conditions"].clone()).ok())
+                .unwrap_or_default();
+            serde_json::json!({
+                "parentRef": parent_ref,
+                "controllerName": CONTROLLER_NAME,
+                "conditions": conditions::merge(&before, verdicts, *generation, now.clone()),
+            })
+        })
         .collect();
-    parents.extend(ours.iter().cloned());
-    let patch = Patch::Merge(serde_json::json!({"status": {"parents": parents}}));
-    api.patch_status(name, &PatchParams::default(), &patch)
+    if ours_before.len() == ours.len() && ours_before.iter().zip(&ours).all(|(a, b)| *a == b) {
+        return Ok(false);
+    }
+    let mut parents: Vec<Value> = held.iter().filter(|p| !is_ours(p)).cloned().collect();
+    parents.extend(ours);
+    let mut patch = serde_json::json!({"status": {"parents": parents}});
+    if let Some(rv) = &current.metadata.resource_version {
+        patch["metadata"] = serde_json::json!({"resourceVersion": rv});
+    }
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
         .await
-        .map(drop)
+        .map(|_| true)
 }

@@ -25,8 +25,12 @@ use super::index::Index;
 use super::live::Live;
 use super::policy::PolicyRecord;
 use super::records::{self, ObjectKey};
-use super::routes::{GrantRecord, RouteRecord};
+use super::routes::GrantRecord;
+use super::routes::Raw;
 use crate::crd::{MeshConfig, TrafficPolicy};
+use crate::gateway::grpcroutes::GrpcRouteSpec;
+use crate::gateway::httproutes::HttpRouteSpec;
+use crate::gateway::referencegrants::ReferenceGrantSpec;
 use crate::gateway::{GrpcRoute, HttpRoute, ReferenceGrant};
 use crate::metrics::Metrics;
 
@@ -138,43 +142,48 @@ impl Watched for TrafficPolicy {
     }
 }
 
-impl Watched for HttpRoute {
+impl Watched for Raw<HttpRoute> {
     const KIND: &'static str = "HTTPRoute";
     const TASK: &'static str = "HTTPRoute watch";
     fn apply(index: &mut Index, key: &ObjectKey, obj: Option<&Self>) {
-        let record =
-            obj.map(|r| RouteRecord::new(RouteKind::Http, &key.namespace, &r.metadata, &r.spec));
+        let record = obj.map(|r| r.route::<HttpRouteSpec>(RouteKind::Http, &key.namespace));
         index.apply_route(RouteKind::Http, key.clone(), record);
     }
 }
 
-impl Watched for GrpcRoute {
+impl Watched for Raw<GrpcRoute> {
     const KIND: &'static str = "GRPCRoute";
     const TASK: &'static str = "GRPCRoute watch";
     fn apply(index: &mut Index, key: &ObjectKey, obj: Option<&Self>) {
-        let record =
-            obj.map(|r| RouteRecord::new(RouteKind::Grpc, &key.namespace, &r.metadata, &r.spec));
+        let record = obj.map(|r| r.route::<GrpcRouteSpec>(RouteKind::Grpc, &key.namespace));
         index.apply_route(RouteKind::Grpc, key.clone(), record);
     }
 }
 
-impl Watched for ReferenceGrant {
+impl Watched for Raw<ReferenceGrant> {
     const KIND: &'static str = "ReferenceGrant";
     const TASK: &'static str = "ReferenceGrant watch";
     fn apply(index: &mut Index, key: &ObjectKey, obj: Option<&Self>) {
-        let record = obj.map(|g| GrantRecord {
-            from: g
-                .spec
-                .from
-                .iter()
-                .map(|f| (f.group.clone(), f.kind.clone(), f.namespace.clone()))
-                .collect(),
-            to: g
-                .spec
-                .to
-                .iter()
-                .map(|t| (t.group.clone(), t.kind.clone(), t.name.clone()))
-                .collect(),
+        let record = obj.and_then(|g| {
+            match serde_json::from_value::<ReferenceGrantSpec>(g.spec.clone()) {
+                Ok(spec) => Some(GrantRecord {
+                    from: spec
+                        .from
+                        .iter()
+                        .map(|f| (f.group.clone(), f.kind.clone(), f.namespace.clone()))
+                        .collect(),
+                    to: spec
+                        .to
+                        .iter()
+                        .map(|t| (t.group.clone(), t.kind.clone(), t.name.clone()))
+                        .collect(),
+                }),
+                // A grant that cannot be read grants nothing.
+                Err(error) => {
+                    tracing::warn!(grant = %key, %error, "ignoring a ReferenceGrant the Gateway API v1.5.1 types cannot read");
+                    None
+                }
+            }
         });
         index.apply_grant(key.clone(), record);
     }
@@ -220,6 +229,20 @@ pub async fn run<K: Watched>(
                         "the API server does not serve this kind (Gateway API CRDs not installed?); routes are off until it does"
                     );
                     live.health.synced(K::KIND);
+                }
+                // Served no more (its CRD deleted): nothing of it is left.
+                if !known.is_empty() {
+                    let gone = std::mem::take(&mut known);
+                    live.apply(|index| {
+                        for key in &gone {
+                            K::apply(index, key, None);
+                        }
+                    });
+                    tracing::info!(
+                        kind = K::KIND,
+                        removed = gone.len(),
+                        "no longer served; its objects are removed"
+                    );
                 }
                 continue;
             }
