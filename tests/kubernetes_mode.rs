@@ -81,28 +81,41 @@ fn assert_every_request_is_allowed_by_the_rbac(api: &ApiServer) {
     };
     let (cluster, namespaced) = (rules("ClusterRole"), rules("Role"));
     let mut denied = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
     for request in api.requests() {
-        let Some((method, target)) = request.split_once(' ') else {
-            continue;
-        };
+        let (method, target) = request
+            .split_once(' ')
+            .unwrap_or_else(|| panic!("a request line: {request}"));
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-        // `/api/v1/...` or `/apis/<group>/<version>/...`; others (`/version`)
-        // are non-resource URLs every authenticated user may read.
+        // Non-resource URLs every authenticated user may read: the version
+        // and discovery.
+        let discovery = matches!(
+            parts.as_slice(),
+            ["version"] | ["api"] | ["apis"] | ["api", _]
+        ) || matches!(parts.as_slice(), ["apis", _] | ["apis", _, _])
+            || parts.first() == Some(&"openapi");
+        if method == "GET" && discovery {
+            continue;
+        }
         let (group, rest) = match parts.as_slice() {
             ["api", _, rest @ ..] => ("", rest),
             ["apis", group, _, rest @ ..] => (*group, rest),
-            _ => continue,
+            _ => panic!("a request the RBAC check cannot read: {request}"),
         };
         let (namespace, rest) = match rest {
-            ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(*ns), rest),
-            _ => (None, rest),
+            // A Namespace's own subresource: `namespaces/<name>/status`.
+            ["namespaces", name, sub @ ("status" | "finalize")] => {
+                (None, vec!["namespaces", name, sub])
+            }
+            ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(*ns), rest.to_vec()),
+            _ => (None, rest.to_vec()),
         };
-        let (resource, name) = match rest {
+        let (resource, name) = match rest.as_slice() {
             [resource] => (resource.to_string(), None),
             [resource, name] => (resource.to_string(), Some(*name)),
             [resource, name, sub] => (format!("{resource}/{sub}"), Some(*name)),
-            _ => continue,
+            _ => panic!("a request the RBAC check cannot read: {request}"),
         };
         let verb = match (method, name) {
             ("GET", None) if query.contains("watch=true") => "watch",
@@ -111,9 +124,11 @@ fn assert_every_request_is_allowed_by_the_rbac(api: &ApiServer) {
             ("POST", _) => "create",
             ("PUT", _) => "update",
             ("PATCH", _) => "patch",
-            ("DELETE", _) => "delete",
-            _ => continue,
+            ("DELETE", None) => "deletecollection",
+            ("DELETE", Some(_)) => "delete",
+            _ => panic!("a request the RBAC check cannot read: {request}"),
         };
+        seen.insert(format!("{verb} {group}/{resource}"));
         let grants = |rule: &Value| {
             let has = |field: &str, v: &str| {
                 rule[field]
@@ -133,6 +148,18 @@ fn assert_every_request_is_allowed_by_the_rbac(api: &ApiServer) {
         if !allowed {
             denied.push(format!("{verb} {group}/{resource} ({request})"));
         }
+    }
+    // The check saw the calls it is here for.
+    for wanted in [
+        "watch gateway.networking.k8s.io/httproutes",
+        "watch gateway.networking.k8s.io/grpcroutes",
+        "watch gateway.networking.k8s.io/referencegrants",
+        "get gateway.networking.k8s.io/httproutes",
+        "patch gateway.networking.k8s.io/httproutes/status",
+        "watch /services",
+        "create authentication.k8s.io/tokenreviews",
+    ] {
+        assert!(seen.contains(wanted), "no `{wanted}` among {seen:?}");
     }
     denied.sort();
     denied.dedup();

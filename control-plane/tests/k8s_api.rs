@@ -747,7 +747,18 @@ async fn route_watches_wait_for_the_gateway_api_crds_without_holding_readiness()
         "{}",
         conditions[0].message
     );
-    // The CRDs are deleted: the API answers 404, and the routes go.
+    // The CRDs are deleted: the API answers 404. One 404 (an API server
+    // that has not loaded the CRD yet) keeps the routes; a persisting one
+    // removes them.
+    respond(send, StatusCode::NOT_FOUND, status_body(404, "NotFound"));
+    let (_, send) = next(&mut server).await;
+    assert_eq!(
+        live.read(|i| i.routes().count()),
+        2,
+        "one 404 forgets nothing"
+    );
+    respond(send, StatusCode::NOT_FOUND, status_body(404, "NotFound"));
+    let (_, send) = next(&mut server).await;
     respond(send, StatusCode::NOT_FOUND, status_body(404, "NotFound"));
     until("the routes to be removed", || {
         live.read(|i| i.routes().count() == 0)

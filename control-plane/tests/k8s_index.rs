@@ -1388,7 +1388,18 @@ mod routes {
         );
         index.commit();
         shop.sync(&index);
-        assert!(shop.upstream("web-v3.shop:80").is_none(), "left alone");
+        // Shop's clients do not catch it (if sent at all, it is without
+        // its address); team's do, and follow their consumer route.
+        assert!(
+            shop.upstream("web-v3.shop:80")
+                .is_none_or(|u| u.addresses.is_empty()),
+            "left alone for shop"
+        );
+        let mut team = Proxy::new("team", "curl", ip("10.0.1.9"));
+        team.sync(&index);
+        let v3 = team.upstream("web-v3.shop:80").expect("team's copy");
+        assert!(!v3.addresses.is_empty(), "caught in team by its ClusterIP");
+        assert_eq!(names(v3), ["team/v3-for-team"]);
         // A valid producer route makes it a routed parent, for everyone.
         route(
             &mut index,

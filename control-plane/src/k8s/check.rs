@@ -417,7 +417,7 @@ async fn routes(client: &kube::Client, r: &mut Report) {
             "the Gateway API CRDs are installed",
             Status::Fail,
             format!(
-                "{}: this Gateway API is older than Phoenix reads; install v1.5.1 (kubectl apply --server-side -f https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.5.1/standard-install.yaml)",
+                "{}, the version Phoenix watches: install Gateway API v1.5.1 (kubectl apply --server-side -f https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.5.1/standard-install.yaml)",
                 old.join(", ")
             ),
         );

@@ -80,6 +80,18 @@ pub struct Index {
     mesh_dirty: bool,
 }
 
+/// Why a Service is sent even with no meshed endpoint (see
+/// `Index::routed`).
+#[derive(Debug)]
+struct Routed {
+    /// Ports valid producer routes attach to (`None`: every port).
+    producer_ports: BTreeSet<Option<u16>>,
+    /// Ports valid consumer routes attach to (`None`: every port).
+    consumer_ports: BTreeSet<Option<u16>>,
+    /// Whether a valid route sends to it.
+    backend: bool,
+}
+
 /// One subscribed proxy, as the index sees it.
 #[derive(Debug, Clone)]
 pub struct Subscriber {
@@ -523,30 +535,57 @@ impl Index {
             );
         }
         // One kind per Service port: a GRPCRoute of the same namespace on
-        // the same port takes it from an HTTPRoute (as `routes_for` does).
-        let overlaps = |p: &super::routes::Parent| {
-            &p.service == service
-                && (p.port.is_none() || parent.port.is_none() || p.port == parent.port)
-        };
-        let grpc = (kind == RouteKind::Http)
-            .then(|| {
-                self.routes.iter().find(|((k, other), r)| {
+        // a port takes it from an HTTPRoute (as `routes_for` does), port
+        // by real port of the Service.
+        let mut lost = Vec::new();
+        let mut kept = Vec::new();
+        let covered = record
+            .ports
+            .iter()
+            .map(|p| p.port)
+            .filter(|p| parent.port.is_none_or(|q| q == *p));
+        for port in covered {
+            let taken = kind == RouteKind::Http
+                && self.routes.iter().any(|((k, other), r)| {
                     *k == RouteKind::Grpc
                         && other.namespace == key.namespace
                         && r.rules.is_ok()
-                        && r.parents.iter().any(overlaps)
-                })
-            })
-            .flatten();
-        if let Some(((_, other), _)) = grpc {
+                        && r.parents
+                            .iter()
+                            .any(|p| &p.service == service && p.port.is_none_or(|q| q == port))
+                });
+            if taken {
+                lost.push(port)
+            } else {
+                kept.push(port)
+            }
+        }
+        let ports = |ports: &[u16]| {
+            ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if kept.is_empty() && !lost.is_empty() {
             return refuse(
                 Reason::Conflicted,
                 format!(
-                    "GRPCRoute {}/{} attaches to Service {} too, and a GRPCRoute takes precedence over an HTTPRoute (GEP-1426); this route is not in force where they overlap",
-                    other.namespace, other.name, service.name
+                    "a GRPCRoute in namespace {} attaches to Service {} on port {} too, and a GRPCRoute takes precedence over an HTTPRoute (GEP-1426)",
+                    key.namespace,
+                    service.name,
+                    ports(&lost)
                 ),
             );
         }
+        let partly = if lost.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; not on port {} (a GRPCRoute takes precedence there, GEP-1426)",
+                ports(&lost)
+            )
+        };
         let who = if key.namespace == service.namespace {
             "every client (a producer route)".to_owned()
         } else {
@@ -556,7 +595,7 @@ impl Index {
             type_: ACCEPTED,
             ok: true,
             reason: Reason::Accepted,
-            message: format!("in force for {who}"),
+            message: format!("in force for {who}{partly}"),
         }
     }
 
@@ -766,30 +805,37 @@ impl Index {
         self.routes.iter()
     }
 
-    /// Why `service` is sent even with no meshed endpoint: the ports a
-    /// valid producer route attaches to (`None` in the set: every port),
-    /// and whether a valid route sends to it. A refused route, or a
-    /// consumer route (for one namespace's clients), changes nothing for
-    /// the others: their traffic to a Service without meshed endpoints
-    /// keeps passing through as it did.
-    fn routed(&self, service: &ObjectKey) -> (BTreeSet<Option<u16>>, bool) {
+    /// Why `service` is sent even with no meshed endpoint: the ports valid
+    /// producer and consumer routes attach to, and whether a valid route
+    /// sends to it. Only a producer route makes every client catch its
+    /// address; a consumer route's parent is caught in that namespace's
+    /// copies alone, and a refused route changes nothing, so the others'
+    /// traffic to a Service without meshed endpoints keeps passing through
+    /// as it did.
+    fn routed(&self, service: &ObjectKey) -> Routed {
         let valid = || self.routes.iter().filter(|(_, r)| r.rules.is_ok());
-        let parent_ports = valid()
-            .filter(|((_, key), _)| key.namespace == service.namespace)
-            .flat_map(|(_, r)| r.parents.iter())
-            .filter(|p| &p.service == service)
-            .map(|p| p.port)
-            .collect();
-        let backend = valid().any(|(_, r)| r.backends().any(|b| &b == service));
-        (parent_ports, backend)
+        let ports = |producer: bool| {
+            valid()
+                .filter(|((_, key), _)| (key.namespace == service.namespace) == producer)
+                .flat_map(|(_, r)| r.parents.iter())
+                .filter(|p| &p.service == service)
+                .map(|p| p.port)
+                .collect()
+        };
+        Routed {
+            producer_ports: ports(true),
+            consumer_ports: ports(false),
+            backend: valid().any(|(_, r)| r.backends().any(|b| &b == service)),
+        }
     }
 
     /// The routes a client in `client_ns` follows to port `port` of
     /// `service`, oldest first, by GAMMA's rules: the routes in its own
     /// namespace (consumer routes) when it has any for the service, else
     /// those in the service's namespace (producer routes). A route in any
-    /// other namespace applies to no one there. One kind per Service: the
-    /// oldest route's (the others are not in force; their status says so).
+    /// other namespace applies to no one there. One kind per port:
+    /// GRPCRoutes before HTTPRoutes (GEP-1426; the HTTPRoutes' status says
+    /// so).
     fn routes_for(&self, service: &ObjectKey, port: u16, client_ns: &str) -> Vec<Route> {
         let attached: Vec<(&(RouteKind, ObjectKey), &RouteRecord, &Vec<RouteRule>)> = self
             .routes
@@ -891,6 +937,19 @@ impl Index {
                 };
                 let mut upstream = shared.clone();
                 upstream.routes = self.routes_for(service, port, namespace);
+                // A parent sent without its address (no meshed endpoint, no
+                // producer route) is caught by its ClusterIP here, where
+                // routes apply to it.
+                if upstream.addresses.is_empty()
+                    && !upstream.routes.is_empty()
+                    && let Some(record) = self.services.get(service)
+                {
+                    upstream.addresses = record
+                        .cluster_ips
+                        .iter()
+                        .map(|ip| SocketAddr::new(*ip, port))
+                        .collect();
+                }
                 own.insert(key.clone(), Resource::Upstream(upstream));
             }
         }
@@ -1066,10 +1125,15 @@ impl Index {
                     .map(|ip| SocketAddr::new(*ip, port.port))
                     .collect();
                 if endpoints.is_empty() {
-                    let (parent_ports, backend) = &routed;
-                    let parent =
-                        parent_ports.contains(&None) || parent_ports.contains(&Some(port.port));
-                    match (parent, backend) {
+                    let on = |ports: &BTreeSet<Option<u16>>| {
+                        ports.contains(&None) || ports.contains(&Some(port.port))
+                    };
+                    // A consumer parent is sent without its address: only
+                    // its namespace's copies catch it (`consumer_of`).
+                    match (
+                        on(&routed.producer_ports),
+                        routed.backend || on(&routed.consumer_ports),
+                    ) {
                         (true, _) => {}
                         (false, true) => addresses.clear(),
                         (false, false) => continue,

@@ -94,8 +94,11 @@ impl<K> Raw<K> {
         kind: RouteKind,
         namespace: &str,
     ) -> RouteRecord {
+        // The generated types say whether it is a v1.5.1 spec; the check
+        // itself reads the spec as sent, so a field the types lack (one
+        // of a newer release) is refused by name, never dropped unseen.
         match serde_json::from_value::<S>(self.spec.clone()) {
-            Ok(spec) => RouteRecord::new(kind, namespace, &self.metadata, &spec),
+            Ok(_) => RouteRecord::new(kind, namespace, &self.metadata, &self.spec),
             Err(error) => {
                 RouteRecord::unreadable(kind, namespace, &self.metadata, &self.spec, error)
             }
@@ -360,20 +363,27 @@ fn read(spec: &impl Serialize) -> Result<SpecFile, RouteError> {
 }
 
 /// The Service parents of a spec read no further: each `parentRefs`
-/// entry that reads as a reference.
+/// entry with a name, whatever else it holds (a field of a newer release
+/// must not hide the parent its refusal is reported on).
 fn lenient_parents(namespace: &str, spec: &serde_json::Value) -> Vec<Parent> {
     spec["parentRefs"]
         .as_array()
         .into_iter()
         .flatten()
         .enumerate()
-        .filter_map(|(index, r)| Some((index, serde_json::from_value::<RefFile>(r.clone()).ok()?)))
-        .filter(|(_, r)| is_service(r))
-        .map(|(index, r)| Parent {
-            index,
-            service: ObjectKey::new(r.namespace.as_deref().unwrap_or(namespace), &r.name),
-            port: r.port,
-            namespace_written: r.namespace.is_some(),
+        .filter(|(_, r)| {
+            r["group"].as_str().unwrap_or("").is_empty()
+                && r["kind"].as_str().unwrap_or("Service") == "Service"
+        })
+        .filter_map(|(index, r)| {
+            let name = r["name"].as_str()?;
+            let written = r["namespace"].as_str();
+            Some(Parent {
+                index,
+                service: ObjectKey::new(written.unwrap_or(namespace), name),
+                port: r["port"].as_u64().and_then(|p| u16::try_from(p).ok()),
+                namespace_written: written.is_some(),
+            })
         })
         .collect()
 }
@@ -623,6 +633,28 @@ mod tests {
             let error = r.rules.unwrap_err().to_string();
             assert!(error.contains(want), "{pairs:?}: {error}");
         }
+    }
+
+    /// Fields of a newer Gateway API release (unknown to the v1.5.1
+    /// types) are refused by name, and the refusal still names the parent.
+    #[test]
+    fn a_newer_field_is_refused_by_name_and_reported_on_its_parent() {
+        use crate::gateway::HttpRoute;
+        use crate::gateway::httproutes::HttpRouteSpec;
+        let raw: Raw<HttpRoute> = serde_json::from_value(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"namespace": "shop", "name": "r"},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": 80,
+                                     "futureField": true}],
+                     "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]},
+        }))
+        .unwrap();
+        let r = raw.route::<HttpRouteSpec>(RouteKind::Http, "shop");
+        let error = r.rules.unwrap_err().to_string();
+        assert!(error.contains("futureField"), "{error}");
+        assert_eq!(r.parents.len(), 1);
+        assert_eq!(r.parents[0].service, ObjectKey::new("shop", "web"));
+        assert_eq!(r.parents[0].port, Some(80));
     }
 
     #[test]

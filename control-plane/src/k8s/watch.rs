@@ -197,6 +197,10 @@ pub fn key_of<K: kube::Resource>(obj: &K) -> ObjectKey {
     )
 }
 
+/// 404s in a row (with the watcher's backoff, some seconds) after which an
+/// optional kind is taken as no longer served and its objects forgotten.
+const NOT_FOUND_TO_FORGET: u32 = 3;
+
 /// Whether the API server answered that it has no such resource (its
 /// CRD is not installed).
 fn is_not_found(error: &watcher::Error) -> bool {
@@ -218,6 +222,8 @@ pub async fn run<K: Watched>(
 ) {
     let mut known: HashSet<ObjectKey> = HashSet::new();
     let mut listing: Option<HashSet<ObjectKey>> = None;
+    // 404s in a row, for an optional kind.
+    let mut not_found = 0;
     let mut events = watcher::watcher(api, config).default_backoff().boxed();
     while let Some(event) = events.next().await {
         let event = match event {
@@ -230,8 +236,12 @@ pub async fn run<K: Watched>(
                     );
                     live.health.synced(K::KIND);
                 }
-                // Served no more (its CRD deleted): nothing of it is left.
-                if !known.is_empty() {
+                // Served no more (its CRD deleted: its objects went first,
+                // as Delete events; this is the backstop for missed ones).
+                // A single 404 may be one API server that has not loaded
+                // the CRD yet: only a persisting one clears what is known.
+                not_found += 1;
+                if not_found >= NOT_FOUND_TO_FORGET && !known.is_empty() {
                     let gone = std::mem::take(&mut known);
                     live.apply(|index| {
                         for key in &gone {
@@ -254,6 +264,7 @@ pub async fn run<K: Watched>(
             }
         };
         live.health.ok(K::KIND);
+        not_found = 0;
         match event {
             Event::Init => listing = Some(HashSet::new()),
             Event::InitApply(obj) => {
