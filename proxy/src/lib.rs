@@ -15,6 +15,7 @@ pub mod http;
 pub mod inbound;
 pub mod init;
 pub mod intercept;
+pub mod listen;
 pub mod metrics;
 pub mod outbound;
 pub mod pool;
@@ -29,7 +30,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use phoenix_tls::handshake::{ClientAuth, TlsPolicy};
 use phoenix_tls::{Credentials, TlsContext};
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
 use crate::outbound::Listeners;
@@ -143,12 +143,12 @@ async fn run_body(
     })?;
     let bind_tcp = |what: &'static str, addr: SocketAddr| async move {
         let bind_error = |source| StartError::Bind { what, addr, source };
-        let listener = match TcpListener::bind(addr).await {
+        let listener = match listen::bind(addr) {
             Ok(l) => l,
             Err(source) => match v4_fallback(addr, &source) {
                 Some(v4) => {
                     tracing::info!(what, %addr, fallback = %v4, "no IPv6 here; listening on IPv4 only");
-                    TcpListener::bind(v4).await.map_err(bind_error)?
+                    listen::bind(v4).map_err(bind_error)?
                 }
                 None => return Err(bind_error(source)),
             },

@@ -56,7 +56,7 @@ impl Listeners {
                 .collect()
         };
         for (service, addr) in to_bind {
-            match TcpListener::bind(addr).await {
+            match crate::listen::bind(addr) {
                 Ok(listener) => {
                     let local = listener.local_addr().unwrap_or(addr);
                     tracing::info!(%service, listen = %local, "outbound listener bound");

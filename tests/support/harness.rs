@@ -352,7 +352,7 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
 
 /// A TCP echo server on 127.0.0.1:0, served by threads.
 pub fn echo_server() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let l = deep_listener();
     let addr = l.local_addr().unwrap();
     std::thread::spawn(move || {
         for s in l.incoming() {
@@ -365,6 +365,27 @@ pub fn echo_server() -> SocketAddr {
         }
     });
     addr
+}
+
+/// A loopback listener whose accept queue holds a burst of 4,096 connections.
+///
+/// std's `TcpListener::bind` listens with a backlog of 128: when a test opens
+/// a thousand connections at once, the kernel drops the SYNs beyond the queue
+/// (`TcpExtListenOverflows`) and the proxy's connects back off by 1, 3, 7,
+/// 15 s, so an echo arrives after the test's read deadline. Real servers
+/// (nginx, Envoy) listen with a deep queue for the same reason.
+pub fn deep_listener() -> std::net::TcpListener {
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    socket.listen(4096).unwrap();
+    socket.into()
 }
 
 /// A port that refuses connections (bound then closed).
