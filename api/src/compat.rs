@@ -27,7 +27,7 @@ use crate::snapshot::Resource;
 pub mod frozen;
 
 /// The wire version this build speaks.
-pub const WIRE_VERSION: u32 = 9;
+pub const WIRE_VERSION: u32 = 10;
 /// The oldest wire version a control plane still serves.
 pub const MIN_WIRE_VERSION: u32 = 1;
 
@@ -49,6 +49,11 @@ pub enum Addition {
     },
     /// A resource kind (its `kind` tag): older proxies are not sent it.
     Kind(&'static str),
+    /// UDP services (`service` ending in `/udp`) on upstreams and inbound
+    /// services. Not additive: a proxy from before them parses the name but
+    /// would carry the service as TCP (listen on TCP, dial the app over
+    /// TCP), so older proxies are not sent those resources at all.
+    UdpServices,
 }
 
 /// One row of the table: an addition and the version that brought it.
@@ -86,6 +91,7 @@ pub const CHANGES: &[Change] = &[
     change(8, field("mesh", &["identityAlgorithm"])),
     change(8, field("mesh", &["authPolicy"])),
     change(9, field("upstream", &["routes"])),
+    change(10, Addition::UdpServices),
 ];
 
 /// How one resource reads at an older version.
@@ -158,6 +164,7 @@ impl<'a> Compat<'a> {
         for change in later {
             match change.addition {
                 Addition::Kind(k) if k == kind => return Shape::Absent,
+                Addition::UdpServices if is_udp_service(resource) => return Shape::Absent,
                 Addition::Field { kind: k, path } if k == kind => fields.push(path),
                 _ => {}
             }
@@ -220,6 +227,17 @@ impl<'a> Compat<'a> {
         serde_json::to_writer(&mut frame, &value).map_err(FrameError::Json)?;
         frame.finish()
     }
+}
+
+/// Whether `resource` is an upstream or inbound service of UDP.
+fn is_udp_service(resource: &Value) -> bool {
+    matches!(
+        resource.get("kind").and_then(Value::as_str),
+        Some("upstream" | "inbound")
+    ) && resource
+        .get("service")
+        .and_then(Value::as_str)
+        .is_some_and(|s| s.ends_with("/udp"))
 }
 
 /// Removes the field at `path` (with `"*"` for every array element);
@@ -343,6 +361,18 @@ mod tests {
         let mut route = serde_json::json!({"kind": "route"});
         assert_eq!(compat.downgrade_resource(&mut route, 5), Shape::Absent);
         assert_eq!(compat.downgrade_resource(&mut route, 6), Shape::Unchanged);
+    }
+
+    #[test]
+    fn udp_services_are_absent_below_version_10_and_tcp_ones_stay() {
+        let c = Compat::CURRENT;
+        for kind in ["upstream", "inbound"] {
+            let udp = serde_json::json!({"kind": kind, "service": "dns:53/udp"});
+            assert_eq!(c.downgrade_resource(&mut udp.clone(), 9), Shape::Absent);
+            assert_eq!(c.downgrade_resource(&mut udp.clone(), 10), Shape::Unchanged);
+            let tcp = serde_json::json!({"kind": kind, "service": "dns:53"});
+            assert_eq!(c.downgrade_resource(&mut tcp.clone(), 9), Shape::Unchanged);
+        }
     }
 
     #[test]

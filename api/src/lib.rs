@@ -13,6 +13,7 @@
 
 pub mod compat;
 pub mod control;
+pub mod datagram;
 pub mod detect;
 pub mod duration;
 pub mod frame;

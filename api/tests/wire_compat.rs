@@ -383,3 +383,77 @@ fn per_version_encodings_match_the_shaped_messages() {
         encodings.get(3).unwrap()
     ));
 }
+
+/// UDP services (wire version 10) are not additive: a proxy before them
+/// would carry one as TCP, so it is not sent them, and keeps the rest.
+#[test]
+fn udp_services_reach_only_proxies_that_carry_udp() {
+    let mut snapshot = everything();
+    for resource in [
+        Resource::Upstream(Upstream {
+            service: "dns.kube-system:53/udp".parse().unwrap(),
+            listen: Some("127.0.0.1:5353".parse().unwrap()),
+            addresses: Vec::new(),
+            endpoints: vec![Endpoint {
+                address: "10.0.0.9:4143".parse().unwrap(),
+                identity: "spiffe://phoenix.local/ns/kube-system/sa/dns".into(),
+                other_ips: Vec::new(),
+            }],
+            connect_timeout_ms: None,
+            idle_timeout_ms: Some(5_000),
+            protocol: Protocol::Detect,
+            request_timeout_ms: None,
+            retry: None,
+            routes: Vec::new(),
+        }),
+        Resource::Inbound(Inbound {
+            service: "dns.kube-system:53/udp".parse().unwrap(),
+            target: "127.0.0.1:53".parse().unwrap(),
+            other_ips: Vec::new(),
+            allow: None,
+            inbound_mode: None,
+            protocol: Protocol::Detect,
+        }),
+    ] {
+        snapshot.resources.insert(resource.key(), resource);
+    }
+    let read = |version| {
+        let frame = Compat::CURRENT
+            .encode_response(&Response::Snapshot(snapshot.clone()), version)
+            .unwrap();
+        frozen::read(version, frame_body(&frame)).unwrap()["resources"].clone()
+    };
+    for version in served().filter(|v| *v < 10) {
+        let before = read(version);
+        assert!(
+            before.get("upstream/dns.kube-system:53/udp").is_none(),
+            "{version}"
+        );
+        assert!(
+            before.get("inbound/dns.kube-system:53/udp").is_none(),
+            "{version}"
+        );
+        assert_eq!(before.as_object().unwrap().len(), 3, "version {version}");
+    }
+    let v10 = read(10);
+    assert_eq!(
+        v10["upstream/dns.kube-system:53/udp"]["idleTimeoutMs"],
+        5_000
+    );
+    assert_eq!(
+        v10["inbound/dns.kube-system:53/udp"]["target"],
+        "127.0.0.1:53"
+    );
+    for resource in snapshot.resources.values() {
+        let encodings = Encodings::new(&Compat::CURRENT, resource).unwrap();
+        for version in served() {
+            let one = Compat::CURRENT.encode_resource(resource, version).unwrap();
+            let json = |s: &str| serde_json::from_str::<Value>(s).unwrap();
+            assert_eq!(
+                encodings.get(version).map(json),
+                one.as_deref().map(json),
+                "version {version}"
+            );
+        }
+    }
+}

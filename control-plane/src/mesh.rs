@@ -146,6 +146,10 @@ pub struct UpstreamFile {
     /// Which failed HTTP requests are retried.
     #[serde(default)]
     pub retry: Option<crate::retry::RetrySpec>,
+    /// `tcp` (default) or `udp`: a UDP service gets a UDP listener, its
+    /// datagrams carried as QUIC datagrams.
+    #[serde(default)]
+    pub transport: Option<Spanned<String>>,
 }
 
 /// A served service.
@@ -167,6 +171,9 @@ pub struct ServeFile {
     /// `detect` (default: `detect`, or `opaque` on the default opaque ports).
     #[serde(default)]
     pub protocol: Option<Spanned<String>>,
+    /// `tcp` (default) or `udp`: the app serves UDP on `target`.
+    #[serde(default)]
+    pub transport: Option<Spanned<String>>,
 }
 
 /// The validated mesh.
@@ -313,14 +320,28 @@ pub enum Problem {
         "{0}; service names are lowercase DNS names (letters, digits, `-`, `.`), optionally with `:port`, e.g. `db` or `web.shop:80`"
     )]
     ServiceName(ServiceNameError),
-    /// A `/udp` service: the mesh does not carry UDP yet.
-    #[error(
-        "UDP services (`/udp`) are not carried by the mesh yet; remove the suffix for a TCP service"
-    )]
+    /// A `/udp` suffix: the mesh file says `transport: udp` instead.
+    #[error("write `transport: udp` beside the service instead of a `/udp` suffix")]
     UdpService,
+    /// A transport other than `tcp` and `udp`.
+    #[error("unknown transport `{0}`; use `tcp` (the default) or `udp`")]
+    Transport(String),
+    /// A field that means nothing for a UDP service.
+    #[error("`{0}` applies to TCP services only; remove it from this UDP service")]
+    NotForUdp(&'static str),
+    /// Virtual addresses on a UDP upstream.
+    #[error(
+        "UDP is not intercepted yet: give this UDP upstream a `listen` address instead of `addresses`"
+    )]
+    UdpAddresses,
     /// An upstream nobody serves.
     #[error("no workload serves service `{0}`; add it to some workload's `serve` list")]
     UnservedService(String),
+    /// A UDP upstream nobody serves over UDP.
+    #[error(
+        "no workload serves UDP service `{0}`; add it with `transport: udp` to some workload's `serve` list"
+    )]
+    UnservedUdpService(String),
     /// Two listeners on one fixed address.
     #[error("address {0} is already used by `{1}`; use another port or 0 for any free port")]
     AddressInUse(SocketAddr, String),
@@ -411,6 +432,18 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
             })
             .transpose()
     };
+    let transport = |v: &Option<Spanned<String>>, field: &str| match v {
+        None => Ok(Transport::Tcp),
+        Some(v) => match v.value.as_str() {
+            "tcp" => Ok(Transport::Tcp),
+            "udp" => Ok(Transport::Udp),
+            other => Err(invalid(
+                v.referenced.line(),
+                field.to_owned(),
+                Problem::Transport(other.to_owned()),
+            )),
+        },
+    };
     let MeshFile {
         trust_domain,
         key_exchange,
@@ -500,21 +533,34 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
 
     // Fixed addresses already claimed, for conflict messages.
-    let mut claimed: BTreeMap<SocketAddr, String> = BTreeMap::new();
-    let mut claim = |addr: SocketAddr, owner: String, line: u64, field: String| {
+    // Every fixed address is claimed once, whatever its transport (the
+    // inbound port is QUIC over UDP, the admin port TCP), except that a TCP
+    // and a UDP upstream may listen on one address: iperf3 and DNS reach
+    // one port over both.
+    let mut claimed: BTreeMap<SocketAddr, Vec<(Option<Transport>, String)>> = BTreeMap::new();
+    let mut claim_as = |transport: Option<Transport>,
+                        addr: SocketAddr,
+                        owner: String,
+                        line: u64,
+                        field: String| {
         if addr.port() == 0 {
             return Ok(());
         }
-        if let Some(prev) = claimed.get(&addr) {
+        let owners = claimed.entry(addr).or_default();
+        let clash = owners
+            .iter()
+            .find(|(theirs, _)| theirs.is_none() || transport.is_none() || *theirs == transport);
+        if let Some((_, prev)) = clash {
             return Err(invalid(
                 line,
                 field,
                 Problem::AddressInUse(addr, prev.clone()),
             ));
         }
-        claimed.insert(addr, owner);
+        owners.push((transport, owner));
         Ok(())
     };
+
     let control_listen = control_plane.listen.unwrap_or(any);
     let control_admin = control_plane.admin.unwrap_or(any);
 
@@ -550,13 +596,20 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
         }
         let inbound = w.inbound.unwrap_or(any);
         let admin = w.admin.unwrap_or(any);
-        claim(
+        claim_as(
+            None,
             inbound,
             format!("workloads[{i}].inbound"),
             line,
             at("inbound"),
         )?;
-        claim(admin, format!("workloads[{i}].admin"), line, at("admin"))?;
+        claim_as(
+            None,
+            admin,
+            format!("workloads[{i}].admin"),
+            line,
+            at("admin"),
+        )?;
 
         let mut upstreams = BTreeMap::new();
         let mut virtual_addresses: BTreeMap<SocketAddr, String> = BTreeMap::new();
@@ -570,6 +623,32 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
                 .map_err(|e| invalid(uline, field.clone(), Problem::ServiceName(e)))?;
             if service.transport() == Transport::Udp {
                 return Err(invalid(uline, field.clone(), Problem::UdpService));
+            }
+            let service_transport =
+                transport(&u.transport, &at(&format!("upstreams[{j}].transport")))?;
+            let service = service.with_transport(service_transport);
+            if service_transport == Transport::Udp {
+                let tcp_only = |set: bool, name: &'static str| {
+                    if set {
+                        Err(invalid(
+                            uline,
+                            at(&format!("upstreams[{j}].{name}")),
+                            Problem::NotForUdp(name),
+                        ))
+                    } else {
+                        Ok(())
+                    }
+                };
+                tcp_only(u.protocol.is_some(), "protocol")?;
+                tcp_only(u.request_timeout.is_some(), "requestTimeout")?;
+                tcp_only(u.retry.is_some(), "retry")?;
+                if !u.addresses.is_empty() {
+                    return Err(invalid(
+                        uline,
+                        at(&format!("upstreams[{j}].addresses")),
+                        Problem::UdpAddresses,
+                    ));
+                }
             }
             let optional = |field: &str, v: &Option<Spanned<String>>, min: Duration| {
                 v.as_ref()
@@ -630,7 +709,8 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
                 ));
             }
             if let Some(listen) = u.listen {
-                claim(
+                claim_as(
+                    Some(service_transport),
                     listen,
                     at(&format!("upstreams[{j}].listen")),
                     uline,
@@ -649,6 +729,22 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
                 .map_err(|e| invalid(sline, field.clone(), Problem::ServiceName(e)))?;
             if service.transport() == Transport::Udp {
                 return Err(invalid(sline, field.clone(), Problem::UdpService));
+            }
+            let service_transport = transport(&s.transport, &at(&format!("serve[{j}].transport")))?;
+            let service = service.with_transport(service_transport);
+            if service_transport == Transport::Udp {
+                for (set, name) in [
+                    (s.protocol.is_some(), "protocol"),
+                    (s.inbound_mode.is_some(), "inboundMode"),
+                ] {
+                    if set {
+                        return Err(invalid(
+                            sline,
+                            at(&format!("serve[{j}].{name}")),
+                            Problem::NotForUdp(name),
+                        ));
+                    }
+                }
             }
             let allow = match &s.allow {
                 None => None,
@@ -701,11 +797,23 @@ fn validate(file: MeshFile, path: &Path) -> Result<Mesh, MeshError> {
     }
     for (i, w) in workload_files.iter().enumerate() {
         for (j, u) in w.upstreams.iter().enumerate() {
-            if !served.contains(u.service.value.as_str()) {
+            let udp = u.transport.as_ref().is_some_and(|t| t.value == "udp");
+            let transport = if udp { Transport::Udp } else { Transport::Tcp };
+            let wanted = u
+                .service
+                .value
+                .parse::<ServiceName>()
+                .map(|s| s.with_transport(transport));
+            if !wanted.is_ok_and(|s| served.contains(&s)) {
+                let name = u.service.value.clone();
                 return Err(invalid(
                     u.service.referenced.line(),
                     format!("workloads[{i}].upstreams[{j}].service"),
-                    Problem::UnservedService(u.service.value.clone()),
+                    if udp {
+                        Problem::UnservedUdpService(name)
+                    } else {
+                        Problem::UnservedService(name)
+                    },
                 ));
             }
         }
@@ -1113,5 +1221,95 @@ routes:
         let (_, field, problem) = problem(&bad);
         assert_eq!(field, "routes[0].spec.rules[0].matches[0]");
         assert!(problem.to_string().contains("GRPCRoute"), "{problem}");
+    }
+
+    const UDP: &str = "\
+trustDomain: phoenix.local
+workloads:
+  - name: game
+    upstreams:
+      - service: lobby
+        transport: udp
+        listen: 127.0.0.1:7777
+      - service: lobby
+        listen: 127.0.0.1:7777
+  - name: lobby
+    serve:
+      - service: lobby
+        transport: udp
+        target: 127.0.0.1:17777
+        allow: [game]
+      - service: lobby
+        target: 127.0.0.1:17777
+";
+
+    #[test]
+    fn a_udp_and_a_tcp_service_of_one_name_are_two_services_on_one_port() {
+        let mesh = parse(UDP).unwrap();
+        let game = &mesh.workloads["game"];
+        let udp: ServiceName = "lobby/udp".parse().unwrap();
+        let tcp: ServiceName = "lobby".parse().unwrap();
+        let listen = Some("127.0.0.1:7777".parse().unwrap());
+        assert_eq!(game.upstreams[&udp].listen, listen);
+        assert_eq!(game.upstreams[&tcp].listen, listen);
+        let lobby = &mesh.workloads["lobby"];
+        assert!(lobby.serve[&udp].allow.is_some());
+        assert!(lobby.serve[&tcp].allow.is_none());
+    }
+
+    #[test]
+    fn udp_mistakes_name_the_field_and_the_fix() {
+        let cases: [(&str, &str, &str); 7] = [
+            (
+                "        transport: udp\n        listen",
+                "        transport: quic\n        listen",
+                "upstreams[0].transport",
+            ),
+            (
+                "        listen: 127.0.0.1:7777\n      - service: lobby\n        listen",
+                "        listen: 127.0.0.1:7777\n        protocol: http2\n      - service: lobby\n        listen",
+                "upstreams[0].protocol",
+            ),
+            (
+                "        listen: 127.0.0.1:7777\n      - service: lobby\n        listen",
+                "        listen: 127.0.0.1:7777\n        addresses: [10.96.0.7:7777]\n      - service: lobby\n        listen",
+                "upstreams[0].addresses",
+            ),
+            (
+                "        allow: [game]",
+                "        allow: [game]\n        protocol: opaque",
+                "serve[0].protocol",
+            ),
+            (
+                "      - service: lobby\n        transport: udp\n        target",
+                "      - service: \"lobby/udp\"\n        target",
+                "serve[0].service",
+            ),
+            // A second UDP listener on the address is a conflict; TCP beside it is not.
+            (
+                "      - service: lobby\n        listen: 127.0.0.1:7777",
+                "      - service: lobby\n        listen: 127.0.0.1:7777\n      - service: other\n        transport: udp\n        listen: 127.0.0.1:7777",
+                "upstreams[2].listen",
+            ),
+            // Served over TCP only: the UDP upstream names the fix.
+            (
+                "      - service: lobby\n        transport: udp\n        target: 127.0.0.1:17777\n        allow: [game]\n",
+                "",
+                "upstreams[0].service",
+            ),
+        ];
+        for (from, to, field) in cases {
+            assert!(UDP.contains(from), "{from}");
+            let text = UDP.replacen(from, to, 1);
+            let (_, at, problem) = problem(&text);
+            assert!(at.ends_with(field), "{at} for {field}: {problem}");
+            let message = problem.to_string();
+            assert!(
+                ["udp", "UDP", "tcp", "TCP", "address"]
+                    .iter()
+                    .any(|w| message.contains(w)),
+                "{message}"
+            );
+        }
     }
 }

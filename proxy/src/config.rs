@@ -47,7 +47,12 @@ pub struct RouteIndex {
 impl RouteIndex {
     fn build(upstreams: &BTreeMap<ServiceName, UpstreamConfig>) -> Self {
         let mut index = Self::default();
-        for (name, upstream) in upstreams {
+        // Interception carries TCP: a UDP service's addresses and endpoints
+        // must never route a TCP connection.
+        let tcp = upstreams
+            .iter()
+            .filter(|(name, _)| name.transport() == phoenix_api::service::Transport::Tcp);
+        for (name, upstream) in tcp {
             for address in &upstream.addresses {
                 index
                     .by_address
@@ -589,12 +594,15 @@ fn check_trust_domain(
 fn check_listen_conflicts(
     upstreams: &BTreeMap<ServiceName, UpstreamConfig>,
 ) -> Result<(), ConfigError> {
-    let mut by_addr: BTreeMap<SocketAddr, &str> = BTreeMap::new();
+    // TCP and UDP ports are apart: an upstream of each may listen on one
+    // address (iperf3's TCP control and UDP data share a port).
+    let mut by_addr: BTreeMap<(phoenix_api::service::Transport, SocketAddr), &str> =
+        BTreeMap::new();
     for (service, u) in upstreams {
         let Some(listen) = u.listen.filter(|l| l.port() != 0) else {
             continue;
         };
-        if let Some(first) = by_addr.insert(listen, service.as_str()) {
+        if let Some(first) = by_addr.insert((service.transport(), listen), service.as_str()) {
             return Err(ConfigError::ListenConflict {
                 first: first.to_owned(),
                 second: service.to_string(),
@@ -675,6 +683,40 @@ mod tests {
             retry: None,
             routes: vec![],
         })
+    }
+
+    /// A UDP service is apart from TCP: it may listen where a TCP one
+    /// does, and interception (TCP) never routes to its addresses or pods.
+    #[test]
+    fn udp_services_stay_out_of_tcp_routing_and_listeners() {
+        let id = "spiffe://phoenix.local/ns/default/sa/dns";
+        let with_address = |service: &str| {
+            let Resource::Upstream(mut u) = upstream(service, "127.0.0.1:7000", id) else {
+                unreachable!()
+            };
+            u.addresses = vec!["10.96.0.10:53".parse().unwrap()];
+            u.endpoints[0].address = "10.0.0.9:4143".parse().unwrap();
+            Resource::Upstream(u)
+        };
+        let c = ProxyConfig::try_from(&snap(vec![
+            mesh(),
+            with_address("dns:53/udp"),
+            upstream("web", "127.0.0.1:7000", id),
+        ]))
+        .unwrap();
+        assert!(c.routes.by_address.is_empty(), "{:?}", c.routes);
+        let udp_pod: std::net::IpAddr = "10.0.0.9".parse().unwrap();
+        assert!(!c.routes.by_pod_ip.contains_key(&udp_pod), "{:?}", c.routes);
+        let c = ProxyConfig::try_from(&snap(vec![mesh(), with_address("dns:53")])).unwrap();
+        assert_eq!(c.routes.by_address.len(), 1);
+        assert!(matches!(
+            ProxyConfig::try_from(&snap(vec![
+                mesh(),
+                upstream("a/udp", "127.0.0.1:7000", id),
+                upstream("b/udp", "127.0.0.1:7000", id),
+            ])),
+            Err(ConfigError::ListenConflict { .. })
+        ));
     }
 
     /// A retry policy a proxy could not keep bounded is refused whole

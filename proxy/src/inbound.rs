@@ -12,6 +12,7 @@ use bytes::Bytes;
 use phoenix_api::SpiffeId;
 use phoenix_api::control::ALPN_HTTP3;
 use phoenix_api::header::{self, ConnectResponse, Status};
+use phoenix_api::service::Transport;
 use phoenix_tls::establish::{self, Established};
 use phoenix_tls::handshake::ClientAuth;
 use tokio::net::TcpStream;
@@ -67,9 +68,12 @@ pub fn route<'a>(
             .map(|(s, i)| (s.as_str(), i, i.target))
             .into_iter()
             .collect(),
+        // Intercepted streams are TCP: a UDP service on the same port is
+        // another service.
         (None, Some(dst)) => config
             .inbound
             .iter()
+            .filter(|(s, _)| s.transport() == Transport::Tcp)
             .filter_map(|(s, i)| Some((s.as_str(), i, i.reached_at(dst)?)))
             .collect(),
         (None, None) => Vec::new(),
@@ -196,10 +200,11 @@ async fn accept(shared: Arc<Shared>, incoming: quinn::Incoming) {
                 let shared = shared.clone();
                 let client = client.clone();
                 let open = open.clone();
+                let conn = conn.clone();
                 tokio::spawn(
                     async move {
                         let _active = shared.track();
-                        stream(&shared, &client, send, recv).await;
+                        stream(&shared, &conn, &client, send, recv).await;
                         open.fetch_sub(1, Ordering::Relaxed);
                     }
                     .in_current_span(),
@@ -229,6 +234,7 @@ pub(crate) fn pod_ips(shared: &Shared, config: &ProxyConfig) -> Vec<IpAddr> {
 
 async fn stream(
     shared: &Arc<Shared>,
+    conn: &quinn::Connection,
     client: &SpiffeId,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
@@ -289,6 +295,19 @@ async fn stream(
             return respond_and_close(shared, send, recv, Status::Denied).await;
         }
     };
+    if let Some(udp) = request
+        .service
+        .as_ref()
+        .filter(|s| s.transport() == Transport::Udp)
+    {
+        let flow = crate::udp::inbound::Accepted {
+            service,
+            port: udp.port(),
+            target,
+            id,
+        };
+        return crate::udp::inbound::serve(shared, conn, client, flow, send, recv).await;
+    }
     let tcp =
         match tokio::time::timeout(config.mesh.connect_timeout, TcpStream::connect(target)).await {
             Ok(Ok(tcp)) => tcp,
@@ -350,7 +369,7 @@ async fn read_request(
     }
 }
 
-async fn respond_and_close(
+pub(crate) async fn respond_and_close(
     shared: &Shared,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,

@@ -520,10 +520,38 @@ mod tests {
                 },
             );
         }
+        // A UDP service on port 53, reached by name only.
+        c.inbound.insert(
+            "dns.shop:53/udp".parse().unwrap(),
+            crate::config::InboundConfig {
+                target: "10.0.0.5:53".parse().unwrap(),
+                other_ips: vec![],
+                allow: only(&ops),
+                inbound_mode: None,
+                protocol: Default::default(),
+            },
+        );
         let pod: Vec<IpAddr> = vec!["10.0.0.5".parse().unwrap()];
         let r = |service, dst: Option<&str>, client| {
             inbound_route(&c, service, dst.map(|d| d.parse().unwrap()), client, &pod)
         };
+        let at_53 = "10.0.0.5:53".parse().unwrap();
+        assert_eq!(
+            r(Some("dns.shop:53/udp"), None, &ops),
+            InboundRoute::Connect {
+                service: "dns.shop:53/udp",
+                target: at_53
+            }
+        );
+        // An intercepted stream is TCP: port 53 is then a port no TCP
+        // service lists, never the UDP service (nor its allow-list).
+        assert_eq!(
+            r(None, Some("10.0.0.5:53"), &web),
+            InboundRoute::Connect {
+                service: UNLISTED,
+                target: at_53
+            }
+        );
         let at_5432 = "10.0.0.5:5432".parse().unwrap();
         // By name, each service's own list.
         assert_eq!(

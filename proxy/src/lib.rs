@@ -22,6 +22,7 @@ pub mod pool;
 pub mod relay;
 pub mod settings;
 pub mod state;
+pub mod udp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -5,6 +5,7 @@
 //! once per connection, never per read.
 
 pub mod http;
+pub mod udp;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -182,6 +183,8 @@ pub struct Metrics {
     pub certificate_renewals: Counter,
     /// HTTP golden metrics.
     pub http: http::HttpMetrics,
+    /// UDP flows and datagrams.
+    pub udp: udp::UdpMetrics,
 }
 
 impl Metrics {
@@ -274,6 +277,7 @@ impl Metrics {
             self.certificate_renewals.clone(),
         );
         self.http.register(registry);
+        self.udp.register(registry);
     }
 
     /// Counters for one TCP connection, fetched once.

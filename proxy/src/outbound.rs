@@ -22,6 +22,8 @@ use crate::state::Shared;
 #[derive(Debug, Default)]
 pub struct Listeners {
     bound: Mutex<BTreeMap<ServiceName, Bound>>,
+    /// The UDP upstreams' listeners (their services end in `/udp`).
+    udp: crate::udp::outbound::Listeners,
 }
 
 #[derive(Debug)]
@@ -41,9 +43,11 @@ impl Listeners {
     /// Binds listeners for new upstreams and closes those of removed ones.
     /// Connections already accepted are not touched.
     pub async fn reconcile(&self, shared: &Arc<Shared>, config: &ProxyConfig) {
+        self.udp.reconcile(shared, config).await;
         let wanted: BTreeMap<&ServiceName, SocketAddr> = config
             .upstreams
             .iter()
+            .filter(|(s, _)| s.transport() == phoenix_api::service::Transport::Tcp)
             .filter_map(|(s, u)| u.listen.map(|l| (s, l)))
             .collect();
         let to_bind: Vec<(ServiceName, SocketAddr)> = {
@@ -80,14 +84,17 @@ impl Listeners {
         }
     }
 
-    /// `(service, bound address)` of every listener.
+    /// `(service, bound address)` of every listener, TCP and UDP.
     pub fn addresses(&self) -> Vec<(ServiceName, SocketAddr)> {
-        self.bound
+        let mut all: Vec<(ServiceName, SocketAddr)> = self
+            .bound
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .map(|(s, b)| (s.clone(), b.local))
-            .collect()
+            .collect();
+        all.extend(self.udp.local_addrs());
+        all
     }
 
     /// Stops accepting (shutdown); open connections go on.
@@ -96,6 +103,7 @@ impl Listeners {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
+        self.udp.close_all();
     }
 }
 

@@ -54,6 +54,8 @@ pub struct Shared {
     pub inbound_alpn: &'static [&'static [u8]],
     /// The largest request head an app may send (`--max-header-bytes`).
     pub max_header_bytes: usize,
+    /// The UDP flows of every peer connection, by connection.
+    pub udp_demuxes: crate::udp::demux::Demuxes,
 }
 
 /// The ALPN protocols the inbound endpoint offers: HTTP/3 and the tunnel
@@ -104,6 +106,7 @@ impl Shared {
             pod_ips: Vec::new(),
             inbound_alpn: INBOUND_ALPN,
             max_header_bytes: crate::connector::MAX_APP_HEADER_BYTES,
+            udp_demuxes: Default::default(),
         }
     }
 

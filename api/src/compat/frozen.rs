@@ -50,6 +50,7 @@ pub fn read(version: u32, body: &[u8]) -> Result<Value, FrozenError> {
         7 => via::<v7::Response>(version, body),
         8 => via::<v8::Response>(version, body),
         9 => via::<v9::Response>(version, body),
+        10 => via::<v10::Response>(version, body),
         other => Err(FrozenError::NotServed(other)),
     }
 }
@@ -978,4 +979,10 @@ pub mod v9 {
         Delta(Delta),
         Error { code: String, message: String },
     }
+}
+
+/// Version 10 adds UDP services, a value (a `service` ending in `/udp`)
+/// and not a field: its types are version 9's.
+pub mod v10 {
+    pub use super::v9::*;
 }

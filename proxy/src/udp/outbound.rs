@@ -1,0 +1,449 @@
+//! The client side of UDP: an upstream's explicit UDP listener, one flow
+//! per client address.
+//!
+//! The first datagram from a new client address starts the flow's setup
+//! (an endpoint chosen by the balancer, a tunnel stream, the header, the
+//! peer's status); datagrams that arrive meanwhile wait in a bounded queue.
+//! A refused flow stays, refusing (counted), until its idle timeout, so a
+//! denied client retrying every second does not cost a stream per datagram.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use phoenix_api::ServiceName;
+use phoenix_api::header::{self, ConnectRequest, Status};
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use super::demux::{self, Flow as DemuxFlow, Sink};
+use super::{Activity, MAX_PAYLOAD, PENDING_MAX};
+use crate::balance;
+use crate::config::ProxyConfig;
+use crate::metrics::Direction;
+use crate::metrics::udp::{DatagramResult, FlowHandles};
+use crate::state::Shared;
+
+/// How long the peer has to answer a flow's setup.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The UDP listeners bound now, by service.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    bound: Mutex<BTreeMap<ServiceName, Bound>>,
+}
+
+#[derive(Debug)]
+struct Bound {
+    configured: SocketAddr,
+    local: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Listeners {
+    /// Binds a listener per UDP upstream with a `listen` address and
+    /// closes those of upstreams gone (their flows end with them).
+    pub async fn reconcile(&self, shared: &Arc<Shared>, config: &ProxyConfig) {
+        let wanted: BTreeMap<&ServiceName, SocketAddr> = config
+            .upstreams
+            .iter()
+            .filter(|(s, _)| s.transport() == phoenix_api::service::Transport::Udp)
+            .filter_map(|(s, u)| u.listen.map(|l| (s, l)))
+            .collect();
+        let to_bind: Vec<(ServiceName, SocketAddr)> = {
+            let mut bound = self.lock();
+            bound.retain(|service, b| wanted.get(service) == Some(&b.configured));
+            wanted
+                .iter()
+                .filter(|(s, _)| !bound.contains_key(s.as_str()))
+                .map(|(s, a)| ((*s).clone(), *a))
+                .collect()
+        };
+        for (service, addr) in to_bind {
+            match super::bind(addr) {
+                Ok(socket) => {
+                    let local = socket.local_addr().unwrap_or(addr);
+                    tracing::info!(%service, listen = %local, "outbound UDP listener bound");
+                    let span = tracing::info_span!("udp_outbound", %service);
+                    let task = tokio::spawn(
+                        serve(shared.clone(), service.clone(), Arc::new(socket)).instrument(span),
+                    );
+                    self.lock().insert(
+                        service,
+                        Bound {
+                            configured: addr,
+                            local,
+                            task,
+                        },
+                    );
+                }
+                Err(error) => {
+                    tracing::error!(%service, %addr, %error, "cannot bind outbound UDP listener");
+                }
+            }
+        }
+    }
+
+    /// Where each UDP upstream listens now (port 0 resolved).
+    pub fn local_addrs(&self) -> Vec<(ServiceName, SocketAddr)> {
+        self.lock()
+            .iter()
+            .map(|(s, b)| (s.clone(), b.local))
+            .collect()
+    }
+
+    /// Closes every listener.
+    pub fn close_all(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ServiceName, Bound>> {
+        self.bound.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A client's flow as the listener sees it.
+#[derive(Debug)]
+struct Flow {
+    state: Mutex<State>,
+    activity: Arc<Activity>,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Being set up: datagrams wait.
+    Pending(VecDeque<Bytes>),
+    /// Set up: datagrams go to the peer at once.
+    Ready {
+        conn: quinn::Connection,
+        prefix: Vec<u8>,
+        handles: FlowHandles,
+    },
+    /// Refused or failed: datagrams are dropped, counted by why, until the
+    /// flow expires.
+    Refused {
+        result: DatagramResult,
+        peer_identity: String,
+    },
+}
+
+type Flows = Arc<Mutex<HashMap<SocketAddr, Arc<Flow>>>>;
+
+async fn serve(shared: Arc<Shared>, service: ServiceName, socket: Arc<UdpSocket>) {
+    let flows: Flows = Arc::default();
+    let mut buf = vec![0u8; MAX_PAYLOAD];
+    loop {
+        let (len, client) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(error) => {
+                // ICMP errors surface here on some kernels; the socket
+                // itself is fine.
+                tracing::debug!(%error, "UDP receive failed");
+                continue;
+            }
+        };
+        let payload = &buf[..len];
+        let flow = {
+            let mut all = flows.lock().unwrap_or_else(PoisonError::into_inner);
+            match all.get(&client) {
+                Some(flow) => flow.clone(),
+                None => {
+                    let flow = Arc::new(Flow {
+                        state: Mutex::new(State::Pending(VecDeque::new())),
+                        activity: Arc::default(),
+                    });
+                    all.insert(client, flow.clone());
+                    let id = shared.connection_id();
+                    let span = tracing::info_span!("flow", connection = id, %client);
+                    tokio::spawn(
+                        run(
+                            shared.clone(),
+                            service.clone(),
+                            socket.clone(),
+                            client,
+                            flow.clone(),
+                            flows.clone(),
+                            id,
+                        )
+                        .instrument(span),
+                    );
+                    flow
+                }
+            }
+        };
+        flow.activity.touch();
+        let mut state = flow.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match &mut *state {
+            State::Pending(queue) if queue.len() < PENDING_MAX => {
+                queue.push_back(Bytes::copy_from_slice(payload));
+            }
+            State::Pending(_) => shared.metrics.udp.datagrams(
+                Direction::outbound,
+                "",
+                DatagramResult::dropped_overflow,
+                1,
+            ),
+            State::Ready {
+                conn,
+                prefix,
+                handles,
+            } => {
+                demux::send(conn, prefix, payload, handles);
+            }
+            State::Refused {
+                result,
+                peer_identity,
+            } => shared
+                .metrics
+                .udp
+                .datagrams(Direction::outbound, peer_identity, *result, 1),
+        }
+    }
+}
+
+/// One flow from setup to end; it leaves `flows` when it ends, so the next
+/// datagram from the client starts a new one.
+async fn run(
+    shared: Arc<Shared>,
+    service: ServiceName,
+    socket: Arc<UdpSocket>,
+    client: SocketAddr,
+    flow: Arc<Flow>,
+    flows: Flows,
+    id: u64,
+) {
+    let idle = shared
+        .config
+        .load()
+        .as_ref()
+        .and_then(|c| c.upstreams.get(&service).and_then(|u| u.idle_timeout));
+    let idle = super::idle_timeout(idle, service.port());
+    let refuse = |result: DatagramResult, peer_identity: String| {
+        let mut state = flow.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let State::Pending(queue) = &*state {
+            shared.metrics.udp.datagrams(
+                Direction::outbound,
+                &peer_identity,
+                result,
+                queue.len() as u64,
+            );
+        }
+        *state = State::Refused {
+            result,
+            peer_identity,
+        };
+    };
+    match setup(&shared, &service, id).await {
+        Err(Refusal {
+            result,
+            peer_identity,
+        }) => {
+            refuse(result, peer_identity);
+            expire(&flow, idle).await;
+        }
+        Ok(Setup {
+            peer,
+            peer_identity,
+            mut send,
+            mut recv,
+        }) => {
+            let _stream = peer.stream_guard();
+            let conn = peer.conn.clone();
+            let handles = shared.metrics.udp.flow(Direction::outbound, &peer_identity);
+            handles.opened.inc();
+            handles.open.inc();
+            let (flow_id, prefix) = demux::prefix_of(send.id());
+            let demux =
+                shared
+                    .udp_demuxes
+                    .of(&conn, &shared.metrics, Direction::outbound, &peer_identity);
+            demux.insert(
+                flow_id,
+                Arc::new(DemuxFlow {
+                    sink: Sink::Client {
+                        socket: socket.clone(),
+                        client,
+                    },
+                    handles: handles.clone(),
+                    activity: flow.activity.clone(),
+                }),
+            );
+            {
+                let mut state = flow.state.lock().unwrap_or_else(PoisonError::into_inner);
+                if let State::Pending(queue) = &*state {
+                    for payload in queue {
+                        demux::send(&conn, &prefix, payload, &handles);
+                    }
+                }
+                *state = State::Ready {
+                    conn,
+                    prefix,
+                    handles: handles.clone(),
+                };
+            }
+            tracing::debug!(%service, flow = %flow_id, "UDP flow set up");
+            let expired = tokio::select! {
+                () = expire(&flow, idle) => true,
+                // The stream carries nothing after the header: its end (or
+                // reset) is the peer ending the flow.
+                _ = recv.read_chunk(1, true) => false,
+            };
+            if expired {
+                handles.expired.inc();
+                tracing::debug!(%service, flow = %flow_id, ?idle, "UDP flow expired");
+                let _ = send.finish();
+            } else {
+                tracing::debug!(%service, flow = %flow_id, "UDP flow ended by the peer");
+                let _ = send.reset(crate::relay::RESET_CODE);
+            }
+            demux.remove(flow_id);
+            handles.open.dec();
+        }
+    }
+    let mut all = flows.lock().unwrap_or_else(PoisonError::into_inner);
+    if all.get(&client).is_some_and(|f| Arc::ptr_eq(f, &flow)) {
+        all.remove(&client);
+    }
+}
+
+/// Returns once `flow` carried nothing for `idle`.
+async fn expire(flow: &Flow, idle: Duration) {
+    loop {
+        let at = flow.activity.expires(idle);
+        if at <= tokio::time::Instant::now() {
+            return;
+        }
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+struct Setup {
+    peer: crate::pool::PeerConn,
+    peer_identity: String,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+struct Refusal {
+    result: DatagramResult,
+    peer_identity: String,
+}
+
+impl Refusal {
+    fn no_flow(peer_identity: String) -> Self {
+        Self {
+            result: DatagramResult::no_flow,
+            peer_identity,
+        }
+    }
+}
+
+/// Chooses an endpoint, opens the flow's stream and has the peer accept
+/// the flow.
+async fn setup(shared: &Shared, service: &ServiceName, id: u64) -> Result<Setup, Refusal> {
+    let config = shared
+        .config
+        .load_full()
+        .ok_or_else(|| Refusal::no_flow(String::new()))?;
+    let upstream = config
+        .upstreams
+        .get(service)
+        .ok_or_else(|| Refusal::no_flow(String::new()))?;
+    if upstream.endpoints.is_empty() {
+        tracing::info!(%service, "no endpoint for the UDP service");
+        shared.metrics.stream(Direction::outbound, Status::NoRoute);
+        return Err(Refusal::no_flow(String::new()));
+    }
+    let mut request = Vec::with_capacity(64);
+    ConnectRequest {
+        service: Some(service.clone()),
+        original_dst: None,
+        connection_id: id,
+    }
+    .encode(&mut request)
+    .map_err(|error| {
+        tracing::warn!(%service, %error, "cannot encode the tunnel header");
+        Refusal::no_flow(String::new())
+    })?;
+    let timeout = upstream
+        .connect_timeout
+        .unwrap_or(config.mesh.connect_timeout);
+    let Some((peer, endpoint)) =
+        balance::connect(&shared.pool, &upstream.endpoints, &config.mesh, timeout).await
+    else {
+        shared
+            .metrics
+            .stream(Direction::outbound, Status::UpstreamRefused);
+        return Err(Refusal::no_flow(String::new()));
+    };
+    let peer_identity = endpoint.identity.to_string();
+    let failed = |what: &str, error: &dyn std::fmt::Display| {
+        tracing::debug!(%service, %error, "UDP flow setup failed: {what}");
+        Refusal::no_flow(peer_identity.clone())
+    };
+    let (mut send, mut recv) = peer
+        .conn
+        .open_bi()
+        .await
+        .map_err(|e| failed("cannot open a stream", &e))?;
+    send.write_all(&request)
+        .await
+        .map_err(|e| failed("cannot send the header", &e))?;
+    let status = tokio::time::timeout(SETUP_TIMEOUT, read_status(&mut recv))
+        .await
+        .map_err(|_| failed("no answer", &"timed out"))?
+        .map_err(|e| failed("bad answer", &e))?;
+    shared.metrics.stream(Direction::outbound, status);
+    match status {
+        Status::Connected => Ok(Setup {
+            peer,
+            peer_identity,
+            send,
+            recv,
+        }),
+        Status::Denied => {
+            tracing::info!(%service, peer = %endpoint.address, "UDP flow denied by the service's allow-list");
+            Err(Refusal {
+                result: DatagramResult::denied,
+                peer_identity,
+            })
+        }
+        other => {
+            tracing::info!(%service, status = other.as_str(), "UDP flow refused");
+            Err(Refusal::no_flow(peer_identity))
+        }
+    }
+}
+
+/// Why a setup answer could not be read.
+#[derive(Debug, thiserror::Error)]
+enum AnswerError {
+    #[error("malformed answer")]
+    Header(#[from] header::HeaderError),
+    #[error("the stream ended before an answer")]
+    Ended,
+}
+
+async fn read_status(recv: &mut quinn::RecvStream) -> Result<Status, AnswerError> {
+    let mut buf = Vec::new();
+    loop {
+        if let Some((response, _)) = header::decode_response(&buf)? {
+            return Ok(response.status);
+        }
+        let chunk = recv
+            .read_chunk(header::MAX_BODY_LEN, true)
+            .await
+            .map_err(|_| AnswerError::Ended)?
+            .ok_or(AnswerError::Ended)?;
+        buf.extend_from_slice(&chunk.bytes);
+    }
+}
