@@ -1312,4 +1312,23 @@ workloads:
             );
         }
     }
+
+    /// The README's mesh file is a real one: every field it shows parses,
+    /// so the documentation cannot drift from the format.
+    #[test]
+    fn the_readmes_mesh_file_parses() {
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+                .unwrap();
+        let section = readme.split("### The mesh file").nth(1).unwrap();
+        let yaml = section
+            .split("```yaml\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .unwrap();
+        let mesh = parse(yaml).unwrap_or_else(|e| panic!("{e}"));
+        let udp: ServiceName = "dns/udp".parse().unwrap();
+        assert!(mesh.workloads["web"].upstreams.contains_key(&udp));
+        assert!(mesh.workloads["api"].serve.contains_key(&udp));
+    }
 }

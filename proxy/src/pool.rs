@@ -173,6 +173,14 @@ impl PeerConn {
         self.state.idle.notify_one();
     }
 
+    /// Whether new streams should go elsewhere: the connection closed or
+    /// is draining. A UDP flow checks it to end itself, so a drain is not
+    /// held up by a flow that never idles (its next datagram sets up a new
+    /// flow on a fresh connection).
+    pub fn retiring(&self) -> bool {
+        !self.usable()
+    }
+
     fn usable(&self) -> bool {
         self.conn.close_reason().is_none() && !self.state.draining.load(Ordering::Acquire)
     }

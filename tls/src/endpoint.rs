@@ -86,6 +86,14 @@ impl Default for TransportSettings {
     }
 }
 
+/// quinn's buffer of UDP datagrams (RFC 9221) each way, per connection:
+/// past it the oldest are dropped (counted by the proxy). quinn's default
+/// is 1.25 MB, but each received datagram keeps its whole receive batch
+/// alive (up to 64 KiB), so a backlog of small datagrams pinned 150 MB in
+/// a flood (benches/udp.rs, unlimited rate); 256 KiB is 12 ms at
+/// 200 Mbit/s, ample for a reader that keeps up.
+pub const DATAGRAM_BUFFER: usize = 256 * 1024;
+
 impl TransportSettings {
     /// Transport config for connections we accept (the peer opens
     /// streams), when the peer's address is not known.
@@ -185,7 +193,9 @@ impl TransportSettings {
             .keep_alive_interval(Some(self.keep_alive))
             .initial_mtu(initial)
             .min_mtu(min)
-            .packet_threshold(REORDERING_PACKETS);
+            .packet_threshold(REORDERING_PACKETS)
+            .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER))
+            .datagram_send_buffer_size(DATAGRAM_BUFFER);
         // Idle timeouts above 2^62 ms are impossible; ours are seconds.
         if let Ok(idle) = quinn::IdleTimeout::try_from(self.idle_timeout) {
             t.max_idle_timeout(Some(idle));

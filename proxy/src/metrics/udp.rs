@@ -141,6 +141,7 @@ impl UdpMetrics {
             forwarded: result(DatagramResult::forwarded),
             too_large: result(DatagramResult::too_large),
             overflow: result(DatagramResult::dropped_overflow),
+            no_flow: result(DatagramResult::no_flow),
             bytes: self.bytes.get_or_create(&labels).clone(),
             open: self.flows_open.get_or_create(&labels).clone(),
             opened: self.flows.get_or_create(&labels).clone(),
@@ -158,6 +159,8 @@ pub struct FlowHandles {
     pub too_large: Counter,
     /// Datagrams dropped on a full queue.
     pub overflow: Counter,
+    /// Datagrams whose flow's connection was gone.
+    pub no_flow: Counter,
     /// Payload bytes delivered.
     pub bytes: Counter,
     /// `udp_flows_open` of the flow's labels.

@@ -4,13 +4,14 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use phoenix_api::SpiffeId;
 use phoenix_api::header::{ConnectResponse, Status};
 use tokio::net::UdpSocket;
 
+use super::Activity;
 use super::demux::{self, Flow, Sink};
-use super::{Activity, MAX_PAYLOAD};
 use crate::metrics::Direction;
 use crate::state::Shared;
 
@@ -49,24 +50,15 @@ pub(crate) async fn serve(
                 .await;
         }
     };
-    let mut response = Vec::with_capacity(16);
-    ConnectResponse {
-        status: Status::Connected,
-    }
-    .encode(&mut response);
-    if send.write_all(&response).await.is_err() {
-        return;
-    }
-    shared.metrics.stream(Direction::inbound, Status::Connected);
     let identity = client.to_string();
     let handles = shared.metrics.udp.flow(Direction::inbound, &identity);
-    handles.opened.inc();
-    handles.open.inc();
     let activity = Arc::new(Activity::default());
     let (flow_id, prefix) = demux::prefix_of(recv.id());
     let demux = shared
         .udp_demuxes
         .of(conn, &shared.metrics, Direction::inbound, &identity);
+    // Registered before the answer: the client sends its queued datagrams
+    // the moment it reads `Connected`.
     demux.insert(
         flow_id,
         Arc::new(Flow {
@@ -75,15 +67,34 @@ pub(crate) async fn serve(
             activity: activity.clone(),
         }),
     );
-    let idle = super::idle_timeout(None, port.or(Some(target.port())));
+    let mut response = Vec::with_capacity(16);
+    ConnectResponse {
+        status: Status::Connected,
+    }
+    .encode(&mut response);
+    if send.write_all(&response).await.is_err() {
+        demux.remove(flow_id);
+        return;
+    }
+    shared.metrics.stream(Direction::inbound, Status::Connected);
+    handles.opened.inc();
+    handles.open.inc();
+    // The client's proxy ends the flow at its own idle timeout (the
+    // service's, which this side does not know); this one is a backstop
+    // against a client proxy that holds flows open and sends nothing.
+    let idle = BACKSTOP_IDLE.max(super::idle_timeout(None, port.or(Some(target.port()))));
     tracing::debug!(%client, service, connection = id, flow = %flow_id, "UDP flow connected");
-    let mut buf = vec![0u8; MAX_PAYLOAD];
+    // Larger than any QUIC datagram (the path MTU is capped at 9,001): a
+    // datagram that fills it was truncated, and is too large either way.
+    let mut buf = vec![0u8; RECV_BUF];
     let ended = loop {
         tokio::select! {
             received = socket.recv(&mut buf) => match received {
                 Ok(len) => {
                     activity.touch();
-                    if !demux::send(conn, &prefix, &buf[..len], &handles) {
+                    if len == buf.len() {
+                        handles.too_large.inc();
+                    } else if !demux::send(conn, &prefix, &buf[..len], &handles) {
                         break "connection lost";
                     }
                 }
@@ -105,6 +116,12 @@ pub(crate) async fn serve(
     demux.remove(flow_id);
     handles.open.dec();
 }
+
+/// The server side's idle timeout: the client's proxy normally ends a flow
+/// first, at the service's own timeout.
+const BACKSTOP_IDLE: Duration = Duration::from_secs(15 * 60);
+/// The receive buffer per flow.
+const RECV_BUF: usize = 16 * 1024;
 
 /// A socket of the target's family on an ephemeral port, connected to it
 /// (the kernel then passes only the app's datagrams to it).

@@ -23,11 +23,12 @@ use super::demux::{self, Flow as DemuxFlow, Sink};
 use super::{Activity, MAX_PAYLOAD, PENDING_MAX};
 use crate::balance;
 use crate::config::ProxyConfig;
-use crate::metrics::Direction;
 use crate::metrics::udp::{DatagramResult, FlowHandles};
+use crate::metrics::{Direction, GaugeGuard, QuicLabels};
 use crate::state::Shared;
 
-/// How long the peer has to answer a flow's setup.
+/// How long a flow's setup may take, from choosing an endpoint to the
+/// peer's answer.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The UDP listeners bound now, by service.
@@ -51,7 +52,8 @@ impl Drop for Bound {
 
 impl Listeners {
     /// Binds a listener per UDP upstream with a `listen` address and
-    /// closes those of upstreams gone (their flows end with them).
+    /// closes those of upstreams gone: their flows end with them (the
+    /// listener's task owns them), so the address is free to bind again.
     pub async fn reconcile(&self, shared: &Arc<Shared>, config: &ProxyConfig) {
         let wanted: BTreeMap<&ServiceName, SocketAddr> = config
             .upstreams
@@ -120,28 +122,50 @@ struct Flow {
 
 #[derive(Debug)]
 enum State {
-    /// Being set up: datagrams wait.
-    Pending(VecDeque<Bytes>),
+    /// Being set up: datagrams wait (at most [`PENDING_MAX`], and
+    /// [`PENDING_BYTES`] in all).
+    Pending {
+        queue: VecDeque<Bytes>,
+        bytes: usize,
+    },
     /// Set up: datagrams go to the peer at once.
     Ready {
         conn: quinn::Connection,
         prefix: Vec<u8>,
         handles: FlowHandles,
     },
-    /// Refused or failed: datagrams are dropped, counted by why, until the
-    /// flow expires.
+    /// Refused or failed: datagrams are dropped, counted by why, until
+    /// [`REFUSED_HOLD`] has passed, however much the client sends.
     Refused {
         result: DatagramResult,
         peer_identity: String,
     },
+    /// Ended: the listener starts a new flow for the next datagram.
+    Closed,
 }
+
+/// How long a refused flow refuses before the next datagram tries again:
+/// long enough that a denied client sending every millisecond costs one
+/// setup per second, short enough that a passing failure (no endpoint yet,
+/// a peer restarting, an allow-list being fixed) heals by itself.
+const REFUSED_HOLD: Duration = Duration::from_secs(1);
+/// Bytes a flow holds while it is set up.
+const PENDING_BYTES: usize = 64 * 1024;
+/// Flows one listener keeps (conntrack's default table is 65,536 for a
+/// whole node); datagrams from further client addresses are dropped and
+/// counted until some expire.
+pub const MAX_FLOWS: usize = 16_384;
 
 type Flows = Arc<Mutex<HashMap<SocketAddr, Arc<Flow>>>>;
 
+/// Receives from the app's clients until the listener is closed; the flows
+/// run in a `JoinSet` owned here, so closing the listener ends them all.
 async fn serve(shared: Arc<Shared>, service: ServiceName, socket: Arc<UdpSocket>) {
     let flows: Flows = Arc::default();
+    let mut tasks = tokio::task::JoinSet::new();
     let mut buf = vec![0u8; MAX_PAYLOAD];
     loop {
+        while tasks.try_join_next().is_some() {}
         let (len, client) = match socket.recv_from(&mut buf).await {
             Ok(r) => r,
             Err(error) => {
@@ -152,41 +176,56 @@ async fn serve(shared: Arc<Shared>, service: ServiceName, socket: Arc<UdpSocket>
             }
         };
         let payload = &buf[..len];
-        let flow = {
-            let mut all = flows.lock().unwrap_or_else(PoisonError::into_inner);
-            match all.get(&client) {
-                Some(flow) => flow.clone(),
-                None => {
-                    let flow = Arc::new(Flow {
-                        state: Mutex::new(State::Pending(VecDeque::new())),
-                        activity: Arc::default(),
-                    });
-                    all.insert(client, flow.clone());
-                    let id = shared.connection_id();
-                    let span = tracing::info_span!("flow", connection = id, %client);
-                    tokio::spawn(
-                        run(
-                            shared.clone(),
-                            service.clone(),
-                            socket.clone(),
-                            client,
-                            flow.clone(),
-                            flows.clone(),
-                            id,
-                        )
-                        .instrument(span),
-                    );
-                    flow
-                }
+        let mut all = flows.lock().unwrap_or_else(PoisonError::into_inner);
+        let flow = match all.get(&client) {
+            Some(flow) if !matches!(*lock(flow), State::Closed) => flow.clone(),
+            _ if all.len() >= MAX_FLOWS && !all.contains_key(&client) => {
+                drop(all);
+                shared.metrics.udp.datagrams(
+                    Direction::outbound,
+                    "",
+                    DatagramResult::dropped_overflow,
+                    1,
+                );
+                continue;
+            }
+            _ => {
+                let flow = Arc::new(Flow {
+                    state: Mutex::new(State::Pending {
+                        queue: VecDeque::new(),
+                        bytes: 0,
+                    }),
+                    activity: Arc::default(),
+                });
+                all.insert(client, flow.clone());
+                let id = shared.connection_id();
+                let span = tracing::info_span!("flow", connection = id, %client);
+                tasks.spawn(
+                    run(
+                        shared.clone(),
+                        service.clone(),
+                        socket.clone(),
+                        client,
+                        flow.clone(),
+                        flows.clone(),
+                        id,
+                    )
+                    .instrument(span),
+                );
+                flow
             }
         };
-        flow.activity.touch();
-        let mut state = flow.state.lock().unwrap_or_else(PoisonError::into_inner);
+        drop(all);
+        let mut state = lock(&flow);
         match &mut *state {
-            State::Pending(queue) if queue.len() < PENDING_MAX => {
+            State::Pending { queue, bytes }
+                if queue.len() < PENDING_MAX && *bytes + len <= PENDING_BYTES =>
+            {
+                flow.activity.touch();
+                *bytes += len;
                 queue.push_back(Bytes::copy_from_slice(payload));
             }
-            State::Pending(_) => shared.metrics.udp.datagrams(
+            State::Pending { .. } => shared.metrics.udp.datagrams(
                 Direction::outbound,
                 "",
                 DatagramResult::dropped_overflow,
@@ -197,8 +236,10 @@ async fn serve(shared: Arc<Shared>, service: ServiceName, socket: Arc<UdpSocket>
                 prefix,
                 handles,
             } => {
+                flow.activity.touch();
                 demux::send(conn, prefix, payload, handles);
             }
+            // Not touched: a refused flow ends at its hold, whatever comes.
             State::Refused {
                 result,
                 peer_identity,
@@ -206,7 +247,34 @@ async fn serve(shared: Arc<Shared>, service: ServiceName, socket: Arc<UdpSocket>
                 .metrics
                 .udp
                 .datagrams(Direction::outbound, peer_identity, *result, 1),
+            // Ended between the lookup and now: this one datagram is lost,
+            // as on any UDP path that changes; the next starts a new flow.
+            State::Closed => {
+                shared
+                    .metrics
+                    .udp
+                    .datagrams(Direction::outbound, "", DatagramResult::no_flow, 1)
+            }
         }
+    }
+}
+
+fn lock(flow: &Flow) -> std::sync::MutexGuard<'_, State> {
+    flow.state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Undoes a set-up flow's registrations however its task ends (its end,
+/// or the listener closing and aborting it).
+struct Registered {
+    demux: Arc<super::demux::Demux>,
+    flow_id: phoenix_api::datagram::FlowId,
+    open: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.demux.remove(self.flow_id);
+        self.open.dec();
     }
 }
 
@@ -227,36 +295,50 @@ async fn run(
         .as_ref()
         .and_then(|c| c.upstreams.get(&service).and_then(|u| u.idle_timeout));
     let idle = super::idle_timeout(idle, service.port());
-    let refuse = |result: DatagramResult, peer_identity: String| {
-        let mut state = flow.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if let State::Pending(queue) = &*state {
-            shared.metrics.udp.datagrams(
-                Direction::outbound,
-                &peer_identity,
-                result,
-                queue.len() as u64,
-            );
-        }
-        *state = State::Refused {
-            result,
-            peer_identity,
-        };
-    };
-    match setup(&shared, &service, id).await {
+    match tokio::time::timeout(SETUP_TIMEOUT, setup(&shared, &service, id))
+        .await
+        .unwrap_or_else(|_| {
+            tracing::debug!(%service, "UDP flow setup timed out");
+            Err(Refusal::no_flow(String::new()))
+        }) {
         Err(Refusal {
             result,
             peer_identity,
         }) => {
-            refuse(result, peer_identity);
-            expire(&flow, idle).await;
+            {
+                let mut state = lock(&flow);
+                if let State::Pending { queue, .. } = &*state {
+                    shared.metrics.udp.datagrams(
+                        Direction::outbound,
+                        &peer_identity,
+                        result,
+                        queue.len() as u64,
+                    );
+                }
+                *state = State::Refused {
+                    result,
+                    peer_identity,
+                };
+            }
+            tokio::time::sleep(REFUSED_HOLD.min(idle)).await;
         }
         Ok(Setup {
             peer,
+            guard,
             peer_identity,
             mut send,
             mut recv,
         }) => {
-            let _stream = peer.stream_guard();
+            let _guard = guard;
+            let _streams = GaugeGuard::new(
+                shared
+                    .metrics
+                    .quic_streams_open
+                    .get_or_create(&QuicLabels {
+                        direction: Direction::outbound,
+                    })
+                    .clone(),
+            );
             let conn = peer.conn.clone();
             let handles = shared.metrics.udp.flow(Direction::outbound, &peer_identity);
             handles.opened.inc();
@@ -277,9 +359,14 @@ async fn run(
                     activity: flow.activity.clone(),
                 }),
             );
+            let _registered = Registered {
+                demux,
+                flow_id,
+                open: handles.open.clone(),
+            };
             {
-                let mut state = flow.state.lock().unwrap_or_else(PoisonError::into_inner);
-                if let State::Pending(queue) = &*state {
+                let mut state = lock(&flow);
+                if let State::Pending { queue, .. } = &*state {
                     for payload in queue {
                         demux::send(&conn, &prefix, payload, &handles);
                     }
@@ -289,26 +376,25 @@ async fn run(
                     prefix,
                     handles: handles.clone(),
                 };
+                // The idle clock starts now: a slow setup is not idleness.
+                flow.activity.touch();
             }
             tracing::debug!(%service, flow = %flow_id, "UDP flow set up");
-            let expired = tokio::select! {
-                () = expire(&flow, idle) => true,
+            let ended = tokio::select! {
+                () = expire(&flow, idle) => {
+                    handles.expired.inc();
+                    "idle"
+                }
                 // The stream carries nothing after the header: its end (or
                 // reset) is the peer ending the flow.
-                _ = recv.read_chunk(1, true) => false,
+                _ = recv.read_chunk(1, true) => "ended by the peer",
+                () = retiring(&peer) => "the peer connection is draining",
             };
-            if expired {
-                handles.expired.inc();
-                tracing::debug!(%service, flow = %flow_id, ?idle, "UDP flow expired");
-                let _ = send.finish();
-            } else {
-                tracing::debug!(%service, flow = %flow_id, "UDP flow ended by the peer");
-                let _ = send.reset(crate::relay::RESET_CODE);
-            }
-            demux.remove(flow_id);
-            handles.open.dec();
+            tracing::debug!(%service, flow = %flow_id, ?idle, ended, "UDP flow closed");
+            let _ = send.finish();
         }
     }
+    *lock(&flow) = State::Closed;
     let mut all = flows.lock().unwrap_or_else(PoisonError::into_inner);
     if all.get(&client).is_some_and(|f| Arc::ptr_eq(f, &flow)) {
         all.remove(&client);
@@ -326,8 +412,22 @@ async fn expire(flow: &Flow, idle: Duration) {
     }
 }
 
+/// Returns once the flow's connection closes or drains.
+async fn retiring(peer: &crate::pool::PeerConn) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if peer.retiring() {
+            return;
+        }
+    }
+}
+
 struct Setup {
     peer: crate::pool::PeerConn,
+    /// Taken as soon as the connection is chosen, so neither the pool's
+    /// idle close nor its accounting misses the flow during setup.
+    guard: crate::pool::StreamGuard,
     peer_identity: String,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
@@ -385,6 +485,7 @@ async fn setup(shared: &Shared, service: &ServiceName, id: u64) -> Result<Setup,
             .stream(Direction::outbound, Status::UpstreamRefused);
         return Err(Refusal::no_flow(String::new()));
     };
+    let guard = peer.stream_guard();
     let peer_identity = endpoint.identity.to_string();
     let failed = |what: &str, error: &dyn std::fmt::Display| {
         tracing::debug!(%service, %error, "UDP flow setup failed: {what}");
@@ -398,14 +499,14 @@ async fn setup(shared: &Shared, service: &ServiceName, id: u64) -> Result<Setup,
     send.write_all(&request)
         .await
         .map_err(|e| failed("cannot send the header", &e))?;
-    let status = tokio::time::timeout(SETUP_TIMEOUT, read_status(&mut recv))
+    let status = read_status(&mut recv)
         .await
-        .map_err(|_| failed("no answer", &"timed out"))?
         .map_err(|e| failed("bad answer", &e))?;
     shared.metrics.stream(Direction::outbound, status);
     match status {
         Status::Connected => Ok(Setup {
             peer,
+            guard,
             peer_identity,
             send,
             recv,
