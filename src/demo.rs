@@ -118,6 +118,9 @@ pub async fn run(
     let web = TcpListener::bind("127.0.0.1:0").await?;
     let web_addr = web.local_addr()?;
     tokio::spawn(apps::web_server(web));
+    let game = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let game_addr = game.local_addr()?;
+    tokio::spawn(apps::game_server(game));
     let mut grpc_addrs = Vec::new();
     for _ in 0..2 {
         let grpc = TcpListener::bind("127.0.0.1:0").await?;
@@ -148,7 +151,10 @@ pub async fn run(
                  upstreams:\n      \
                    - {{service: echo, listen: 127.0.0.1:0, protocol: opaque}}\n      \
                    - {{service: web, listen: 127.0.0.1:0}}\n      \
-                   - {{service: grpc, listen: 127.0.0.1:0}}\n  \
+                   - {{service: grpc, listen: 127.0.0.1:0}}\n      \
+                   - {{service: game, transport: udp, listen: 127.0.0.1:0}}\n  \
+               - name: game\n    \
+                 serve: [{{service: game, transport: udp, target: {game_addr}, allow: [client]}}]\n  \
                - name: echo\n    \
                  serve: [{{service: echo, target: {echo_addr}, allow: [client], protocol: opaque}}]\n  \
                - name: web\n    \
@@ -192,18 +198,23 @@ pub async fn run(
             .map(|o| o.listen)
             .with_context(|| format!("the client proxy has no `{service}` listener"))
     };
-    let (target, web_target, grpc_target) =
-        (listener("echo")?, listener("web")?, listener("grpc")?);
+    let (target, web_target, grpc_target, game_target) = (
+        listener("echo")?,
+        listener("web")?,
+        listener("grpc")?,
+        listener("game/udp")?,
+    );
     let client_admin = client_proxy.admin;
     say(format!(
         "Mesh ready: app `client` → its proxy (pid {}) ⇒ PQ-QUIC ⇒ the services' proxies:\n  \
-         echo (TCP) via {target}, web (HTTP/1.1) via {web_target}, grpc (gRPC on two endpoints, one HTTP/2 connection) via {grpc_target}",
+         echo (TCP) via {target}, web (HTTP/1.1) via {web_target}, grpc (gRPC on two endpoints, one HTTP/2 connection) via {grpc_target}, game (UDP, as QUIC datagrams) via {game_target}",
         client_proxy.pid
     ));
 
     let stats = Arc::new(Stats::default());
     let web_calls = Arc::new(apps::Calls::default());
     let grpc_calls = Arc::new(apps::Calls::default());
+    let game_calls = Arc::new(apps::Calls::default());
     let stop = tokio_util_stop();
     let mut workers = Vec::new();
     for _ in 0..CLIENTS {
@@ -216,6 +227,11 @@ pub async fn run(
             stop.1.clone(),
         )));
     }
+    workers.push(tokio::spawn(apps::game_client(
+        game_target,
+        game_calls.clone(),
+        stop.1.clone(),
+    )));
     workers.push(tokio::spawn(apps::grpc_client(
         grpc_target,
         grpc_calls.clone(),
@@ -234,13 +250,14 @@ pub async fn run(
                 let hs = handshakes(&running).await;
                 let lat = percentiles(&stats);
                 say(format!(
-                    "{:>4.0}s  echo {:>7} ok {:>3} failed p50 {:>5}µs  web {:>6} ok  grpc {:>6} ok  handshakes {}",
+                    "{:>4.0}s  echo {:>7} ok {:>3} failed p50 {:>5}µs  web {:>6} ok  grpc {:>6} ok  game {:>5} ok  handshakes {}",
                     started.elapsed().as_secs_f64(),
                     stats.ok.load(Ordering::Relaxed),
                     stats.failed.load(Ordering::Relaxed),
                     lat.p50,
                     web_calls.ok.load(Ordering::Relaxed),
                     grpc_calls.ok.load(Ordering::Relaxed),
+                    game_calls.ok.load(Ordering::Relaxed),
                     if hs.0.is_empty() { "-".to_owned() } else { hs.0.iter().map(|(g, n)| format!("{g}×{n}")).collect::<Vec<_>>().join(" ") },
                 ));
             }
@@ -274,6 +291,7 @@ pub async fn run(
     let calls: BTreeMap<String, Counts> = [
         ("web".to_owned(), count(&web_calls)),
         ("grpc".to_owned(), count(&grpc_calls)),
+        ("game".to_owned(), count(&game_calls)),
     ]
     .into();
     running.shutdown(Duration::from_secs(2)).await;
@@ -330,6 +348,12 @@ pub async fn run(
             "  echo        p50 {} µs, p99 {} µs (round trip through two proxies)",
             summary.latency_micros.p50, summary.latency_micros.p99
         );
+        if let Some(game) = summary.calls.get("game") {
+            println!(
+                "  game        {} moves answered, {} lost (UDP as QUIC datagrams)",
+                game.ok, game.failed
+            );
+        }
         println!("  golden metrics from the client's proxy:");
         println!(
             "    {:<6} {:>9} {:>9} {:>9} {:>9} {:>9}",

@@ -101,6 +101,13 @@ fn demo_runs_real_traffic_and_reports_json() {
         s["latencyMicros"]["p99"].as_u64().unwrap(),
     );
     assert!(p50 > 0 && p50 <= p99, "p50 {p50} p99 {p99}");
+    // The UDP game: a move every 10 ms for 10 s, answered through the
+    // mesh as QUIC datagrams (UDP may lose one on a loaded machine; the
+    // demo counts it, never stalls on it).
+    let moves = s["calls"]["game"]["ok"].as_u64().unwrap();
+    let lost = s["calls"]["game"]["failed"].as_u64().unwrap();
+    assert!(moves > 300, "only {moves} game moves answered");
+    assert!(lost * 100 <= moves, "{lost} of {moves} moves unanswered");
     // The HTTP and gRPC services: the clients' counts agree with the
     // golden metrics the client's proxy kept (a call in flight at the stop
     // may be counted by one and not the other).

@@ -228,3 +228,58 @@ pub async fn grpc_client(target: SocketAddr, calls: Arc<Calls>, mut stop: watch:
         }
     }
 }
+
+/// A game server over UDP: each datagram back to its sender, as a game
+/// answers a player's move with the world's state.
+pub async fn game_server(socket: tokio::net::UdpSocket) {
+    let mut buf = vec![0u8; 2048];
+    while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+        let _ = socket.send_to(&buf[..n], from).await;
+    }
+}
+
+/// A player: a move every 10 ms (a 100 Hz game tick) to `target`, each
+/// answered within a second or counted as failed; UDP's own loss shows as
+/// a failure, never as a stall.
+pub async fn game_client(target: SocketAddr, calls: Arc<Calls>, mut stop: watch::Receiver<bool>) {
+    let Ok(socket) = tokio::net::UdpSocket::bind("127.0.0.1:0").await else {
+        calls.failed.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    if socket.connect(target).await.is_err() {
+        calls.failed.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut buf = [0u8; 64];
+    for n in 0u64.. {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let sent = format!("move {n}");
+        if socket.send(sent.as_bytes()).await.is_err() {
+            calls.failed.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        // Answers to earlier moves that came late are skipped.
+        let answer = async {
+            loop {
+                let len = socket.recv(&mut buf).await.ok()?;
+                if &buf[..len] == sent.as_bytes() {
+                    return Some(());
+                }
+            }
+        };
+        let result = tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(1), answer) => r.ok().flatten(),
+            _ = stop.changed() => return,
+        };
+        let counter = if result.is_some() {
+            &calls.ok
+        } else {
+            &calls.failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
