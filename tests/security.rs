@@ -330,3 +330,132 @@ fn an_identity_outside_the_allow_list_is_denied() {
         "the outbound side learns the status, not just a dead stream"
     );
 }
+
+/// A UDP echo app: each datagram back to its sender.
+fn udp_echo() -> SocketAddr {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 65_535];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let _ = socket.send_to(&buf[..n], from);
+        }
+    });
+    addr
+}
+
+/// Opens a UDP flow to `service` on `conn` as a client proxy does; its
+/// datagram prefix once the peer answered `connected`.
+async fn open_flow(conn: &quinn::Connection, service: &str) -> (quinn::SendStream, Vec<u8>) {
+    use phoenix_api::header::{ConnectRequest, Status, decode_response};
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut header = Vec::new();
+    ConnectRequest {
+        service: Some(service.parse().unwrap()),
+        original_dst: None,
+        connection_id: 7,
+    }
+    .encode(&mut header)
+    .unwrap();
+    send.write_all(&header).await.unwrap();
+    let mut answer = Vec::new();
+    let status = loop {
+        if let Some((r, _)) = decode_response(&answer).unwrap() {
+            break r.status;
+        }
+        let chunk = recv.read_chunk(64, true).await.unwrap().unwrap();
+        answer.extend_from_slice(&chunk.bytes);
+    };
+    assert_eq!(status, Status::Connected);
+    let id = phoenix_api::datagram::FlowId::of_stream(quinn::VarInt::from(send.id()).into_inner());
+    let mut prefix = Vec::new();
+    id.encode(&mut prefix);
+    (send, prefix)
+}
+
+/// A hostile or broken peer speaking UDP to a proxy: datagrams with no
+/// flow id, a truncated one, an id no flow has, another connection's flow
+/// id; each is dropped and counted, none reaches the app, and a real flow
+/// beside them works and hears only its own replies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_udp_datagrams_from_a_peer_are_counted_and_flows_stay_isolated() {
+    let target = udp_echo();
+    let up = Up::start(&format!(
+        "trustDomain: phoenix.local\n\
+         stateDir: state\n\
+         workloads:\n\
+         \x20 - name: client\n\
+         \x20   upstreams: [{{service: echo, transport: udp, listen: \"127.0.0.1:0\"}}]\n\
+         \x20 - name: echo\n\
+         \x20   serve: [{{service: echo, transport: udp, target: \"{target}\", allow: [client]}}]\n"
+    ));
+    let (ca, trust) = mesh_ca(&up);
+    let c = TestClient::new(&ca, &trust, &id(CLIENT_ID));
+    let groups = [kx_group::X25519MLKEM768];
+    let (a, _) = c
+        .connect(up.inbound("echo"), &id(ECHO_ID), &groups)
+        .await
+        .unwrap();
+    let (b, _) = c
+        .connect(up.inbound("echo"), &id(ECHO_ID), &groups)
+        .await
+        .unwrap();
+    let (_flow, prefix) = open_flow(&a, "echo/udp").await;
+    let mut hello = prefix.clone();
+    hello.extend_from_slice(b"hello");
+    // The real flow works.
+    assert_eq!(echo_of(&a, &hello, None).await, hello);
+    // Garbage on the same connection.
+    for bad in [&[][..], &[0x40][..], &[0x3f, b'x'][..]] {
+        a.send_datagram(bad.to_vec().into()).unwrap();
+    }
+    // The other connection uses the first one's flow id.
+    b.send_datagram(hello.clone().into()).unwrap();
+    let peer = ("peer_identity", CLIENT_ID);
+    let counted = |result: &'static str, want: f64| {
+        let up = &up;
+        async move {
+            let labels = [("direction", "inbound"), peer, ("result", result)];
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let text = tokio::task::block_in_place(|| up.metrics("echo"));
+                if harness::metric_or_absent(&text, "udp_datagrams_total", &labels) == want {
+                    return;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{result}: never {want}\n{text}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    counted("malformed", 2.0).await;
+    counted("no_flow", 2.0).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), b.read_datagram())
+            .await
+            .is_err(),
+        "a connection heard another's flow"
+    );
+    // The flow still works, and only its own datagrams came back.
+    let mut again = prefix.clone();
+    again.extend_from_slice(b"again");
+    assert_eq!(echo_of(&a, &again, Some(&hello)).await, again);
+}
+
+/// Sends `datagram` on `conn` until an echo other than `stale` comes back
+/// (UDP: a datagram sent before the server's reader ran may be lost).
+async fn echo_of(conn: &quinn::Connection, datagram: &[u8], stale: Option<&[u8]>) -> Vec<u8> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        conn.send_datagram(datagram.to_vec().into()).unwrap();
+        if let Ok(Ok(d)) =
+            tokio::time::timeout(Duration::from_millis(500), conn.read_datagram()).await
+            && Some(d.as_ref()) != stale
+        {
+            return d.to_vec();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no echo");
+    }
+}

@@ -184,6 +184,15 @@ async fn accept(shared: Arc<Shared>, incoming: quinn::Incoming) {
     if crate::connector::alpn(&conn).as_deref() == Some(ALPN_HTTP3) {
         return crate::http::inbound::serve(shared, conn, client).await;
     }
+    // Every tunnel connection's datagrams are read from the start, so a
+    // peer's datagram for no flow of this connection is counted, never left
+    // in quinn's buffer unseen.
+    let _demux = shared.udp_demuxes.of(
+        &conn,
+        &shared.metrics,
+        Direction::inbound,
+        &client.to_string(),
+    );
     let open = Arc::new(AtomicU64::new(0));
     let mut limit = u64::from(shared.transport.initial_streams);
     loop {
