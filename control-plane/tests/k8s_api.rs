@@ -1004,6 +1004,18 @@ async fn phoenix_check_reports_each_problem_with_its_fix() {
                     "items": [{"metadata": {"name": "web-0", "namespace": "shop", "labels": {"app": "web", "phoenix.dev/meshed": "true"}},
                                "spec": {"containers": []},
                                "status": {"initContainerStatuses": [{"name": "phoenix-proxy", "ready": true, "restartCount": 0, "image": "p", "imageID": ""}]}}]})),
+                // A DNS Service beside the meshed pod: its UDP port is not
+                // meshed; one in a namespace without meshed pods is not
+                // the mesh's business.
+                ("GET", "/api/v1/services") => ok(json!({
+                    "apiVersion": "v1", "kind": "ServiceList", "metadata": {},
+                    "items": [
+                        {"metadata": {"name": "dns", "namespace": "shop"},
+                         "spec": {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}},
+                        {"metadata": {"name": "web", "namespace": "shop"},
+                         "spec": {"ports": [{"port": 80}]}},
+                        {"metadata": {"name": "syslog", "namespace": "ops"},
+                         "spec": {"ports": [{"port": 514, "protocol": "UDP"}]}}]})),
                 // A policy written for the app's TCP port: QUIC is not let in.
                 ("GET", "/apis/networking.k8s.io/v1/networkpolicies") => ok(json!({
                     "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicyList", "metadata": {},
@@ -1098,6 +1110,13 @@ async fn phoenix_check_reports_each_problem_with_its_fix() {
             && policies.detail.contains("protocol: UDP"),
         "{}",
         policies.detail
+    );
+    let clear = status("no UDP Service port of a meshed namespace passes in clear");
+    assert_eq!(clear.status, Status::Warn);
+    assert!(
+        clear.detail.starts_with("shop/dns:53/UDP: ") && !clear.detail.contains("syslog"),
+        "{}",
+        clear.detail
     );
     let udp = status("proxies reach each other over UDP");
     assert_eq!(udp.status, Status::Warn);

@@ -289,12 +289,16 @@ async fn run(
     flows: Flows,
     id: u64,
 ) {
-    let idle = shared
+    // The service's port, else the one the app sends to (a local DNS
+    // forwarder on port 53 is DNS whatever the service is called).
+    let (idle, port) = shared
         .config
         .load()
         .as_ref()
-        .and_then(|c| c.upstreams.get(&service).and_then(|u| u.idle_timeout));
-    let idle = super::idle_timeout(idle, service.port());
+        .and_then(|c| c.upstreams.get(&service))
+        .map(|u| (u.idle_timeout, u.listen.map(|l| l.port())))
+        .unwrap_or_default();
+    let idle = super::idle_timeout(idle, service.port().or(port));
     match tokio::time::timeout(SETUP_TIMEOUT, setup(&shared, &service, id))
         .await
         .unwrap_or_else(|_| {
