@@ -17,8 +17,9 @@
 
 #[path = "../tests/support/http_app.rs"]
 mod http_app;
+#[path = "support/process.rs"]
+mod process;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -27,6 +28,7 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+use process::{commit, cpu_secs, phoenix_up, proxy_of, rss_kib};
 
 /// One measurement's settings.
 #[derive(Clone, Copy, Debug)]
@@ -330,25 +332,8 @@ impl Mesh {
                  - name: web\n    serve: [{{service: web, target: \"{app}\"}}]\n"
             ),
         )?;
-        let mut child = Command::new(bin("phoenix")?)
-            .args(["up", "-o", "json", "-f"])
-            .arg(&mesh)
-            .env("PHOENIX_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("phoenix up")?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-        let report: serde_json::Value =
-            serde_json::from_str(&line).with_context(|| format!("phoenix up printed `{line}`"))?;
-        let proxy = |w: &str| {
-            report["proxies"]
-                .as_array()
-                .and_then(|ps| ps.iter().find(|p| p["workload"] == w))
-                .cloned()
-                .with_context(|| format!("no proxy {w}"))
-        };
+        let (child, report) = phoenix_up(&mesh)?;
+        let proxy = |w: &str| proxy_of(&report, w);
         let client = proxy("client")?;
         let outbound = client["outbound"][0]["listen"]
             .as_str()
@@ -385,49 +370,4 @@ impl Drop for Mesh {
             .status();
         let _ = self.child.wait();
     }
-}
-
-/// A release binary of this workspace (`PHOENIX_BENCH_BIN_DIR` overrides).
-fn bin(name: &str) -> anyhow::Result<PathBuf> {
-    let dir = match std::env::var_os("PHOENIX_BENCH_BIN_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release"),
-    };
-    let path = dir.join(name);
-    ensure!(
-        path.exists(),
-        "{} is missing: cargo build --release --workspace --bins",
-        path.display()
-    );
-    Ok(path)
-}
-
-fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    Ok(ticks / 100.0)
-}
-
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("VmRSS")
-}
-
-fn commit() -> String {
-    Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
 }

@@ -20,13 +20,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench panics on failure by design
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
+use process::{commit, cpu_secs, phoenix_up, proxy_of, rss_kib};
+
+#[path = "support/process.rs"]
+mod process;
 
 fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -266,26 +269,9 @@ impl Mesh {
                  - {{service: iperf, target: \"127.0.0.1:{iperf}\", protocol: opaque}}\n"
             ),
         )?;
-        let mut child = Command::new(bin("phoenix")?)
-            .args(["up", "-o", "json", "-f"])
-            .arg(&mesh)
-            .env("PHOENIX_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("phoenix up")?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        let (child, report) = phoenix_up(&mesh)?;
         let child = Spawned(child);
-        let report: serde_json::Value =
-            serde_json::from_str(&line).with_context(|| format!("phoenix up printed `{line}`"))?;
-        let proxy = |w: &str| {
-            report["proxies"]
-                .as_array()
-                .and_then(|ps| ps.iter().find(|p| p["workload"] == w))
-                .cloned()
-                .with_context(|| format!("no proxy {w}"))
-        };
+        let proxy = |w: &str| proxy_of(&report, w);
         let (client, server) = (proxy("client")?, proxy("server")?);
         let udp_echo = client["outbound"]
             .as_array()
@@ -345,48 +331,4 @@ impl std::ops::Sub for Cpu {
     fn sub(self, o: Cpu) -> Cpu {
         Cpu(self.0 - o.0, self.1 - o.1)
     }
-}
-
-fn bin(name: &str) -> anyhow::Result<PathBuf> {
-    let dir = match std::env::var_os("PHOENIX_BENCH_BIN_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release"),
-    };
-    let path = dir.join(name);
-    ensure!(
-        path.exists(),
-        "{} is missing: cargo build --release --workspace --bins",
-        path.display()
-    );
-    Ok(path)
-}
-
-fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    Ok(ticks / 100.0)
-}
-
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("VmRSS")
-}
-
-fn commit() -> String {
-    Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
 }

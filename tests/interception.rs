@@ -46,58 +46,29 @@ fn mesh(mode: &str) -> String {
     )
 }
 
-/// A mesh file's directory: readable by the proxies' UID, with a state
-/// directory holding one random bootstrap token per workload, and a web
-/// root serving `secret` a thousand times.
+/// A mesh file's directory ([`FileMesh`]: readable by the proxies' UID,
+/// one random bootstrap token per workload) with a web root serving
+/// `secret` a thousand times.
 struct MeshDir {
-    dir: tempfile::TempDir,
-    tokens: Vec<(String, String)>,
+    mesh: FileMesh,
     secret: String,
 }
 
 impl MeshDir {
     fn new(mesh: &str, workloads: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("mesh.yaml"), mesh).unwrap();
-        std::fs::create_dir_all(dir.path().join("state")).unwrap();
-        let tokens: Vec<(String, String)> = workloads
-            .iter()
-            .map(|w| {
-                (
-                    format!("token-{w}-{}", rand::random::<u64>()),
-                    w.to_string(),
-                )
-            })
-            .collect();
-        phoenix_control_plane::tokens::Tokens::from_pairs(tokens.iter().cloned())
-            .write(&dir.path().join("state/tokens.json"))
-            .unwrap();
+        let mesh = FileMesh::new(mesh, workloads);
         let secret = format!("phoenix-secret-{:016x}", rand::random::<u64>());
-        std::fs::create_dir_all(dir.path().join("www")).unwrap();
-        std::fs::write(dir.path().join("www/index.txt"), secret.repeat(1000)).unwrap();
-        Self {
-            dir,
-            tokens,
-            secret,
-        }
+        std::fs::create_dir_all(mesh.path("www")).unwrap();
+        std::fs::write(mesh.path("www/index.txt"), secret.repeat(1000)).unwrap();
+        Self { mesh, secret }
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.mesh.path(name)
     }
 
     fn token(&self, workload: &str) -> String {
-        self.tokens
-            .iter()
-            .find(|(_, w)| w == workload)
-            .unwrap()
-            .0
-            .clone()
+        self.mesh.token(workload).to_owned()
     }
 
     /// Python's http.server in `pod`, serving the web root on `bind`:`port`.
@@ -123,15 +94,7 @@ impl MeshDir {
 
     /// The control plane in file mode on the node, and the trust anchor it wrote.
     fn control_plane(&self, t: &Topology) -> (Proc, PathBuf) {
-        let mut cmd = t.command("node", &[]);
-        cmd.arg(bin("phoenix-control-plane"))
-            .arg("--mesh")
-            .arg(self.path("mesh.yaml"));
-        let cp = Proc::spawn("control-plane", cmd);
-        let bound: serde_json::Value =
-            serde_json::from_str(&cp.line(Duration::from_secs(30))).unwrap();
-        let anchor = PathBuf::from(bound["trustAnchor"].as_str().unwrap());
-        (cp, anchor)
+        self.mesh.control_plane(t)
     }
 }
 

@@ -14,10 +14,9 @@ mod harness;
 #[path = "support/netns.rs"]
 mod netns;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use harness::{Proc, bin, eventually};
+use harness::{Proc, eventually};
 use netns::*;
 
 const LISTEN: &str = "10.77.0.2:7000";
@@ -53,12 +52,6 @@ fn discovered_payload(a_mtu: u32, b_mtu: u32, extra_args: &[&str]) -> u64 {
     set_mtu(&t, "a", a_mtu);
     set_mtu(&t, "b", b_mtu);
 
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
     let mesh = format!(
         "trustDomain: phoenix.local\n\
          stateDir: state\n\
@@ -69,44 +62,22 @@ fn discovered_payload(a_mtu: u32, b_mtu: u32, extra_args: &[&str]) -> u64 {
          \x20 - name: server\n\
          \x20   serve: [{{service: web, target: \"{SERVER_IP}:8080\", allow: [client]}}]\n"
     );
-    std::fs::write(dir.path().join("mesh.yaml"), mesh).unwrap();
-    std::fs::create_dir_all(dir.path().join("state")).unwrap();
-    let tokens = [("client", "token-client"), ("server", "token-server")]
-        .map(|(w, tok)| (format!("{tok}-{}", rand::random::<u64>()), w.to_owned()));
-    phoenix_control_plane::tokens::Tokens::from_pairs(tokens.iter().cloned())
-        .write(&dir.path().join("state/tokens.json"))
-        .unwrap();
-    let www = dir.path().join("www");
+    let m = FileMesh::new(&mesh, &["client", "server"]);
+    let www = m.path("www");
     std::fs::create_dir_all(&www).unwrap();
     // Large enough that full-size packets carry it.
     let body = "jumbo-".repeat(200_000);
     std::fs::write(www.join("big.txt"), &body).unwrap();
 
-    let mut cmd = t.command("node", &[]);
-    cmd.arg(bin("phoenix-control-plane"))
-        .arg("--mesh")
-        .arg(dir.path().join("mesh.yaml"));
-    let cp = Proc::spawn("control-plane", cmd);
-    let bound: serde_json::Value = serde_json::from_str(&cp.line(Duration::from_secs(30))).unwrap();
-    let anchor = PathBuf::from(bound["trustAnchor"].as_str().unwrap());
-
-    let proxy = |pod: &str, token: &str, extra: &[&str]| {
-        let mut cmd = t.proxy_command(pod);
-        cmd.args(["--control-plane", &format!("{NODE_IP}:4180")])
-            .args([
-                "--control-plane-identity",
-                "spiffe://phoenix.local/ns/phoenix/sa/control-plane",
-            ])
-            .arg("--trust-anchor")
-            .arg(&anchor)
-            .args(["--inbound", &format!("{}:4143", t.ip(pod))])
-            .args(["--admin", "127.0.0.1:4191"])
-            .args(extra)
-            .env("PHOENIX_TOKEN", token);
-        Proc::spawn(&format!("proxy-{pod}"), cmd)
+    let (_cp, anchor) = m.control_plane(&t);
+    let proxy = |pod: &str, workload: &str| {
+        let inbound = format!("{}:4143", t.ip(pod));
+        let mut args = vec!["--inbound", &inbound, "--admin", "127.0.0.1:4191"];
+        args.extend_from_slice(extra_args);
+        m.proxy(&t, pod, workload, &anchor, &args)
     };
-    let _client = proxy("a", &tokens[0].0, extra_args);
-    let _server = proxy("b", &tokens[1].0, extra_args);
+    let _client = proxy("a", "client");
+    let _server = proxy("b", "server");
     let _web = Proc::spawn(
         "http.server",
         t.command(

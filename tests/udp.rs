@@ -16,7 +16,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use harness::{Proc, Up, bin, eventually, metric, metric_or_absent, wait_metric};
+use harness::{Proc, Up, eventually, metric, metric_or_absent, wait_metric};
 
 /// A UDP echo app: each datagram back to its sender, and the sender
 /// addresses it saw (one per flow: the server proxy's socket per flow).
@@ -306,6 +306,27 @@ fn free_port_both() -> u16 {
     }
 }
 
+/// A mesh where `client` calls `name` over TCP and UDP on one listen port
+/// (as DNS, iperf3 and QUIC apps use one port for both), served at
+/// `port` on loopback; the mesh and the listen port.
+fn both_transports(name: &str, port: u16) -> (Up, u16) {
+    let listen = free_port_both();
+    let yaml = format!(
+        "trustDomain: phoenix.local\n\
+         stateDir: state\n\
+         workloads:\n\
+         \x20 - name: client\n\
+         \x20   upstreams:\n\
+         \x20     - {{service: {name}, transport: udp, listen: \"127.0.0.1:{listen}\"}}\n\
+         \x20     - {{service: {name}, listen: \"127.0.0.1:{listen}\", protocol: opaque}}\n\
+         \x20 - name: {name}\n\
+         \x20   serve:\n\
+         \x20     - {{service: {name}, transport: udp, target: \"127.0.0.1:{port}\"}}\n\
+         \x20     - {{service: {name}, target: \"127.0.0.1:{port}\", protocol: opaque}}\n"
+    );
+    (Up::start(&yaml), listen)
+}
+
 /// dnsmasq (the real DNS server) behind the mesh, dig in front: a query
 /// over UDP through the UDP upstream, and the same over TCP through the TCP
 /// upstream on the same port.
@@ -327,21 +348,7 @@ fn dig_gets_dnsmasqs_answer_through_the_mesh_over_udp_and_tcp() {
         "--log-facility=-",
     ]);
     let _dnsmasq = Proc::spawn("dnsmasq", dnsmasq);
-    let listen = free_port_both();
-    let yaml = format!(
-        "trustDomain: phoenix.local\n\
-         stateDir: state\n\
-         workloads:\n\
-         \x20 - name: client\n\
-         \x20   upstreams:\n\
-         \x20     - {{service: dns, transport: udp, listen: \"127.0.0.1:{listen}\"}}\n\
-         \x20     - {{service: dns, listen: \"127.0.0.1:{listen}\", protocol: opaque}}\n\
-         \x20 - name: dns\n\
-         \x20   serve:\n\
-         \x20     - {{service: dns, transport: udp, target: \"127.0.0.1:{dns_port}\"}}\n\
-         \x20     - {{service: dns, target: \"127.0.0.1:{dns_port}\", protocol: opaque}}\n"
-    );
-    let up = Up::start(&yaml);
+    let (up, listen) = both_transports("dns", dns_port);
     let dig = |transport: &str| {
         let out = Command::new("dig")
             .args([
@@ -398,21 +405,7 @@ fn iperf3_udp_through_the_mesh_loses_at_most_one_percent() {
         &server_port.to_string(),
     ]);
     let _server = Proc::spawn("iperf3 -s", server);
-    let listen = free_port_both();
-    let yaml = format!(
-        "trustDomain: phoenix.local\n\
-         stateDir: state\n\
-         workloads:\n\
-         \x20 - name: client\n\
-         \x20   upstreams:\n\
-         \x20     - {{service: iperf, transport: udp, listen: \"127.0.0.1:{listen}\"}}\n\
-         \x20     - {{service: iperf, listen: \"127.0.0.1:{listen}\", protocol: opaque}}\n\
-         \x20 - name: iperf\n\
-         \x20   serve:\n\
-         \x20     - {{service: iperf, transport: udp, target: \"127.0.0.1:{server_port}\"}}\n\
-         \x20     - {{service: iperf, target: \"127.0.0.1:{server_port}\", protocol: opaque}}\n"
-    );
-    let up = Up::start(&yaml);
+    let (up, listen) = both_transports("iperf", server_port);
     let rate = std::env::var("PHOENIX_IPERF_UDP_RATE").unwrap_or_else(|_| "200M".into());
     let out = Command::new("iperf3")
         .args([
@@ -476,12 +469,6 @@ fn between_pods_udp_crosses_only_as_quic() {
     use netns::*;
     let _heavy = heavy();
     let t = Topology::new();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
     let mesh = format!(
         "trustDomain: phoenix.local\n\
          stateDir: state\n\
@@ -492,20 +479,7 @@ fn between_pods_udp_crosses_only_as_quic() {
          \x20 - name: server\n\
          \x20   serve: [{{service: game, transport: udp, target: \"{SERVER_IP}:7000\"}}]\n"
     );
-    std::fs::write(dir.path().join("mesh.yaml"), mesh).unwrap();
-    std::fs::create_dir_all(dir.path().join("state")).unwrap();
-    let tokens: Vec<(String, String)> = ["client", "server"]
-        .iter()
-        .map(|w| {
-            (
-                format!("token-{w}-{}", rand::random::<u64>()),
-                w.to_string(),
-            )
-        })
-        .collect();
-    phoenix_control_plane::tokens::Tokens::from_pairs(tokens.iter().cloned())
-        .write(&dir.path().join("state/tokens.json"))
-        .unwrap();
+    let m = FileMesh::new(&mesh, &["client", "server"]);
     let _app = python(
         &t,
         "b",
@@ -515,36 +489,27 @@ fn between_pods_udp_crosses_only_as_quic() {
          while True:\n\
          \x20   d, a = s.recvfrom(65535); s.sendto(d, a)\n",
     );
-    let mut cp = t.command("node", &[]);
-    cp.arg(bin("phoenix-control-plane"))
-        .arg("--mesh")
-        .arg(dir.path().join("mesh.yaml"));
-    let cp = Proc::spawn("control-plane", cp);
-    let bound: serde_json::Value = serde_json::from_str(&cp.line(Duration::from_secs(30))).unwrap();
-    let anchor = bound["trustAnchor"].as_str().unwrap().to_owned();
-    let proxies: Vec<Proc> = [("a", "client"), ("b", "server")]
-        .iter()
-        .map(|(pod, workload)| {
-            let token = &tokens.iter().find(|(_, w)| w == workload).unwrap().0;
-            let mut cmd = t.proxy_command(pod);
-            cmd.args(["--control-plane", &format!("{NODE_IP}:4180")])
-                .args([
-                    "--control-plane-identity",
-                    "spiffe://phoenix.local/ns/phoenix/sa/control-plane",
-                ])
-                .args(["--trust-anchor", &anchor])
-                .args(["--inbound", "[::]:4143", "--admin", "[::]:4191"])
-                .args(["--pod-ips", t.ip(pod)])
-                .env("PHOENIX_TOKEN", token);
-            Proc::spawn(&format!("proxy-{pod}"), cmd)
-        })
-        .collect();
+    let (_cp, anchor) = m.control_plane(&t);
+    let args = |pod| {
+        [
+            "--inbound",
+            "[::]:4143",
+            "--admin",
+            "[::]:4191",
+            "--pod-ips",
+            t.ip(pod),
+        ]
+    };
+    let _proxies = [
+        m.proxy(&t, "a", "client", &anchor, &args("a")),
+        m.proxy(&t, "b", "server", &anchor, &args("b")),
+    ];
     for ip in [CLIENT_IP, SERVER_IP] {
         eventually(Duration::from_secs(30), "proxy ready", || {
             t.get(&format!("http://{ip}:4191/ready")).map(|_| ())
         });
     }
-    let pcap = dir.path().join("a.pcap");
+    let pcap = m.path("a.pcap");
     let tcpdump = capture(&t, "a", &pcap);
     let secret = format!("phoenix-udp-secret-{:016x}", rand::random::<u64>());
     let client = python(
@@ -593,7 +558,6 @@ fn between_pods_udp_crosses_only_as_quic() {
     );
     let metrics = curl(&t, "a", "http://127.0.0.1:4191/metrics").unwrap();
     assert_pq_handshakes(&metrics, "client");
-    drop(proxies);
 }
 
 /// An upstream taken out of the mesh file takes its listener and its open

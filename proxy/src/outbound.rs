@@ -26,11 +26,13 @@ pub struct Listeners {
     udp: crate::udp::outbound::Listeners,
 }
 
+/// One bound listener (TCP here, UDP in `udp::outbound`): the address
+/// configured, the one bound, and its task, aborted when it goes.
 #[derive(Debug)]
-struct Bound {
-    configured: SocketAddr,
-    local: SocketAddr,
-    task: JoinHandle<()>,
+pub(crate) struct Bound {
+    pub(crate) configured: SocketAddr,
+    pub(crate) local: SocketAddr,
+    pub(crate) task: JoinHandle<()>,
 }
 
 impl Drop for Bound {

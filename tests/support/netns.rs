@@ -384,3 +384,80 @@ pub fn forward_into(ns: &str, listen: std::net::SocketAddr, target: std::net::So
         }
     });
 }
+
+/// A file-mode mesh for pods: its directory (readable by the proxies'
+/// UID) with the mesh file and one random bootstrap token per workload.
+pub struct FileMesh {
+    pub dir: tempfile::TempDir,
+    tokens: Vec<(String, String)>,
+}
+
+impl FileMesh {
+    pub fn new(mesh: &str, workloads: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("mesh.yaml"), mesh).unwrap();
+        std::fs::create_dir_all(dir.path().join("state")).unwrap();
+        let tokens: Vec<(String, String)> = workloads
+            .iter()
+            .map(|w| {
+                (
+                    format!("token-{w}-{}", rand::random::<u64>()),
+                    w.to_string(),
+                )
+            })
+            .collect();
+        phoenix_control_plane::tokens::Tokens::from_pairs(tokens.iter().cloned())
+            .write(&dir.path().join("state/tokens.json"))
+            .unwrap();
+        Self { dir, tokens }
+    }
+
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn token(&self, workload: &str) -> &str {
+        &self.tokens.iter().find(|(_, w)| w == workload).unwrap().0
+    }
+
+    /// The control plane on the node, and the trust anchor it wrote.
+    pub fn control_plane(&self, t: &Topology) -> (Proc, std::path::PathBuf) {
+        let mut cmd = t.command("node", &[]);
+        cmd.arg(crate::harness::bin("phoenix-control-plane"))
+            .arg("--mesh")
+            .arg(self.path("mesh.yaml"));
+        let cp = Proc::spawn("control-plane", cmd);
+        let bound: serde_json::Value =
+            serde_json::from_str(&cp.line(Duration::from_secs(30))).unwrap();
+        let anchor = bound["trustAnchor"].as_str().unwrap().into();
+        (cp, anchor)
+    }
+
+    /// `workload`'s proxy in `pod`, subscribed to the control plane on the
+    /// node at port 4180, with `args` after.
+    pub fn proxy(
+        &self,
+        t: &Topology,
+        pod: &str,
+        workload: &str,
+        anchor: &Path,
+        args: &[&str],
+    ) -> Proc {
+        let mut cmd = t.proxy_command(pod);
+        cmd.args(["--control-plane", &format!("{}:4180", t.host("node"))])
+            .args([
+                "--control-plane-identity",
+                "spiffe://phoenix.local/ns/phoenix/sa/control-plane",
+            ])
+            .arg("--trust-anchor")
+            .arg(anchor)
+            .args(args)
+            .env("PHOENIX_TOKEN", self.token(workload));
+        Proc::spawn(&format!("proxy-{pod}"), cmd)
+    }
+}

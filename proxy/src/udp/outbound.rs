@@ -16,7 +16,6 @@ use bytes::Bytes;
 use phoenix_api::ServiceName;
 use phoenix_api::header::{self, ConnectRequest, Status};
 use tokio::net::UdpSocket;
-use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use super::demux::{self, Flow as DemuxFlow, Sink};
@@ -25,6 +24,7 @@ use crate::balance;
 use crate::config::ProxyConfig;
 use crate::metrics::udp::{DatagramResult, FlowHandles};
 use crate::metrics::{Direction, GaugeGuard, QuicLabels};
+use crate::outbound::Bound;
 use crate::state::Shared;
 
 /// How long a flow's setup may take, from choosing an endpoint to the
@@ -35,19 +35,6 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Default)]
 pub struct Listeners {
     bound: Mutex<BTreeMap<ServiceName, Bound>>,
-}
-
-#[derive(Debug)]
-struct Bound {
-    configured: SocketAddr,
-    local: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Bound {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 impl Listeners {
