@@ -67,10 +67,6 @@ impl MeshDir {
         self.mesh.path(name)
     }
 
-    fn token(&self, workload: &str) -> String {
-        self.mesh.token(workload).to_owned()
-    }
-
     /// Python's http.server in `pod`, serving the web root on `bind`:`port`.
     fn web(&self, t: &Topology, pod: &str, port: &str, bind: &str) -> Proc {
         let root = self.path("www");
@@ -98,29 +94,31 @@ impl MeshDir {
     }
 }
 
-/// The proxy of `pod`, as the injector runs it: its own UID, its addresses,
-/// the redirect listeners on the ports init programmed.
-fn proxy(t: &Topology, pod: &str, token: &str, anchor: &Path) -> Proc {
-    let mut cmd = t.proxy_command(pod);
-    cmd.args(["--control-plane", &format!("{}:4180", t.host("node"))])
-        .args([
-            "--control-plane-identity",
-            "spiffe://phoenix.local/ns/phoenix/sa/control-plane",
-        ])
-        .arg("--trust-anchor")
-        .arg(anchor)
+/// The proxy of `pod` for `workload`, as the injector runs it: its own
+/// UID, its addresses, the redirect listeners on the ports init programmed.
+fn proxy(t: &Topology, m: &MeshDir, pod: &str, workload: &str, anchor: &Path) -> Proc {
+    let args = [
         // The injector's addresses: `[::]` serves both families (here,
         // IPv4 clients arrive on the dual-stack sockets as ::ffff:a.b.c.d).
-        .args(["--inbound", "[::]:4143", "--admin", "[::]:4191"])
-        .args(["--outbound-redirect", "[::]:4140"])
-        .args(["--inbound-redirect", "[::]:4141"])
+        "--inbound",
+        "[::]:4143",
+        "--admin",
+        "[::]:4191",
+        "--outbound-redirect",
+        "[::]:4140",
+        "--inbound-redirect",
+        "[::]:4141",
         // The node plays the kubelet: its probes of the app's port 8080
         // pass even in strict mode (the injector lists the probed ports).
-        .args(["--probe-sources", t.ip("node"), "--probe-ports", "8080"])
+        "--probe-sources",
+        t.ip("node"),
+        "--probe-ports",
+        "8080",
         // status.podIPs, as the injector passes it.
-        .args(["--pod-ips", t.ip(pod)])
-        .env("PHOENIX_TOKEN", token);
-    Proc::spawn(&format!("proxy-{pod}"), cmd)
+        "--pod-ips",
+        t.ip(pod),
+    ];
+    m.mesh.proxy(t, pod, workload, anchor, &args)
 }
 
 #[test]
@@ -172,8 +170,8 @@ fn intercepted_tcp_crosses_the_mesh_encrypted_and_outsiders_follow_the_inbound_m
         };
         assert_eq!(rules(&before), rules(&after), "init is idempotent");
     }
-    let _pa = proxy(&t, "a", &m.token("client"), &anchor);
-    let _pb = proxy(&t, "b", &m.token("server"), &anchor);
+    let _pa = proxy(&t, &m, "a", "client", &anchor);
+    let _pb = proxy(&t, &m, "b", "server", &anchor);
     for ip in [CLIENT_IP, SERVER_IP] {
         eventually(Duration::from_secs(30), "proxy ready", || {
             t.get(&format!("http://{ip}:4191/ready")).map(|_| ())
@@ -497,8 +495,8 @@ fn ipv6_pods_are_meshed_like_ipv4_ones() {
             "{pod}: {v6_rules}"
         );
     }
-    let _pa = proxy(&t, "a", &m.token("client"), &anchor);
-    let _pb = proxy(&t, "b", &m.token("server"), &anchor);
+    let _pa = proxy(&t, &m, "a", "client", &anchor);
+    let _pb = proxy(&t, &m, "b", "server", &anchor);
     for pod in ["a", "b"] {
         eventually(Duration::from_secs(30), "proxy ready", || {
             t.get(&format!("http://{}:4191/ready", t.host(pod)))

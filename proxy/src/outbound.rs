@@ -26,6 +26,21 @@ pub struct Listeners {
     udp: crate::udp::outbound::Listeners,
 }
 
+/// Closes the listeners in `bound` no longer `wanted` (or wanted at another
+/// address) and returns those to bind: one reconcile step for TCP and UDP.
+pub(crate) fn plan(
+    bound: &Mutex<BTreeMap<ServiceName, Bound>>,
+    wanted: &BTreeMap<&ServiceName, SocketAddr>,
+) -> Vec<(ServiceName, SocketAddr)> {
+    let mut bound = bound.lock().unwrap_or_else(PoisonError::into_inner);
+    bound.retain(|service, b| wanted.get(service) == Some(&b.configured));
+    wanted
+        .iter()
+        .filter(|(s, _)| !bound.contains_key(s.as_str()))
+        .map(|(s, a)| ((*s).clone(), *a))
+        .collect()
+}
+
 /// One bound listener (TCP here, UDP in `udp::outbound`): the address
 /// configured, the one bound, and its task, aborted when it goes.
 #[derive(Debug)]
@@ -52,15 +67,7 @@ impl Listeners {
             .filter(|(s, _)| s.transport() == phoenix_api::service::Transport::Tcp)
             .filter_map(|(s, u)| u.listen.map(|l| (s, l)))
             .collect();
-        let to_bind: Vec<(ServiceName, SocketAddr)> = {
-            let mut bound = self.bound.lock().unwrap_or_else(PoisonError::into_inner);
-            bound.retain(|service, b| wanted.get(service) == Some(&b.configured));
-            wanted
-                .iter()
-                .filter(|(s, _)| !bound.contains_key(s.as_str()))
-                .map(|(s, a)| ((*s).clone(), *a))
-                .collect()
-        };
+        let to_bind = plan(&self.bound, &wanted);
         for (service, addr) in to_bind {
             match crate::listen::bind(addr) {
                 Ok(listener) => {

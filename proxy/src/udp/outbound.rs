@@ -48,15 +48,7 @@ impl Listeners {
             .filter(|(s, _)| s.transport() == phoenix_api::service::Transport::Udp)
             .filter_map(|(s, u)| u.listen.map(|l| (s, l)))
             .collect();
-        let to_bind: Vec<(ServiceName, SocketAddr)> = {
-            let mut bound = self.lock();
-            bound.retain(|service, b| wanted.get(service) == Some(&b.configured));
-            wanted
-                .iter()
-                .filter(|(s, _)| !bound.contains_key(s.as_str()))
-                .map(|(s, a)| ((*s).clone(), *a))
-                .collect()
-        };
+        let to_bind = crate::outbound::plan(&self.bound, &wanted);
         for (service, addr) in to_bind {
             match super::bind(addr) {
                 Ok(socket) => {
