@@ -347,7 +347,18 @@ fn udp_echo() -> SocketAddr {
 /// Opens a UDP flow to `service` on `conn` as a client proxy does; its
 /// datagram prefix once the peer answered `connected`.
 async fn open_flow(conn: &quinn::Connection, service: &str) -> (quinn::SendStream, Vec<u8>) {
-    use phoenix_api::header::{ConnectRequest, Status, decode_response};
+    let (send, prefix, status) = try_flow(conn, service).await;
+    assert_eq!(status, phoenix_api::header::Status::Connected);
+    (send, prefix)
+}
+
+/// Asks for a UDP flow to `service` on `conn`; the stream, the flow's
+/// datagram prefix and the peer's answer.
+async fn try_flow(
+    conn: &quinn::Connection,
+    service: &str,
+) -> (quinn::SendStream, Vec<u8>, phoenix_api::header::Status) {
+    use phoenix_api::header::{ConnectRequest, decode_response};
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let mut header = Vec::new();
     ConnectRequest {
@@ -366,11 +377,10 @@ async fn open_flow(conn: &quinn::Connection, service: &str) -> (quinn::SendStrea
         let chunk = recv.read_chunk(64, true).await.unwrap().unwrap();
         answer.extend_from_slice(&chunk.bytes);
     };
-    assert_eq!(status, Status::Connected);
     let id = phoenix_api::datagram::FlowId::of_stream(quinn::VarInt::from(send.id()).into_inner());
     let mut prefix = Vec::new();
     id.encode(&mut prefix);
-    (send, prefix)
+    (send, prefix, status)
 }
 
 /// A hostile or broken peer speaking UDP to a proxy: datagrams with no
@@ -457,5 +467,67 @@ async fn echo_of(conn: &quinn::Connection, datagram: &[u8], stale: Option<&[u8]>
             return d.to_vec();
         }
         assert!(tokio::time::Instant::now() < deadline, "no echo");
+    }
+}
+
+/// A peer may hold only so many UDP flows at a proxy (each is a socket):
+/// past `--max-udp-flows-per-peer` its new flows are refused, another
+/// peer's are not, and a flow ended frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_holds_at_most_its_share_of_udp_flows() {
+    use phoenix_api::header::Status;
+    let target = udp_echo();
+    let up = Up::start_env(
+        &format!(
+            "trustDomain: phoenix.local\n\
+             stateDir: state\n\
+             workloads:\n\
+             \x20 - name: client\n\
+             \x20   upstreams: [{{service: echo, transport: udp, listen: \"127.0.0.1:0\"}}]\n\
+             \x20 - name: echo\n\
+             \x20   serve: [{{service: echo, transport: udp, target: \"{target}\"}}]\n"
+        ),
+        &[("PHOENIX_MAX_UDP_FLOWS_PER_PEER", "3")],
+    );
+    let (ca, trust) = mesh_ca(&up);
+    let c = TestClient::new(&ca, &trust, &id(CLIENT_ID));
+    let groups = [kx_group::X25519MLKEM768];
+    let (a, _) = c
+        .connect(up.inbound("echo"), &id(ECHO_ID), &groups)
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(open_flow(&a, "echo/udp").await);
+    }
+    let (_, _, fourth) = try_flow(&a, "echo/udp").await;
+    assert_eq!(
+        fourth,
+        Status::UpstreamRefused,
+        "a fourth flow on one connection"
+    );
+    // Another connection has a share of its own.
+    let (b, _) = c
+        .connect(up.inbound("echo"), &id(ECHO_ID), &groups)
+        .await
+        .unwrap();
+    let (_b_flow, b_prefix) = open_flow(&b, "echo/udp").await;
+    let mut hello = b_prefix.clone();
+    hello.extend_from_slice(b"hello");
+    assert_eq!(echo_of(&b, &hello, None).await, hello);
+    // Ending one flow frees its place.
+    let (mut ended, _) = held.pop().unwrap();
+    ended.finish().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_send, _, status) = try_flow(&a, "echo/udp").await;
+        if status == Status::Connected {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the place was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

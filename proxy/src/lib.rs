@@ -186,6 +186,7 @@ async fn run_body(
         .map(|ip| ip.to_canonical())
         .collect();
     shared.max_header_bytes = settings.max_header_bytes;
+    shared.max_udp_flows_per_peer = settings.max_udp_flows_per_peer;
     if !settings.inbound_http3 {
         shared.inbound_alpn = state::TUNNEL_ONLY_ALPN;
     }

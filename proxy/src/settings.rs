@@ -107,6 +107,12 @@ pub struct Args {
     /// refused by its header-list limit.
     #[arg(long, env = "PHOENIX_MAX_HEADER_BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(8192..=65536))]
     pub max_header_bytes: u32,
+    /// UDP flows one peer connection may hold open to this proxy's apps, 1
+    /// to 65,536. Each is a socket: beyond it a peer's new flows are
+    /// refused (counted as `upstream_refused`), so one peer with a valid
+    /// identity cannot take every file descriptor of the pod.
+    #[arg(long, env = "PHOENIX_MAX_UDP_FLOWS_PER_PEER", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_udp_flows_per_peer: u32,
     /// Accept HTTP/3 from peers. `false` makes the proxy answer exactly as
     /// one from before HTTP/3 (the tunnel only), which the rolling-upgrade
     /// tests need; peers then carry HTTP to it inside tunnel streams.
@@ -151,6 +157,8 @@ pub struct Settings {
     pub inbound_http3: bool,
     /// The largest request head an app may send.
     pub max_header_bytes: usize,
+    /// UDP flows one peer connection may hold open here.
+    pub max_udp_flows_per_peer: usize,
 }
 
 /// A setting that cannot be used, with what to do about it.
@@ -260,6 +268,7 @@ impl Args {
             },
             inbound_http3: self.inbound_http3,
             max_header_bytes: self.max_header_bytes as usize,
+            max_udp_flows_per_peer: self.max_udp_flows_per_peer as usize,
         })
     }
 }

@@ -56,6 +56,9 @@ pub struct Shared {
     pub max_header_bytes: usize,
     /// The UDP flows of every peer connection, by connection.
     pub udp_demuxes: crate::udp::demux::Demuxes,
+    /// UDP flows one peer connection may hold open here
+    /// (`--max-udp-flows-per-peer`).
+    pub max_udp_flows_per_peer: usize,
 }
 
 /// The ALPN protocols the inbound endpoint offers: HTTP/3 and the tunnel
@@ -107,6 +110,7 @@ impl Shared {
             inbound_alpn: INBOUND_ALPN,
             max_header_bytes: crate::connector::MAX_APP_HEADER_BYTES,
             udp_demuxes: Default::default(),
+            max_udp_flows_per_peer: 4096,
         }
     }
 

@@ -152,10 +152,24 @@ impl Up {
         Self::start_file(dir, &path)
     }
 
+    /// As [`Up::start`], with `env` set for `phoenix up` and so for every
+    /// process it starts (the proxies read their `PHOENIX_*` settings).
+    pub fn start_env(yaml: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mesh.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        Self::start_file_env(dir, &path, env)
+    }
+
     fn start_file(dir: tempfile::TempDir, path: &Path) -> Self {
+        Self::start_file_env(dir, path, &[])
+    }
+
+    fn start_file_env(dir: tempfile::TempDir, path: &Path, env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(bin("phoenix"));
         cmd.args(["up", "-o", "json", "--drain-grace", "2s", "-f"])
-            .arg(path);
+            .arg(path)
+            .envs(env.iter().copied());
         let proc = Proc::spawn("phoenix up", cmd);
         let line = proc.line(Duration::from_secs(90));
         let report: serde_json::Value =

@@ -77,6 +77,27 @@ impl Demux {
         self.lock().insert(id, flow);
     }
 
+    /// Adds a flow unless `max` are registered already (checked and added
+    /// under one lock, so concurrent setups cannot pass the limit).
+    pub fn try_insert(&self, id: FlowId, flow: Arc<Flow>, max: usize) -> bool {
+        let mut flows = self.lock();
+        if flows.len() >= max {
+            return false;
+        }
+        flows.insert(id, flow);
+        true
+    }
+
+    /// How many flows are registered.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no flow is registered.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     /// Removes a flow: later datagrams for it count as `no_flow`.
     pub fn remove(&self, id: FlowId) {
         self.lock().remove(&id);

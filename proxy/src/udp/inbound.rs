@@ -42,6 +42,18 @@ pub(crate) async fn serve(
         target,
         id,
     } = flow;
+    let identity = client.to_string();
+    let handles = shared.metrics.udp.flow(Direction::inbound, &identity);
+    let activity = Arc::new(Activity::default());
+    let (flow_id, prefix) = demux::prefix_of(recv.id());
+    let demux = shared
+        .udp_demuxes
+        .of(conn, &shared.metrics, Direction::inbound, &identity);
+    if demux.len() >= shared.max_udp_flows_per_peer {
+        tracing::info!(%client, service, connection = id, limit = shared.max_udp_flows_per_peer, "UDP flow refused: the peer holds as many as it may");
+        return crate::inbound::respond_and_close(shared, send, recv, Status::UpstreamRefused)
+            .await;
+    }
     let socket = match bind_to(target).await {
         Ok(socket) => Arc::new(socket),
         Err(error) => {
@@ -50,23 +62,17 @@ pub(crate) async fn serve(
                 .await;
         }
     };
-    let identity = client.to_string();
-    let handles = shared.metrics.udp.flow(Direction::inbound, &identity);
-    let activity = Arc::new(Activity::default());
-    let (flow_id, prefix) = demux::prefix_of(recv.id());
-    let demux = shared
-        .udp_demuxes
-        .of(conn, &shared.metrics, Direction::inbound, &identity);
     // Registered before the answer: the client sends its queued datagrams
     // the moment it reads `Connected`.
-    demux.insert(
-        flow_id,
-        Arc::new(Flow {
-            sink: Sink::Upstream(socket.clone()),
-            handles: handles.clone(),
-            activity: activity.clone(),
-        }),
-    );
+    let flow = Arc::new(Flow {
+        sink: Sink::Upstream(socket.clone()),
+        handles: handles.clone(),
+        activity: activity.clone(),
+    });
+    if !demux.try_insert(flow_id, flow, shared.max_udp_flows_per_peer) {
+        return crate::inbound::respond_and_close(shared, send, recv, Status::UpstreamRefused)
+            .await;
+    }
     let mut response = Vec::with_capacity(16);
     ConnectResponse {
         status: Status::Connected,
