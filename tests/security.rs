@@ -344,6 +344,41 @@ fn udp_echo() -> SocketAddr {
     addr
 }
 
+/// A mesh whose `echo` workload serves a UDP echo app (`env` set for its
+/// processes), and a peer of our own with the client's identity.
+async fn udp_mesh_and_peer(env: &[(&str, &str)]) -> (Up, TestClient) {
+    let target = udp_echo();
+    let up = Up::start_env(
+        &format!(
+            "trustDomain: phoenix.local\n\
+             stateDir: state\n\
+             workloads:\n\
+             \x20 - name: client\n\
+             \x20   upstreams: [{{service: echo, transport: udp, listen: \"127.0.0.1:0\"}}]\n\
+             \x20 - name: echo\n\
+             \x20   serve: [{{service: echo, transport: udp, target: \"{target}\", allow: [client]}}]\n"
+        ),
+        env,
+    );
+    let (ca, trust) = mesh_ca(&up);
+    let peer = TestClient::new(&ca, &trust, &id(CLIENT_ID));
+    (up, peer)
+}
+
+impl TestClient {
+    /// A post-quantum tunnel connection to the echo proxy.
+    async fn connect_echo(&self, up: &Up) -> quinn::Connection {
+        self.connect(
+            up.inbound("echo"),
+            &id(ECHO_ID),
+            &[kx_group::X25519MLKEM768],
+        )
+        .await
+        .unwrap()
+        .0
+    }
+}
+
 /// Opens a UDP flow to `service` on `conn` as a client proxy does; its
 /// datagram prefix once the peer answered `connected`.
 async fn open_flow(conn: &quinn::Connection, service: &str) -> (quinn::SendStream, Vec<u8>) {
@@ -389,27 +424,9 @@ async fn try_flow(
 /// beside them works and hears only its own replies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_udp_datagrams_from_a_peer_are_counted_and_flows_stay_isolated() {
-    let target = udp_echo();
-    let up = Up::start(&format!(
-        "trustDomain: phoenix.local\n\
-         stateDir: state\n\
-         workloads:\n\
-         \x20 - name: client\n\
-         \x20   upstreams: [{{service: echo, transport: udp, listen: \"127.0.0.1:0\"}}]\n\
-         \x20 - name: echo\n\
-         \x20   serve: [{{service: echo, transport: udp, target: \"{target}\", allow: [client]}}]\n"
-    ));
-    let (ca, trust) = mesh_ca(&up);
-    let c = TestClient::new(&ca, &trust, &id(CLIENT_ID));
-    let groups = [kx_group::X25519MLKEM768];
-    let (a, _) = c
-        .connect(up.inbound("echo"), &id(ECHO_ID), &groups)
-        .await
-        .unwrap();
-    let (b, _) = c
-        .connect(up.inbound("echo"), &id(ECHO_ID), &groups)
-        .await
-        .unwrap();
+    let (up, peer) = udp_mesh_and_peer(&[]).await;
+    let a = peer.connect_echo(&up).await;
+    let b = peer.connect_echo(&up).await;
     let (_flow, prefix) = open_flow(&a, "echo/udp").await;
     let mut hello = prefix.clone();
     hello.extend_from_slice(b"hello");
@@ -476,26 +493,8 @@ async fn echo_of(conn: &quinn::Connection, datagram: &[u8], stale: Option<&[u8]>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_holds_at_most_its_share_of_udp_flows() {
     use phoenix_api::header::Status;
-    let target = udp_echo();
-    let up = Up::start_env(
-        &format!(
-            "trustDomain: phoenix.local\n\
-             stateDir: state\n\
-             workloads:\n\
-             \x20 - name: client\n\
-             \x20   upstreams: [{{service: echo, transport: udp, listen: \"127.0.0.1:0\"}}]\n\
-             \x20 - name: echo\n\
-             \x20   serve: [{{service: echo, transport: udp, target: \"{target}\"}}]\n"
-        ),
-        &[("PHOENIX_MAX_UDP_FLOWS_PER_PEER", "3")],
-    );
-    let (ca, trust) = mesh_ca(&up);
-    let c = TestClient::new(&ca, &trust, &id(CLIENT_ID));
-    let groups = [kx_group::X25519MLKEM768];
-    let (a, _) = c
-        .connect(up.inbound("echo"), &id(ECHO_ID), &groups)
-        .await
-        .unwrap();
+    let (up, peer) = udp_mesh_and_peer(&[("PHOENIX_MAX_UDP_FLOWS_PER_PEER", "3")]).await;
+    let a = peer.connect_echo(&up).await;
     let mut held = Vec::new();
     for _ in 0..3 {
         held.push(open_flow(&a, "echo/udp").await);
@@ -507,10 +506,7 @@ async fn a_peer_holds_at_most_its_share_of_udp_flows() {
         "a fourth flow on one connection"
     );
     // Another connection has a share of its own.
-    let (b, _) = c
-        .connect(up.inbound("echo"), &id(ECHO_ID), &groups)
-        .await
-        .unwrap();
+    let b = peer.connect_echo(&up).await;
     let (_b_flow, b_prefix) = open_flow(&b, "echo/udp").await;
     let mut hello = b_prefix.clone();
     hello.extend_from_slice(b"hello");

@@ -112,14 +112,25 @@ impl UdpMetrics {
         n: u64,
     ) {
         if n > 0 {
-            self.datagrams
-                .get_or_create(&DatagramLabels {
-                    direction,
-                    peer_identity: peer_identity.to_owned(),
-                    result,
-                })
+            self.datagram_counter(direction, peer_identity, result)
                 .inc_by(n);
         }
+    }
+
+    /// The counter of one fate, to fetch once where datagrams keep coming.
+    pub fn datagram_counter(
+        &self,
+        direction: Direction,
+        peer_identity: &str,
+        result: DatagramResult,
+    ) -> Counter {
+        self.datagrams
+            .get_or_create(&DatagramLabels {
+                direction,
+                peer_identity: peer_identity.to_owned(),
+                result,
+            })
+            .clone()
     }
 
     /// The handles one flow updates per datagram, fetched once.
@@ -128,15 +139,7 @@ impl UdpMetrics {
             direction,
             peer_identity: peer_identity.to_owned(),
         };
-        let result = |result| {
-            self.datagrams
-                .get_or_create(&DatagramLabels {
-                    direction,
-                    peer_identity: peer_identity.to_owned(),
-                    result,
-                })
-                .clone()
-        };
+        let result = |result| self.datagram_counter(direction, peer_identity, result);
         FlowHandles {
             forwarded: result(DatagramResult::forwarded),
             too_large: result(DatagramResult::too_large),

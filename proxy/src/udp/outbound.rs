@@ -9,12 +9,14 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use phoenix_api::ServiceName;
 use phoenix_api::header::{self, ConnectRequest, Status};
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::UdpSocket;
 use tracing::Instrument;
 
@@ -97,6 +99,9 @@ impl Listeners {
 struct Flow {
     state: Mutex<State>,
     activity: Arc<Activity>,
+    /// Set with [`State::Closed`]: the listener's lookup reads it without
+    /// taking the state's lock a second time per datagram.
+    closed: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -113,12 +118,10 @@ enum State {
         prefix: Vec<u8>,
         handles: FlowHandles,
     },
-    /// Refused or failed: datagrams are dropped, counted by why, until
-    /// [`REFUSED_HOLD`] has passed, however much the client sends.
-    Refused {
-        result: DatagramResult,
-        peer_identity: String,
-    },
+    /// Refused or failed: datagrams are dropped, counted by why (the
+    /// counter fetched once), until [`REFUSED_HOLD`] has passed, however
+    /// much the client sends.
+    Refused(Counter),
     /// Ended: the listener starts a new flow for the next datagram.
     Closed,
 }
@@ -157,7 +160,7 @@ async fn serve(shared: Arc<Shared>, service: ServiceName, socket: Arc<UdpSocket>
         let payload = &buf[..len];
         let mut all = flows.lock().unwrap_or_else(PoisonError::into_inner);
         let flow = match all.get(&client) {
-            Some(flow) if !matches!(*lock(flow), State::Closed) => flow.clone(),
+            Some(flow) if !flow.closed.load(Ordering::Acquire) => flow.clone(),
             _ if all.len() >= MAX_FLOWS && !all.contains_key(&client) => {
                 drop(all);
                 shared.metrics.udp.datagrams(
@@ -175,6 +178,7 @@ async fn serve(shared: Arc<Shared>, service: ServiceName, socket: Arc<UdpSocket>
                         bytes: 0,
                     }),
                     activity: Arc::default(),
+                    closed: AtomicBool::new(false),
                 });
                 all.insert(client, flow.clone());
                 let id = shared.connection_id();
@@ -219,13 +223,9 @@ async fn serve(shared: Arc<Shared>, service: ServiceName, socket: Arc<UdpSocket>
                 demux::send(conn, prefix, payload, handles);
             }
             // Not touched: a refused flow ends at its hold, whatever comes.
-            State::Refused {
-                result,
-                peer_identity,
-            } => shared
-                .metrics
-                .udp
-                .datagrams(Direction::outbound, peer_identity, *result, 1),
+            State::Refused(counter) => {
+                counter.inc();
+            }
             // Ended between the lookup and now: this one datagram is lost,
             // as on any UDP path that changes; the next starts a new flow.
             State::Closed => {
@@ -289,19 +289,16 @@ async fn run(
             peer_identity,
         }) => {
             {
+                let counter = shared.metrics.udp.datagram_counter(
+                    Direction::outbound,
+                    &peer_identity,
+                    result,
+                );
                 let mut state = lock(&flow);
                 if let State::Pending { queue, .. } = &*state {
-                    shared.metrics.udp.datagrams(
-                        Direction::outbound,
-                        &peer_identity,
-                        result,
-                        queue.len() as u64,
-                    );
+                    counter.inc_by(queue.len() as u64);
                 }
-                *state = State::Refused {
-                    result,
-                    peer_identity,
-                };
+                *state = State::Refused(counter);
             }
             tokio::time::sleep(REFUSED_HOLD.min(idle)).await;
         }
@@ -378,6 +375,7 @@ async fn run(
         }
     }
     *lock(&flow) = State::Closed;
+    flow.closed.store(true, Ordering::Release);
     let mut all = flows.lock().unwrap_or_else(PoisonError::into_inner);
     if all.get(&client).is_some_and(|f| Arc::ptr_eq(f, &flow)) {
         all.remove(&client);
